@@ -1,0 +1,6 @@
+"""The one LLM gateway: roles -> endpoints, bounded concurrency, retries, request cache."""
+
+from pipeline.llm.cache import RequestCache, request_key
+from pipeline.llm.gateway import ChatResult, Gateway, LLMError
+
+__all__ = ["ChatResult", "Gateway", "LLMError", "RequestCache", "request_key"]

@@ -1,0 +1,88 @@
+"""Persistent request cache (SQLite): the raw record of every model call.
+
+Key = sha256 of the canonical JSON of (endpoint identity, model, messages,
+sampling params, seed, response format). Operational fields - timeouts,
+concurrency, retries, API keys, the embedded server's port - are excluded, so
+changing them never invalidates the cache (the inspect_ai rule).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.records import canonical_json, sha256_hex
+
+KEY_FIELDS = ("endpoint", "model", "messages", "temperature", "top_p", "max_tokens", "seed",
+              "response_format")
+
+
+def request_key(request: dict[str, Any]) -> str:
+    """The cache key of a request: only the fields in KEY_FIELDS count."""
+    return sha256_hex(canonical_json({k: request.get(k) for k in KEY_FIELDS}))
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    key TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    request TEXT NOT NULL,
+    response TEXT NOT NULL,
+    text TEXT NOT NULL,
+    usage TEXT,
+    latency_s REAL NOT NULL,
+    created_at REAL NOT NULL
+)
+"""
+
+
+class RequestCache:
+    """Thread-safe SQLite store of calls. Safe to open from several processes (WAL)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+        self._db.commit()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT key, endpoint, model, request, response, text, usage, latency_s, created_at"
+                " FROM calls WHERE key = ?", (key,)
+            ).fetchone()
+        if row is None:
+            return None
+        return {
+            "key": row[0], "endpoint": row[1], "model": row[2],
+            "request": json.loads(row[3]), "response": json.loads(row[4]), "text": row[5],
+            "usage": json.loads(row[6]) if row[6] else None, "latency_s": row[7],
+            "created_at": row[8],
+        }
+
+    def put(self, key: str, request: dict[str, Any], response: dict[str, Any], text: str,
+            usage: dict[str, Any] | None, latency_s: float) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, request["endpoint"], request["model"], canonical_json(request),
+                 canonical_json(response), text, canonical_json(usage) if usage else None,
+                 latency_s, time.time()),
+            )
+            self._db.commit()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,185 @@
+"""All model calls go through here (DESIGN.md principle 3).
+
+One event loop on a background thread owns every client, semaphore and the
+cache handle, so stages running in several Prefect worker threads share one
+concurrency bound per endpoint. Sync code calls `gateway.run(coro)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+from pipeline.config import BuildConfig, EndpointConfig
+from pipeline.llm.cache import RequestCache, request_key
+from pipeline.llm.embedded import EmbeddedServer
+
+RETRYABLE = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
+             openai.InternalServerError)
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+class LLMError(RuntimeError):
+    """An endpoint failed for good: retries exhausted, or a non-retryable answer."""
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    text: str
+    key: str  # request cache key: the handle provenance uses to find the raw call
+    cached: bool
+
+
+def response_format(ep: EndpointConfig, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    if schema is None or ep.structured_output == "none":
+        return None
+    if ep.structured_output == "json_object":
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema, "strict": True}}
+
+
+def backoff_s(attempt: int, retry_after: str | None = None) -> float:
+    """Exponential backoff with full jitter; honours a numeric Retry-After header."""
+    if retry_after:
+        try:
+            return min(BACKOFF_MAX_S, float(retry_after))
+        except ValueError:
+            pass
+    return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt) * (0.5 + random.random())
+
+
+class Gateway:
+    """Roles -> endpoints, bounded concurrency per endpoint, retries, request cache."""
+
+    def __init__(self, config: BuildConfig, cache: RequestCache | None = None):
+        self.config = config
+        self.cache = cache or RequestCache(config.outputs_dir / "cache" / "llm.sqlite")
+        self.calls: Counter[str] = Counter()  # per role, model calls actually made
+        self.cache_hits: Counter[str] = Counter()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="llm-gateway",
+                                        daemon=True)
+        self._thread.start()
+        self._clients: dict[str, openai.AsyncOpenAI] = {}
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._start_locks: dict[str, asyncio.Lock] = {}
+        self._servers: dict[str, EmbeddedServer] = {}
+
+    # -- sync bridge -------------------------------------------------------
+    def run(self, coro):
+        """Run a coroutine on the gateway's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        async def _close():
+            for client in self._clients.values():
+                await client.close()
+        if self._loop.is_running():
+            self.run(_close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        for server in self._servers.values():
+            server.stop()
+        self.cache.close()
+
+    # -- calls ---------------------------------------------------------------
+    async def chat(self, role_name: str, messages: list[dict[str, str]],
+                   schema: dict[str, Any] | None = None, seed_offset: int = 0) -> ChatResult:
+        """One chat completion for a role; from the cache when the same request was made before.
+
+        `seed_offset` varies the sampling seed (and so the cache key) between
+        variants of the same prompt.
+        """
+        role = self.config.roles[role_name]
+        ep_name = role.endpoint
+        ep = self.config.endpoints[ep_name]
+        request = {"endpoint": ep.identity, "model": role.model, "messages": messages,
+                   **role.sampling(seed_offset), "response_format": response_format(ep, schema)}
+        key = request_key(request)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.cache_hits[role_name] += 1
+            return ChatResult(hit["text"], key, True)
+        async with self._semaphore(ep_name):
+            client = await self._client(ep_name)
+            response, latency = await self._create_with_retries(client, ep_name, ep, request)
+        text = response.choices[0].message.content or ""
+        usage = response.usage.model_dump() if response.usage else None
+        self.cache.put(key, request, response.model_dump(mode="json"), text, usage, latency)
+        self.calls[role_name] += 1
+        return ChatResult(text, key, False)
+
+    async def _create_with_retries(self, client, ep_name: str, ep: EndpointConfig,
+                                   request: dict[str, Any]):
+        kwargs = {"model": request["model"], "messages": request["messages"],
+                  "temperature": request["temperature"], "top_p": request["top_p"],
+                  "max_tokens": request["max_tokens"], "seed": request["seed"],
+                  "timeout": ep.timeout_s}
+        if request["response_format"] is not None:
+            kwargs["response_format"] = request["response_format"]
+        for attempt in range(ep.max_retries + 1):
+            started = time.monotonic()
+            try:
+                response = await client.chat.completions.create(**kwargs)
+                return response, time.monotonic() - started
+            except RETRYABLE as err:
+                if attempt == ep.max_retries:
+                    raise LLMError(
+                        f"endpoint '{ep_name}' ({ep.identity}) failed after {attempt + 1}"
+                        f" attempts: {type(err).__name__}: {err}"
+                    ) from err
+                retry_after = None
+                if isinstance(err, openai.APIStatusError):
+                    retry_after = err.response.headers.get("retry-after")
+                await asyncio.sleep(backoff_s(attempt, retry_after))
+            except openai.APIStatusError as err:
+                raise LLMError(
+                    f"endpoint '{ep_name}' ({ep.identity}) refused the request with HTTP"
+                    f" {err.status_code}: {err.message}"
+                ) from err
+        raise AssertionError("unreachable")
+
+    def _semaphore(self, ep_name: str) -> asyncio.Semaphore:
+        if ep_name not in self._semaphores:
+            self._semaphores[ep_name] = asyncio.Semaphore(self.config.endpoints[ep_name].max_concurrency)
+        return self._semaphores[ep_name]
+
+    async def _client(self, ep_name: str) -> openai.AsyncOpenAI:
+        if ep_name in self._clients:
+            return self._clients[ep_name]
+        lock = self._start_locks.setdefault(ep_name, asyncio.Lock())
+        async with lock:
+            if ep_name not in self._clients:
+                ep = self.config.endpoints[ep_name]
+                if ep.embedded:
+                    # Started lazily: a fully cached build never starts the server.
+                    server = EmbeddedServer(
+                        ep.n_ctx, self.config.outputs_dir / "logs" / "llama-server.log",
+                        ep.startup_timeout_s,
+                    )
+                    self._servers[ep_name] = server
+                    base_url = await asyncio.to_thread(server.start)
+                else:
+                    base_url = ep.base_url
+                api_key = os.environ.get(ep.api_key_env, "") if ep.api_key_env else "not-needed"
+                self._clients[ep_name] = openai.AsyncOpenAI(
+                    base_url=base_url, api_key=api_key, max_retries=0, timeout=ep.timeout_s
+                )
+        return self._clients[ep_name]
+
+    @property
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+    @property
+    def total_cache_hits(self) -> int:
+        return sum(self.cache_hits.values())
