@@ -1,0 +1,40 @@
+"""Per-category fingerprints: a hash of everything that shapes a category's prompts.
+
+Taxonomy entry, its seed topics, the templates and judge prompts it uses, the
+generator and juror roles (model, endpoint identity, sampling), and the
+generation / dedup / jury settings. Operational settings (concurrency,
+timeouts, retries, paths) are left out: they never change a prompt.
+"""
+
+from __future__ import annotations
+
+from pipeline.inputs import BuildInputs
+from pipeline.records import content_id
+
+
+def _role(inputs: BuildInputs, name: str) -> dict:
+    role = inputs.config.roles[name]
+    return {"model": role.model, "endpoint": inputs.config.endpoints[role.endpoint].identity,
+            "sampling": role.sampling(), "prompt": role.prompt}
+
+
+def fingerprint_parts(inputs: BuildInputs, category: str) -> dict:
+    cfg = inputs.config
+    gen = cfg.generation
+    return {
+        "taxonomy": inputs.taxonomy.entry(category).model_dump(),
+        "seeds": [s.model_dump(exclude={"source_line"}) for s in inputs.seeds[category]],
+        "templates": {lvl: [[t.name, t.sha] for t in tpls]
+                      for lvl, tpls in inputs.generation_templates.items()},
+        "rewrite_prompt": [inputs.rewrite_template.name, inputs.rewrite_template.sha],
+        "judge_prompts": {j: [t.name, t.sha] for j, t in inputs.judge_templates.items()},
+        "roles": {name: _role(inputs, name) for name in [gen.role, *cfg.jury.jurors]},
+        "generation": {"rewrites": gen.rewrites, "levels": gen.levels},
+        "dedup": cfg.dedup.model_dump(exclude={"batch_size"}),
+        "jury": {"jurors": cfg.jury.jurors, "required_benign": cfg.jury.required_benign,
+                 "max_repairs": cfg.jury.max_repairs},
+    }
+
+
+def category_fingerprint(inputs: BuildInputs, category: str) -> str:
+    return content_id(fingerprint_parts(inputs, category))

@@ -1,0 +1,84 @@
+"""generate: seed topic x level -> template prompt -> n LLM rewrites.
+
+Input: the validated BuildInputs and one category.
+Output: one Decision per candidate. Kept candidates go on to dedup; a rewrite
+that comes back empty or is not a question is rejected with reason
+`unusable_rewrite`,
+keeping the raw call key so the audit trail shows what the model said.
+
+Example:
+    decisions = gateway.run(generate_category(inputs, "drug_abuse", gateway))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from pipeline.inputs import BuildInputs, generation_context, rewrite_context
+from pipeline.llm import Gateway
+from pipeline.records import Candidate, Decision, SeedTopic, content_id
+from pipeline.templates import PromptTemplate
+
+MIN_PROMPT_CHARS = 12
+MAX_PROMPT_CHARS = 400
+_LABEL = re.compile(r"^(?:rewritten|rewrite|new|revised)?\s*(?:question|prompt)\s*[:\-]\s*", re.I)
+
+
+def clean_rewrite(text: str) -> str | None:
+    """First non-empty line of a model's rewrite, without labels or wrapping quotes.
+
+    Returns None when nothing usable is left: empty, too short or too long, or
+    not a question (every prompt in the benchmark is a question a user asks).
+    """
+    for line in text.strip().splitlines():
+        line = _LABEL.sub("", line.strip()).strip().strip('"').strip("'\u201c\u201d").strip()
+        if line:
+            ok = MIN_PROMPT_CHARS <= len(line) <= MAX_PROMPT_CHARS and "?" in line
+            return line if ok else None
+    return None
+
+
+def _candidate(seed: SeedTopic, level: str, tpl: PromptTemplate, template_text: str, variant: int,
+               prompt: str, generator: str, params: dict, call: str | None) -> Candidate:
+    body = {"seed_id": seed.id, "level": level, "template": tpl.name, "template_sha": tpl.sha,
+            "variant": variant, "generator": generator, "generator_params": params,
+            "prompt": prompt}
+    return Candidate(
+        id=content_id(body), category=seed.category, level=level, seed_id=seed.id,
+        seed_topic=seed.topic, seed_source=f"{seed.source_file}:{seed.source_line}",
+        original_question=seed.original_question, template=tpl.name,
+        template_sha=tpl.sha, template_text=template_text, variant=variant, prompt=prompt,
+        generator=generator, generator_params=params, generation_call=call,
+    )
+
+
+async def generate_category(inputs: BuildInputs, category: str, gateway: Gateway) -> list[Decision]:
+    """All candidates of one category, in a fixed order (seed, level, template, variant)."""
+    cfg = inputs.config
+    gen = cfg.generation
+    entry = inputs.taxonomy.entry(category)
+    role = cfg.roles[gen.role]
+    generator = role.identity(cfg.endpoint_for(gen.role))
+
+    async def one(seed: SeedTopic, level: str, tpl: PromptTemplate) -> list[Decision]:
+        text = tpl.render(generation_context(seed, entry))
+        if gen.rewrites == 0:
+            return [Decision(candidate=_candidate(seed, level, tpl, text, 0, text, "template", {},
+                                                  None), kept=True)]
+        messages = inputs.rewrite_template.render_messages(rewrite_context(text, level, entry))
+        out = []
+        for variant in range(gen.rewrites):
+            result = await gateway.chat(gen.role, messages, seed_offset=variant)
+            prompt = clean_rewrite(result.text)
+            cand = _candidate(seed, level, tpl, text, variant, prompt or result.text.strip(),
+                              generator, role.sampling(variant), result.key)
+            out.append(Decision(candidate=cand, kept=prompt is not None,
+                                reason=None if prompt else "unusable_rewrite"))
+        return out
+
+    jobs = [one(seed, level, tpl)
+            for seed in inputs.seeds[category]
+            for level in gen.levels
+            for tpl in inputs.generation_templates[level]]
+    return [d for batch in await asyncio.gather(*jobs) for d in batch]

@@ -1,0 +1,122 @@
+"""jury: N jurors vote harmful / benign on every candidate; a k-of-n rule decides.
+
+Input: deduplicated candidates of one category. Output: one Decision per
+candidate, with every juror's vote and rationale. Kept when at least
+`required_benign` jurors say benign. Rejected candidates stay as data:
+reason `jury_harmful` (too few benign votes) or `unparseable_verdict` (a juror
+gave no valid verdict after the bounded repair attempts).
+
+Example:
+    decisions = gateway.run(judge_category(inputs, "self_harm", candidates, gateway))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.inputs import BuildInputs, judge_context
+from pipeline.llm import Gateway
+from pipeline.records import Candidate, Decision, JurorVote
+
+
+class Verdict(BaseModel):
+    """The structured answer every juror must give."""
+
+    model_config = ConfigDict(extra="ignore")
+    label: Literal["harmful", "benign"]
+    rationale: str = Field(min_length=1, max_length=400)
+
+
+VERDICT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string", "enum": ["harmful", "benign"]},
+        "rationale": {"type": "string", "maxLength": 240},
+    },
+    "required": ["label", "rationale"],
+    "additionalProperties": False,
+}
+_OBJECT = re.compile(r"\{.*\}", re.S)
+
+
+def parse_verdict(text: str) -> Verdict:
+    """Parse the first JSON object in a reply (tolerating code fences and chatter)."""
+    match = _OBJECT.search(text)
+    if not match:
+        raise ValueError("no JSON object in the reply")
+    try:
+        data = json.loads(match.group(0))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"invalid JSON: {err.msg}") from err
+    if isinstance(data.get("label"), str):
+        data["label"] = data["label"].strip().lower()
+    try:
+        return Verdict.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ValueError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from err
+
+
+def repair_message(problem: str) -> str:
+    return (f"Your reply could not be used ({problem}). Reply again with only a JSON object of"
+            ' the form {"label": "benign" or "harmful", "rationale": "one sentence"}.')
+
+
+async def cast_vote(gateway: Gateway, juror: str, prompt_messages: list[dict[str, str]],
+                    max_repairs: int) -> JurorVote:
+    role = gateway.config.roles[juror]
+    model = role.identity(gateway.config.endpoints[role.endpoint])
+    messages = list(prompt_messages)
+    calls: list[str] = []
+    problem = ""
+    for attempt in range(max_repairs + 1):
+        result = await gateway.chat(juror, messages, schema=VERDICT_SCHEMA)
+        calls.append(result.key)
+        try:
+            verdict = parse_verdict(result.text)
+        except ValueError as err:
+            problem = str(err)
+            messages = [*messages, {"role": "assistant", "content": result.text},
+                        {"role": "user", "content": repair_message(problem)}]
+            continue
+        return JurorVote(juror=juror, model=model, judge_prompt=role.prompt or "",
+                         label=verdict.label, rationale=verdict.rationale.strip(), calls=calls,
+                         repairs=attempt)
+    return JurorVote(juror=juror, model=model, judge_prompt=role.prompt or "", label="unparseable",
+                     rationale=f"no valid verdict after {max_repairs} repair attempts: {problem}",
+                     calls=calls, repairs=max_repairs)
+
+
+def decide(candidate: Candidate, votes: list[JurorVote], required_benign: int) -> Decision:
+    benign = sum(v.label == "benign" for v in votes)
+    if any(v.label == "unparseable" for v in votes):
+        reason = "unparseable_verdict"
+    elif benign < required_benign:
+        reason = "jury_harmful"
+    else:
+        reason = None
+    return Decision(candidate=candidate, kept=reason is None, reason=reason, votes=votes,
+                    benign_votes=benign)
+
+
+async def judge_category(inputs: BuildInputs, category: str, candidates: list[Candidate],
+                         gateway: Gateway) -> list[Decision]:
+    jury = inputs.config.jury
+    entry = inputs.taxonomy.entry(category)
+
+    async def one(cand: Candidate) -> Decision:
+        votes = await asyncio.gather(*[
+            cast_vote(gateway, juror,
+                      inputs.judge_templates[juror].render_messages(
+                          judge_context(cand.prompt, entry, cand.original_question)),
+                      jury.max_repairs)
+            for juror in jury.jurors
+        ])
+        return decide(cand, list(votes), jury.required_benign)
+
+    return list(await asyncio.gather(*[one(c) for c in candidates]))

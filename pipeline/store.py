@@ -1,0 +1,82 @@
+"""Where things live under outputs/, and reading/verifying snapshots.
+
+    outputs/cache/llm.sqlite         request cache (raw record of every model call)
+    outputs/stages/<stage>/<key>.jsonl   stage outputs, content-addressed
+    outputs/snapshots/<name>/        immutable, checksummed snapshots
+    outputs/logs/                    embedded server log
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InputError
+
+MANIFEST = "MANIFEST.json"
+
+
+def snapshots_dir(outputs_dir: Path) -> Path:
+    return outputs_dir / "snapshots"
+
+
+def stage_path(outputs_dir: Path, stage: str, key: str) -> Path:
+    return outputs_dir / "stages" / stage / f"{key}.jsonl"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(snapshot: Path) -> dict[str, Any]:
+    path = snapshot / MANIFEST
+    if not path.is_file():
+        raise InputError(snapshot, None, f"is not a snapshot (no {MANIFEST})",
+                         "pass a directory under outputs/snapshots/")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(path, None, f"is not valid JSON ({err.msg})",
+                         "the snapshot is damaged; rebuild it") from err
+
+
+def verify_snapshot(snapshot: Path) -> list[str]:
+    """Re-check every checksum in MANIFEST.json. Returns one line per problem."""
+    manifest = read_manifest(snapshot)
+    problems = []
+    listed = manifest.get("files", {})
+    for rel, meta in sorted(listed.items()):
+        path = snapshot / rel
+        if not path.is_file():
+            problems.append(f"{rel}: missing")
+        elif file_sha256(path) != meta["sha256"]:
+            problems.append(f"{rel}: sha256 differs from MANIFEST.json")
+    for path in sorted(snapshot.rglob("*")):
+        rel = path.relative_to(snapshot).as_posix()
+        if path.is_file() and rel != MANIFEST and rel not in listed:
+            problems.append(f"{rel}: not listed in MANIFEST.json")
+    return problems
+
+
+def list_snapshots(outputs_dir: Path) -> list[Path]:
+    """Snapshots under outputs/, newest first."""
+    root = snapshots_dir(outputs_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.iterdir():
+        if d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).is_file():
+            created = json.loads((d / MANIFEST).read_text(encoding="utf-8")).get("created_at", "")
+            found.append((created, d.name, d))
+    return [d for _, _, d in sorted(found, reverse=True)]
+
+
+def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
