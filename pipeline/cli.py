@@ -1,0 +1,190 @@
+"""`orsc`: build, verify and audit benchmark snapshots.
+
+Exit codes: 0 success; 1 a snapshot failed verification or the build failed;
+2 bad input (config, seeds, templates, arguments), with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import DEFAULT_CONFIG, load_config
+from pipeline.errors import InputError
+from pipeline.llm.embedded import EmbeddedModelError
+from pipeline.llm.gateway import LLMError
+
+console = Console()
+
+
+def _prefect_env(outputs_dir: Path) -> None:
+    """Keep in-process Prefect quiet and offline unless the user configured it."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    if "PREFECT_HOME" not in os.environ:
+        home = outputs_dir / "prefect" / "home"
+        home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
+        os.environ["PREFECT_HOME"] = str(home)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from pipeline.inputs import load_inputs
+    from pipeline.store import snapshots_dir
+
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    config = load_config(args.config)
+    inputs = load_inputs(config, categories)  # every input validated before anything is written
+    if args.name:
+        if not args.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise InputError(None, "--name", f"'{args.name}' is not a valid snapshot name",
+                             "use letters, digits, '-', '_' and '.' only")
+        if (snapshots_dir(config.outputs_dir) / args.name).exists():
+            raise InputError(snapshots_dir(config.outputs_dir) / args.name, "--name",
+                             "a snapshot with this name already exists",
+                             "pass a new --name; snapshots are never overwritten")
+    _prefect_env(config.outputs_dir)
+    from flows.build import build_benchmark
+
+    result = build_benchmark(str(config.source), inputs.categories, args.name)
+    _print_summary(result)
+    console.print(f"snapshot: {result['snapshot']}")
+    return 0
+
+
+def _print_summary(result: dict) -> None:
+    table = Table(title="build-benchmark: candidates per category x level")
+    for col in ("category", "level", "generated", "after dedup", "after jury"):
+        table.add_column(col, justify="left" if col in ("category", "level") else "right")
+    totals = [0, 0, 0]
+    for row in result["summary"]:
+        nums = [row["generated"], row["after_dedup"], row["after_jury"]]
+        totals = [a + b for a, b in zip(totals, nums, strict=True)]
+        table.add_row(row["category"], row["level"], *map(str, nums))
+    table.add_row("total", "", *map(str, totals), style="bold")
+    console.print(table)
+    calls = sum(result["model_calls"].values())
+    hits = sum(result["cache_hits"].values())
+    console.print(f"model calls: {calls} (cache hits: {hits})")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.store import verify_snapshot
+
+    snapshot = Path(args.snapshot)
+    problems = verify_snapshot(snapshot)
+    if problems:
+        print(f"FAILED {snapshot}", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    console.print(f"OK {snapshot}: every checksum in MANIFEST.json matches")
+    return 0
+
+
+def cmd_provenance(args: argparse.Namespace) -> int:
+    from pipeline.provenance import trace
+
+    outputs_dir = Path(args.outputs) if args.outputs else load_config(args.config).outputs_dir
+    report = trace(args.id, outputs_dir, Path(args.snapshot) if args.snapshot else None)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+        return 0
+    _print_provenance(report)
+    return 0
+
+
+def _print_provenance(r) -> None:
+    status = "kept" if r.status == "kept" else f"rejected ({r.reason})"
+    console.print(f"[bold]{r.id}[/bold]  {status}  in snapshot {r.snapshot}"
+                  f" (held by: {', '.join(r.snapshots)})")
+    console.print(f"category: {r.category}   level: {r.level}")
+    console.print(f"prompt: {r.prompt}")
+    console.print(f"seed: {r.seed['id']} '{r.seed['topic']}' ({r.seed['source']})")
+    console.print(f"  original_question: {r.seed['original_question']}")
+    console.print(f"template: {r.template['name']} sha {r.template['sha']}")
+    console.print(f"  rendered: {r.template['rendered']}")
+    console.print(f"generator: {r.generator['model']} params {r.generator['params']}")
+    if r.generation_call:
+        _print_call("generation call", r.generation_call)
+    d = r.dedup
+    line = f"dedup: {d['status']}"
+    if d["duplicate_of"]:
+        line += f" - duplicate of {d['duplicate_of']} (cosine {d['similarity']})"
+    if d["duplicates_dropped"]:
+        line += f"; dropped as its duplicates: {', '.join(d['duplicates_dropped'])}"
+    console.print(line)
+    if r.votes:
+        console.print(f"jury: {r.benign_votes} of {len(r.votes)} benign"
+                      f" (rule: at least {r.required_benign})")
+    for v in r.votes:
+        console.print(f"  {v.juror} [{v.model}, {v.judge_prompt}]: {v.label}"
+                      f" - {v.rationale}" + (f" ({v.repairs} repairs)" if v.repairs else ""))
+        for c in v.calls:
+            _print_call("    call", c)
+    console.print(f"validation sample: {'yes' if r.in_validation_sample else 'no'}")
+
+
+def _print_call(label: str, c) -> None:
+    if not c.found:
+        console.print(f"{label} {c.key[:16]}: not in the request cache")
+        return
+    usage = c.usage or {}
+    console.print(f"{label} {c.key[:16]}: {c.model} @ {c.endpoint} {c.params}"
+                  f" latency {c.latency_s:.2f}s tokens {usage.get('prompt_tokens')}"
+                  f"+{usage.get('completion_tokens')}")
+    for m in c.messages:
+        console.print(f"      {m['role']}: {m['content']}", markup=False, highlight=False)
+    console.print(f"      response: {c.response_text}", markup=False, highlight=False)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orsc", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="run the build-benchmark flow and write a snapshot")
+    b.add_argument("--config", default=str(DEFAULT_CONFIG), help="config YAML (default: %(default)s)")
+    b.add_argument("--categories", help="comma-separated category ids (default: all in config)")
+    b.add_argument("--name", help="snapshot name (default: build-<UTC timestamp>)")
+    b.set_defaults(func=cmd_build)
+
+    v = sub.add_parser("verify", help="re-check every checksum in a snapshot's MANIFEST.json")
+    v.add_argument("snapshot", help="snapshot directory")
+    v.set_defaults(func=cmd_verify)
+
+    pr = sub.add_parser("provenance", help="print where a prompt came from")
+    pr.add_argument("id", help="prompt id (kept or rejected)")
+    pr.add_argument("--config", default=str(DEFAULT_CONFIG), help="config whose outputs_dir to search")
+    pr.add_argument("--outputs", help="outputs directory to search (overrides --config)")
+    pr.add_argument("--snapshot", help="look in this snapshot first (default: newest)")
+    pr.add_argument("--json", action="store_true", help="machine-readable output")
+    pr.set_defaults(func=cmd_provenance)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per model call otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (LLMError, EmbeddedModelError) as err:
+        print(f"build failed: {err}", file=sys.stderr)
+        print("  completed model calls are cached; run the same command again to resume",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""provenance: the full chain behind one prompt id, from snapshots and the request cache.
+
+Works after the build has exited and on any machine holding the outputs/ folder:
+rows come from snapshot files, raw model calls from outputs/cache/llm.sqlite.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from pipeline.errors import InputError
+from pipeline.llm.cache import RequestCache
+from pipeline.store import list_snapshots, read_jsonl_rows, read_manifest
+
+
+class LLMCallRecord(BaseModel):
+    key: str
+    found: bool  # False when the cache no longer holds this call
+    endpoint: str | None = None
+    model: str | None = None
+    params: dict[str, Any] = {}
+    messages: list[dict[str, Any]] = []
+    response_text: str | None = None
+    raw_response: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    latency_s: float | None = None
+
+
+class Vote(BaseModel):
+    juror: str
+    model: str
+    judge_prompt: str
+    label: str
+    rationale: str
+    repairs: int
+    calls: list[LLMCallRecord]
+
+
+class Provenance(BaseModel):
+    """Schema of `orsc provenance --json` (stable field names)."""
+
+    id: str
+    status: str  # "kept" or "rejected"
+    reason: str | None  # duplicate | jury_harmful | unparseable_verdict | unusable_rewrite
+    snapshot: str
+    snapshots: list[str]  # every snapshot that holds this id (kept or rejected)
+    category: str
+    level: str
+    prompt: str
+    seed: dict[str, Any]  # id, topic, original_question, source (file:line)
+    template: dict[str, Any]  # name, sha, rendered
+    generator: dict[str, Any]  # model, params
+    generation_call: LLMCallRecord | None
+    dedup: dict[str, Any]  # status (kept|duplicate|not reached), duplicate_of, similarity, duplicates_dropped
+    votes: list[Vote]
+    benign_votes: int | None
+    required_benign: int | None
+    in_validation_sample: bool
+
+
+def _call(cache: RequestCache | None, key: str) -> LLMCallRecord:
+    hit = cache.get(key) if cache else None
+    if hit is None:
+        return LLMCallRecord(key=key, found=False)
+    req = hit["request"]
+    params = {k: req.get(k) for k in ("temperature", "top_p", "max_tokens", "seed",
+                                      "response_format")}
+    return LLMCallRecord(key=key, found=True, endpoint=hit["endpoint"], model=hit["model"],
+                         params=params, messages=req["messages"], response_text=hit["text"],
+                         raw_response=hit["response"], usage=hit["usage"],
+                         latency_s=hit["latency_s"])
+
+
+def _rows(snapshot: Path) -> tuple[list[dict], list[dict]]:
+    return (read_jsonl_rows(snapshot / "prompts.jsonl"), read_jsonl_rows(snapshot / "rejected.jsonl"))
+
+
+def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None) -> Provenance:
+    """Find `prompt_id` (kept or rejected) and assemble its provenance."""
+    snapshots = list_snapshots(outputs_dir)
+    search = [snapshot] if snapshot else snapshots
+    if snapshot:
+        read_manifest(snapshot)  # clear error if it is not a snapshot
+    if not search:
+        raise InputError(outputs_dir, None, "holds no snapshots", "run `orsc build` first")
+    found = None
+    holders = []
+    for snap in snapshots if not snapshot else [snapshot, *snapshots]:
+        kept, rejected = _rows(snap)
+        row = next((r for r in kept + rejected if r["id"] == prompt_id), None)
+        if row is not None:
+            if snap.name not in holders:
+                holders.append(snap.name)
+            if found is None and snap in search:
+                found = (snap, row, rejected)
+    if found is None:
+        raise InputError(None, "prompt id", f"'{prompt_id}' is in no snapshot under {outputs_dir}",
+                         "copy an id from prompts.jsonl or rejected.jsonl of a snapshot")
+    snap, row, rejected = found
+    manifest = read_manifest(snap)
+    with (snap / "validation_sample.csv").open(encoding="utf-8") as fh:
+        sampled = {r["id"] for r in csv.DictReader(fh)}
+    cache_path = outputs_dir / "cache" / "llm.sqlite"
+    cache = RequestCache(cache_path) if cache_path.is_file() else None
+    try:
+        votes = [Vote(**{k: v[k] for k in ("juror", "model", "judge_prompt", "label", "rationale",
+                                            "repairs")},
+                      calls=[_call(cache, k) for k in v["calls"]]) for v in row["votes"] or []]
+        gen_call = _call(cache, row["generation_call"]) if row["generation_call"] else None
+    finally:
+        if cache:
+            cache.close()
+    return Provenance(
+        id=row["id"], status="rejected" if row["reason"] else "kept", reason=row["reason"],
+        snapshot=snap.name, snapshots=holders, category=row["category"], level=row["level"],
+        prompt=row["prompt"],
+        seed={"id": row["seed_id"], "topic": row["seed_topic"],
+              "original_question": row["original_question"], "source": row["seed_source"]},
+        template={"name": row["template"], "sha": row["template_sha"],
+                  "rendered": row["template_text"]},
+        generator={"model": row["generator"], "params": json.loads(row["generator_params"])},
+        generation_call=gen_call,
+        dedup={"status": {"duplicate": "duplicate", "unusable_rewrite": "not reached"}.get(
+                   row["reason"], "kept"),
+               "duplicate_of": row["duplicate_of"], "similarity": row["similarity"],
+               "duplicates_dropped": [r["id"] for r in rejected if r["duplicate_of"] == row["id"]]},
+        votes=votes, benign_votes=row["benign_votes"],
+        required_benign=manifest.get("jury", {}).get("required_benign"),
+        in_validation_sample=row["id"] in sampled,
+    )
