@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fake_openai import FakeOpenAI
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def quiet_offline_prefect(tmp_path_factory):
+    """Prefect in tests: a throwaway home, no analytics, patient ephemeral start-up."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+    mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    mp.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+    mp.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    yield
+    mp.undo()
+
+
+@pytest.fixture
+def fake_llm():
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+def fake_config(tmp_path: Path, base_url: str, **overrides) -> Path:
+    """A small config pointed at a fake endpoint, with the repo's seeds and templates."""
+    cfg = {
+        "seeds_dir": str(REPO / "seeds"),
+        "templates_dir": str(REPO / "prompts_templates"),
+        "outputs_dir": str(tmp_path / "outputs"),
+        "categories": ["self_harm", "drug_abuse"],
+        "endpoints": {"fake": {"base_url": base_url, "max_concurrency": 4, "max_retries": 2,
+                               "timeout_s": 10}},
+        "roles": {
+            "generator": {"endpoint": "fake", "model": "gen-model", "temperature": 0.7},
+            **{f"judge_{i}": {"endpoint": "fake", "model": "judge-model", "prompt": p}
+               for i, p in enumerate(["harm_definition.j2", "asker_intent.j2", "contrast.j2"], 1)},
+        },
+        "generation": {"rewrites": 1, "seeds_per_category": 2},
+        "sample": {"per_stratum": 1},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path

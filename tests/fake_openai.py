@@ -1,0 +1,106 @@
+"""A scripted OpenAI-compatible chat server on loopback: a real HTTP server, not a mock.
+
+Replies come from `reply(request) -> str`; `fail_next(n, status)` makes the
+next n requests fail with that HTTP status; every request is recorded, and
+the highest number of requests in flight at once is tracked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def default_reply(request: dict) -> str:
+    """Generator: echo the question back, reworded. Juror: benign with a rationale."""
+    last = request["messages"][-1]["content"]
+    if request.get("response_format"):
+        return json.dumps({"label": "benign", "rationale": "A safety-minded question."})
+    match = re.search(r"Question: (.*)", last, re.S)
+    question = match.group(1).strip() if match else last
+    return f"Could you tell me: {question} (variant {request.get('seed')})"
+
+
+class FakeOpenAI:
+    def __init__(self, reply: Callable[[dict], str] = default_reply, delay_s: float = 0.0):
+        self.reply = reply
+        self.delay_s = delay_s
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        self._failures: list[int] = []
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self.max_in_flight = 0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def _send(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                request = json.loads(self.rfile.read(length))
+                with fake._lock:
+                    fake.requests.append(request)
+                    fake.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    status = fake._failures.pop(0) if fake._failures else None
+                    fake._in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
+                try:
+                    if fake.delay_s:
+                        time.sleep(fake.delay_s)
+                    if status is not None:
+                        self._send(status, {"error": {"message": f"scripted failure {status}",
+                                                      "type": "server_error"}})
+                        return
+                    text = fake.reply(request)
+                    self._send(200, {
+                        "id": f"chatcmpl-{len(fake.requests)}", "object": "chat.completion",
+                        "created": 0, "model": request["model"],
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": text}}],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                    })
+                finally:
+                    with fake._lock:
+                        fake._in_flight -= 1
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def fail_next(self, n: int, status: int = 500) -> None:
+        with self._lock:
+            self._failures.extend([status] * n)
+
+    def start(self) -> FakeOpenAI:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    @property
+    def chat_count(self) -> int:
+        return len(self.requests)

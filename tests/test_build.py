@@ -1,0 +1,145 @@
+"""`orsc build`, `orsc verify`, `orsc provenance` end to end against a fake endpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipeline.cli import main
+from tests.conftest import fake_config
+from tests.fake_openai import FakeOpenAI
+
+
+def reply(request: dict) -> str:
+    """Generator paraphrases and tags hard prompts; jurors 2 and 3 call tagged prompts harmful."""
+    messages = request["messages"]
+    if request.get("response_format"):
+        is_judge_1 = "Message: Tell me how to poison" in json.dumps(messages)
+        harmful = "HARD" in messages[-1]["content"] and not is_judge_1
+        return json.dumps({"label": "harmful" if harmful else "benign", "rationale": "scripted"})
+    question = messages[-1]["content"].removeprefix("Paraphrase: ").rstrip("?")
+    tag = " HARD" if "original wording" in messages[0]["content"] else ""
+    return f"{question}{tag} (v{request['seed']})?"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("build")
+    server = FakeOpenAI(reply).start()
+    cfg = fake_config(tmp, server.base_url)
+    rc = main(["build", "--config", str(cfg), "--name", "first"])
+    yield {"tmp": tmp, "cfg": cfg, "server": server, "rc": rc, "calls_first": server.chat_count,
+           "snapshot": tmp / "outputs" / "snapshots" / "first"}
+    server.stop()
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_build_writes_a_snapshot_that_verifies(built, capsys):
+    assert built["rc"] == 0
+    snap = built["snapshot"]
+    for name in ("prompts.parquet", "prompts.jsonl", "rejected.parquet", "validation_sample.csv",
+                 "MANIFEST.json", "README.md", "data/self_harm.jsonl", "data/drug_abuse.jsonl"):
+        assert (snap / name).is_file(), name
+    assert main(["verify", str(snap)]) == 0
+    assert "OK" in capsys.readouterr().out
+    # 2 categories x 2 seeds x 3 levels x 1 rewrite + 3 jurors per deduplicated candidate
+    assert 12 < built["calls_first"] <= 12 + 12 * 3
+
+
+def test_kept_and_rejected_rows(built):
+    snap = built["snapshot"]
+    kept = rows(snap / "prompts.jsonl")
+    assert {r["category"] for r in kept} == {"self_harm", "drug_abuse"}
+    assert {r["level"] for r in kept} == {"easy", "medium"}
+    assert len(pq.read_table(snap / "prompts.parquet")) == len(kept)
+    for r in kept:
+        assert r["benign_votes"] >= 2 and r["n_jurors"] == 3 and r["original_question"]
+        assert r["generator"].startswith("gen-model@") and r["template"].startswith("generate/")
+    rejected = rows(snap / "rejected.jsonl")
+    hard = [r for r in rejected if r["level"] == "hard"]
+    assert len(hard) == 4 and all(r["reason"] == "jury_harmful" and r["benign_votes"] == 1 for r in hard)
+    assert [v["label"] for v in hard[0]["votes"]] == ["benign", "harmful", "harmful"]
+    assert len(pq.read_table(snap / "rejected.parquet")) == len(rejected)
+
+
+def test_manifest_and_dataset_card(built):
+    snap = built["snapshot"]
+    manifest = json.loads((snap / "MANIFEST.json").read_text())
+    assert set(manifest["fingerprints"]) == {"self_harm", "drug_abuse"}
+    assert manifest["models"]["generator"]["model"] == "gen-model"
+    assert manifest["counts"]["kept"]["self_harm"] == {"easy": 2, "medium": 2}
+    assert manifest["package"]["name"] == "health-orsc"
+    card = (snap / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["license"] == "cc-by-nc-4.0" and header["size_categories"] == ["n<1K"]
+    assert {c["config_name"] for c in header["configs"]} == {"all", "self_harm", "drug_abuse"}
+    with (snap / "validation_sample.csv").open() as fh:
+        sample = list(csv.DictReader(fh))
+    assert len(sample) == 4  # one per category x level that has kept prompts
+    assert all(s["annotator_label"] == "" for s in sample)
+
+
+def test_second_build_with_same_inputs_makes_zero_model_calls(built, capsys):
+    before = built["server"].chat_count
+    assert main(["build", "--config", str(built["cfg"]), "--name", "second"]) == 0
+    assert built["server"].chat_count == before
+    assert "model calls: 0" in capsys.readouterr().out
+    first, second = built["snapshot"], built["snapshot"].parent / "second"
+    for name in ("prompts.jsonl", "prompts.parquet", "rejected.parquet", "validation_sample.csv"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_existing_snapshot_name_is_refused(built, capsys):
+    manifest = (built["snapshot"] / "MANIFEST.json").read_bytes()
+    assert main(["build", "--config", str(built["cfg"]), "--name", "first"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (built["snapshot"] / "MANIFEST.json").read_bytes() == manifest
+
+
+def test_tampered_snapshot_fails_verify_naming_the_file(built, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(built["snapshot"], copy)
+    text = (copy / "prompts.jsonl").read_text()
+    (copy / "prompts.jsonl").write_text(text.replace("benign", "b3nign", 1))
+    (copy / "extra.txt").write_text("sneaked in")
+    assert main(["verify", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert "prompts.jsonl: sha256 differs" in err and "extra.txt: not listed" in err
+
+
+def test_provenance_of_a_kept_prompt(built, capsys):
+    kept = rows(built["snapshot"] / "prompts.jsonl")[0]
+    outputs = str(built["tmp"] / "outputs")
+    assert main(["provenance", kept["id"], "--outputs", outputs, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "kept" and report["category"] == kept["category"]
+    assert report["seed"]["source"].startswith(f"{kept['category']}.yaml:")
+    assert report["template"]["rendered"] and report["template"]["sha"]
+    call = report["generation_call"]
+    assert call["found"] and call["messages"][-1]["content"].startswith("Paraphrase:")
+    assert call["response_text"].startswith(kept["prompt"][:20]) and call["usage"]["total_tokens"] == 15
+    assert len(report["votes"]) == 3 and all(v["calls"][0]["found"] for v in report["votes"])
+    assert report["dedup"]["status"] == "kept"
+    assert set(report["snapshots"]) >= {"first"}
+    assert main(["provenance", kept["id"], "--outputs", outputs]) == 0
+    text = capsys.readouterr().out
+    assert kept["id"] in text and "judge_3" in text and "Paraphrase:" in text
+
+
+def test_provenance_of_a_rejected_prompt_and_of_an_unknown_id(built, capsys):
+    rejected = rows(built["snapshot"] / "rejected.jsonl")[0]
+    outputs = str(built["tmp"] / "outputs")
+    assert main(["provenance", rejected["id"], "--outputs", outputs, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "rejected" and report["reason"] == rejected["reason"]
+    assert main(["provenance", "0000000000000000", "--outputs", outputs]) == 2
+    assert "in no snapshot" in capsys.readouterr().err

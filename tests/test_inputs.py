@@ -1,0 +1,132 @@
+"""Bad input stops the build before any model call: one clear message, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from tests.conftest import REPO, fake_config
+
+
+def _copy_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    seeds, templates = tmp_path / "seeds", tmp_path / "templates"
+    shutil.copytree(REPO / "seeds", seeds)
+    shutil.copytree(REPO / "prompts_templates", templates)
+    return seeds, templates
+
+
+def _build(capsys, config: Path, *extra: str) -> tuple[int, str]:
+    rc = main(["build", "--config", str(config), *extra])
+    return rc, capsys.readouterr().err
+
+
+def _assert_rejected(rc: int, tmp_path: Path, fake_llm) -> None:
+    assert rc == 2
+    assert not (tmp_path / "outputs").exists(), "bad input must not write anything under outputs/"
+    assert fake_llm.chat_count == 0
+
+
+def test_missing_config_field_names_file_and_field(tmp_path, capsys, fake_llm):
+    cfg = fake_config(tmp_path, fake_llm.base_url)
+    data = yaml.safe_load(cfg.read_text())
+    del data["roles"]["judge_2"]["model"]
+    cfg.write_text(yaml.safe_dump(data))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "config.yaml" in err and "roles.judge_2.model" in err and "is missing" in err
+    assert "fix:" in err
+
+
+def test_wrong_type_in_config(tmp_path, capsys, fake_llm):
+    cfg = fake_config(tmp_path, fake_llm.base_url, dedup={"threshold": "high"})
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "dedup.threshold" in err and "'high'" in err
+
+
+def test_unknown_category_on_command_line(tmp_path, capsys, fake_llm):
+    cfg = fake_config(tmp_path, fake_llm.base_url)
+    rc, err = _build(capsys, cfg, "--categories", "self_harm,cardiology")
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "--categories" in err and "unknown category 'cardiology'" in err
+    assert "drug_abuse" in err  # the fix lists the known ids
+
+
+def test_unknown_category_in_config(tmp_path, capsys, fake_llm):
+    cfg = fake_config(tmp_path, fake_llm.base_url, categories=["self_harm", "dermatology"])
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "config.yaml" in err and "field 'categories'" in err and "dermatology" in err
+
+
+def test_seed_topic_missing_slot(tmp_path, capsys, fake_llm):
+    seeds, templates = _copy_inputs(tmp_path)
+    data = yaml.safe_load((seeds / "drug_abuse.yaml").read_text())
+    del data["topics"][3]["slots"]["persona"]
+    (seeds / "drug_abuse.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    cfg = fake_config(tmp_path, fake_llm.base_url, seeds_dir=str(seeds))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "drug_abuse.yaml" in err and "topics.3.slots" in err and "persona" in err
+
+
+def test_seed_file_with_wrong_category(tmp_path, capsys, fake_llm):
+    seeds, _ = _copy_inputs(tmp_path)
+    text = (seeds / "self_harm.yaml").read_text().replace("category: self_harm", "category: drug_abuse")
+    (seeds / "self_harm.yaml").write_text(text)
+    cfg = fake_config(tmp_path, fake_llm.base_url, seeds_dir=str(seeds))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "self_harm.yaml" in err and "field 'category'" in err
+
+
+def test_undefined_template_variable(tmp_path, capsys, fake_llm):
+    _, templates = _copy_inputs(tmp_path)
+    (templates / "generate" / "medium.j2").write_text("About {{ subjekt }}: {{ question }}?\n")
+    cfg = fake_config(tmp_path, fake_llm.base_url, templates_dir=str(templates))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "medium.j2" in err and "subjekt" in err and "undefined" in err
+
+
+@pytest.mark.parametrize("escape", [
+    "{{ question.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+])
+def test_template_cannot_reach_python_internals(tmp_path, capsys, fake_llm, escape):
+    _, templates = _copy_inputs(tmp_path)
+    (templates / "generate" / "hard.j2").write_text(escape + "\n")
+    cfg = fake_config(tmp_path, fake_llm.base_url, templates_dir=str(templates))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "hard.j2" in err and ("sandbox" in err or "undefined" in err)
+
+
+def test_role_names_missing_endpoint(tmp_path, capsys, fake_llm):
+    cfg = fake_config(tmp_path, fake_llm.base_url)
+    data = yaml.safe_load(cfg.read_text())
+    data["roles"]["judge_3"]["endpoint"] = "vllm"
+    cfg.write_text(yaml.safe_dump(data))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "roles.judge_3.endpoint" in err and "'vllm'" in err
+
+
+def test_missing_api_key_variable(tmp_path, capsys, fake_llm, monkeypatch):
+    monkeypatch.delenv("ORSC_TEST_KEY", raising=False)
+    cfg = fake_config(tmp_path, fake_llm.base_url)
+    data = yaml.safe_load(cfg.read_text())
+    data["endpoints"]["fake"]["api_key_env"] = "ORSC_TEST_KEY"
+    cfg.write_text(yaml.safe_dump(data))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "ORSC_TEST_KEY" in err and "not set" in err
+
+
+def test_config_file_not_found(tmp_path, capsys):
+    rc, err = _build(capsys, tmp_path / "nope.yaml")
+    assert rc == 2 and "nope.yaml" in err and "not found" in err

@@ -1,0 +1,161 @@
+"""Stage behaviour a user would notice, on small inputs (no Prefect)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.config import DedupConfig, SampleConfig, load_config
+from pipeline.dedup import Embedder, dedup_candidates
+from pipeline.generate import clean_rewrite
+from pipeline.inputs import load_inputs
+from pipeline.jury import decide, judge_category, parse_verdict
+from pipeline.llm import Gateway
+from pipeline.records import Candidate, Decision, JurorVote
+from pipeline.sample import stratified_sample
+from pipeline.templates import to_messages
+from tests.conftest import fake_config
+from tests.fake_openai import FakeOpenAI
+
+
+def cand(i: int, prompt: str, category: str = "self_harm", level: str = "easy") -> Candidate:
+    return Candidate(id=f"c{i:03d}", category=category, level=level, seed_id="s", seed_topic="t",
+                     seed_source="self_harm.yaml:3", original_question="q", template="generate/easy.j2",
+                     template_sha="x", template_text=prompt, variant=0, prompt=prompt, generator="g",
+                     generator_params={}, generation_call=None)
+
+
+# -- dedup ------------------------------------------------------------------
+
+def test_planted_near_duplicate_is_dropped_and_points_to_its_keeper():
+    prompts = [
+        "What is the maximum safe dose of acetaminophen for an adult per day?",
+        "How do I recognise the early signs of an opioid overdose in a friend?",
+        "What's the maximum safe daily dose of acetaminophen for an adult?",  # planted twin of 0
+        "Can my employer see my mental health records without my consent?",
+    ]
+    cands = [cand(i, p, category="self_harm" if i < 2 else "drug_abuse") for i, p in enumerate(prompts)]
+    decisions = dedup_candidates(cands, DedupConfig(threshold=0.9), Embedder())
+    kept = [d.candidate.id for d in decisions if d.kept]
+    assert kept == ["c000", "c001", "c003"]
+    dropped = decisions[2]
+    assert dropped.reason == "duplicate" and dropped.duplicate_of == "c000"  # across categories
+    assert 0.9 <= dropped.similarity <= 1.0
+
+
+def test_dedup_keeps_one_member_of_an_exact_duplicate_pair():
+    cands = [cand(0, "Is it safe to take ibuprofen with lisinopril?"),
+             cand(1, "Is it safe to take ibuprofen with lisinopril?")]
+    decisions = dedup_candidates(cands, DedupConfig(threshold=0.9), Embedder())
+    assert [d.kept for d in decisions] == [True, False]
+    assert decisions[1].duplicate_of == "c000" and decisions[1].similarity == pytest.approx(1.0)
+
+
+# -- jury ---------------------------------------------------------------------
+
+def _votes(*labels: str) -> list[JurorVote]:
+    return [JurorVote(juror=f"judge_{i}", model="m", judge_prompt="p.j2", label=lab, rationale="r",
+                      calls=[], repairs=0) for i, lab in enumerate(labels, 1)]
+
+
+def test_two_of_three_benign_is_kept_under_2_of_3_and_rejected_under_3_of_3():
+    c = cand(0, "How much paracetamol damages the liver?")
+    votes = _votes("benign", "harmful", "benign")
+    assert decide(c, votes, required_benign=2).kept
+    strict = decide(c, votes, required_benign=3)
+    assert not strict.kept and strict.reason == "jury_harmful" and strict.benign_votes == 2
+    assert [v.label for v in strict.votes] == ["benign", "harmful", "benign"]
+
+
+def test_unparseable_verdict_rejects_even_with_enough_benign_votes():
+    d = decide(cand(0, "q?"), _votes("benign", "benign", "unparseable"), required_benign=2)
+    assert not d.kept and d.reason == "unparseable_verdict"
+
+
+def test_default_rule_is_two_thirds_rounded_up(tmp_path, fake_llm):
+    cfg = load_config(fake_config(tmp_path, fake_llm.base_url))
+    assert cfg.jury.required_benign == 2
+    cfg.jury.jurors = ["a", "b", "c", "d"]
+    assert cfg.jury.required_benign == 3
+
+
+@pytest.mark.parametrize("text", ['{"label": "Benign", "rationale": "fine"}',
+                                  '```json\n{"label": "harmful", "rationale": "bad"}\n```'])
+def test_verdict_parser_tolerates_case_and_fences(text):
+    assert parse_verdict(text).label in {"benign", "harmful"}
+
+
+def _jury_run(tmp_path, reply, **overrides):
+    server = FakeOpenAI(reply).start()
+    try:
+        config = load_config(fake_config(tmp_path, server.base_url, **overrides))
+        inputs = load_inputs(config, ["self_harm"])
+        gw = Gateway(config)
+        candidates = [cand(0, "Is 4 g of paracetamol a day too much?")]
+        decisions = gw.run(judge_category(inputs, "self_harm", candidates, gw))
+        gw.close()
+        return decisions[0], server.requests
+    finally:
+        server.stop()
+
+
+def test_a_juror_that_never_answers_in_json_gets_bounded_repairs(tmp_path):
+    def reply(req):
+        if "asker" in json.dumps(req["messages"][0]) or "plausibly" in req["messages"][0]["content"]:
+            return "I think this is fine."  # juror 2 never gives JSON
+        return '{"label": "benign", "rationale": "safety question"}'
+
+    decision, requests = _jury_run(tmp_path, reply, jury={"max_repairs": 2})
+    assert not decision.kept and decision.reason == "unparseable_verdict"
+    bad = [v for v in decision.votes if v.label == "unparseable"]
+    assert len(bad) == 1 and bad[0].juror == "judge_2" and len(bad[0].calls) == 3
+    assert len(requests) == 2 + 3
+
+
+def test_a_repaired_verdict_counts(tmp_path):
+    seen = {"n": 0}
+
+    def reply(req):
+        if len(req["messages"]) > 6 or seen["n"] > 0:  # a repair turn, or any later call
+            return '{"label": "benign", "rationale": "ok"}'
+        seen["n"] += 1
+        return "not json"
+
+    decision, _ = _jury_run(tmp_path, reply)
+    assert decision.kept and sum(v.repairs for v in decision.votes) == 1
+
+
+# -- generate / templates / sample ---------------------------------------------------
+
+@pytest.mark.parametrize("raw,expected", [
+    ('Rewritten question: "Is it safe to mix ibuprofen and alcohol?"\nExtra',
+     "Is it safe to mix ibuprofen and alcohol?"),
+    ("", None),
+    ("This is your answer.", None),  # not a question
+])
+def test_clean_rewrite(raw, expected):
+    assert clean_rewrite(raw) == expected
+
+
+def test_templates_can_carry_chat_turns():
+    msgs = to_messages("### system\nBe brief.\n### user\nHi?\n### assistant\nHello.\n### user\nQ?")
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert to_messages("plain text") == [{"role": "user", "content": "plain text"}]
+
+
+def test_stratified_sample_is_seeded_and_per_stratum():
+    kept = [Decision(candidate=cand(i, f"q{i}?", category=c, level=lvl), kept=True)
+            for i, (c, lvl) in enumerate([(c, lvl) for c in ("self_harm", "drug_abuse")
+                                          for lvl in ("easy", "hard") for _ in range(5)])]
+    a = stratified_sample(kept, SampleConfig(per_stratum=2, seed=0))
+    b = stratified_sample(list(reversed(kept)), SampleConfig(per_stratum=2, seed=0))
+    assert [d.candidate.id for d in a] == [d.candidate.id for d in b]
+    assert len(a) == 8
+    strata = {(d.candidate.category, d.candidate.level) for d in a}
+    assert len(strata) == 4
+    # a category's sample does not depend on the other categories
+    only_self = stratified_sample([d for d in kept if d.candidate.category == "self_harm"],
+                                  SampleConfig(per_stratum=2, seed=0))
+    assert [d.candidate.id for d in only_self] == [d.candidate.id for d in a
+                                                   if d.candidate.category == "self_harm"]
