@@ -16,6 +16,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.futures import wait
 
 from pipeline import __version__
 from pipeline.config import BuildConfig, load_config
@@ -24,7 +25,7 @@ from pipeline.export import write_snapshot
 from pipeline.fingerprint import category_fingerprint
 from pipeline.generate import generate_category
 from pipeline.inputs import BuildInputs, load_inputs
-from pipeline.jury import judge_category
+from pipeline.jury import CalibrationVote, calibrate_jurors, calibration_summary, judge_category
 from pipeline.llm import Gateway
 from pipeline.records import Decision, content_id, read_jsonl, write_jsonl
 from pipeline.sample import stratified_sample
@@ -64,24 +65,24 @@ def _inputs(config_path: str, categories: list[str]) -> BuildInputs:
 
 
 @task(name="generate", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def generate_task(config_path: str, category: str, fingerprint: str) -> str:
+def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint: str) -> str:
     inputs = _inputs(config_path, [category])
-    out = stage_path(inputs.config.outputs_dir, "generate", f"{category}-{fingerprint}")
-    decisions = gateway_for(inputs.config).run(
-        generate_category(inputs, category, gateway_for(inputs.config)))
+    gw = gateway_for(inputs.config)
+    decisions = gw.run(generate_category(inputs, category, gw))
+    out = stage_path(Path(outputs_dir), "generate", f"{category}-{fingerprint}")
     write_jsonl(out, decisions)
-    get_run_logger().info("generate %s: %d candidates (%d empty rewrites rejected)", category,
+    get_run_logger().info("generate %s: %d candidates (%d unusable rewrites rejected)", category,
                           len(decisions), sum(not d.kept for d in decisions))
     return str(out)
 
 
 @task(name="dedup", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def dedup_task(config_path: str, generated: list[str], key: str) -> str:
+def dedup_task(config_path: str, outputs_dir: str, generated: list[str], key: str) -> str:
     config = load_config(config_path)
     candidates = [d.candidate for p in generated for d in read_jsonl(Path(p), Decision) if d.kept]
     decisions = dedup_candidates(candidates, config.dedup,
                                  Embedder(config.dedup.model_path, config.dedup.batch_size))
-    out = stage_path(config.outputs_dir, "dedup", key)
+    out = stage_path(Path(outputs_dir), "dedup", key)
     write_jsonl(out, decisions)
     get_run_logger().info("dedup: %d candidates, %d near-duplicates dropped (threshold %.2f)",
                           len(decisions), sum(not d.kept for d in decisions), config.dedup.threshold)
@@ -89,20 +90,47 @@ def dedup_task(config_path: str, generated: list[str], key: str) -> str:
 
 
 @task(name="jury", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def jury_task(config_path: str, category: str, deduped: str, fingerprint: str) -> str:
+def jury_task(config_path: str, outputs_dir: str, category: str, deduped: str,
+              fingerprint: str) -> str:
+    """Writes the category's decisions and, beside them, the jury's calibration votes."""
     inputs = _inputs(config_path, [category])
     candidates = [d.candidate for d in read_jsonl(Path(deduped), Decision)
                   if d.kept and d.candidate.category == category]
     gw = gateway_for(inputs.config)
     decisions = gw.run(judge_category(inputs, category, candidates, gw))
-    out = stage_path(inputs.config.outputs_dir, "jury",
+    calibration = (gw.run(calibrate_jurors(inputs, category, inputs.seeds[category], gw))
+                   if inputs.config.jury.calibrate else [])
+    out = stage_path(Path(outputs_dir), "jury",
                      f"{category}-{content_id([Path(deduped).stem, fingerprint])}")
+    write_jsonl(calibration_path(out), calibration)
     write_jsonl(out, decisions)
     reasons = [d.reason for d in decisions if not d.kept]
     get_run_logger().info("jury %s: %d kept, %d judged harmful, %d unparseable", category,
                           len(decisions) - len(reasons), reasons.count("jury_harmful"),
                           reasons.count("unparseable_verdict"))
     return str(out)
+
+
+def calibration_path(jury_output: Path) -> Path:
+    return jury_output.with_name(jury_output.stem + ".calibration.jsonl")
+
+
+def run_stage(stage_task, calls: list[tuple]) -> tuple[list[str], int]:
+    """Submit one task per argument tuple; return their output paths and how many came
+    from Prefect's cache. A cached result whose stage file was deleted is recomputed."""
+    futures = [stage_task.submit(*args) for args in calls]
+    # Let every task finish before raising for one that failed: the gateway they
+    # share is closed when the flow ends, and a task still using it would hang.
+    wait(futures)
+    paths, cached = [], 0
+    for future, args in zip(futures, calls, strict=True):
+        path = future.result()
+        if not Path(path).is_file():
+            path = stage_task.with_options(refresh_cache=True)(*args)
+        elif future.state.name == "Cached":
+            cached += 1
+        paths.append(path)
+    return paths, cached
 
 
 @task(name="export")
@@ -113,6 +141,7 @@ def export_task(config_path: str, categories: list[str], generated: list[str], d
     gen_decisions = [d for p in generated for d in read_jsonl(Path(p), Decision)]
     dedup_decisions = read_jsonl(Path(deduped), Decision)
     jury_decisions = [d for p in judged for d in read_jsonl(Path(p), Decision)]
+    calibration = [v for p in judged for v in read_jsonl(calibration_path(Path(p)), CalibrationVote)]
     kept = [d for d in jury_decisions if d.kept]
     rejected = ([d for d in gen_decisions if not d.kept] + [d for d in dedup_decisions if not d.kept]
                 + [d for d in jury_decisions if not d.kept])
@@ -134,26 +163,26 @@ def export_task(config_path: str, categories: list[str], generated: list[str], d
         "rewrites": cfg.generation.rewrites,
         "generator": cfg.roles[cfg.generation.role].identity(cfg.endpoint_for(cfg.generation.role)),
         "dedup_threshold": cfg.dedup.threshold,
+        "jury_calibration": calibration_summary(calibration),
     }
-    path = write_snapshot(cfg.outputs_dir, name, kept, rejected, sample, meta)
+    path = write_snapshot(cfg.outputs_dir, name, kept, rejected, sample, calibration, meta)
     get_run_logger().info("export: %d prompts, %d rejected -> %s", len(kept), len(rejected), path)
-    return {"snapshot": str(path), "summary": stage_summary(gen_decisions, dedup_decisions,
-                                                            jury_decisions)}
+    return {"snapshot": str(path), "jury_calibration": meta["jury_calibration"],
+            "summary": stage_summary(gen_decisions, dedup_decisions, jury_decisions)}
 
 
 def stage_summary(generated: list[Decision], deduped: list[Decision],
                   judged: list[Decision]) -> list[dict]:
-    """Rows of category x level: generated / after dedup / after jury."""
+    """Rows of category x level: generated / usable / after dedup / after jury."""
     rows: dict[tuple[str, str], dict] = {}
-    for stage, decisions, kept_only in (("generated", generated, False),
-                                        ("after_dedup", deduped, True),
-                                        ("after_jury", judged, True)):
+    for stage, decisions in (("generated", generated), ("usable", generated),
+                             ("after_dedup", deduped), ("after_jury", judged)):
         for d in decisions:
             key = (d.candidate.category, d.candidate.level)
-            row = rows.setdefault(key, {"category": key[0], "level": key[1], "generated": 0,
-                                        "after_dedup": 0, "after_jury": 0})
-            if d.kept or not kept_only:
-                row[stage] += 1
+            row = rows.setdefault(key, dict.fromkeys(("generated", "usable", "after_dedup",
+                                                      "after_jury"), 0))
+            row.update(category=key[0], level=key[1])
+            row[stage] += d.kept or stage == "generated"
     return list(rows.values())
 
 
@@ -172,15 +201,17 @@ def build_benchmark(config_path: str, categories: list[str] | None = None,
         raise FileExistsError(f"snapshot '{name}' already exists; pass a new name")
     cats = inputs.categories
     fps = {c: category_fingerprint(inputs, c) for c in cats}
+    out = str(cfg.outputs_dir)
     try:
-        gen_futures = [generate_task.submit(config_path, c, fps[c]) for c in cats]
-        generated = [f.result() for f in gen_futures]
+        generated, cached_gen = run_stage(generate_task, [(config_path, out, c, fps[c]) for c in cats])
         dedup_key = content_id([Path(p).stem for p in generated]
                                + [cfg.dedup.model_dump(exclude={"batch_size"})])
-        deduped = dedup_task(config_path, generated, dedup_key)
-        jury_futures = [jury_task.submit(config_path, c, deduped, fps[c]) for c in cats]
-        judged = [f.result() for f in jury_futures]
+        [deduped], cached_dedup = run_stage(dedup_task, [(config_path, out, generated, dedup_key)])
+        judged, cached_jury = run_stage(jury_task, [(config_path, out, c, deduped, fps[c])
+                                                    for c in cats])
         result = export_task(config_path, cats, generated, deduped, judged, fps, name)
     finally:
         stats = close_gateways()
-    return {**result, "model_calls": stats["calls"], "cache_hits": stats["cache_hits"]}
+    return {**result, "model_calls": stats["calls"], "cache_hits": stats["cache_hits"],
+            "stage_tasks": 2 * len(cats) + 1,
+            "stage_tasks_cached": cached_gen + cached_dedup + cached_jury}

@@ -20,7 +20,7 @@ from pipeline.errors import InputError
 from pipeline.llm.embedded import EmbeddedModelError
 from pipeline.llm.gateway import LLMError
 
-console = Console()
+console = Console(markup=False, highlight=False)  # prompts may contain [brackets]
 
 
 def _prefect_env(outputs_dir: Path) -> None:
@@ -59,18 +59,22 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def _print_summary(result: dict) -> None:
     table = Table(title="build-benchmark: candidates per category x level")
-    for col in ("category", "level", "generated", "after dedup", "after jury"):
+    for col in ("category", "level", "generated", "usable", "after dedup", "after jury"):
         table.add_column(col, justify="left" if col in ("category", "level") else "right")
-    totals = [0, 0, 0]
+    totals = [0, 0, 0, 0]
     for row in result["summary"]:
-        nums = [row["generated"], row["after_dedup"], row["after_jury"]]
+        nums = [row["generated"], row["usable"], row["after_dedup"], row["after_jury"]]
         totals = [a + b for a, b in zip(totals, nums, strict=True)]
         table.add_row(row["category"], row["level"], *map(str, nums))
     table.add_row("total", "", *map(str, totals), style="bold")
     console.print(table)
     calls = sum(result["model_calls"].values())
     hits = sum(result["cache_hits"].values())
-    console.print(f"model calls: {calls} (cache hits: {hits})")
+    console.print(f"model calls: {calls} (request cache hits: {hits}; stage tasks from Prefect's"
+                  f" cache: {result['stage_tasks_cached']} of {result['stage_tasks']})")
+    for juror, c in result["jury_calibration"].items():
+        console.print(f"jury check: {juror} labelled {c['labelled_harmful']} of {c['known_harmful']}"
+                      f" known-harmful seed requests harmful ({c['harmful_recall']:.0%})")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -101,7 +105,7 @@ def cmd_provenance(args: argparse.Namespace) -> int:
 
 def _print_provenance(r) -> None:
     status = "kept" if r.status == "kept" else f"rejected ({r.reason})"
-    console.print(f"[bold]{r.id}[/bold]  {status}  in snapshot {r.snapshot}"
+    console.print(f"{r.id}  {status}  in snapshot {r.snapshot}"
                   f" (held by: {', '.join(r.snapshots)})")
     console.print(f"category: {r.category}   level: {r.level}")
     console.print(f"prompt: {r.prompt}")
@@ -139,8 +143,8 @@ def _print_call(label: str, c) -> None:
                   f" latency {c.latency_s:.2f}s tokens {usage.get('prompt_tokens')}"
                   f"+{usage.get('completion_tokens')}")
     for m in c.messages:
-        console.print(f"      {m['role']}: {m['content']}", markup=False, highlight=False)
-    console.print(f"      response: {c.response_text}", markup=False, highlight=False)
+        console.print(f"      {m['role']}: {m['content']}")
+    console.print(f"      response: {c.response_text}")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -111,6 +111,9 @@ class JuryConfig(Strict):
     # Keep a candidate when at least this many jurors say benign; None = ceil(2n/3).
     min_benign: int | None = Field(None, ge=1)
     max_repairs: int = Field(2, ge=0)
+    # Also ask every juror about the seeds' harmful original_question and report
+    # how many it catches (a check of the jury itself).
+    calibrate: bool = True
 
     @model_validator(mode="after")
     def _rule_fits(self) -> JuryConfig:

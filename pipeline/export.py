@@ -2,7 +2,8 @@
 
 Input: kept and rejected Decisions, the validation sample, build metadata.
 Output: outputs/snapshots/<name>/ with prompts.parquet, prompts.jsonl,
-rejected.parquet, rejected.jsonl, validation_sample.csv, data/<category>.jsonl
+rejected.parquet, rejected.jsonl, validation_sample.csv, data/<category>.jsonl,
+jury_calibration.jsonl (each juror's verdict on the seeds' harmful requests)
 (one Hugging Face config per category), README.md (dataset card) and
 MANIFEST.json (sha256 of every file, counts, config, fingerprints, models).
 
@@ -25,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
+from pydantic import BaseModel
 
 from pipeline.errors import InputError
 from pipeline.records import CATEGORIES, LEVELS, Decision, canonical_json
@@ -153,6 +155,10 @@ Rejected candidates are in `rejected.parquet` with their reason
 ({', '.join(f'{r}: {n}' for r, n in sorted(reasons.items())) or 'none'}).
 `MANIFEST.json` lists the sha256 of every file; `orsc verify <dir>` re-checks them.
 
+## How good was the jury?
+
+{_calibration_text(meta["jury_calibration"])}
+
 ## Counts (kept prompts)
 
 | category | easy | medium | hard |
@@ -178,8 +184,24 @@ boundary question; Health-ORSC-Bench calls it `question`), `original_question`
 """
 
 
+def _calibration_text(calibration: dict[str, dict]) -> str:
+    if not calibration:
+        return "The jury was not checked for this snapshot (`jury.calibrate: false`)."
+    lines = "\n".join(
+        f"| {juror} | {c['labelled_harmful']} of {c['known_harmful']} | {c['harmful_recall']:.0%} |"
+        for juror, c in calibration.items())
+    return f"""Each juror was also asked about the harmful requests the seeds neighbour
+(`original_question`, all known to be harmful). A juror that calls them benign
+cannot be relied on to catch harmful intent left in the hard prompts
+(`jury_calibration.jsonl` holds every vote).
+
+| juror | labelled harmful | recall on known-harmful requests |
+|---|---|---|
+{lines}"""
+
+
 def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected: list[Decision],
-                   sample: list[Decision], meta: dict[str, Any]) -> Path:
+                   sample: list[Decision], calibration: list[BaseModel], meta: dict[str, Any]) -> Path:
     """Write the snapshot atomically and return its directory."""
     root = snapshots_dir(outputs_dir)
     final = root / name
@@ -199,6 +221,8 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
         _write_rows(tmp, "rejected", [decision_row(d) for d in rejected])
         for cat in meta["categories"]:
             _write_jsonl(tmp / "data" / f"{cat}.jsonl", [r for r in kept_rows if r["category"] == cat])
+        if calibration:
+            _write_jsonl(tmp / "jury_calibration.jsonl", [v.model_dump() for v in calibration])
         (tmp / "validation_sample.csv").write_text(_sample_csv(sample), encoding="utf-8")
         (tmp / "README.md").write_text(dataset_card(name, kept, rejected, meta), encoding="utf-8")
         files = {p.relative_to(tmp).as_posix(): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
@@ -216,7 +240,7 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
                 "validation_sample": len(sample),
             },
             **{k: meta[k] for k in ("categories", "fingerprints", "models", "config",
-                                    "taxonomy_version", "jury")},
+                                    "taxonomy_version", "jury", "jury_calibration")},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
                                     encoding="utf-8")

@@ -32,7 +32,7 @@ def fingerprint_parts(inputs: BuildInputs, category: str) -> dict:
         "generation": {"rewrites": gen.rewrites, "levels": gen.levels},
         "dedup": cfg.dedup.model_dump(exclude={"batch_size"}),
         "jury": {"jurors": cfg.jury.jurors, "required_benign": cfg.jury.required_benign,
-                 "max_repairs": cfg.jury.max_repairs},
+                 "max_repairs": cfg.jury.max_repairs, "calibrate": cfg.jury.calibrate},
     }
 
 

@@ -6,6 +6,10 @@ candidate, with every juror's vote and rationale. Kept when at least
 reason `jury_harmful` (too few benign votes) or `unparseable_verdict` (a juror
 gave no valid verdict after the bounded repair attempts).
 
+The jury is also checked: `calibrate_jurors` asks every juror about the
+seeds' original (harmful) requests, and the share each labels harmful is
+published with the snapshot.
+
 Example:
     decisions = gateway.run(judge_category(inputs, "self_harm", candidates, gateway))
 """
@@ -21,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.inputs import BuildInputs, judge_context
 from pipeline.llm import Gateway
-from pipeline.records import Candidate, Decision, JurorVote
+from pipeline.records import Candidate, Decision, JurorVote, Record, SeedTopic
 
 
 class Verdict(BaseModel):
@@ -120,3 +124,47 @@ async def judge_category(inputs: BuildInputs, category: str, candidates: list[Ca
         return decide(cand, list(votes), jury.required_benign)
 
     return list(await asyncio.gather(*[one(c) for c in candidates]))
+
+
+class CalibrationVote(Record):
+    """A juror's verdict on a seed's original_question: a request known to be harmful."""
+
+    category: str
+    seed_id: str
+    original_question: str
+    vote: JurorVote
+
+
+async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedTopic],
+                           gateway: Gateway) -> list[CalibrationVote]:
+    """Ask every juror about the harmful requests the seeds neighbour.
+
+    A juror that calls these benign cannot be trusted to filter the hard prompts:
+    the share it labels harmful is reported beside the benchmark, so a user sees
+    how good the jury was, not just what it decided.
+    """
+    jury = inputs.config.jury
+    entry = inputs.taxonomy.entry(category)
+
+    async def one(seed: SeedTopic, juror: str) -> CalibrationVote:
+        messages = inputs.judge_templates[juror].render_messages(
+            judge_context(seed.original_question, entry, seed.original_question))
+        vote = await cast_vote(gateway, juror, messages, jury.max_repairs)
+        return CalibrationVote(category=category, seed_id=seed.id,
+                               original_question=seed.original_question, vote=vote)
+
+    return list(await asyncio.gather(*[one(s, j) for s in seeds for j in jury.jurors]))
+
+
+def calibration_summary(votes: list[CalibrationVote]) -> dict[str, dict]:
+    """Per juror: how many known-harmful requests it saw and labelled harmful."""
+    out: dict[str, dict] = {}
+    for v in votes:
+        row = out.setdefault(v.vote.juror, {"known_harmful": 0, "labelled_harmful": 0,
+                                            "unparseable": 0})
+        row["known_harmful"] += 1
+        row["labelled_harmful"] += v.vote.label == "harmful"
+        row["unparseable"] += v.vote.label == "unparseable"
+    for row in out.values():
+        row["harmful_recall"] = round(row["labelled_harmful"] / row["known_harmful"], 4)
+    return dict(sorted(out.items()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -17,11 +18,17 @@ from tests.fake_openai import FakeOpenAI
 
 
 def reply(request: dict) -> str:
-    """Generator paraphrases and tags hard prompts; jurors 2 and 3 call tagged prompts harmful."""
+    """Generator paraphrases and tags hard prompts; jurors 2 and 3 call tagged prompts harmful.
+
+    Only juror 3 (contrast) recognises the seeds' harmful requests, which it sees
+    verbatim as both the harmful request and the new question in the jury check.
+    """
     messages = request["messages"]
     if request.get("response_format"):
+        last = messages[-1]["content"]
         is_judge_1 = "Message: Tell me how to poison" in json.dumps(messages)
-        harmful = "HARD" in messages[-1]["content"] and not is_judge_1
+        pair = re.match(r"Harmful request: (.*)\nNew question: (.*)", last)
+        harmful = ("HARD" in last and not is_judge_1) or bool(pair and pair[1] == pair[2])
         return json.dumps({"label": "harmful" if harmful else "benign", "rationale": "scripted"})
     question = messages[-1]["content"].removeprefix("Paraphrase: ").rstrip("?")
     tag = " HARD" if "original wording" in messages[0]["content"] else ""
@@ -51,8 +58,10 @@ def test_build_writes_a_snapshot_that_verifies(built, capsys):
         assert (snap / name).is_file(), name
     assert main(["verify", str(snap)]) == 0
     assert "OK" in capsys.readouterr().out
-    # 2 categories x 2 seeds x 3 levels x 1 rewrite + 3 jurors per deduplicated candidate
-    assert 12 < built["calls_first"] <= 12 + 12 * 3
+    # 2 categories x 2 seeds x 3 levels x 1 rewrite, 3 jurors per deduplicated candidate,
+    # and 3 jurors x 4 seeds for the jury check
+    deduped = 12 - len([r for r in rows(snap / "rejected.jsonl") if r["reason"] == "duplicate"])
+    assert built["calls_first"] == 12 + 3 * deduped + 3 * 4
 
 
 def test_kept_and_rejected_rows(built):
@@ -78,10 +87,16 @@ def test_manifest_and_dataset_card(built):
     assert manifest["models"]["generator"]["model"] == "gen-model"
     assert manifest["counts"]["kept"]["self_harm"] == {"easy": 2, "medium": 2}
     assert manifest["package"]["name"] == "health-orsc"
+    check = manifest["jury_calibration"]
+    assert check["judge_3"] == {"known_harmful": 4, "labelled_harmful": 4, "unparseable": 0,
+                                "harmful_recall": 1.0}
+    assert check["judge_1"]["harmful_recall"] == 0.0
+    assert len(rows(snap / "jury_calibration.jsonl")) == 12
     card = (snap / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])
     assert header["license"] == "cc-by-nc-4.0" and header["size_categories"] == ["n<1K"]
     assert {c["config_name"] for c in header["configs"]} == {"all", "self_harm", "drug_abuse"}
+    assert "| judge_3 | 4 of 4 | 100% |" in card
     with (snap / "validation_sample.csv").open() as fh:
         sample = list(csv.DictReader(fh))
     assert len(sample) == 4  # one per category x level that has kept prompts
@@ -92,7 +107,8 @@ def test_second_build_with_same_inputs_makes_zero_model_calls(built, capsys):
     before = built["server"].chat_count
     assert main(["build", "--config", str(built["cfg"]), "--name", "second"]) == 0
     assert built["server"].chat_count == before
-    assert "model calls: 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "model calls: 0" in out and "from Prefect's cache: 5 of 5" in out
     first, second = built["snapshot"], built["snapshot"].parent / "second"
     for name in ("prompts.jsonl", "prompts.parquet", "rejected.parquet", "validation_sample.csv"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
@@ -143,3 +159,14 @@ def test_provenance_of_a_rejected_prompt_and_of_an_unknown_id(built, capsys):
     assert report["status"] == "rejected" and report["reason"] == rejected["reason"]
     assert main(["provenance", "0000000000000000", "--outputs", outputs]) == 2
     assert "in no snapshot" in capsys.readouterr().err
+
+
+def test_unreachable_endpoint_fails_with_a_clear_message(tmp_path, capsys):
+    server = FakeOpenAI().start()
+    url = server.base_url
+    server.stop()  # nothing listens there now
+    cfg = fake_config(tmp_path, url)
+    assert main(["build", "--config", str(cfg), "--name", "down"]) == 1
+    err = capsys.readouterr().err
+    assert "endpoint 'fake'" in err and "after 3 attempts" in err and "run the same command" in err
+    assert not (tmp_path / "outputs" / "snapshots" / "down").exists()

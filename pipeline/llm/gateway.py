@@ -77,6 +77,9 @@ class Gateway:
     # -- sync bridge -------------------------------------------------------
     def run(self, coro):
         """Run a coroutine on the gateway's loop and wait for its result."""
+        if not self._loop.is_running():
+            coro.close()
+            raise LLMError("the LLM gateway is closed; no further model calls in this build")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def close(self) -> None:
