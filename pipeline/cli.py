@@ -20,7 +20,10 @@ from pipeline.errors import InputError
 from pipeline.llm.embedded import EmbeddedModelError
 from pipeline.llm.gateway import LLMError
 
-console = Console(markup=False, highlight=False)  # prompts may contain [brackets]
+# Prompts may contain [brackets]: no markup. Piped output gets room for the table.
+console = Console(markup=False, highlight=False)
+if not console.is_terminal:
+    console.width = 120
 
 
 def _prefect_env(outputs_dir: Path) -> None:
