@@ -132,11 +132,14 @@ def test_tampered_snapshot_fails_verify_naming_the_file(built, tmp_path, capsys)
     assert "prompts.jsonl: sha256 differs" in err and "extra.txt: not listed" in err
 
 
+def provenance_json(built, capsys, prompt_id: str) -> dict:
+    assert main(["provenance", prompt_id, "--outputs", str(built["tmp"] / "outputs"), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def test_provenance_of_a_kept_prompt(built, capsys):
     kept = rows(built["snapshot"] / "prompts.jsonl")[0]
-    outputs = str(built["tmp"] / "outputs")
-    assert main(["provenance", kept["id"], "--outputs", outputs, "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    report = provenance_json(built, capsys, kept["id"])
     assert report["status"] == "kept" and report["category"] == kept["category"]
     assert report["seed"]["source"].startswith(f"{kept['category']}.yaml:")
     assert report["template"]["rendered"] and report["template"]["sha"]
@@ -146,18 +149,17 @@ def test_provenance_of_a_kept_prompt(built, capsys):
     assert len(report["votes"]) == 3 and all(v["calls"][0]["found"] for v in report["votes"])
     assert report["dedup"]["status"] == "kept"
     assert set(report["snapshots"]) >= {"first"}
-    assert main(["provenance", kept["id"], "--outputs", outputs]) == 0
+    assert main(["provenance", kept["id"], "--outputs", str(built["tmp"] / "outputs")]) == 0
     text = capsys.readouterr().out
     assert kept["id"] in text and "judge_3" in text and "Paraphrase:" in text
 
 
 def test_provenance_of_a_rejected_prompt_and_of_an_unknown_id(built, capsys):
     rejected = rows(built["snapshot"] / "rejected.jsonl")[0]
-    outputs = str(built["tmp"] / "outputs")
-    assert main(["provenance", rejected["id"], "--outputs", outputs, "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    report = provenance_json(built, capsys, rejected["id"])
     assert report["status"] == "rejected" and report["reason"] == rejected["reason"]
-    assert main(["provenance", "0000000000000000", "--outputs", outputs]) == 2
+    assert report["votes"] or report["dedup"]["status"] != "kept"
+    assert main(["provenance", "0000000000000000", "--outputs", str(built["tmp"] / "outputs")]) == 2
     assert "in no snapshot" in capsys.readouterr().err
 
 

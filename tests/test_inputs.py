@@ -24,6 +24,14 @@ def _build(capsys, config: Path, *extra: str) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
+def _edit(cfg: Path, change) -> Path:
+    """Apply `change(data)` to a config file in place."""
+    data = yaml.safe_load(cfg.read_text())
+    change(data)
+    cfg.write_text(yaml.safe_dump(data))
+    return cfg
+
+
 def _assert_rejected(rc: int, tmp_path: Path, fake_llm) -> None:
     assert rc == 2
     assert not (tmp_path / "outputs").exists(), "bad input must not write anything under outputs/"
@@ -31,10 +39,7 @@ def _assert_rejected(rc: int, tmp_path: Path, fake_llm) -> None:
 
 
 def test_missing_config_field_names_file_and_field(tmp_path, capsys, fake_llm):
-    cfg = fake_config(tmp_path, fake_llm.base_url)
-    data = yaml.safe_load(cfg.read_text())
-    del data["roles"]["judge_2"]["model"]
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = _edit(fake_config(tmp_path, fake_llm.base_url), lambda d: d["roles"]["judge_2"].pop("model"))
     rc, err = _build(capsys, cfg)
     _assert_rejected(rc, tmp_path, fake_llm)
     assert "config.yaml" in err and "roles.judge_2.model" in err and "is missing" in err
@@ -107,10 +112,8 @@ def test_template_cannot_reach_python_internals(tmp_path, capsys, fake_llm, esca
 
 
 def test_role_names_missing_endpoint(tmp_path, capsys, fake_llm):
-    cfg = fake_config(tmp_path, fake_llm.base_url)
-    data = yaml.safe_load(cfg.read_text())
-    data["roles"]["judge_3"]["endpoint"] = "vllm"
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = _edit(fake_config(tmp_path, fake_llm.base_url),
+                lambda d: d["roles"]["judge_3"].update(endpoint="vllm"))
     rc, err = _build(capsys, cfg)
     _assert_rejected(rc, tmp_path, fake_llm)
     assert "roles.judge_3.endpoint" in err and "'vllm'" in err
@@ -118,10 +121,8 @@ def test_role_names_missing_endpoint(tmp_path, capsys, fake_llm):
 
 def test_missing_api_key_variable(tmp_path, capsys, fake_llm, monkeypatch):
     monkeypatch.delenv("ORSC_TEST_KEY", raising=False)
-    cfg = fake_config(tmp_path, fake_llm.base_url)
-    data = yaml.safe_load(cfg.read_text())
-    data["endpoints"]["fake"]["api_key_env"] = "ORSC_TEST_KEY"
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = _edit(fake_config(tmp_path, fake_llm.base_url),
+                lambda d: d["endpoints"]["fake"].update(api_key_env="ORSC_TEST_KEY"))
     rc, err = _build(capsys, cfg)
     _assert_rejected(rc, tmp_path, fake_llm)
     assert "ORSC_TEST_KEY" in err and "not set" in err
