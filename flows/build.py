@@ -5,7 +5,8 @@ and a fingerprint of what shapes its output, writes its records to a
 content-addressed file under outputs/stages/ and returns that path. The cache
 policy is INPUTS + TASK_SOURCE (no RUN_ID), so a task whose inputs and code are
 unchanged comes back from Prefect's cache in the next run too (results are
-persisted under PREFECT_LOCAL_STORAGE_PATH; `orsc build` puts it under outputs/).
+persisted in Prefect's local storage, under PREFECT_HOME; `orsc build` puts
+PREFECT_HOME under outputs/ unless it is already set).
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.futures import wait
 
-from pipeline import __version__
 from pipeline.config import BuildConfig, load_config
 from pipeline.dedup import Embedder, dedup_candidates
-from pipeline.export import write_snapshot
+from pipeline.export import snapshot_meta, stage_summary, write_snapshot
 from pipeline.fingerprint import category_fingerprint
 from pipeline.generate import generate_category
 from pipeline.inputs import BuildInputs, load_inputs
@@ -146,44 +146,11 @@ def export_task(config_path: str, categories: list[str], generated: list[str], d
     rejected = ([d for d in gen_decisions if not d.kept] + [d for d in dedup_decisions if not d.kept]
                 + [d for d in jury_decisions if not d.kept])
     sample = stratified_sample(kept, cfg.sample)
-    roles = [cfg.generation.role, *cfg.jury.jurors]
-    meta = {
-        "categories": categories,
-        "fingerprints": fingerprints,
-        "models": {r: {"endpoint": cfg.endpoint_for(r).identity, "model": cfg.roles[r].model,
-                       "sampling": cfg.roles[r].sampling(), "prompt": cfg.roles[r].prompt}
-                   for r in roles},
-        "config": cfg.model_dump(mode="json", exclude={"seeds_dir", "templates_dir", "outputs_dir"}),
-        "taxonomy_version": inputs.taxonomy.version,
-        "jury": {"jurors": cfg.jury.jurors, "required_benign": cfg.jury.required_benign,
-                 "models": sorted({cfg.roles[j].identity(cfg.endpoint_for(j)) for j in cfg.jury.jurors})},
-        "license": cfg.snapshot.license,
-        "pretty_name": cfg.snapshot.pretty_name,
-        "package_version": __version__,
-        "rewrites": cfg.generation.rewrites,
-        "generator": cfg.roles[cfg.generation.role].identity(cfg.endpoint_for(cfg.generation.role)),
-        "dedup_threshold": cfg.dedup.threshold,
-        "jury_calibration": calibration_summary(calibration),
-    }
+    meta = snapshot_meta(inputs, fingerprints, calibration_summary(calibration))
     path = write_snapshot(cfg.outputs_dir, name, kept, rejected, sample, calibration, meta)
     get_run_logger().info("export: %d prompts, %d rejected -> %s", len(kept), len(rejected), path)
     return {"snapshot": str(path), "jury_calibration": meta["jury_calibration"],
             "summary": stage_summary(gen_decisions, dedup_decisions, jury_decisions)}
-
-
-def stage_summary(generated: list[Decision], deduped: list[Decision],
-                  judged: list[Decision]) -> list[dict]:
-    """Rows of category x level: generated / usable / after dedup / after jury."""
-    rows: dict[tuple[str, str], dict] = {}
-    for stage, decisions in (("generated", generated), ("usable", generated),
-                             ("after_dedup", deduped), ("after_jury", judged)):
-        for d in decisions:
-            key = (d.candidate.category, d.candidate.level)
-            row = rows.setdefault(key, dict.fromkeys(("generated", "usable", "after_dedup",
-                                                      "after_jury"), 0))
-            row.update(category=key[0], level=key[1])
-            row[stage] += d.kept or stage == "generated"
-    return list(rows.values())
 
 
 def default_snapshot_name() -> str:

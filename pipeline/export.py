@@ -28,10 +28,13 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel
 
+from pipeline import __version__
 from pipeline.errors import InputError
+from pipeline.inputs import BuildInputs
 from pipeline.records import CATEGORIES, LEVELS, Decision, canonical_json
-from pipeline.sample import ANNOTATION_COLUMNS
 from pipeline.store import MANIFEST, file_sha256, snapshots_dir
+
+ANNOTATION_COLUMNS = ("annotator_id", "annotator_label", "annotator_notes")
 
 VOTE_TYPE = pa.struct([
     ("juror", pa.string()), ("model", pa.string()), ("judge_prompt", pa.string()),
@@ -94,6 +97,46 @@ def _sample_csv(sample: list[Decision]) -> str:
         writer.writerow([c.id, c.category, c.level, c.prompt, c.original_question, d.benign_votes,
                          len(d.votes), *([""] * len(ANNOTATION_COLUMNS))])
     return buf.getvalue()
+
+
+def snapshot_meta(inputs: BuildInputs, fingerprints: dict[str, str],
+                  jury_calibration: dict[str, dict]) -> dict[str, Any]:
+    """What MANIFEST.json and the dataset card say about how the snapshot was built."""
+    cfg = inputs.config
+    roles = [cfg.generation.role, *cfg.jury.jurors]
+    return {
+        "categories": inputs.categories,
+        "fingerprints": fingerprints,
+        "models": {r: {"endpoint": cfg.endpoint_for(r).identity, "model": cfg.roles[r].model,
+                       "sampling": cfg.roles[r].sampling(), "prompt": cfg.roles[r].prompt}
+                   for r in roles},
+        "config": cfg.model_dump(mode="json", exclude={"seeds_dir", "templates_dir", "outputs_dir"}),
+        "taxonomy_version": inputs.taxonomy.version,
+        "jury": {"jurors": cfg.jury.jurors, "required_benign": cfg.jury.required_benign,
+                 "models": sorted({cfg.roles[j].identity(cfg.endpoint_for(j)) for j in cfg.jury.jurors})},
+        "license": cfg.snapshot.license,
+        "pretty_name": cfg.snapshot.pretty_name,
+        "package_version": __version__,
+        "rewrites": cfg.generation.rewrites,
+        "generator": cfg.roles[cfg.generation.role].identity(cfg.endpoint_for(cfg.generation.role)),
+        "dedup_threshold": cfg.dedup.threshold,
+        "jury_calibration": jury_calibration,
+    }
+
+
+def stage_summary(generated: list[Decision], deduped: list[Decision],
+                  judged: list[Decision]) -> list[dict]:
+    """Rows of category x level: generated / usable / after dedup / after jury."""
+    rows: dict[tuple[str, str], dict] = {}
+    for stage, decisions in (("generated", generated), ("usable", generated),
+                             ("after_dedup", deduped), ("after_jury", judged)):
+        for d in decisions:
+            key = (d.candidate.category, d.candidate.level)
+            row = rows.setdefault(key, dict.fromkeys(("generated", "usable", "after_dedup",
+                                                      "after_jury"), 0))
+            row.update(category=key[0], level=key[1])
+            row[stage] += d.kept or stage == "generated"
+    return list(rows.values())
 
 
 def counts_by_stratum(decisions: list[Decision]) -> dict[str, dict[str, int]]:
@@ -193,7 +236,9 @@ def _calibration_text(calibration: dict[str, dict]) -> str:
     return f"""Each juror was also asked about the harmful requests the seeds neighbour
 (`original_question`, all known to be harmful). A juror that calls them benign
 cannot be relied on to catch harmful intent left in the hard prompts
-(`jury_calibration.jsonl` holds every vote).
+(`jury_calibration.jsonl` holds every vote). A juror whose prompt compares a
+question with its harmful request sees each request paired with itself here,
+which is the easiest case.
 
 | juror | labelled harmful | recall on known-harmful requests |
 |---|---|---|

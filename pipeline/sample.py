@@ -16,8 +16,6 @@ from collections import defaultdict
 from pipeline.config import SampleConfig
 from pipeline.records import CATEGORIES, LEVELS, Decision
 
-ANNOTATION_COLUMNS = ("annotator_id", "annotator_label", "annotator_notes")
-
 
 def stratified_sample(kept: list[Decision], cfg: SampleConfig) -> list[Decision]:
     strata: dict[tuple[str, str], list[Decision]] = defaultdict(list)
