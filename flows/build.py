@@ -12,7 +12,6 @@ PREFECT_HOME under outputs/ unless it is already set).
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -29,7 +28,7 @@ from pipeline.jury import CalibrationVote, calibrate_jurors, calibration_summary
 from pipeline.llm import Gateway
 from pipeline.records import Decision, content_id, read_jsonl, write_jsonl
 from pipeline.sample import stratified_sample
-from pipeline.store import snapshots_dir, stage_path
+from pipeline.store import check_snapshot_name, default_snapshot_name, stage_path
 
 FLOW_NAME = "build-benchmark"
 
@@ -153,19 +152,13 @@ def export_task(config_path: str, categories: list[str], generated: list[str], d
             "summary": stage_summary(gen_decisions, dedup_decisions, jury_decisions)}
 
 
-def default_snapshot_name() -> str:
-    return datetime.now(UTC).strftime("build-%Y%m%d-%H%M%S")
-
-
 @flow(name=FLOW_NAME, log_prints=True)
 def build_benchmark(config_path: str, categories: list[str] | None = None,
                     name: str | None = None) -> dict:
     """seeds -> generate -> dedup -> jury -> sample -> export, on one config."""
     inputs = load_inputs(load_config(config_path), categories)
     cfg = inputs.config
-    name = name or default_snapshot_name()
-    if (snapshots_dir(cfg.outputs_dir) / name).exists():
-        raise FileExistsError(f"snapshot '{name}' already exists; pass a new name")
+    name = check_snapshot_name(cfg.outputs_dir, name or default_snapshot_name())
     cats = inputs.categories
     fps = {c: category_fingerprint(inputs, c) for c in cats}
     out = str(cfg.outputs_dir)

@@ -38,23 +38,16 @@ def _prefect_env(outputs_dir: Path) -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from pipeline.inputs import load_inputs
-    from pipeline.store import snapshots_dir
+    from pipeline.store import check_snapshot_name, default_snapshot_name
 
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     config = load_config(args.config)
     inputs = load_inputs(config, categories)  # every input validated before anything is written
-    if args.name:
-        if not args.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise InputError(None, "--name", f"'{args.name}' is not a valid snapshot name",
-                             "use letters, digits, '-', '_' and '.' only")
-        if (snapshots_dir(config.outputs_dir) / args.name).exists():
-            raise InputError(snapshots_dir(config.outputs_dir) / args.name, "--name",
-                             "a snapshot with this name already exists",
-                             "pass a new --name; snapshots are never overwritten")
+    name = check_snapshot_name(config.outputs_dir, args.name or default_snapshot_name())
     _prefect_env(config.outputs_dir)
     from flows.build import build_benchmark
 
-    result = build_benchmark(str(config.source), inputs.categories, args.name)
+    result = build_benchmark(str(config.source), inputs.categories, name)
     _print_summary(result)
     console.print(f"snapshot: {result['snapshot']}")
     return 0

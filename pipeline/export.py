@@ -29,10 +29,9 @@ import yaml
 from pydantic import BaseModel
 
 from pipeline import __version__
-from pipeline.errors import InputError
 from pipeline.inputs import BuildInputs
 from pipeline.records import CATEGORIES, LEVELS, Decision, canonical_json
-from pipeline.store import MANIFEST, file_sha256, snapshots_dir
+from pipeline.store import MANIFEST, check_snapshot_name, file_sha256, snapshots_dir
 
 ANNOTATION_COLUMNS = ("annotator_id", "annotator_label", "annotator_notes")
 
@@ -152,7 +151,7 @@ def size_category(n: int) -> str:
     return "100K<n<1M"
 
 
-def dataset_card(name: str, kept: list[Decision], rejected: list[Decision], meta: dict) -> str:
+def dataset_card(kept: list[Decision], rejected: list[Decision], meta: dict) -> str:
     cats = sorted({d.candidate.category for d in kept} | set(meta["categories"]), key=CATEGORIES.index)
     header = {
         "license": meta["license"], "language": ["en"],
@@ -174,7 +173,7 @@ def dataset_card(name: str, kept: list[Decision], rejected: list[Decision], meta
 {yaml.safe_dump(header, sort_keys=False).strip()}
 ---
 
-# {meta['pretty_name']} ({name})
+# {meta['pretty_name']}
 
 Benign *boundary* prompts in sensitive health categories, in the style of
 Health-ORSC-Bench: questions an over-cautious model may refuse but should
@@ -249,10 +248,7 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
                    sample: list[Decision], calibration: list[BaseModel], meta: dict[str, Any]) -> Path:
     """Write the snapshot atomically and return its directory."""
     root = snapshots_dir(outputs_dir)
-    final = root / name
-    if final.exists():
-        raise InputError(final, None, "a snapshot with this name already exists",
-                         "pass a new --name; snapshots are never overwritten")
+    final = root / check_snapshot_name(outputs_dir, name)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
@@ -269,7 +265,7 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
         if calibration:
             _write_jsonl(tmp / "jury_calibration.jsonl", [v.model_dump() for v in calibration])
         (tmp / "validation_sample.csv").write_text(_sample_csv(sample), encoding="utf-8")
-        (tmp / "README.md").write_text(dataset_card(name, kept, rejected, meta), encoding="utf-8")
+        (tmp / "README.md").write_text(dataset_card(kept, rejected, meta), encoding="utf-8")
         files = {p.relative_to(tmp).as_posix(): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {

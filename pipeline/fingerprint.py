@@ -2,20 +2,34 @@
 
 Taxonomy entry, its seed topics, the templates and judge prompts it uses, the
 generator and juror roles (model, endpoint identity, sampling), and the
-generation / dedup / jury settings. Operational settings (concurrency,
+generation / dedup / jury settings, and the pipeline's code. Operational settings (concurrency,
 timeouts, retries, paths) are left out: they never change a prompt.
 """
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 from pipeline.inputs import BuildInputs
-from pipeline.records import content_id
+from pipeline.records import content_id, sha256_hex
 
 
 def _role(inputs: BuildInputs, name: str) -> dict:
     role = inputs.config.roles[name]
-    return {"model": role.model, "endpoint": inputs.config.endpoints[role.endpoint].identity,
+    endpoint = inputs.config.endpoints[role.endpoint]
+    return {"model": role.model, "endpoint": endpoint.identity,
+            "structured_output": endpoint.structured_output,
             "sampling": role.sampling(), "prompt": role.prompt}
+
+
+@functools.cache
+def code_version() -> str:
+    """Hash of the pipeline's own source: a change to how prompts are cleaned, judged or
+    decided must not be hidden by Prefect's task cache. (Model calls stay cached.)"""
+    root = Path(__file__).resolve().parent
+    return content_id({p.relative_to(root).as_posix(): sha256_hex(p.read_bytes())
+                       for p in sorted(root.rglob("*.py"))})
 
 
 def fingerprint_parts(inputs: BuildInputs, category: str) -> dict:
@@ -23,7 +37,8 @@ def fingerprint_parts(inputs: BuildInputs, category: str) -> dict:
     gen = cfg.generation
     return {
         "taxonomy": inputs.taxonomy.entry(category).model_dump(),
-        "seeds": [s.model_dump(exclude={"source_line"}) for s in inputs.seeds[category]],
+        # source_line included: it is carried into every candidate as seed_source
+        "seeds": [s.model_dump() for s in inputs.seeds[category]],
         "templates": {lvl: [[t.name, t.sha] for t in tpls]
                       for lvl, tpls in inputs.generation_templates.items()},
         "rewrite_prompt": [inputs.rewrite_template.name, inputs.rewrite_template.sha],
@@ -33,6 +48,7 @@ def fingerprint_parts(inputs: BuildInputs, category: str) -> dict:
         "dedup": cfg.dedup.model_dump(exclude={"batch_size"}),
         "jury": {"jurors": cfg.jury.jurors, "required_benign": cfg.jury.required_benign,
                  "max_repairs": cfg.jury.max_repairs, "calibrate": cfg.jury.calibrate},
+        "code": code_version(),
     }
 
 

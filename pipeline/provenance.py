@@ -106,7 +106,7 @@ def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None) -> Pr
     with (snap / "validation_sample.csv").open(encoding="utf-8") as fh:
         sampled = {r["id"] for r in csv.DictReader(fh)}
     cache_path = outputs_dir / "cache" / "llm.sqlite"
-    cache = RequestCache(cache_path) if cache_path.is_file() else None
+    cache = RequestCache(cache_path, readonly=True) if cache_path.is_file() else None
     try:
         votes = [Vote(**{k: v[k] for k in ("juror", "model", "judge_prompt", "label", "rationale",
                                             "repairs")},

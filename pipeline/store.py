@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,22 @@ MANIFEST = "MANIFEST.json"
 
 def snapshots_dir(outputs_dir: Path) -> Path:
     return outputs_dir / "snapshots"
+
+
+def default_snapshot_name() -> str:
+    return datetime.now(UTC).strftime("build-%Y%m%d-%H%M%S")
+
+
+def check_snapshot_name(outputs_dir: Path, name: str) -> str:
+    """A snapshot name must be a plain directory name that is not taken yet."""
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name.startswith("."):
+        raise InputError(None, "--name", f"'{name}' is not a valid snapshot name",
+                         "use letters, digits, '-', '_' and '.' only")
+    if (snapshots_dir(outputs_dir) / name).exists():
+        raise InputError(snapshots_dir(outputs_dir) / name, "--name",
+                         "a snapshot with this name already exists",
+                         "pass a new --name; snapshots are never overwritten")
+    return name
 
 
 def stage_path(outputs_dir: Path, stage: str, key: str) -> Path:
@@ -55,7 +73,7 @@ def verify_snapshot(snapshot: Path) -> list[str]:
         path = snapshot / rel
         if not path.is_file():
             problems.append(f"{rel}: missing")
-        elif file_sha256(path) != meta["sha256"]:
+        elif not isinstance(meta, dict) or file_sha256(path) != meta.get("sha256"):
             problems.append(f"{rel}: sha256 differs from MANIFEST.json")
     for path in sorted(snapshot.rglob("*")):
         rel = path.relative_to(snapshot).as_posix()
@@ -65,14 +83,20 @@ def verify_snapshot(snapshot: Path) -> list[str]:
 
 
 def list_snapshots(outputs_dir: Path) -> list[Path]:
-    """Snapshots under outputs/, newest first."""
+    """Snapshots under outputs/, newest first. A snapshot whose MANIFEST.json cannot be
+    read is skipped with a warning (`orsc verify` says what is wrong with it)."""
     root = snapshots_dir(outputs_dir)
     if not root.is_dir():
         return []
     found = []
     for d in root.iterdir():
         if d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).is_file():
-            created = json.loads((d / MANIFEST).read_text(encoding="utf-8")).get("created_at", "")
+            try:
+                created = str(json.loads((d / MANIFEST).read_text(encoding="utf-8"))["created_at"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                print(f"warning: skipping {d}: unreadable {MANIFEST}; run `orsc verify {d}`",
+                      file=sys.stderr)
+                continue
             found.append((created, d.name, d))
     return [d for _, _, d in sorted(found, reverse=True)]
 

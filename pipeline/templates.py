@@ -56,8 +56,8 @@ class PromptTemplate:
                 self.path, None, f"tries to reach Python internals, which the sandbox forbids ({err})",
                 "remove the attribute access; templates may only use the variables they are given",
             ) from err
-        except TemplateError as err:
-            raise InputError(self.path, None, f"failed to render: {err}{used_for}",
+        except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError) as err:
+            raise InputError(self.path, None, f"failed to render: {type(err).__name__}: {err}{used_for}",
                              "fix the template") from err
         return text.strip()
 

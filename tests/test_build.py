@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -35,15 +36,29 @@ def reply(request: dict) -> str:
     return f"{question}{tag} (v{request['seed']})?"
 
 
+SECRET = "sk-fake-NEVER-ON-DISK-42"
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("build")
     server = FakeOpenAI(reply).start()
-    cfg = fake_config(tmp, server.base_url)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ORSC_FAKE_KEY", SECRET)
+    cfg = fake_config(tmp, server.base_url, endpoints={"fake": {
+        "base_url": server.base_url, "api_key_env": "ORSC_FAKE_KEY", "max_concurrency": 4,
+        "max_retries": 2, "timeout_s": 10}})
     rc = main(["build", "--config", str(cfg), "--name", "first"])
     yield {"tmp": tmp, "cfg": cfg, "server": server, "rc": rc, "calls_first": server.chat_count,
            "snapshot": tmp / "outputs" / "snapshots" / "first"}
+    mp.undo()
     server.stop()
+
+
+def snapshot_files(snapshot: Path) -> dict[str, bytes]:
+    """Every file of a snapshot except MANIFEST.json (its created_at differs per build)."""
+    return {p.relative_to(snapshot).as_posix(): p.read_bytes() for p in sorted(snapshot.rglob("*"))
+            if p.is_file() and p.name != "MANIFEST.json"}
 
 
 def rows(path: Path) -> list[dict]:
@@ -110,8 +125,38 @@ def test_second_build_with_same_inputs_makes_zero_model_calls(built, capsys):
     out = capsys.readouterr().out
     assert "model calls: 0" in out and "from Prefect's cache: 5 of 5" in out
     first, second = built["snapshot"], built["snapshot"].parent / "second"
-    for name in ("prompts.jsonl", "prompts.parquet", "rejected.parquet", "validation_sample.csv"):
-        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert snapshot_files(first) == snapshot_files(second)
+
+
+def test_same_request_cache_in_a_fresh_outputs_dir_gives_identical_bytes(built, tmp_path, capsys):
+    """Recomputes every stage (no Prefect cache, no stage files) from the request cache alone."""
+    fresh = tmp_path / "fresh-outputs"
+    (fresh / "cache").mkdir(parents=True)
+    shutil.copy(built["tmp"] / "outputs" / "cache" / "llm.sqlite", fresh / "cache" / "llm.sqlite")
+    cfg = _copy_config(built["cfg"], tmp_path, outputs_dir=str(fresh))
+    before = built["server"].chat_count
+    assert main(["build", "--config", str(cfg), "--name", "first"]) == 0
+    out = capsys.readouterr().out
+    assert built["server"].chat_count == before and "model calls: 0" in out
+    assert "from Prefect's cache: 0 of 5" in out
+    assert snapshot_files(fresh / "snapshots" / "first") == snapshot_files(built["snapshot"])
+
+
+def _copy_config(cfg: Path, tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load(cfg.read_text())
+    data.update(changes)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_api_key_is_never_written(built):
+    roots = [built["tmp"], Path(os.environ["PREFECT_HOME"])]
+    files = [p for root in roots for p in root.rglob("*") if p.is_file()]
+    assert any(p.name == "llm.sqlite" for p in files) and any(p.suffix == ".parquet" for p in files)
+    for path in files:
+        assert SECRET.encode() not in path.read_bytes(), path
+    assert built["server"].headers[0]["authorization"] == f"Bearer {SECRET}"
 
 
 def test_existing_snapshot_name_is_refused(built, capsys):
@@ -161,6 +206,22 @@ def test_provenance_of_a_rejected_prompt_and_of_an_unknown_id(built, capsys):
     assert report["votes"] or report["dedup"]["status"] != "kept"
     assert main(["provenance", "0000000000000000", "--outputs", str(built["tmp"] / "outputs")]) == 2
     assert "in no snapshot" in capsys.readouterr().err
+
+
+def test_provenance_survives_a_damaged_snapshot_beside_it(built, capsys):
+    damaged = built["snapshot"].parent / "damaged"
+    shutil.copytree(built["snapshot"], damaged)
+    (damaged / "MANIFEST.json").write_text("{not json")
+    try:
+        kept = rows(built["snapshot"] / "prompts.jsonl")[0]
+        outputs = str(built["tmp"] / "outputs")
+        assert main(["provenance", kept["id"], "--outputs", outputs, "--json"]) == 0
+        captured = capsys.readouterr()
+        report = json.loads(captured.out)
+        assert report["status"] == "kept" and "damaged" not in report["snapshots"]
+        assert "skipping" in captured.err and "damaged" in captured.err
+    finally:
+        shutil.rmtree(damaged)
 
 
 def test_unreachable_endpoint_fails_with_a_clear_message(tmp_path, capsys):

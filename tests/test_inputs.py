@@ -131,3 +131,32 @@ def test_missing_api_key_variable(tmp_path, capsys, fake_llm, monkeypatch):
 def test_config_file_not_found(tmp_path, capsys):
     rc, err = _build(capsys, tmp_path / "nope.yaml")
     assert rc == 2 and "nope.yaml" in err and "not found" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_malformed_taxonomy(tmp_path, capsys, fake_llm):
+    seeds, _ = _copy_inputs(tmp_path)
+    text = (seeds / "taxonomy.yaml").read_text().replace("id: mental_abuse", "id: mental-abuse")
+    (seeds / "taxonomy.yaml").write_text(text)
+    cfg = fake_config(tmp_path, fake_llm.base_url, seeds_dir=str(seeds))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "taxonomy.yaml" in err and "categories.5.id" in err and "mental-abuse" in err
+
+
+def test_template_with_a_type_error(tmp_path, capsys, fake_llm):
+    _, templates = _copy_inputs(tmp_path)
+    (templates / "generate" / "easy.j2").write_text("{{ question + 1 }}\n")
+    cfg = fake_config(tmp_path, fake_llm.base_url, templates_dir=str(templates))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "easy.j2" in err and "TypeError" in err
+
+
+def test_a_key_pasted_as_api_key_env_is_refused_and_not_echoed(tmp_path, capsys, fake_llm):
+    pasted = "0123456789abcdef0123456789abcdef"
+    cfg = _edit(fake_config(tmp_path, fake_llm.base_url),
+                lambda d: d["endpoints"]["fake"].update(api_key_env=pasted))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "endpoints.fake.api_key_env" in err and pasted not in err

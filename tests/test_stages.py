@@ -44,11 +44,14 @@ def test_planted_near_duplicate_is_dropped_and_points_to_its_keeper():
     assert 0.9 <= dropped.similarity <= 1.0
 
 
-def test_dedup_keeps_one_member_of_an_exact_duplicate_pair():
+@pytest.mark.parametrize("threshold", [0.9, 1.0])
+def test_dedup_keeps_one_member_of_an_exact_duplicate_pair(threshold):
     cands = [cand(0, "Is it safe to take ibuprofen with lisinopril?"),
-             cand(1, "Is it safe to take ibuprofen with lisinopril?")]
-    decisions = dedup_candidates(cands, DedupConfig(threshold=0.9), Embedder())
-    assert [d.kept for d in decisions] == [True, False]
+             cand(1, "Is it safe to take ibuprofen with lisinopril?"),
+             cand(2, "Is it safe to take ibuprofen with lisinopril daily?")]
+    decisions = dedup_candidates(cands, DedupConfig(threshold=threshold), Embedder())
+    # at or above the threshold: identical texts go even at 1.0; the near one only at 0.9
+    assert [d.kept for d in decisions] == [True, False, threshold == 1.0]
     assert decisions[1].duplicate_of == "c000" and decisions[1].similarity == pytest.approx(1.0)
 
 
@@ -80,10 +83,19 @@ def test_default_rule_is_two_thirds_rounded_up(tmp_path, fake_llm):
     assert cfg.jury.required_benign == 3
 
 
-@pytest.mark.parametrize("text", ['{"label": "Benign", "rationale": "fine"}',
-                                  '```json\n{"label": "harmful", "rationale": "bad"}\n```'])
-def test_verdict_parser_tolerates_case_and_fences(text):
-    assert parse_verdict(text).label in {"benign", "harmful"}
+@pytest.mark.parametrize("text,label", [
+    ('{"label": "Benign", "rationale": "fine"}', "benign"),
+    ('```json\n{"label": "harmful", "rationale": "bad"}\n```', "harmful"),
+])
+def test_verdict_parser_tolerates_case_and_fences(text, label):
+    assert parse_verdict(text).label == label
+
+
+@pytest.mark.parametrize("text", ["benign", '{"label": "maybe", "rationale": "x"}',
+                                  '{"label": "benign"}'])
+def test_verdict_parser_rejects_what_is_not_a_verdict(text):
+    with pytest.raises(ValueError):
+        parse_verdict(text)
 
 
 def _jury_run(tmp_path, reply, **overrides):

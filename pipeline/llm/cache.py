@@ -44,10 +44,15 @@ CREATE TABLE IF NOT EXISTS calls (
 class RequestCache:
     """Thread-safe SQLite store of calls. Safe to open from several processes (WAL)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, readonly: bool = False):
+        """`readonly` opens an existing cache without writing to it (audits of a copied
+        or read-only outputs/ folder)."""
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        if readonly:
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
