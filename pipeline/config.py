@@ -158,9 +158,6 @@ class BuildConfig(Strict):
     # Set by load_config, not by the YAML file.
     source: Path | None = Field(None, exclude=True)
 
-    def role(self, name: str) -> RoleConfig:
-        return self.roles[name]
-
     def endpoint_for(self, role: str) -> EndpointConfig:
         return self.endpoints[self.roles[role].endpoint]
 

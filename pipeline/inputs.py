@@ -141,8 +141,7 @@ def rewrite_context(template_text: str, level: str, entry: CategoryEntry) -> dic
     return {"prompt": template_text, "level": level, "category": entry.model_dump()}
 
 
-def load_inputs(config: BuildConfig, categories: list[str] | None = None,
-                cli_field: str = "--categories") -> BuildInputs:
+def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> BuildInputs:
     """Validate taxonomy, seeds, templates and key variables for the selected categories.
 
     Every template is rendered once against every seed it will see, so an
@@ -152,7 +151,7 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None,
     taxonomy = load_taxonomy(config.seeds_dir)
     known = [c.id for c in taxonomy.categories]
     selected = categories or config.categories or known
-    field = cli_field if categories else "categories"
+    field = "--categories" if categories else "categories"
     for c in selected:
         if c not in known:
             raise InputError(cfg_file if not categories else None, field, f"unknown category '{c}'",

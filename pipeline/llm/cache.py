@@ -84,10 +84,6 @@ class RequestCache:
             )
             self._db.commit()
 
-    def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
-
     def close(self) -> None:
         with self._lock:
             self._db.close()

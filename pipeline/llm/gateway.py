@@ -178,11 +178,3 @@ class Gateway:
                     base_url=base_url, api_key=api_key, max_retries=0, timeout=ep.timeout_s
                 )
         return self._clients[ep_name]
-
-    @property
-    def total_calls(self) -> int:
-        return sum(self.calls.values())
-
-    @property
-    def total_cache_hits(self) -> int:
-        return sum(self.cache_hits.values())
