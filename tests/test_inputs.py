@@ -12,11 +12,18 @@ from pipeline.cli import main
 from tests.conftest import REPO, fake_config
 
 
-def _copy_inputs(tmp_path: Path) -> tuple[Path, Path]:
-    seeds, templates = tmp_path / "seeds", tmp_path / "templates"
+def _build_with_edited_input(tmp_path: Path, capsys, fake_llm, rel: str, edit) -> str:
+    """Copy seeds/ and prompts_templates/, rewrite one file with `edit(text)`, build,
+    check the build was refused with nothing written, and return stderr."""
+    seeds, templates = tmp_path / "seeds", tmp_path / "prompts_templates"
     shutil.copytree(REPO / "seeds", seeds)
     shutil.copytree(REPO / "prompts_templates", templates)
-    return seeds, templates
+    target = tmp_path / rel
+    target.write_text(edit(target.read_text()))
+    cfg = fake_config(tmp_path, fake_llm.base_url, seeds_dir=str(seeds), templates_dir=str(templates))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    return err
 
 
 def _build(capsys, config: Path, *extra: str) -> tuple[int, str]:
@@ -69,32 +76,25 @@ def test_unknown_category_in_config(tmp_path, capsys, fake_llm):
 
 
 def test_seed_topic_missing_slot(tmp_path, capsys, fake_llm):
-    seeds, templates = _copy_inputs(tmp_path)
-    data = yaml.safe_load((seeds / "drug_abuse.yaml").read_text())
-    del data["topics"][3]["slots"]["persona"]
-    (seeds / "drug_abuse.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    cfg = fake_config(tmp_path, fake_llm.base_url, seeds_dir=str(seeds))
-    rc, err = _build(capsys, cfg)
-    _assert_rejected(rc, tmp_path, fake_llm)
+    def drop_persona(text):
+        data = yaml.safe_load(text)
+        del data["topics"][3]["slots"]["persona"]
+        return yaml.safe_dump(data, sort_keys=False)
+
+    err = _build_with_edited_input(tmp_path, capsys, fake_llm, "seeds/drug_abuse.yaml", drop_persona)
     assert "drug_abuse.yaml" in err and "topics.3.slots" in err and "persona" in err
 
 
 def test_seed_file_with_wrong_category(tmp_path, capsys, fake_llm):
-    seeds, _ = _copy_inputs(tmp_path)
-    text = (seeds / "self_harm.yaml").read_text().replace("category: self_harm", "category: drug_abuse")
-    (seeds / "self_harm.yaml").write_text(text)
-    cfg = fake_config(tmp_path, fake_llm.base_url, seeds_dir=str(seeds))
-    rc, err = _build(capsys, cfg)
-    _assert_rejected(rc, tmp_path, fake_llm)
+    err = _build_with_edited_input(
+        tmp_path, capsys, fake_llm, "seeds/self_harm.yaml",
+        lambda t: t.replace("category: self_harm", "category: drug_abuse"))
     assert "self_harm.yaml" in err and "field 'category'" in err
 
 
 def test_undefined_template_variable(tmp_path, capsys, fake_llm):
-    _, templates = _copy_inputs(tmp_path)
-    (templates / "generate" / "medium.j2").write_text("About {{ subjekt }}: {{ question }}?\n")
-    cfg = fake_config(tmp_path, fake_llm.base_url, templates_dir=str(templates))
-    rc, err = _build(capsys, cfg)
-    _assert_rejected(rc, tmp_path, fake_llm)
+    err = _build_with_edited_input(tmp_path, capsys, fake_llm, "prompts_templates/generate/medium.j2",
+                                   lambda _: "About {{ subjekt }}: {{ question }}?\n")
     assert "medium.j2" in err and "subjekt" in err and "undefined" in err
 
 
@@ -103,11 +103,8 @@ def test_undefined_template_variable(tmp_path, capsys, fake_llm):
     "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
 ])
 def test_template_cannot_reach_python_internals(tmp_path, capsys, fake_llm, escape):
-    _, templates = _copy_inputs(tmp_path)
-    (templates / "generate" / "hard.j2").write_text(escape + "\n")
-    cfg = fake_config(tmp_path, fake_llm.base_url, templates_dir=str(templates))
-    rc, err = _build(capsys, cfg)
-    _assert_rejected(rc, tmp_path, fake_llm)
+    err = _build_with_edited_input(tmp_path, capsys, fake_llm, "prompts_templates/generate/hard.j2",
+                                   lambda _: escape + "\n")
     assert "hard.j2" in err and ("sandbox" in err or "undefined" in err)
 
 
@@ -135,21 +132,14 @@ def test_config_file_not_found(tmp_path, capsys):
 
 
 def test_malformed_taxonomy(tmp_path, capsys, fake_llm):
-    seeds, _ = _copy_inputs(tmp_path)
-    text = (seeds / "taxonomy.yaml").read_text().replace("id: mental_abuse", "id: mental-abuse")
-    (seeds / "taxonomy.yaml").write_text(text)
-    cfg = fake_config(tmp_path, fake_llm.base_url, seeds_dir=str(seeds))
-    rc, err = _build(capsys, cfg)
-    _assert_rejected(rc, tmp_path, fake_llm)
+    err = _build_with_edited_input(tmp_path, capsys, fake_llm, "seeds/taxonomy.yaml",
+                                   lambda t: t.replace("id: mental_abuse", "id: mental-abuse"))
     assert "taxonomy.yaml" in err and "categories.5.id" in err and "mental-abuse" in err
 
 
 def test_template_with_a_type_error(tmp_path, capsys, fake_llm):
-    _, templates = _copy_inputs(tmp_path)
-    (templates / "generate" / "easy.j2").write_text("{{ question + 1 }}\n")
-    cfg = fake_config(tmp_path, fake_llm.base_url, templates_dir=str(templates))
-    rc, err = _build(capsys, cfg)
-    _assert_rejected(rc, tmp_path, fake_llm)
+    err = _build_with_edited_input(tmp_path, capsys, fake_llm, "prompts_templates/generate/easy.j2",
+                                   lambda _: "{{ question + 1 }}\n")
     assert "easy.j2" in err and "TypeError" in err
 
 
