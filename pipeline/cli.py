@@ -143,6 +143,23 @@ def _print_call(label: str, c) -> None:
     console.print(f"      response: {c.response_text}")
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from pipeline.diff import diff_snapshots
+
+    report = diff_snapshots(Path(args.a), Path(args.b))
+    if args.json:
+        print(report.model_dump_json(indent=2))
+        return 0
+    table = Table(title=f"diff {args.a} -> {args.b}")
+    for col in ("category", "added", "removed", "unchanged", "changed inputs"):
+        table.add_column(col, justify="right" if col in ("added", "removed", "unchanged") else "left")
+    for c in report.categories:
+        table.add_row(c.category, str(len(c.added)), str(len(c.removed)), str(c.unchanged),
+                      ", ".join(c.changed_inputs) or "-")
+    console.print(table)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orsc", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -164,6 +181,12 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--snapshot", help="look in this snapshot first (default: newest)")
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.set_defaults(func=cmd_provenance)
+
+    d = sub.add_parser("diff", help="prompts added / removed / unchanged per category, and why")
+    d.add_argument("a", help="older snapshot directory")
+    d.add_argument("b", help="newer snapshot directory")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=cmd_diff)
     return p
 
 

@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel
 
 from pipeline import __version__
+from pipeline.fingerprint import fingerprint_components
 from pipeline.inputs import BuildInputs
 from pipeline.records import CATEGORIES, LEVELS, Decision, canonical_json
 from pipeline.store import MANIFEST, check_snapshot_name, file_sha256, snapshots_dir
@@ -106,6 +107,7 @@ def snapshot_meta(inputs: BuildInputs, fingerprints: dict[str, str],
     return {
         "categories": inputs.categories,
         "fingerprints": fingerprints,
+        "fingerprint_components": {c: fingerprint_components(inputs, c) for c in inputs.categories},
         "models": {r: {"endpoint": cfg.endpoint_for(r).identity, "model": cfg.roles[r].model,
                        "sampling": cfg.roles[r].sampling(), "prompt": cfg.roles[r].prompt}
                    for r in roles},
@@ -280,8 +282,8 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
                              for c in meta["categories"]},
                 "validation_sample": len(sample),
             },
-            **{k: meta[k] for k in ("categories", "fingerprints", "models", "config",
-                                    "taxonomy_version", "jury", "jury_calibration")},
+            **{k: meta[k] for k in ("categories", "fingerprints", "fingerprint_components", "models",
+                                    "config", "taxonomy_version", "jury", "jury_calibration")},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
                                     encoding="utf-8")

@@ -52,5 +52,10 @@ def fingerprint_parts(inputs: BuildInputs, category: str) -> dict:
     }
 
 
+def fingerprint_components(inputs: BuildInputs, category: str) -> dict[str, str]:
+    """One hash per input that shapes the category, so a diff can say *what* changed."""
+    return {part: content_id(value) for part, value in fingerprint_parts(inputs, category).items()}
+
+
 def category_fingerprint(inputs: BuildInputs, category: str) -> str:
-    return content_id(fingerprint_parts(inputs, category))
+    return content_id(fingerprint_components(inputs, category))

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from tests.conftest import fake_config
+from tests.conftest import REPO, fake_config
 from tests.fake_openai import FakeOpenAI
 
 
@@ -233,3 +233,31 @@ def test_unreachable_endpoint_fails_with_a_clear_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "endpoint 'fake'" in err and "after 3 attempts" in err and "run the same command" in err
     assert not (tmp_path / "outputs" / "snapshots" / "down").exists()
+
+
+def test_diff_after_editing_one_seed_topic(built, tmp_path, capsys):
+    seeds = tmp_path / "seeds"
+    shutil.copytree(REPO / "seeds", seeds)
+    data = yaml.safe_load((seeds / "drug_abuse.yaml").read_text())
+    data["topics"][0]["slots"]["question"] = "why do opioids and benzodiazepines together slow breathing"
+    (seeds / "drug_abuse.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    cfg = _copy_config(built["cfg"], tmp_path, seeds_dir=str(seeds))  # same outputs/, same cache
+    before = built["server"].chat_count
+    assert main(["build", "--config", str(cfg), "--name", "edited"]) == 0
+    # only the two prompts whose text changed (easy, medium) were generated and judged again
+    assert built["server"].chat_count - before == 2 + 2 * 3
+    capsys.readouterr()
+    edited = built["snapshot"].parent / "edited"
+    assert main(["diff", str(built["snapshot"]), str(edited), "--json"]) == 0
+    report = {c["category"]: c for c in json.loads(capsys.readouterr().out)["categories"]}
+    assert report["self_harm"]["changed_inputs"] == [] and not report["self_harm"]["added"]
+    assert report["self_harm"]["unchanged"] == 4
+    drug = report["drug_abuse"]
+    assert drug["fingerprint_changed"] and drug["changed_inputs"] == ["seeds"]
+    # easy and medium of the edited topic are new; the old medium was already a duplicate
+    # of the old easy prompt in the first build, so only one old prompt leaves
+    first_drug = [r["id"] for r in rows(built["snapshot"] / "prompts.jsonl") if r["category"] == "drug_abuse"]
+    assert len(drug["added"]) == 2 and len(drug["removed"]) == 1
+    assert drug["unchanged"] == len(first_drug) - 1
+    assert main(["diff", str(built["snapshot"]), str(edited)]) == 0
+    assert "seeds" in capsys.readouterr().out
