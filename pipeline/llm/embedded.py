@@ -2,12 +2,16 @@
 package) served by llama-cpp-python's OpenAI-compatible server on loopback.
 
 The tool starts the server on a free port when a role first needs it, waits
-until it answers, and stops it (by its own PID) when the build ends.
+until it answers, and stops it (by its own PID) when the build ends. The PID is
+kept in a pidfile beside the log, so a server left behind by a build that was
+killed (SIGKILL leaves no chance to clean up) is stopped by the next build.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +56,25 @@ class EmbeddedServer:
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
         self.base_url: str | None = None
+        self.pidfile = log_path.with_suffix(".pid")
+
+    def _stop_stale(self, model: Path) -> None:
+        """Stop a server an earlier, killed build left running - only if the pidfile's
+        process really is our llama.cpp server for this model."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+            self.pidfile.unlink(missing_ok=True)
+            return
+        if b"llama_cpp.server" in cmdline and str(model).encode() in cmdline:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+        self.pidfile.unlink(missing_ok=True)
 
     def start(self) -> str:
         if self.proc is not None:
@@ -61,8 +84,9 @@ class EmbeddedServer:
                 "llama-cpp-python is not installed; run: pip install 'llama-cpp-python[server]'"
             )
         model = gguf_path()
-        port = free_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._stop_stale(model)
+        port = free_port()
         log = self.log_path.open("ab")
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(self.n_ctx),
@@ -70,11 +94,13 @@ class EmbeddedServer:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         log.close()
+        self.pidfile.write_text(f"{self.proc.pid}\n")
         self.base_url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.proc = None
+                self.pidfile.unlink(missing_ok=True)
                 raise EmbeddedModelError(
                     f"the embedded llama.cpp server exited during start-up; see {self.log_path}"
                 )
@@ -93,7 +119,10 @@ class EmbeddedServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
+            return
+        self.pidfile.unlink(missing_ok=True)
+        if proc.poll() is not None:
             return
         proc.terminate()
         try:
