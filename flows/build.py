@@ -12,9 +12,11 @@ PREFECT_HOME under outputs/ unless it is already set).
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.futures import wait
 
@@ -59,6 +61,21 @@ def close_gateways() -> dict[str, dict[str, int]]:
     return stats
 
 
+def publish_table(stage: str, decisions: list[Decision], category: str | None = None) -> None:
+    """A Prefect table artifact per stage (x category): kept and rejected-by-reason counts
+    per category x level, so a run reads in the Prefect UI."""
+    counts: dict[tuple[str, str], Counter] = {}
+    for d in decisions:
+        key = (d.candidate.category, d.candidate.level)
+        counts.setdefault(key, Counter())["kept" if d.kept else f"rejected: {d.reason}"] += 1
+    reasons = sorted({r for c in counts.values() for r in c if r != "kept"})
+    table = [{"category": cat, "level": lvl, "candidates": sum(c.values()), "kept": c["kept"],
+              **{r: c[r] for r in reasons}} for (cat, lvl), c in counts.items()]
+    key = "-".join(filter(None, [stage, category])).replace("_", "-")
+    create_table_artifact(table=table, key=key,
+                          description=f"{stage}{' ' + category if category else ''}: kept and rejected")
+
+
 def _inputs(config_path: str, categories: list[str]) -> BuildInputs:
     return load_inputs(load_config(config_path), categories)
 
@@ -70,6 +87,7 @@ def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint
     decisions = gw.run(generate_category(inputs, category, gw))
     out = stage_path(Path(outputs_dir), "generate", f"{category}-{fingerprint}")
     write_jsonl(out, decisions)
+    publish_table("generate", decisions, category)
     get_run_logger().info("generate %s: %d candidates (%d unusable rewrites rejected)", category,
                           len(decisions), sum(not d.kept for d in decisions))
     return str(out)
@@ -83,6 +101,7 @@ def dedup_task(config_path: str, outputs_dir: str, generated: list[str], key: st
                                  Embedder(config.dedup.model_path, config.dedup.batch_size))
     out = stage_path(Path(outputs_dir), "dedup", key)
     write_jsonl(out, decisions)
+    publish_table("dedup", decisions)
     get_run_logger().info("dedup: %d candidates, %d near-duplicates dropped (threshold %.2f)",
                           len(decisions), sum(not d.kept for d in decisions), config.dedup.threshold)
     return str(out)
@@ -103,6 +122,7 @@ def jury_task(config_path: str, outputs_dir: str, category: str, deduped: str,
                      f"{category}-{content_id([Path(deduped).stem, fingerprint])}")
     write_jsonl(calibration_path(out), calibration)
     write_jsonl(out, decisions)
+    publish_table("jury", decisions, category)
     reasons = [d.reason for d in decisions if not d.kept]
     get_run_logger().info("jury %s: %d kept, %d judged harmful, %d unparseable", category,
                           len(decisions) - len(reasons), reasons.count("jury_harmful"),

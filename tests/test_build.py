@@ -261,3 +261,18 @@ def test_diff_after_editing_one_seed_topic(built, tmp_path, capsys):
     assert drug["unchanged"] == len(first_drug) - 1
     assert main(["diff", str(built["snapshot"]), str(edited)]) == 0
     assert "seeds" in capsys.readouterr().out
+
+
+def test_each_stage_publishes_a_table_artifact(built):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = ["generate-self-harm", "generate-drug-abuse", "dedup", "jury-self-harm", "jury-drug-abuse"]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    assert {a.key for a in found} == set(keys)
+    jury = next(a for a in found if a.key == "jury-drug-abuse")
+    table = json.loads(jury.data) if isinstance(jury.data, str) else jury.data
+    hard = next(r for r in table if r["level"] == "hard")
+    assert hard["kept"] == 0 and hard["rejected: jury_harmful"] == 2
