@@ -26,11 +26,13 @@ if not console.is_terminal:
     console.width = 120
 
 
-def _prefect_env(outputs_dir: Path) -> None:
-    """Keep in-process Prefect quiet and offline unless the user configured it."""
+def _prefect_env(outputs_dir: Path, own_home: bool = True) -> None:
+    """Keep Prefect quiet and offline unless the user configured it. An in-process build
+    keeps Prefect's state (ephemeral DB, task cache) under outputs/ unless PREFECT_HOME
+    or PREFECT_API_URL is set; `orsc serve` uses the user's Prefect settings as they are."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    if "PREFECT_HOME" not in os.environ:
+    if own_home and "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
         home = outputs_dir / "prefect" / "home"
         home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
         os.environ["PREFECT_HOME"] = str(home)
@@ -71,6 +73,21 @@ def _print_summary(result: dict) -> None:
     for juror, c in result["jury_calibration"].items():
         console.print(f"jury check: {juror} labelled {c['labelled_harmful']} of {c['known_harmful']}"
                       f" known-harmful seed requests harmful ({c['harmful_recall']:.0%})")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve build-benchmark as a deployment (no work pool) until interrupted."""
+    from pipeline.inputs import load_inputs
+
+    config = load_config(args.config)
+    load_inputs(config)  # a deployment that cannot run should not be served
+    _prefect_env(config.outputs_dir, own_home=False)
+    from flows.build import build_benchmark
+
+    console.print(f"serving build-benchmark/{args.deployment} (config {config.source});"
+                  f" run it with: prefect deployment run 'build-benchmark/{args.deployment}'")
+    build_benchmark.serve(name=args.deployment, parameters={"config_path": str(config.source)})
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -169,6 +186,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--categories", help="comma-separated category ids (default: all in config)")
     b.add_argument("--name", help="snapshot name (default: build-<UTC timestamp>)")
     b.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("serve", help="serve build-benchmark as a Prefect deployment (no work pool)")
+    s.add_argument("--config", default=str(DEFAULT_CONFIG), help="config YAML (default: %(default)s)")
+    s.add_argument("--deployment", default="local", help="deployment name (default: %(default)s)")
+    s.set_defaults(func=cmd_serve)
 
     v = sub.add_parser("verify", help="re-check every checksum in a snapshot's MANIFEST.json")
     v.add_argument("snapshot", help="snapshot directory")

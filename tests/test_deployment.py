@@ -1,0 +1,87 @@
+"""`orsc serve` + `prefect deployment run 'build-benchmark/<name>'` against a real Prefect
+server on a loopback port, driven the way a user drives it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from pipeline.cli import main
+from pipeline.llm.embedded import free_port
+from tests.conftest import fake_config
+from tests.fake_openai import FakeOpenAI
+
+
+def _wait_for(check, timeout_s: float, what: str, logs: list[Path]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    tails = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT to the process group we started (prefect serve needs SIGINT), then kill."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def test_served_deployment_runs_through_a_prefect_server(tmp_path):
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
+    fake = FakeOpenAI().start()
+    cfg = fake_config(tmp_path, fake.base_url)
+    procs = []
+    try:
+        with server_log.open("wb") as out:
+            procs.append(subprocess.Popen(
+                ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        _wait_for(lambda: _healthy(api), 240, "the Prefect server", [server_log])
+        with serve_log.open("wb") as out:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "serve", "--config", str(cfg),
+                 "--deployment", "test"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+
+        def deployment_exists() -> bool:
+            return subprocess.run(["prefect", "deployment", "inspect", "build-benchmark/test"],
+                                  env=env, capture_output=True, timeout=60).returncode == 0
+
+        _wait_for(deployment_exists, 180, "the served deployment", [serve_log])
+        run = subprocess.run(
+            ["prefect", "deployment", "run", "build-benchmark/test", "--param", "name=served",
+             "--watch", "--watch-timeout", "300"],
+            env=env, capture_output=True, text=True, timeout=360)
+        snapshot = tmp_path / "outputs" / "snapshots" / "served"
+        assert run.returncode == 0, run.stdout + run.stderr + serve_log.read_text()[-3000:]
+        assert snapshot.is_dir()
+        assert main(["verify", str(snapshot)]) == 0
+        assert fake.chat_count > 0
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        fake.stop()
