@@ -20,15 +20,16 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.futures import wait
 
+from pipeline.base import open_base, plan_rebuild
 from pipeline.config import BuildConfig, load_config
 from pipeline.dedup import Embedder, dedup_candidates
 from pipeline.export import snapshot_meta, stage_summary, write_snapshot
-from pipeline.fingerprint import category_fingerprint
+from pipeline.fingerprint import category_fingerprint, fingerprint_components
 from pipeline.generate import generate_category
 from pipeline.inputs import BuildInputs, load_inputs
-from pipeline.jury import CalibrationVote, calibrate_jurors, calibration_summary, judge_category
+from pipeline.jury import calibrate_jurors, calibration_summary, judge_category
 from pipeline.llm import Gateway
-from pipeline.records import Decision, content_id, read_jsonl, write_jsonl
+from pipeline.records import CATEGORIES, CalibrationVote, Decision, content_id, read_jsonl, write_jsonl
 from pipeline.sample import stratified_sample
 from pipeline.store import check_snapshot_name, default_snapshot_name, stage_path
 
@@ -94,11 +95,15 @@ def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint
 
 
 @task(name="dedup", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def dedup_task(config_path: str, outputs_dir: str, generated: list[str], key: str) -> str:
+def dedup_task(config_path: str, outputs_dir: str, generated: list[str], key: str,
+               base: str | None = None, carried: list[str] | None = None) -> str:
+    """Across all categories; kept prompts of carried-over categories are fixed keepers."""
     config = load_config(config_path)
     candidates = [d.candidate for p in generated for d in read_jsonl(Path(p), Decision) if d.kept]
+    keepers = ([d.candidate for d in open_base(Path(base)).decisions(carried or []) if d.kept]
+               if base else [])
     decisions = dedup_candidates(candidates, config.dedup,
-                                 Embedder(config.dedup.model_path, config.dedup.batch_size))
+                                 Embedder(config.dedup.model_path, config.dedup.batch_size), keepers)
     out = stage_path(Path(outputs_dir), "dedup", key)
     write_jsonl(out, decisions)
     publish_table("dedup", decisions)
@@ -154,18 +159,30 @@ def run_stage(stage_task, calls: list[tuple]) -> tuple[list[str], int]:
 
 @task(name="export")
 def export_task(config_path: str, categories: list[str], generated: list[str], deduped: str,
-                judged: list[str], fingerprints: dict[str, str], name: str) -> dict:
+                judged: list[str], fingerprints: dict[str, str], name: str,
+                base: str | None = None, carried: list[str] | None = None) -> dict:
     inputs = _inputs(config_path, categories)
     cfg = inputs.config
+    carried = carried or []
+    base_snap = open_base(Path(base)) if base else None
     gen_decisions = [d for p in generated for d in read_jsonl(Path(p), Decision)]
     dedup_decisions = read_jsonl(Path(deduped), Decision)
     jury_decisions = [d for p in judged for d in read_jsonl(Path(p), Decision)]
     calibration = [v for p in judged for v in read_jsonl(calibration_path(Path(p)), CalibrationVote)]
-    kept = [d for d in jury_decisions if d.kept]
+    carried_decisions = base_snap.decisions(carried) if base_snap else []
+    calibration += base_snap.calibration(carried) if base_snap else []
+    kept = [d for d in jury_decisions + carried_decisions if d.kept]
     rejected = ([d for d in gen_decisions if not d.kept] + [d for d in dedup_decisions if not d.kept]
-                + [d for d in jury_decisions if not d.kept])
+                + [d for d in jury_decisions + carried_decisions if not d.kept])
     sample = stratified_sample(kept, cfg.sample)
-    meta = snapshot_meta(inputs, fingerprints, calibration_summary(calibration))
+    base_manifest = base_snap.manifest if base_snap else {}
+    all_categories = sorted([*categories, *carried], key=CATEGORIES.index)
+    meta = snapshot_meta(
+        inputs, all_categories,
+        {**{c: base_manifest["fingerprints"][c] for c in carried}, **fingerprints},
+        {**{c: base_manifest.get("fingerprint_components", {}).get(c, {}) for c in carried},
+         **{c: fingerprint_components(inputs, c) for c in categories}},
+        calibration_summary(calibration), base=base_snap.path.name if base_snap else None)
     path = write_snapshot(cfg.outputs_dir, name, kept, rejected, sample, calibration, meta)
     get_run_logger().info("export: %d prompts, %d rejected -> %s", len(kept), len(rejected), path)
     return {"snapshot": str(path), "jury_calibration": meta["jury_calibration"],
@@ -174,24 +191,37 @@ def export_task(config_path: str, categories: list[str], generated: list[str], d
 
 @flow(name=FLOW_NAME, log_prints=True)
 def build_benchmark(config_path: str, categories: list[str] | None = None,
-                    name: str | None = None) -> dict:
-    """seeds -> generate -> dedup -> jury -> sample -> export, on one config."""
+                    name: str | None = None, base: str | None = None) -> dict:
+    """seeds -> generate -> dedup -> jury -> sample -> export, on one config.
+
+    With `base` (a snapshot directory), only the categories named in `categories`,
+    or else those whose fingerprint changed, are rebuilt; the rest are carried over.
+    """
     inputs = load_inputs(load_config(config_path), categories)
     cfg = inputs.config
     name = check_snapshot_name(cfg.outputs_dir, name or default_snapshot_name())
-    cats = inputs.categories
+    base_snap = open_base(Path(base)) if base else None
+    plan = plan_rebuild(inputs, base_snap, named=bool(categories))
+    for cat, why in plan.reasons.items():
+        get_run_logger().info("%s: %s", cat, why)
+    cats = plan.rebuild
     fps = {c: category_fingerprint(inputs, c) for c in cats}
     out = str(cfg.outputs_dir)
+    base_path = str(base_snap.path) if base_snap else None
     try:
         generated, cached_gen = run_stage(generate_task, [(config_path, out, c, fps[c]) for c in cats])
         dedup_key = content_id([Path(p).stem for p in generated]
-                               + [cfg.dedup.model_dump(exclude={"batch_size"})])
-        [deduped], cached_dedup = run_stage(dedup_task, [(config_path, out, generated, dedup_key)])
+                               + [cfg.dedup.model_dump(exclude={"batch_size"})]
+                               + [base_snap.manifest["fingerprints"][c] for c in plan.carry])
+        [deduped], cached_dedup = run_stage(dedup_task, [(config_path, out, generated, dedup_key,
+                                                          base_path, plan.carry)])
         judged, cached_jury = run_stage(jury_task, [(config_path, out, c, deduped, fps[c])
                                                     for c in cats])
-        result = export_task(config_path, cats, generated, deduped, judged, fps, name)
+        result = export_task(config_path, cats, generated, deduped, judged, fps, name,
+                             base_path, plan.carry)
     finally:
         stats = close_gateways()
     return {**result, "model_calls": stats["calls"], "cache_hits": stats["cache_hits"],
+            "plan": plan.reasons,
             "stage_tasks": 2 * len(cats) + 1,
             "stage_tasks_cached": cached_gen + cached_dedup + cached_jury}

@@ -39,6 +39,7 @@ def _prefect_env(outputs_dir: Path, own_home: bool = True) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from pipeline.base import open_base
     from pipeline.inputs import load_inputs
     from pipeline.store import check_snapshot_name, default_snapshot_name
 
@@ -46,10 +47,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     inputs = load_inputs(config, categories)  # every input validated before anything is written
     name = check_snapshot_name(config.outputs_dir, args.name or default_snapshot_name())
+    base = str(open_base(Path(args.base)).path) if args.base else None
     _prefect_env(config.outputs_dir)
     from flows.build import build_benchmark
 
-    result = build_benchmark(str(config.source), inputs.categories, name)
+    # With --base and no --categories, the flow picks the categories whose fingerprint changed.
+    named = inputs.categories if categories or not base else None
+    result = build_benchmark(str(config.source), named, name, base)
+    for cat, why in result["plan"].items():
+        console.print(f"{cat}: {why}")
     _print_summary(result)
     console.print(f"snapshot: {result['snapshot']}")
     return 0
@@ -185,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--config", default=str(DEFAULT_CONFIG), help="config YAML (default: %(default)s)")
     b.add_argument("--categories", help="comma-separated category ids (default: all in config)")
     b.add_argument("--name", help="snapshot name (default: build-<UTC timestamp>)")
+    b.add_argument("--base", help="snapshot to regenerate from: rebuild only --categories, or else"
+                                  " the categories whose fingerprint changed; carry the rest over")
     b.set_defaults(func=cmd_build)
 
     s = sub.add_parser("serve", help="serve build-benchmark as a Prefect deployment (no work pool)")

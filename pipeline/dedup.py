@@ -84,19 +84,25 @@ def near_duplicate_pairs(vectors: np.ndarray, threshold: float) -> dict[int, lis
     return pairs
 
 
-def dedup_candidates(candidates: list[Candidate], cfg: DedupConfig, embedder: Embedder) -> list[Decision]:
-    vectors = embedder.encode([c.prompt for c in candidates])
+def dedup_candidates(candidates: list[Candidate], cfg: DedupConfig, embedder: Embedder,
+                     keepers: list[Candidate] = ()) -> list[Decision]:
+    """`keepers` are prompts already in the benchmark (carried over from a base snapshot):
+    they come first, are always kept, and get no Decision of their own."""
+    pool = [*keepers, *candidates]
+    vectors = embedder.encode([c.prompt for c in pool])
     pairs = near_duplicate_pairs(vectors, cfg.threshold)
-    kept: set[int] = set()
+    kept: set[int] = set(range(len(keepers)))
     decisions = []
-    for i, cand in enumerate(candidates):
+    for i, cand in enumerate(pool):
+        if i < len(keepers):
+            continue
         # Compare only with kept candidates, so every dropped one points at a
         # prompt that is in the benchmark; ties go to the earliest keeper.
         matches = [(j, s) for j, s in pairs.get(i, []) if j in kept]
         if matches:
             j, sim = max(matches, key=lambda m: (m[1], -m[0]))
             decisions.append(Decision(candidate=cand, kept=False, reason="duplicate",
-                                      duplicate_of=candidates[j].id, similarity=round(min(sim, 1.0), 4)))
+                                      duplicate_of=pool[j].id, similarity=round(min(sim, 1.0), 4)))
         else:
             kept.add(i)
             decisions.append(Decision(candidate=cand, kept=True))

@@ -29,9 +29,8 @@ import yaml
 from pydantic import BaseModel
 
 from pipeline import __version__
-from pipeline.fingerprint import fingerprint_components
 from pipeline.inputs import BuildInputs
-from pipeline.records import CATEGORIES, LEVELS, Decision, canonical_json
+from pipeline.records import CATEGORIES, LEVELS, Candidate, Decision, JurorVote, canonical_json
 from pipeline.store import MANIFEST, check_snapshot_name, file_sha256, snapshots_dir
 
 ANNOTATION_COLUMNS = ("annotator_id", "annotator_label", "annotator_notes")
@@ -70,6 +69,17 @@ def decision_row(d: Decision) -> dict[str, Any]:
     }
 
 
+def decision_from_row(row: dict[str, Any]) -> Decision:
+    """The inverse of decision_row: a snapshot row back into a Decision (for carry-over)."""
+    fields = Candidate.model_fields
+    cand = Candidate(**{k: row[k] for k in fields if k != "generator_params"},
+                     generator_params=json.loads(row["generator_params"]))
+    return Decision(candidate=cand, kept=row["reason"] is None, reason=row["reason"],
+                    duplicate_of=row["duplicate_of"], similarity=row["similarity"],
+                    votes=[JurorVote(**v) for v in row["votes"] or []],
+                    benign_votes=row["benign_votes"])
+
+
 def _sort_key(d: Decision) -> tuple:
     c = d.candidate
     return (CATEGORIES.index(c.category), LEVELS.index(c.level), c.id)
@@ -99,15 +109,18 @@ def _sample_csv(sample: list[Decision]) -> str:
     return buf.getvalue()
 
 
-def snapshot_meta(inputs: BuildInputs, fingerprints: dict[str, str],
-                  jury_calibration: dict[str, dict]) -> dict[str, Any]:
-    """What MANIFEST.json and the dataset card say about how the snapshot was built."""
+def snapshot_meta(inputs: BuildInputs, categories: list[str], fingerprints: dict[str, str],
+                  components: dict[str, dict[str, str]], jury_calibration: dict[str, dict],
+                  base: str | None = None) -> dict[str, Any]:
+    """What MANIFEST.json and the dataset card say about how the snapshot was built.
+    `categories` may include categories carried over from `base` unchanged."""
     cfg = inputs.config
     roles = [cfg.generation.role, *cfg.jury.jurors]
     return {
-        "categories": inputs.categories,
+        "categories": categories,
+        "base": base,
         "fingerprints": fingerprints,
-        "fingerprint_components": {c: fingerprint_components(inputs, c) for c in inputs.categories},
+        "fingerprint_components": components,
         "models": {r: {"endpoint": cfg.endpoint_for(r).identity, "model": cfg.roles[r].model,
                        "sampling": cfg.roles[r].sampling(), "prompt": cfg.roles[r].prompt}
                    for r in roles},
@@ -282,8 +295,9 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
                              for c in meta["categories"]},
                 "validation_sample": len(sample),
             },
-            **{k: meta[k] for k in ("categories", "fingerprints", "fingerprint_components", "models",
-                                    "config", "taxonomy_version", "jury", "jury_calibration")},
+            **{k: meta[k] for k in ("categories", "base", "fingerprints", "fingerprint_components",
+                                    "models", "config", "taxonomy_version", "jury",
+                                    "jury_calibration")},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
                                     encoding="utf-8")

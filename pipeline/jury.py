@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.inputs import BuildInputs, judge_context
 from pipeline.llm import Gateway
-from pipeline.records import Candidate, Decision, JurorVote, Record, SeedTopic
+from pipeline.records import CalibrationVote, Candidate, Decision, JurorVote, SeedTopic
 
 
 class Verdict(BaseModel):
@@ -124,15 +124,6 @@ async def judge_category(inputs: BuildInputs, category: str, candidates: list[Ca
         return decide(cand, list(votes), jury.required_benign)
 
     return list(await asyncio.gather(*[one(c) for c in candidates]))
-
-
-class CalibrationVote(Record):
-    """A juror's verdict on a seed's original_question: a request known to be harmful."""
-
-    category: str
-    seed_id: str
-    original_question: str
-    vote: JurorVote
 
 
 async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedTopic],

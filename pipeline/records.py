@@ -100,6 +100,15 @@ class Decision(Record):
     benign_votes: int | None = None
 
 
+class CalibrationVote(Record):
+    """A juror's verdict on a seed's original_question: a request known to be harmful."""
+
+    category: str
+    seed_id: str
+    original_question: str
+    vote: JurorVote
+
+
 def write_jsonl(path: Path, records: list[BaseModel]) -> None:
     """Write records atomically (temp file then rename), one canonical JSON per line."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -276,3 +276,82 @@ def test_each_stage_publishes_a_table_artifact(built):
     table = json.loads(jury.data) if isinstance(jury.data, str) else jury.data
     hard = next(r for r in table if r["level"] == "hard")
     assert hard["kept"] == 0 and hard["rejected: jury_harmful"] == 2
+
+
+def _edited_seeds(tmp_path: Path, change) -> Path:
+    seeds = tmp_path / "seeds"
+    shutil.copytree(REPO / "seeds", seeds)
+    data = yaml.safe_load((seeds / "drug_abuse.yaml").read_text())
+    change(data)
+    (seeds / "drug_abuse.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return seeds
+
+
+def _lines(snapshot: Path, category: str) -> list[bytes]:
+    return [line for name in ("prompts.jsonl", "rejected.jsonl")
+            for line in (snapshot / name).read_bytes().splitlines()
+            if json.loads(line)["category"] == category]
+
+
+def test_regenerate_one_category_from_a_base(built, tmp_path, capsys):
+    """A fresh outputs dir (empty request cache): only drug_abuse's calls are made, self_harm is
+    carried over byte for byte, and the build says which category it rebuilt and why."""
+    seeds = _edited_seeds(tmp_path, lambda d: d["topics"][1]["slots"].update(
+        question="what are the early signs of alcohol withdrawal"))
+    cfg = _copy_config(built["cfg"], tmp_path, seeds_dir=str(seeds),
+                       outputs_dir=str(tmp_path / "outputs"))
+    before = built["server"].chat_count
+    assert main(["build", "--config", str(cfg), "--base", str(built["snapshot"]), "--name", "regen"]) == 0
+    out = capsys.readouterr().out
+    assert "drug_abuse: rebuilt (changed: seeds)" in out
+    assert "self_harm: carried over from the base snapshot" in out
+    sent = built["server"].requests[before:]
+    assert sent and not any("self_harm" in json.dumps(r) or "Self-harm" in json.dumps(r) for r in sent)
+    # 2 seeds x 3 levels generated, jurors on what survives dedup, 2 seeds x 3 jurors checked
+    assert len(sent) <= 6 + 6 * 3 + 6
+    regen = tmp_path / "outputs" / "snapshots" / "regen"
+    assert main(["verify", str(regen)]) == 0
+    assert _lines(regen, "self_harm") == _lines(built["snapshot"], "self_harm")
+    manifest = json.loads((regen / "MANIFEST.json").read_text())
+    assert manifest["base"] == "first" and manifest["categories"] == ["self_harm", "drug_abuse"]
+    base_manifest = json.loads((built["snapshot"] / "MANIFEST.json").read_text())
+    assert manifest["fingerprints"]["self_harm"] == base_manifest["fingerprints"]["self_harm"]
+    assert manifest["fingerprints"]["drug_abuse"] != base_manifest["fingerprints"]["drug_abuse"]
+
+
+def test_regenerated_duplicate_of_a_carried_prompt_points_to_the_carried_keeper(built, tmp_path, capsys):
+    self_harm = yaml.safe_load((REPO / "seeds" / "self_harm.yaml").read_text())["topics"][0]
+    seeds = _edited_seeds(tmp_path, lambda d: d["topics"][0]["slots"].update(self_harm["slots"]))
+    cfg = _copy_config(built["cfg"], tmp_path, seeds_dir=str(seeds))
+    assert main(["build", "--config", str(cfg), "--base", str(built["snapshot"]),
+                 "--categories", "drug_abuse", "--name", "regen-dup"]) == 0
+    assert "drug_abuse: rebuilt (named with --categories; changed: seeds)" in capsys.readouterr().out
+    snap = built["snapshot"].parent / "regen-dup"
+    carried_easy = next(r for r in rows(built["snapshot"] / "prompts.jsonl")
+                        if r["category"] == "self_harm" and r["level"] == "easy"
+                        and r["seed_topic"] == self_harm["topic"])
+    dup = next(r for r in rows(snap / "rejected.jsonl")
+               if r["category"] == "drug_abuse" and r["level"] == "easy" and r["reason"] == "duplicate"
+               and r["seed_topic"] == "opioid and benzodiazepine interaction")
+    assert dup["duplicate_of"] == carried_easy["id"] and dup["similarity"] >= 0.9
+    assert carried_easy["id"] in {r["id"] for r in rows(snap / "prompts.jsonl")}
+
+
+@pytest.mark.parametrize("make_base,message", [
+    (lambda tmp, snap: tmp, "is not a snapshot"),
+    (lambda tmp, snap: _tampered(tmp, snap), "fails verify"),
+])
+def test_bad_base_is_refused(built, tmp_path, capsys, make_base, message):
+    base = make_base(tmp_path, built["snapshot"])
+    before = built["server"].chat_count
+    rc = main(["build", "--config", str(built["cfg"]), "--base", str(base), "--name", "never"])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert built["server"].chat_count == before
+    assert not (built["snapshot"].parent / "never").exists()
+
+
+def _tampered(tmp_path: Path, snapshot: Path) -> Path:
+    copy = tmp_path / "tampered"
+    shutil.copytree(snapshot, copy)
+    (copy / "prompts.jsonl").write_text("tampered\n")
+    return copy
