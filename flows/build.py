@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -160,7 +161,8 @@ def run_stage(stage_task, calls: list[tuple]) -> tuple[list[str], int]:
 @task(name="export")
 def export_task(config_path: str, categories: list[str], generated: list[str], deduped: str,
                 judged: list[str], fingerprints: dict[str, str], name: str,
-                base: str | None = None, carried: list[str] | None = None) -> dict:
+                base: str | None = None, carried: list[str] | None = None,
+                started_at: str = "") -> dict:
     inputs = _inputs(config_path, categories)
     cfg = inputs.config
     carried = carried or []
@@ -182,7 +184,8 @@ def export_task(config_path: str, categories: list[str], generated: list[str], d
         {**{c: base_manifest["fingerprints"][c] for c in carried}, **fingerprints},
         {**{c: base_manifest.get("fingerprint_components", {}).get(c, {}) for c in carried},
          **{c: fingerprint_components(inputs, c) for c in categories}},
-        calibration_summary(calibration), base=base_snap.path.name if base_snap else None)
+        calibration_summary(calibration), base=base_snap.path.name if base_snap else None,
+        started_at=started_at)
     path = write_snapshot(cfg.outputs_dir, name, kept, rejected, sample, calibration, meta)
     get_run_logger().info("export: %d prompts, %d rejected -> %s", len(kept), len(rejected), path)
     return {"snapshot": str(path), "jury_calibration": meta["jury_calibration"],
@@ -197,6 +200,7 @@ def build_benchmark(config_path: str, categories: list[str] | None = None,
     With `base` (a snapshot directory), only the categories named in `categories`,
     or else those whose fingerprint changed, are rebuilt; the rest are carried over.
     """
+    started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
     inputs = load_inputs(load_config(config_path), categories)
     cfg = inputs.config
     name = check_snapshot_name(cfg.outputs_dir, name or default_snapshot_name())
@@ -218,7 +222,7 @@ def build_benchmark(config_path: str, categories: list[str] | None = None,
         judged, cached_jury = run_stage(jury_task, [(config_path, out, c, deduped, fps[c])
                                                     for c in cats])
         result = export_task(config_path, cats, generated, deduped, judged, fps, name,
-                             base_path, plan.carry)
+                             base_path, plan.carry, started_at)
     finally:
         stats = close_gateways()
     return {**result, "model_calls": stats["calls"], "cache_hits": stats["cache_hits"],

@@ -126,7 +126,8 @@ def _print_provenance(r) -> None:
     status = "kept" if r.status == "kept" else f"rejected ({r.reason})"
     console.print(f"{r.id}  {status}  in snapshot {r.snapshot}"
                   f" (held by: {', '.join(r.snapshots)})")
-    console.print(f"category: {r.category}   level: {r.level}")
+    console.print(f"category: {r.category} (fingerprint {r.category_fingerprint}, taxonomy"
+                  f" version {r.taxonomy_version})   level: {r.level}")
     console.print(f"prompt: {r.prompt}")
     console.print(f"seed: {r.seed['id']} '{r.seed['topic']}' ({r.seed['source']})")
     console.print(f"  original_question: {r.seed['original_question']}")
@@ -158,9 +159,11 @@ def _print_call(label: str, c) -> None:
         console.print(f"{label} {c.key[:16]}: not in the request cache")
         return
     usage = c.usage or {}
+    origin = {True: "made by this build", False: "cache hit (made earlier)", None: ""}
     console.print(f"{label} {c.key[:16]}: {c.model} @ {c.endpoint} {c.params}"
                   f" latency {c.latency_s:.2f}s tokens {usage.get('prompt_tokens')}"
-                  f"+{usage.get('completion_tokens')}")
+                  f"+{usage.get('completion_tokens')} at {c.made_at}"
+                  f" {origin[c.made_for_this_snapshot]}")
     for m in c.messages:
         console.print(f"      {m['role']}: {m['content']}")
     console.print(f"      response: {c.response_text}")

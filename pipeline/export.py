@@ -111,7 +111,7 @@ def _sample_csv(sample: list[Decision]) -> str:
 
 def snapshot_meta(inputs: BuildInputs, categories: list[str], fingerprints: dict[str, str],
                   components: dict[str, dict[str, str]], jury_calibration: dict[str, dict],
-                  base: str | None = None) -> dict[str, Any]:
+                  base: str | None = None, started_at: str = "") -> dict[str, Any]:
     """What MANIFEST.json and the dataset card say about how the snapshot was built.
     `categories` may include categories carried over from `base` unchanged."""
     cfg = inputs.config
@@ -119,6 +119,7 @@ def snapshot_meta(inputs: BuildInputs, categories: list[str], fingerprints: dict
     return {
         "categories": categories,
         "base": base,
+        "started_at": started_at,
         "fingerprints": fingerprints,
         "fingerprint_components": components,
         "models": {r: {"endpoint": cfg.endpoint_for(r).identity, "model": cfg.roles[r].model,
@@ -285,7 +286,8 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "name": name,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "started_at": meta["started_at"],
+            "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "package": {"name": "health-orsc", "version": meta["package_version"]},
             "files": files,
             "counts": {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ class LLMCallRecord(BaseModel):
     raw_response: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
     latency_s: float | None = None
+    made_at: str | None = None  # when the call was really made (UTC); later builds reuse it
+    made_for_this_snapshot: bool | None = None  # False: the build took it from the cache
 
 
 class Vote(BaseModel):
@@ -50,6 +53,8 @@ class Provenance(BaseModel):
     snapshot: str
     snapshots: list[str]  # every snapshot that holds this id (kept or rejected)
     category: str
+    category_fingerprint: str | None
+    taxonomy_version: int | None
     level: str
     prompt: str
     seed: dict[str, Any]  # id, topic, original_question, source (file:line)
@@ -63,17 +68,26 @@ class Provenance(BaseModel):
     in_validation_sample: bool
 
 
-def _call(cache: RequestCache | None, key: str) -> LLMCallRecord:
+def _call(cache: RequestCache | None, key: str, window: tuple[str, str]) -> LLMCallRecord:
     hit = cache.get(key) if cache else None
     if hit is None:
         return LLMCallRecord(key=key, found=False)
+    made_at = datetime.fromtimestamp(hit["created_at"], UTC).isoformat(timespec="milliseconds")
     req = hit["request"]
     params = {k: req.get(k) for k in ("temperature", "top_p", "max_tokens", "seed",
                                       "response_format")}
     return LLMCallRecord(key=key, found=True, endpoint=hit["endpoint"], model=hit["model"],
                          params=params, messages=req["messages"], response_text=hit["text"],
                          raw_response=hit["response"], usage=hit["usage"],
-                         latency_s=hit["latency_s"])
+                         latency_s=hit["latency_s"], made_at=made_at,
+                         made_for_this_snapshot=_made_for(made_at, window))
+
+
+def _made_for(made_at: str, window: tuple[str, str]) -> bool | None:
+    """True when the call was made while this snapshot was being built, False when the
+    build reused a call made earlier (a cache hit); None if the snapshot has no start time."""
+    started, created = window
+    return started <= made_at <= created if started else None
 
 
 def _rows(snapshot: Path) -> tuple[list[dict], list[dict]]:
@@ -105,19 +119,22 @@ def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None) -> Pr
     manifest = read_manifest(snap)
     with (snap / "validation_sample.csv").open(encoding="utf-8") as fh:
         sampled = {r["id"] for r in csv.DictReader(fh)}
+    window = (manifest.get("started_at", ""), manifest.get("created_at", ""))
     cache_path = outputs_dir / "cache" / "llm.sqlite"
     cache = RequestCache(cache_path, readonly=True) if cache_path.is_file() else None
     try:
         votes = [Vote(**{k: v[k] for k in ("juror", "model", "judge_prompt", "label", "rationale",
                                             "repairs")},
-                      calls=[_call(cache, k) for k in v["calls"]]) for v in row["votes"] or []]
-        gen_call = _call(cache, row["generation_call"]) if row["generation_call"] else None
+                      calls=[_call(cache, k, window) for k in v["calls"]]) for v in row["votes"] or []]
+        gen_call = _call(cache, row["generation_call"], window) if row["generation_call"] else None
     finally:
         if cache:
             cache.close()
     return Provenance(
         id=row["id"], status="rejected" if row["reason"] else "kept", reason=row["reason"],
-        snapshot=snap.name, snapshots=holders, category=row["category"], level=row["level"],
+        snapshot=snap.name, snapshots=holders, category=row["category"],
+        category_fingerprint=manifest.get("fingerprints", {}).get(row["category"]),
+        taxonomy_version=manifest.get("taxonomy_version"), level=row["level"],
         prompt=row["prompt"],
         seed={"id": row["seed_id"], "topic": row["seed_topic"],
               "original_question": row["original_question"], "source": row["seed_source"]},

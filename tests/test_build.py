@@ -178,7 +178,9 @@ def test_tampered_snapshot_fails_verify_naming_the_file(built, tmp_path, capsys)
 
 
 def provenance_json(built, capsys, prompt_id: str) -> dict:
-    assert main(["provenance", prompt_id, "--outputs", str(built["tmp"] / "outputs"), "--json"]) == 0
+    """Provenance as seen from the first snapshot (the default would be the newest)."""
+    assert main(["provenance", prompt_id, "--outputs", str(built["tmp"] / "outputs"),
+                 "--snapshot", str(built["snapshot"]), "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -194,9 +196,20 @@ def test_provenance_of_a_kept_prompt(built, capsys):
     assert len(report["votes"]) == 3 and all(v["calls"][0]["found"] for v in report["votes"])
     assert report["dedup"]["status"] == "kept"
     assert set(report["snapshots"]) >= {"first"}
+    manifest = json.loads((built["snapshot"] / "MANIFEST.json").read_text())
+    assert report["category_fingerprint"] == manifest["fingerprints"][kept["category"]]
+    assert report["taxonomy_version"] == 1
+    assert call["made_for_this_snapshot"] is True  # the first build made this call
     assert main(["provenance", kept["id"], "--outputs", str(built["tmp"] / "outputs")]) == 0
     text = capsys.readouterr().out
     assert kept["id"] in text and "judge_3" in text and "Paraphrase:" in text
+    # the second build (same inputs) reused the call from the cache
+    second = built["snapshot"].parent / "second"
+    assert main(["provenance", kept["id"], "--outputs", str(built["tmp"] / "outputs"),
+                 "--snapshot", str(second), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["snapshot"] == "second"
+    assert report["generation_call"]["made_for_this_snapshot"] is False
 
 
 def test_provenance_of_a_rejected_prompt_and_of_an_unknown_id(built, capsys):
