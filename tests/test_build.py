@@ -330,6 +330,11 @@ def test_regenerate_one_category_from_a_base(built, tmp_path, capsys):
     base_manifest = json.loads((built["snapshot"] / "MANIFEST.json").read_text())
     assert manifest["fingerprints"]["self_harm"] == base_manifest["fingerprints"]["self_harm"]
     assert manifest["fingerprints"]["drug_abuse"] != base_manifest["fingerprints"]["drug_abuse"]
+    capsys.readouterr()
+    assert main(["diff", str(built["snapshot"]), str(regen), "--json"]) == 0
+    report = {c["category"]: c for c in json.loads(capsys.readouterr().out)["categories"]}
+    assert report["self_harm"]["changed_inputs"] == [] and not report["self_harm"]["added"]
+    assert report["drug_abuse"]["changed_inputs"] == ["seeds"] and report["drug_abuse"]["added"]
 
 
 def test_regenerated_duplicate_of_a_carried_prompt_points_to_the_carried_keeper(built, tmp_path, capsys):
