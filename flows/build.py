@@ -171,19 +171,20 @@ def export_task(config_path: str, categories: list[str], generated: list[str], d
     dedup_decisions = read_jsonl(Path(deduped), Decision)
     jury_decisions = [d for p in judged for d in read_jsonl(Path(p), Decision)]
     calibration = [v for p in judged for v in read_jsonl(calibration_path(Path(p)), CalibrationVote)]
-    carried_decisions = base_snap.decisions(carried) if base_snap else []
-    calibration += base_snap.calibration(carried) if base_snap else []
+    if base_snap:  # carried-over categories come from the base snapshot as they are
+        carried_decisions = base_snap.decisions(carried)
+        calibration += base_snap.calibration(carried)
+        fingerprints = {**base_snap.fingerprints(carried), **fingerprints}
+        components = base_snap.fingerprint_components(carried)
+    else:
+        carried_decisions, components = [], {}
     kept = [d for d in jury_decisions + carried_decisions if d.kept]
     rejected = ([d for d in gen_decisions if not d.kept] + [d for d in dedup_decisions if not d.kept]
                 + [d for d in jury_decisions + carried_decisions if not d.kept])
     sample = stratified_sample(kept, cfg.sample)
-    base_manifest = base_snap.manifest if base_snap else {}
-    all_categories = sorted([*categories, *carried], key=CATEGORIES.index)
+    components.update({c: fingerprint_components(inputs, c) for c in categories})
     meta = snapshot_meta(
-        inputs, all_categories,
-        {**{c: base_manifest["fingerprints"][c] for c in carried}, **fingerprints},
-        {**{c: base_manifest.get("fingerprint_components", {}).get(c, {}) for c in carried},
-         **{c: fingerprint_components(inputs, c) for c in categories}},
+        inputs, sorted([*categories, *carried], key=CATEGORIES.index), fingerprints, components,
         calibration_summary(calibration), base=base_snap.path.name if base_snap else None,
         started_at=started_at)
     path = write_snapshot(cfg.outputs_dir, name, kept, rejected, sample, calibration, meta)
@@ -212,11 +213,12 @@ def build_benchmark(config_path: str, categories: list[str] | None = None,
     fps = {c: category_fingerprint(inputs, c) for c in cats}
     out = str(cfg.outputs_dir)
     base_path = str(base_snap.path) if base_snap else None
+    carried_fps = base_snap.fingerprints(plan.carry) if base_snap else {}
     try:
         generated, cached_gen = run_stage(generate_task, [(config_path, out, c, fps[c]) for c in cats])
         dedup_key = content_id([Path(p).stem for p in generated]
                                + [cfg.dedup.model_dump(exclude={"batch_size"})]
-                               + [base_snap.manifest["fingerprints"][c] for c in plan.carry])
+                               + list(carried_fps.values()))
         [deduped], cached_dedup = run_stage(dedup_task, [(config_path, out, generated, dedup_key,
                                                           base_path, plan.carry)])
         judged, cached_jury = run_stage(jury_task, [(config_path, out, c, deduped, fps[c])

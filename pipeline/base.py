@@ -28,6 +28,12 @@ class BaseSnapshot:
                 + read_jsonl_rows(self.path / "rejected.jsonl"))
         return [decision_from_row(r) for r in rows if r["category"] in categories]
 
+    def fingerprints(self, categories: list[str]) -> dict[str, str]:
+        return {c: self.manifest["fingerprints"][c] for c in categories}
+
+    def fingerprint_components(self, categories: list[str]) -> dict[str, dict[str, str]]:
+        return {c: self.manifest.get("fingerprint_components", {}).get(c, {}) for c in categories}
+
     def calibration(self, categories: list[str]) -> list[CalibrationVote]:
         path = self.path / "jury_calibration.jsonl"
         rows = read_jsonl_rows(path) if path.is_file() else []
