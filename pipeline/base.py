@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.errors import InputError
 from pipeline.export import decision_from_row
-from pipeline.fingerprint import category_fingerprint, fingerprint_components
+from pipeline.fingerprint import changed_inputs, fingerprint_components, fingerprint_of
 from pipeline.inputs import BuildInputs
 from pipeline.records import CATEGORIES, CalibrationVote, Decision
 from pipeline.store import read_jsonl_rows, read_manifest, verify_snapshot
@@ -68,10 +68,8 @@ def plan_rebuild(inputs: BuildInputs, base: BaseSnapshot | None, named: bool) ->
     for cat in inputs.categories:
         if cat not in base_fps:
             why = "not in the base snapshot"
-        elif category_fingerprint(inputs, cat) != base_fps[cat]:
-            now = fingerprint_components(inputs, cat)
-            changed = sorted(k for k in now.keys() | base_parts.get(cat, {}).keys()
-                             if now.get(k) != base_parts.get(cat, {}).get(k))
+        elif fingerprint_of(now := fingerprint_components(inputs, cat)) != base_fps[cat]:
+            changed = changed_inputs(now, base_parts.get(cat, {}))
             why = f"changed: {', '.join(changed) or 'fingerprint'}"
         else:
             why = "unchanged"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from pipeline.fingerprint import changed_inputs
 from pipeline.records import CATEGORIES
 from pipeline.store import read_jsonl_rows, read_manifest
 
@@ -52,7 +53,7 @@ def diff_snapshots(a: Path, b: Path) -> SnapshotDiff:
         if not (in_a and in_b):
             changed = [f"(category only in {'a' if in_a else 'b'})"]
         else:
-            changed = sorted(k for k in comp_a.keys() | comp_b.keys() if comp_a.get(k) != comp_b.get(k))
+            changed = changed_inputs(comp_a, comp_b)
         sa, sb = ids_a.get(cat, set()), ids_b.get(cat, set())
         rows.append(CategoryDiff(
             category=cat, added=sorted(sb - sa), removed=sorted(sa - sb), unchanged=len(sa & sb),

@@ -58,4 +58,13 @@ def fingerprint_components(inputs: BuildInputs, category: str) -> dict[str, str]
 
 
 def category_fingerprint(inputs: BuildInputs, category: str) -> str:
-    return content_id(fingerprint_components(inputs, category))
+    return fingerprint_of(fingerprint_components(inputs, category))
+
+
+def fingerprint_of(components: dict[str, str]) -> str:
+    return content_id(components)
+
+
+def changed_inputs(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    """Names of the fingerprint inputs whose hashes differ between two component maps."""
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
