@@ -51,16 +51,15 @@ def gateway_for(config: BuildConfig) -> Gateway:
 
 def close_gateways() -> dict[str, dict[str, int]]:
     """Stop embedded servers, close clients; return calls and cache hits per role."""
-    stats: dict[str, dict[str, int]] = {"calls": {}, "cache_hits": {}}
+    calls: Counter[str] = Counter()
+    hits: Counter[str] = Counter()
     with _gateways_lock:
         for gw in _gateways.values():
-            for role, n in gw.calls.items():
-                stats["calls"][role] = stats["calls"].get(role, 0) + n
-            for role, n in gw.cache_hits.items():
-                stats["cache_hits"][role] = stats["cache_hits"].get(role, 0) + n
+            calls += gw.calls
+            hits += gw.cache_hits
             gw.close()
         _gateways.clear()
-    return stats
+    return {"calls": dict(calls), "cache_hits": dict(hits)}
 
 
 def publish_table(stage: str, decisions: list[Decision], category: str | None = None) -> None:
@@ -101,7 +100,8 @@ def dedup_task(config_path: str, outputs_dir: str, generated: list[str], key: st
     """Across all categories; kept prompts of carried-over categories are fixed keepers."""
     config = load_config(config_path)
     candidates = [d.candidate for p in generated for d in read_jsonl(Path(p), Decision) if d.kept]
-    keepers = ([d.candidate for d in open_base(Path(base)).decisions(carried or []) if d.kept]
+    keepers = ([d.candidate for d in open_base(Path(base), verify=False).decisions(carried or [])
+                if d.kept]
                if base else [])
     decisions = dedup_candidates(candidates, config.dedup,
                                  Embedder(config.dedup.model_path, config.dedup.batch_size), keepers)
@@ -166,7 +166,7 @@ def export_task(config_path: str, categories: list[str], generated: list[str], d
     inputs = _inputs(config_path, categories)
     cfg = inputs.config
     carried = carried or []
-    base_snap = open_base(Path(base)) if base else None
+    base_snap = open_base(Path(base), verify=False) if base else None
     gen_decisions = [d for p in generated for d in read_jsonl(Path(p), Decision)]
     dedup_decisions = read_jsonl(Path(deduped), Decision)
     jury_decisions = [d for p in judged for d in read_jsonl(Path(p), Decision)]

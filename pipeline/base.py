@@ -40,10 +40,11 @@ class BaseSnapshot:
         return [CalibrationVote.model_validate(r) for r in rows if r["category"] in categories]
 
 
-def open_base(path: Path) -> BaseSnapshot:
-    """A base must be a snapshot that verifies; otherwise InputError (exit 2)."""
+def open_base(path: Path, verify: bool = True) -> BaseSnapshot:
+    """A base must be a snapshot that verifies; otherwise InputError (exit 2).
+    `verify=False` is for tasks of a flow that has already verified it."""
     manifest = read_manifest(path)
-    problems = verify_snapshot(path)
+    problems = verify_snapshot(path) if verify else []
     if problems:
         raise InputError(path, "--base", f"fails verify ({'; '.join(problems[:3])})",
                          "pass an intact snapshot (`orsc verify` shows what is wrong)")

@@ -97,20 +97,22 @@ def _rows(snapshot: Path) -> tuple[list[dict], list[dict]]:
 def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None) -> Provenance:
     """Find `prompt_id` (kept or rejected) and assemble its provenance."""
     snapshots = list_snapshots(outputs_dir)
-    search = [snapshot] if snapshot else snapshots
     if snapshot:
         read_manifest(snapshot)  # clear error if it is not a snapshot
-    if not search:
+        # the requested snapshot first, then every other one, each read once
+        order = [snapshot, *(s for s in snapshots if s.resolve() != snapshot.resolve())]
+    else:
+        order = snapshots  # newest first: the newest holder is the one reported
+    if not order:
         raise InputError(outputs_dir, None, "holds no snapshots", "run `orsc build` first")
     found = None
     holders = []
-    for snap in snapshots if not snapshot else [snapshot, *snapshots]:
+    for snap in order:
         kept, rejected = _rows(snap)
         row = next((r for r in kept + rejected if r["id"] == prompt_id), None)
         if row is not None:
-            if snap.name not in holders:
-                holders.append(snap.name)
-            if found is None and snap in search:
+            holders.append(snap.name)
+            if found is None and (snapshot is None or snap is snapshot):
                 found = (snap, row, rejected)
     if found is None:
         raise InputError(None, "prompt id", f"'{prompt_id}' is in no snapshot under {outputs_dir}",
