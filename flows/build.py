@@ -11,7 +11,9 @@ PREFECT_HOME under outputs/ unless it is already set).
 
 from __future__ import annotations
 
+import atexit
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,16 +22,17 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.base import open_base, plan_rebuild
-from pipeline.config import BuildConfig, load_config
+from pipeline.config import BuildConfig, TaskRunnerConfig, load_config
 from pipeline.dedup import Embedder, dedup_candidates
 from pipeline.export import snapshot_meta, stage_summary, write_snapshot
 from pipeline.fingerprint import category_fingerprint, fingerprint_components
 from pipeline.generate import generate_category
 from pipeline.inputs import BuildInputs, load_inputs
 from pipeline.jury import calibrate_jurors, calibration_summary, judge_category
-from pipeline.llm import Gateway
+from pipeline.llm import Gateway, Usage
 from pipeline.records import CATEGORIES, CalibrationVote, Decision, content_id, read_jsonl, write_jsonl
 from pipeline.sample import stratified_sample
 from pipeline.store import check_snapshot_name, default_snapshot_name, stage_path
@@ -41,25 +44,23 @@ _gateways_lock = threading.Lock()
 
 
 def gateway_for(config: BuildConfig) -> Gateway:
-    """One gateway per config per process, shared by every task thread."""
+    """One gateway per config per process, shared by every task thread. In a Dask
+    worker process it lives until the worker exits (atexit stops its servers)."""
     key = str(config.source)
     with _gateways_lock:
+        if not _gateways:
+            atexit.register(close_gateways)
         if key not in _gateways:
             _gateways[key] = Gateway(config)
         return _gateways[key]
 
 
-def close_gateways() -> dict[str, dict[str, int]]:
-    """Stop embedded servers, close clients; return calls and cache hits per role."""
-    calls: Counter[str] = Counter()
-    hits: Counter[str] = Counter()
+def close_gateways() -> None:
+    """Stop embedded servers and close clients of this process's gateways."""
     with _gateways_lock:
         for gw in _gateways.values():
-            calls += gw.calls
-            hits += gw.cache_hits
             gw.close()
         _gateways.clear()
-    return {"calls": dict(calls), "cache_hits": dict(hits)}
 
 
 def publish_table(stage: str, decisions: list[Decision], category: str | None = None) -> None:
@@ -82,21 +83,22 @@ def _inputs(config_path: str, categories: list[str]) -> BuildInputs:
 
 
 @task(name="generate", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint: str) -> str:
+def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint: str) -> dict:
     inputs = _inputs(config_path, [category])
     gw = gateway_for(inputs.config)
-    decisions = gw.run(generate_category(inputs, category, gw))
+    usage = Usage()
+    decisions = gw.run(generate_category(inputs, category, gw), usage)
     out = stage_path(Path(outputs_dir), "generate", f"{category}-{fingerprint}")
     write_jsonl(out, decisions)
     publish_table("generate", decisions, category)
     get_run_logger().info("generate %s: %d candidates (%d unusable rewrites rejected)", category,
                           len(decisions), sum(not d.kept for d in decisions))
-    return str(out)
+    return {"path": str(out), **usage.as_dict()}
 
 
 @task(name="dedup", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def dedup_task(config_path: str, outputs_dir: str, generated: list[str], key: str,
-               base: str | None = None, carried: list[str] | None = None) -> str:
+               base: str | None = None, carried: list[str] | None = None) -> dict:
     """Across all categories; kept prompts of carried-over categories are fixed keepers."""
     config = load_config(config_path)
     candidates = [d.candidate for p in generated for d in read_jsonl(Path(p), Decision) if d.kept]
@@ -110,19 +112,20 @@ def dedup_task(config_path: str, outputs_dir: str, generated: list[str], key: st
     publish_table("dedup", decisions)
     get_run_logger().info("dedup: %d candidates, %d near-duplicates dropped (threshold %.2f)",
                           len(decisions), sum(not d.kept for d in decisions), config.dedup.threshold)
-    return str(out)
+    return {"path": str(out)}
 
 
 @task(name="jury", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def jury_task(config_path: str, outputs_dir: str, category: str, deduped: str,
-              fingerprint: str) -> str:
+              fingerprint: str) -> dict:
     """Writes the category's decisions and, beside them, the jury's calibration votes."""
     inputs = _inputs(config_path, [category])
     candidates = [d.candidate for d in read_jsonl(Path(deduped), Decision)
                   if d.kept and d.candidate.category == category]
     gw = gateway_for(inputs.config)
-    decisions = gw.run(judge_category(inputs, category, candidates, gw))
-    calibration = (gw.run(calibrate_jurors(inputs, category, inputs.seeds[category], gw))
+    usage = Usage()
+    decisions = gw.run(judge_category(inputs, category, candidates, gw), usage)
+    calibration = (gw.run(calibrate_jurors(inputs, category, inputs.seeds[category], gw), usage)
                    if inputs.config.jury.calibrate else [])
     out = stage_path(Path(outputs_dir), "jury",
                      f"{category}-{content_id([Path(deduped).stem, fingerprint])}")
@@ -133,29 +136,51 @@ def jury_task(config_path: str, outputs_dir: str, category: str, deduped: str,
     get_run_logger().info("jury %s: %d kept, %d judged harmful, %d unparseable", category,
                           len(decisions) - len(reasons), reasons.count("jury_harmful"),
                           reasons.count("unparseable_verdict"))
-    return str(out)
+    return {"path": str(out), **usage.as_dict()}
 
 
 def calibration_path(jury_output: Path) -> Path:
     return jury_output.with_name(jury_output.stem + ".calibration.jsonl")
 
 
-def run_stage(stage_task, calls: list[tuple]) -> tuple[list[str], int]:
-    """Submit one task per argument tuple; return their output paths and how many came
-    from Prefect's cache. A cached result whose stage file was deleted is recomputed."""
-    futures = [stage_task.submit(*args) for args in calls]
-    # Let every task finish before raising for one that failed: the gateway they
-    # share is closed when the flow ends, and a task still using it would hang.
-    wait(futures)
-    paths, cached = [], 0
-    for future, args in zip(futures, calls, strict=True):
-        path = future.result()
-        if not Path(path).is_file():
-            path = stage_task.with_options(refresh_cache=True)(*args)
-        elif future.state.name == "Cached":
-            cached += 1
-        paths.append(path)
-    return paths, cached
+class StageStats:
+    """Per stage: wall time, tasks (and how many came from Prefect's cache), model
+    calls and request-cache hits made by this build."""
+
+    def __init__(self):
+        self.stages: dict[str, dict] = {}
+
+    def run(self, stage_task, calls: list[tuple]) -> list[str]:
+        """Submit one task per argument tuple and return their output paths. A cached
+        result whose stage file was deleted is recomputed."""
+        started = time.perf_counter()
+        futures = [stage_task.submit(*args) for args in calls]
+        # Let every task finish before raising for one that failed: the gateway they
+        # share is closed when the flow ends, and a task still using it would hang.
+        wait(futures)
+        paths, cached = [], 0
+        calls_made: Counter[str] = Counter()
+        hits: Counter[str] = Counter()
+        for future, args in zip(futures, calls, strict=True):
+            result = future.result()
+            if not Path(result["path"]).is_file():
+                result = stage_task.with_options(refresh_cache=True)(*args)
+            elif future.state.name == "Cached":
+                cached += 1
+                result = {"path": result["path"]}  # its calls were made by an earlier build
+            calls_made.update(result.get("calls", {}))
+            hits.update(result.get("cache_hits", {}))
+            paths.append(result["path"])
+        self.stages[stage_task.name] = {
+            "wall_s": round(time.perf_counter() - started, 3), "tasks": len(calls),
+            "tasks_cached": cached, "model_calls": dict(calls_made), "cache_hits": dict(hits)}
+        return paths
+
+    def total(self, field: str) -> dict[str, int]:
+        out: Counter[str] = Counter()
+        for stage in self.stages.values():
+            out.update(stage[field])
+        return dict(out)
 
 
 @task(name="export")
@@ -193,13 +218,52 @@ def export_task(config_path: str, categories: list[str], generated: list[str], d
             "summary": stage_summary(gen_decisions, dedup_decisions, jury_decisions)}
 
 
-@flow(name=FLOW_NAME, log_prints=True)
+def task_runner_for(cfg: TaskRunnerConfig):
+    if cfg.name == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if cfg.address:
+            return DaskTaskRunner(address=cfg.address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.n_workers, "processes": True,
+                                              "threads_per_worker": cfg.threads_per_worker,
+                                              "dashboard_address": None})
+    # One thread per (stage x category) task, so no category waits for a free thread.
+    return ThreadPoolTaskRunner(max_workers=16)
+
+
+def run_stages(config_path: str, cats: list[str], fps: dict[str, str], name: str,
+               base: str | None, carry: list[str], carried_fps: dict[str, str],
+               started_at: str) -> dict:
+    """generate -> dedup -> jury -> export for the categories being (re)built."""
+    cfg = load_config(config_path)
+    out = str(cfg.outputs_dir)
+    stats = StageStats()
+    generated = stats.run(generate_task, [(config_path, out, c, fps[c]) for c in cats])
+    dedup_key = content_id([Path(p).stem for p in generated]
+                           + [cfg.dedup.model_dump(exclude={"batch_size"})]
+                           + list(carried_fps.values()))
+    [deduped] = stats.run(dedup_task, [(config_path, out, generated, dedup_key, base, carry)])
+    judged = stats.run(jury_task, [(config_path, out, c, deduped, fps[c]) for c in cats])
+    started = time.perf_counter()
+    result = export_task(config_path, cats, generated, deduped, judged, fps, name, base, carry,
+                         started_at)
+    stats.stages["export"] = {"wall_s": round(time.perf_counter() - started, 3), "tasks": 1,
+                              "tasks_cached": 0, "model_calls": {}, "cache_hits": {}}
+    tasks = [s for k, s in stats.stages.items() if k != "export"]
+    return {**result, "model_calls": stats.total("model_calls"),
+            "cache_hits": stats.total("cache_hits"), "stages": stats.stages,
+            "stage_tasks": sum(s["tasks"] for s in tasks),
+            "stage_tasks_cached": sum(s["tasks_cached"] for s in tasks)}
+
+
+@flow(name=FLOW_NAME, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=16))
 def build_benchmark(config_path: str, categories: list[str] | None = None,
                     name: str | None = None, base: str | None = None) -> dict:
     """seeds -> generate -> dedup -> jury -> sample -> export, on one config.
 
     With `base` (a snapshot directory), only the categories named in `categories`,
     or else those whose fingerprint changed, are rebuilt; the rest are carried over.
+    With `task_runner: dask` in the config, the stages run as a subflow on Dask.
     """
     started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
     inputs = load_inputs(load_config(config_path), categories)
@@ -209,25 +273,16 @@ def build_benchmark(config_path: str, categories: list[str] | None = None,
     plan = plan_rebuild(inputs, base_snap, named=bool(categories))
     for cat, why in plan.reasons.items():
         get_run_logger().info("%s: %s", cat, why)
-    cats = plan.rebuild
-    fps = {c: category_fingerprint(inputs, c) for c in cats}
-    out = str(cfg.outputs_dir)
-    base_path = str(base_snap.path) if base_snap else None
-    carried_fps = base_snap.fingerprints(plan.carry) if base_snap else {}
+    fps = {c: category_fingerprint(inputs, c) for c in plan.rebuild}
+    args = (config_path, plan.rebuild, fps, name, str(base_snap.path) if base_snap else None,
+            plan.carry, base_snap.fingerprints(plan.carry) if base_snap else {}, started_at)
     try:
-        generated, cached_gen = run_stage(generate_task, [(config_path, out, c, fps[c]) for c in cats])
-        dedup_key = content_id([Path(p).stem for p in generated]
-                               + [cfg.dedup.model_dump(exclude={"batch_size"})]
-                               + list(carried_fps.values()))
-        [deduped], cached_dedup = run_stage(dedup_task, [(config_path, out, generated, dedup_key,
-                                                          base_path, plan.carry)])
-        judged, cached_jury = run_stage(jury_task, [(config_path, out, c, deduped, fps[c])
-                                                    for c in cats])
-        result = export_task(config_path, cats, generated, deduped, judged, fps, name,
-                             base_path, plan.carry, started_at)
+        if cfg.task_runner.name == "thread":
+            result = run_stages(*args)
+        else:
+            stages = flow(run_stages, name=f"{FLOW_NAME}-stages", log_prints=True,
+                          task_runner=task_runner_for(cfg.task_runner))
+            result = stages(*args)
     finally:
-        stats = close_gateways()
-    return {**result, "model_calls": stats["calls"], "cache_hits": stats["cache_hits"],
-            "plan": plan.reasons,
-            "stage_tasks": 2 * len(cats) + 1,
-            "stage_tasks_cached": cached_gen + cached_dedup + cached_jury}
+        close_gateways()
+    return {**result, "plan": plan.reasons, "task_runner": cfg.task_runner.name}

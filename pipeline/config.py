@@ -142,6 +142,30 @@ class SnapshotConfig(Strict):
     pretty_name: str = "Health-ORSC boundary prompts"
 
 
+class TaskRunnerConfig(Strict):
+    """Where the flow's stage tasks run. `thread` (default): threads in the flow's
+    process. `dask`: prefect-dask's DaskTaskRunner, on the scheduler at `address`,
+    or else on a LocalCluster of `n_workers` processes started for the build.
+    Each worker process has its own LLM gateway, so an endpoint's
+    `max_concurrency` applies per worker."""
+
+    name: Literal["thread", "dask"] = "thread"
+    address: str | None = None          # e.g. tcp://scheduler:8786
+    n_workers: int = Field(2, ge=1)     # LocalCluster only
+    threads_per_worker: int = Field(4, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> TaskRunnerConfig:
+        if self.address and self.name != "dask":
+            raise ValueError("'address' is a Dask scheduler address: set 'name: dask' too")
+        return self
+
+
 class BuildConfig(Strict):
     seeds_dir: Path = Path("seeds")
     templates_dir: Path = Path("prompts_templates")
@@ -154,6 +178,7 @@ class BuildConfig(Strict):
     jury: JuryConfig = JuryConfig()
     sample: SampleConfig = SampleConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
+    task_runner: TaskRunnerConfig = TaskRunnerConfig()
 
     # Set by load_config, not by the YAML file.
     source: Path | None = Field(None, exclude=True)

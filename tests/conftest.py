@@ -53,5 +53,6 @@ def fake_config(tmp_path: Path, base_url: str, **overrides) -> Path:
         else:
             cfg[key] = value
     path = tmp_path / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path

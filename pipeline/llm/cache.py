@@ -55,6 +55,9 @@ class RequestCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=60)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # No fsync per commit: a committed call survives the process being killed
+        # (crash-resume), only an OS crash can lose the last few.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
         self._db.commit()
 

@@ -3,17 +3,24 @@
 One event loop on a background thread owns every client, semaphore and the
 cache handle, so stages running in several Prefect worker threads share one
 concurrency bound per endpoint. Sync code calls `gateway.run(coro)`.
+
+Per-call CPU is what limits a build against a fast endpoint (bench/: figure 1),
+so requests go through the openai client's low-level `post` (its typed
+`chat.completions.create` spends ~0.4 ms per call transforming params and
+building response models) over its aiohttp transport (httpx's connection pool
+costs several ms per call at 64+ connections).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import random
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import openai
@@ -26,6 +33,21 @@ RETRYABLE = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimit
              openai.InternalServerError)
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
+
+
+@dataclass
+class Usage:
+    """Model calls made and request-cache hits, per role, for one `Gateway.run`."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    cache_hits: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {"calls": dict(self.calls), "cache_hits": dict(self.cache_hits)}
+
+
+# The Usage of the Gateway.run a coroutine belongs to (tasks it spawns inherit it).
+_usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("usage", default=None)
 
 
 class LLMError(RuntimeError):
@@ -75,12 +97,18 @@ class Gateway:
         self._servers: dict[str, EmbeddedServer] = {}
 
     # -- sync bridge -------------------------------------------------------
-    def run(self, coro):
-        """Run a coroutine on the gateway's loop and wait for its result."""
+    def run(self, coro, usage: Usage | None = None):
+        """Run a coroutine on the gateway's loop and wait for its result; the calls
+        and cache hits it makes are added to `usage`."""
         if not self._loop.is_running():
             coro.close()
             raise LLMError("the LLM gateway is closed; no further model calls in this build")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+        async def counted():
+            _usage.set(usage)
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(counted(), self._loop).result()
 
     def close(self) -> None:
         async def _close():
@@ -109,30 +137,40 @@ class Gateway:
                    **role.sampling(seed_offset), "response_format": response_format(ep, schema)}
         key = request_key(request)
         hit = self.cache.get(key)
+        usage = _usage.get()
         if hit is not None:
             self.cache_hits[role_name] += 1
+            if usage:
+                usage.cache_hits[role_name] += 1
             return ChatResult(hit["text"], key, True)
         async with self._semaphore(ep_name):
             client = await self._client(ep_name)
             response, latency = await self._create_with_retries(client, ep_name, ep, request)
-        text = response.choices[0].message.content or ""
-        usage = response.usage.model_dump() if response.usage else None
-        self.cache.put(key, request, response.model_dump(mode="json"), text, usage, latency)
+        try:
+            text = response["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError) as err:
+            raise LLMError(f"endpoint '{ep_name}' ({ep.identity}) sent a reply that is not a chat"
+                           f" completion: {str(response)[:200]}") from err
+        self.cache.put(key, request, response, text, response.get("usage"), latency)
         self.calls[role_name] += 1
+        if usage:
+            usage.calls[role_name] += 1
         return ChatResult(text, key, False)
 
     async def _create_with_retries(self, client, ep_name: str, ep: EndpointConfig,
                                    request: dict[str, Any]):
-        kwargs = {"model": request["model"], "messages": request["messages"],
-                  "temperature": request["temperature"], "top_p": request["top_p"],
-                  "max_tokens": request["max_tokens"], "seed": request["seed"],
-                  "timeout": ep.timeout_s}
+        body = {k: request[k] for k in ("model", "messages", "temperature", "top_p", "max_tokens",
+                                         "seed")}
         if request["response_format"] is not None:
-            kwargs["response_format"] = request["response_format"]
+            body["response_format"] = request["response_format"]
         for attempt in range(ep.max_retries + 1):
             started = time.monotonic()
             try:
-                response = await client.chat.completions.create(**kwargs)
+                response = await client.post("/chat/completions", body=body, cast_to=object,
+                                             options={"timeout": ep.timeout_s})
+                if not isinstance(response, dict):
+                    raise LLMError(f"endpoint '{ep_name}' ({ep.identity}) answered with"
+                                   f" {type(response).__name__}, not a JSON object")
                 return response, time.monotonic() - started
             except RETRYABLE as err:
                 if attempt == ep.max_retries:
@@ -175,6 +213,7 @@ class Gateway:
                     base_url = ep.base_url
                 api_key = os.environ.get(ep.api_key_env, "") if ep.api_key_env else "not-needed"
                 self._clients[ep_name] = openai.AsyncOpenAI(
-                    base_url=base_url, api_key=api_key, max_retries=0, timeout=ep.timeout_s
+                    base_url=base_url, api_key=api_key, max_retries=0, timeout=ep.timeout_s,
+                    http_client=openai.DefaultAioHttpClient(timeout=ep.timeout_s),
                 )
         return self._clients[ep_name]

@@ -1,0 +1,57 @@
+"""`task_runner: dask`: the stages run on a Dask LocalCluster of 2 worker processes and
+the snapshot is byte-identical to the default (thread) runner's."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from pipeline.cli import main
+from tests.conftest import fake_config
+from tests.fake_openai import FakeOpenAI
+from tests.test_build import reply, snapshot_files
+
+
+def test_dask_local_cluster_builds_the_same_snapshot(tmp_path, capsys):
+    server = FakeOpenAI(reply).start()
+    try:
+        thread_cfg = fake_config(tmp_path / "thread", server.base_url)
+        assert main(["build", "--config", str(thread_cfg), "--name", "t"]) == 0
+        thread_calls = server.chat_count
+        dask_cfg = fake_config(tmp_path / "dask", server.base_url,
+                               task_runner={"name": "dask", "n_workers": 2, "threads_per_worker": 2})
+        capsys.readouterr()
+        assert main(["build", "--config", str(dask_cfg), "--name", "d"]) == 0
+        out = capsys.readouterr().out
+    finally:
+        server.stop()
+    # Separate outputs, so separate request caches: the Dask build made every call again,
+    # and counted them although they were made in the worker processes.
+    dask_calls = server.chat_count - thread_calls
+    assert dask_calls == thread_calls
+    assert f"model calls: {dask_calls} " in out
+    thread_snap = tmp_path / "thread" / "outputs" / "snapshots" / "t"
+    dask_snap = tmp_path / "dask" / "outputs" / "snapshots" / "d"
+    assert snapshot_files(dask_snap) == snapshot_files(thread_snap)
+    manifest = json.loads((dask_snap / "MANIFEST.json").read_text())
+    assert manifest["config"]["task_runner"]["name"] == "dask"
+    assert main(["verify", str(dask_snap)]) == 0
+    # No Dask worker (or anything it started) outlives the build.
+    # (multiprocessing's resource tracker stays until this process exits; it is not a worker)
+    assert [c for c in _our_children()
+            if ("multiprocessing" in c or "llama" in c) and "resource_tracker" not in c] == []
+
+
+def _our_children() -> list[str]:
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                ppid = next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, StopIteration):
+            continue
+        if ppid == os.getpid():
+            out.append(cmd)
+    return out
