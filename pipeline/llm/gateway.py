@@ -4,17 +4,19 @@ One event loop on a background thread owns every client, semaphore and the
 cache handle, so stages running in several Prefect worker threads share one
 concurrency bound per endpoint. Sync code calls `gateway.run(coro)`.
 
-Per-call CPU is what limits a build against a fast endpoint (bench/: figure 1),
-so requests go through the openai client's low-level `post` (its typed
-`chat.completions.create` spends ~0.4 ms per call transforming params and
-building response models) over its aiohttp transport (httpx's connection pool
-costs several ms per call at 64+ connections).
+The wire protocol is OpenAI's chat completions (POST {base_url}/chat/completions,
+Bearer key), spoken with aiohttp directly. Per-call CPU in this one loop is what
+caps a build against a fast endpoint (bench/, figure 1): the openai package
+spends ~0.6 ms of CPU per call (request options, httpx2 models; its httpx pool
+several ms at 64+ connections), aiohttp ~0.15 ms. Retries follow the openai
+client's rules: connection errors, timeouts, HTTP 408, 409, 429 and 5xx.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import os
 import random
 import threading
@@ -23,14 +25,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import openai
+import aiohttp
 
 from pipeline.config import BuildConfig, EndpointConfig
 from pipeline.llm.cache import RequestCache, request_key
 from pipeline.llm.embedded import EmbeddedServer
 
-RETRYABLE = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
-             openai.InternalServerError)
+RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 
@@ -52,6 +53,19 @@ _usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("usage", d
 
 class LLMError(RuntimeError):
     """An endpoint failed for good: retries exhausted, or a non-retryable answer."""
+
+
+class _Retryable(Exception):
+    def __init__(self, problem: str, retry_after: str | None = None):
+        super().__init__(problem)
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Client:
+    session: aiohttp.ClientSession
+    url: str  # .../chat/completions
+    headers: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -91,7 +105,7 @@ class Gateway:
         self._thread = threading.Thread(target=self._loop.run_forever, name="llm-gateway",
                                         daemon=True)
         self._thread.start()
-        self._clients: dict[str, openai.AsyncOpenAI] = {}
+        self._clients: dict[str, _Client] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._start_locks: dict[str, asyncio.Lock] = {}
         self._servers: dict[str, EmbeddedServer] = {}
@@ -113,7 +127,7 @@ class Gateway:
     def close(self) -> None:
         async def _close():
             for client in self._clients.values():
-                await client.close()
+                await client.session.close()
         if self._loop.is_running():
             self.run(_close())
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -157,44 +171,54 @@ class Gateway:
             usage.calls[role_name] += 1
         return ChatResult(text, key, False)
 
-    async def _create_with_retries(self, client, ep_name: str, ep: EndpointConfig,
-                                   request: dict[str, Any]):
+    async def _create_with_retries(self, client: _Client, ep_name: str, ep: EndpointConfig,
+                                   request: dict[str, Any]) -> tuple[dict, float]:
         body = {k: request[k] for k in ("model", "messages", "temperature", "top_p", "max_tokens",
                                          "seed")}
         if request["response_format"] is not None:
             body["response_format"] = request["response_format"]
+        data = json.dumps(body)
+        where = f"endpoint '{ep_name}' ({ep.identity})"
         for attempt in range(ep.max_retries + 1):
             started = time.monotonic()
             try:
-                response = await client.post("/chat/completions", body=body, cast_to=object,
-                                             options={"timeout": ep.timeout_s})
-                if not isinstance(response, dict):
-                    raise LLMError(f"endpoint '{ep_name}' ({ep.identity}) answered with"
-                                   f" {type(response).__name__}, not a JSON object")
-                return response, time.monotonic() - started
-            except RETRYABLE as err:
+                return await self._post(client, data, where), time.monotonic() - started
+            except _Retryable as err:
                 if attempt == ep.max_retries:
-                    raise LLMError(
-                        f"endpoint '{ep_name}' ({ep.identity}) failed after {attempt + 1}"
-                        f" attempts: {type(err).__name__}: {err}"
-                    ) from err
-                retry_after = None
-                if isinstance(err, openai.APIStatusError):
-                    retry_after = err.response.headers.get("retry-after")
-                await asyncio.sleep(backoff_s(attempt, retry_after))
-            except openai.APIStatusError as err:
-                raise LLMError(
-                    f"endpoint '{ep_name}' ({ep.identity}) refused the request with HTTP"
-                    f" {err.status_code}: {err.message}"
-                ) from err
+                    raise LLMError(f"{where} failed after {attempt + 1} attempts: {err}") from err
+                await asyncio.sleep(backoff_s(attempt, err.retry_after))
         raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _post(client: _Client, data: str, where: str) -> dict:
+        try:
+            async with client.session.post(client.url, data=data, headers=client.headers) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = resp.headers.get("retry-after")
+        except TimeoutError as err:
+            raise _Retryable("timed out") from err
+        except aiohttp.ClientError as err:
+            raise _Retryable(f"connection error: {type(err).__name__}: {err}") from err
+        if status >= 400:
+            problem = f"HTTP {status}: {_error_message(raw)}"
+            if status in RETRYABLE_STATUS or status >= 500:
+                raise _Retryable(problem, retry_after)
+            raise LLMError(f"{where} refused the request with {problem}")
+        try:
+            response = json.loads(raw)
+        except ValueError as err:
+            raise LLMError(f"{where} answered with something that is not JSON: {raw[:200]!r}") from err
+        if not isinstance(response, dict):
+            raise LLMError(f"{where} answered with {type(response).__name__}, not a JSON object")
+        return response
 
     def _semaphore(self, ep_name: str) -> asyncio.Semaphore:
         if ep_name not in self._semaphores:
             self._semaphores[ep_name] = asyncio.Semaphore(self.config.endpoints[ep_name].max_concurrency)
         return self._semaphores[ep_name]
 
-    async def _client(self, ep_name: str) -> openai.AsyncOpenAI:
+    async def _client(self, ep_name: str) -> _Client:
         if ep_name in self._clients:
             return self._clients[ep_name]
         lock = self._start_locks.setdefault(ep_name, asyncio.Lock())
@@ -212,8 +236,21 @@ class Gateway:
                 else:
                     base_url = ep.base_url
                 api_key = os.environ.get(ep.api_key_env, "") if ep.api_key_env else "not-needed"
-                self._clients[ep_name] = openai.AsyncOpenAI(
-                    base_url=base_url, api_key=api_key, max_retries=0, timeout=ep.timeout_s,
-                    http_client=openai.DefaultAioHttpClient(timeout=ep.timeout_s),
-                )
+                session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=ep.max_concurrency),
+                    timeout=aiohttp.ClientTimeout(total=ep.timeout_s))
+                self._clients[ep_name] = _Client(
+                    session, base_url.rstrip("/") + "/chat/completions",
+                    {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
         return self._clients[ep_name]
+
+
+def _error_message(raw: bytes) -> str:
+    """The message of an OpenAI-style error body, or the start of the body."""
+    try:
+        err = json.loads(raw).get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+    except (ValueError, AttributeError):
+        pass
+    return raw[:200].decode(errors="replace") or "(empty body)"
