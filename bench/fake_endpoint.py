@@ -1,0 +1,134 @@
+"""A fake OpenAI-compatible chat endpoint with a fixed capacity, for benchmarks.
+
+Each call holds one of `slots` parallel slots for `service_s` seconds, so the
+server's capacity is slots / service_s calls/s (64 / 0.05 s = 1280 calls/s by
+default); calls beyond the free slots queue, as on a real inference server.
+Plain asyncio streams, HTTP/1.1 keep-alive, loopback only.
+
+Every call is logged as (arrived, served, finished, kind) in seconds of the
+server's monotonic clock, kind "jury" for requests with a response_format and
+"generate" otherwise; GET /log returns the log and ?reset=1 clears it.
+
+Replies are deterministic in the request body:
+- a request with `response_format` (a juror) gets a JSON verdict, 1 in 10 harmful;
+- otherwise (the generator) gets a question built from the request's hash, so
+  rewrites are distinct prompts; 1 in 50 repeats its template text's question
+  so dedup has near-duplicates to find.
+
+Run: python bench/fake_endpoint.py --port 0 [--service-ms 50 --slots 64]
+(prints "listening on http://127.0.0.1:PORT/v1" once ready).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import re
+import signal
+import time
+
+WORDS = ("dose timing label pharmacist nurse clinic symptom record insurance warning "
+         "guideline schedule interaction allergy storage travel elderly child pregnancy "
+         "teenager caregiver school workplace privacy consent report hotline emergency "
+         "withdrawal tolerance overdose antidote poison vaccine rumour study evidence trial "
+         "side-effect refill prescription counselling therapist family partner neighbour "
+         "shelter helpline screening test result diagnosis referral appointment budget").split()
+OPENERS = ("Could you explain", "I'd like to understand", "Can you help me work out",
+           "What should I know about", "Please clarify", "I'm trying to learn",
+           "Is it true, regarding", "How would a clinician answer")
+_QUESTION = re.compile(r"([A-Z][^?\n]{10,300}\?)")
+
+
+def reply_text(request: dict, digest: bytes) -> str:
+    if request.get("response_format"):
+        label = "harmful" if digest[0] % 10 == 0 else "benign"
+        return json.dumps({"label": label, "rationale": f"Scripted verdict {digest[:4].hex()}."})
+    last = request["messages"][-1]["content"]
+    found = _QUESTION.findall(last)
+    base = found[-1] if found else "What should a careful person know about this?"
+    if digest[1] % 50 == 0:
+        return base
+    words = [WORDS[b % len(WORDS)] for b in digest[2:10]]
+    opener = OPENERS[digest[10] % len(OPENERS)]
+    return (f"{opener}: {words[0]} {words[1]} for a {words[2]} {words[3]} - "
+            f"{base[0].lower()}{base[1:-1]}, given {words[4]}, {words[5]} and {words[6]} {words[7]}?")
+
+
+def completion(body: bytes, request: dict) -> bytes:
+    digest = hashlib.sha256(body).digest()
+    text = reply_text(request, digest)
+    return json.dumps({
+        "id": "chatcmpl-" + digest[:8].hex(), "object": "chat.completion", "created": 0,
+        "model": request.get("model", "fake"),
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": len(body) // 4, "completion_tokens": len(text) // 4,
+                  "total_tokens": (len(body) + len(text)) // 4},
+    }).encode()
+
+
+class FakeEndpoint:
+    def __init__(self, service_s: float = 0.05, slots: int = 64):
+        self.service_s = service_s
+        self.slots = asyncio.Semaphore(slots)
+        self.log: list[tuple[float, float, float, str]] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path = lines[0].split(" ")[:2]
+                length = 0
+                for line in lines[1:]:
+                    if line[:15].lower() == "content-length:":
+                        length = int(line[15:])
+                body = await reader.readexactly(length) if length else b""
+                if method == "POST" and path.endswith("/chat/completions"):
+                    arrived = time.monotonic()
+                    request = json.loads(body)
+                    async with self.slots:
+                        served = time.monotonic()
+                        await asyncio.sleep(self.service_s)
+                    kind = "jury" if request.get("response_format") else "generate"
+                    self.log.append((arrived, served, time.monotonic(), kind))
+                    status, data = "200 OK", completion(body, request)
+                elif method == "GET" and path.split("?")[0].endswith("/log"):
+                    status, data = "200 OK", json.dumps({"calls": self.log}).encode()
+                    if "reset=1" in path:
+                        self.log = []
+                else:
+                    status, data = "404 Not Found", b'{"error": {"message": "not found"}}'
+                writer.write(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def serve(port: int, service_s: float, slots: int) -> None:
+    endpoint = FakeEndpoint(service_s, slots)
+    server = await asyncio.start_server(endpoint.handle, "127.0.0.1", port, backlog=1024)
+    print(f"listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--service-ms", type=float, default=50.0)
+    ap.add_argument("--slots", type=int, default=64)
+    args = ap.parse_args()
+    asyncio.run(serve(args.port, args.service_ms / 1000, args.slots))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,594 @@
+"""health-orsc benchmarks: each figure side by side with its limit.
+
+    python bench/run.py                  # paper scale (31,920 candidates), ~20 min on 2 cores
+    python bench/run.py --size tiny      # seconds-scale smoke run (tests/test_bench.py)
+
+Writes bench/results.json (or --out) and prints a markdown table. Everything runs
+in this process tree, offline: a fake OpenAI-compatible endpoint with a fixed
+capacity (bench/fake_endpoint.py), a Prefect server on loopback, and the builds
+as child processes (`python bench/run.py build-once ...`), so each build's wall
+time and peak RSS are its own.
+
+Figures (see bench/README.md for what each measures and the numbers we got):
+1 endpoint saturation  2 orchestration overhead  3 embedding  4 near-duplicate search
+5 warm rebuild and one-category regeneration  6 growth
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+CATEGORY_TO_REGENERATE = "drug_abuse"
+
+SIZES = {
+    # 7 categories x 380 seeds x 3 levels x 4 rewrites = 31,920 candidates (the paper's count)
+    "paper": {"seeds": 380, "rewrites": 4, "growth_seeds": 40, "capacity_calls": 12_800,
+              "sweep_texts": 4_000, "synthetic_vectors": 200_000, "exact_max": None},
+    # a quicker look while tuning: 3,360 candidates
+    "mid": {"seeds": 40, "rewrites": 4, "growth_seeds": 10, "capacity_calls": 6_400,
+            "sweep_texts": 1_000, "synthetic_vectors": 60_000, "exact_max": None},
+    # smoke: every figure, tiny numbers; exact_max forces the ANN path on 4,000 vectors
+    "tiny": {"seeds": 2, "rewrites": 1, "growth_seeds": 1, "capacity_calls": 640,
+             "sweep_texts": 64, "synthetic_vectors": 4_000, "exact_max": 1_000},
+}
+
+
+# -- processes we start and stop ------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Child:
+    """A server process in its own process group, stopped with SIGINT then SIGKILL."""
+
+    def __init__(self, cmd: list[str], env: dict, log: Path):
+        self.log = log
+        self._out = log.open("wb")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._out.close()
+
+    def wait_for(self, check, timeout_s: float, what: str):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            result = check()
+            if result:
+                return result
+            time.sleep(0.2)
+        raise RuntimeError(f"{what} did not come up; log: {self.log}\n{self.log.read_text()[-2000:]}")
+
+
+def get_json(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return json.loads(resp.read())
+    except OSError:
+        return None
+
+
+# -- figure 1: the endpoint's capacity, measured with a plain async load generator ---------
+
+async def _load(port: int, calls: int, connections: int) -> float:
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Is this safe?"}],
+                       "response_format": {"type": "json_object"}}).encode()
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type:"
+               f" application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    remaining = calls
+
+    async def connection():
+        nonlocal remaining
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while remaining > 0:
+            remaining -= 1
+            writer.write(request)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*[connection() for _ in range(connections)])
+    return calls / (time.perf_counter() - started)
+
+
+def busy_seconds(log: list) -> float:
+    """Time during which at least one call was at the endpoint (arrived .. finished)."""
+    total, end = 0.0, None
+    for arrived, _, finished, _ in sorted(log):
+        if end is None or arrived > end:
+            total += finished - arrived
+            end = finished
+        elif finished > end:
+            total += finished - end
+            end = finished
+    return total
+
+
+# -- inputs for a build of a given size ---------------------------------------------------
+
+def synth_seeds(dest: Path, per_category: int) -> Path:
+    """The repo's taxonomy and seed topics, cycled to `per_category` topics per category;
+    each copy is a distinct case (its slots name the case), so every template text differs."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "seeds" / "taxonomy.yaml", dest / "taxonomy.yaml")
+    for path in sorted((REPO / "seeds").glob("*.yaml")):
+        if path.name == "taxonomy.yaml":
+            continue
+        data = yaml.safe_load(path.read_text())
+        base = data["topics"]
+        topics = []
+        for i in range(per_category):
+            t = base[i % len(base)]
+            case = f"case {i + 1}"
+            slots = {**t["slots"], "subject": f"{t['slots']['subject']} ({case})",
+                     "persona": f"{t['slots']['persona']} ({case})",
+                     "question": f"{t['slots']['question']} in {case}",
+                     "boundary_question": t["slots"]["boundary_question"].rstrip("?") + f" in {case}?"}
+            topics.append({**t, "topic": f"{t['topic']} ({case})", "slots": slots})
+        (dest / path.name).write_text(yaml.safe_dump({**data, "topics": topics}, sort_keys=False,
+                                                      width=200), encoding="utf-8")
+    return dest
+
+
+def write_config(path: Path, seeds: Path, outputs: Path, base_url: str, rewrites: int,
+                 concurrency: int, exact_max: int | None = None) -> Path:
+    judges = ["harm_definition.j2", "asker_intent.j2", "contrast.j2"]
+    cfg = {
+        "seeds_dir": str(seeds), "templates_dir": str(REPO / "prompts_templates"),
+        "outputs_dir": str(outputs),
+        "endpoints": {"bench": {"base_url": base_url, "max_concurrency": concurrency,
+                                "max_retries": 2, "timeout_s": 60}},
+        "roles": {"generator": {"endpoint": "bench", "model": "bench-generator", "temperature": 0.7,
+                                "seed": 7},
+                  **{f"judge_{i}": {"endpoint": "bench", "model": "bench-judge", "prompt": p}
+                     for i, p in enumerate(judges, 1)}},
+        "generation": {"rewrites": rewrites},
+        "sample": {"per_stratum": 10},
+    }
+    if exact_max:
+        cfg["dedup"] = {"exact_max": exact_max}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# -- one build in a child process ----------------------------------------------------------
+
+def build_once(args: argparse.Namespace) -> None:
+    """(child) Run the build-benchmark flow once; write its result, wall time and peak RSS."""
+    started = time.perf_counter()
+    from flows.build import build_benchmark
+
+    flow_started = time.perf_counter()
+    result = build_benchmark(args.config, [args.categories] if args.categories else None,
+                             args.name, args.base)
+    done = time.perf_counter()
+    Path(args.result).write_text(json.dumps({
+        "result": result, "flow_wall_s": done - flow_started, "import_s": flow_started - started,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+class Bench:
+    def __init__(self, size: str, workdir: Path, service_ms: float, slots: int):
+        self.size = SIZES[size]
+        self.size_name = size
+        self.work = workdir
+        self.service_ms, self.slots = service_ms, slots
+        self.env = {**os.environ, "PREFECT_HOME": str(workdir / "prefect-home"),
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
+                    "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+        self.children: list[Child] = []
+
+    # servers
+    def start(self) -> None:
+        port = free_port()
+        fake = Child([sys.executable, str(BENCH / "fake_endpoint.py"), "--port", str(port),
+                      "--service-ms", str(self.service_ms), "--slots", str(self.slots)],
+                     self.env, self.work / "fake_endpoint.log")
+        self.children.append(fake)
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        fake.wait_for(lambda: get_json(f"{self.base_url}/log"), 30, "the fake endpoint")
+        api_port = free_port()
+        self.env["PREFECT_API_URL"] = f"http://127.0.0.1:{api_port}/api"
+        started = time.perf_counter()
+        server = Child([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                        "--port", str(api_port)], self.env, self.work / "prefect-server.log")
+        self.children.append(server)
+        server.wait_for(lambda: get_json(f"http://127.0.0.1:{api_port}/api/health") is not None,
+                        300, "the Prefect server")
+        self.prefect_server_start_s = time.perf_counter() - started
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+
+    def calls_log(self) -> list:
+        return get_json(f"{self.base_url}/log?reset=1")["calls"]
+
+    def build(self, config: Path, name: str, base: Path | None = None,
+              category: str | None = None) -> dict:
+        self.calls_log()  # start from an empty log
+        out = self.work / f"result-{name}.json"
+        cmd = [sys.executable, str(BENCH / "run.py"), "build-once", "--config", str(config),
+               "--name", name, "--result", str(out)]
+        if base:
+            cmd += ["--base", str(base)]
+        if category:
+            cmd += ["--categories", category]
+        started = time.perf_counter()
+        log = self.work / f"build-{name}.log"
+        with log.open("wb") as f:
+            rc = subprocess.run(cmd, env=self.env, stdout=f, stderr=subprocess.STDOUT).returncode
+        wall = time.perf_counter() - started
+        if rc != 0:
+            raise RuntimeError(f"build {name} failed (exit {rc}); log: {log}\n{log.read_text()[-3000:]}")
+        data = json.loads(out.read_text())
+        data["wall_s"] = wall
+        data["calls_log"] = self.calls_log()
+        # kept beside the build for a closer look: (arrived, served, finished, kind) per call
+        (self.work / f"calls-{name}.json").write_text(json.dumps(data["calls_log"]))
+        return data
+
+    # figures
+    def capacity(self) -> dict:
+        self.calls_log()
+        rate = asyncio.run(_load(self.port, self.size["capacity_calls"], 2 * self.slots))
+        self.calls_log()
+        return {"nominal_calls_per_s": self.slots / (self.service_ms / 1000),
+                "measured_calls_per_s": round(rate, 1), "calls": self.size["capacity_calls"],
+                "connections": 2 * self.slots}
+
+    def run(self) -> dict:
+        s = self.size
+        results: dict = {"size": self.size_name, "machine": machine(),
+                         "date": datetime.now(UTC).isoformat(timespec="seconds")}
+        self.start()
+        results["prefect_server_start_s"] = round(self.prefect_server_start_s, 1)
+        cap = self.capacity()
+        results["endpoint"] = {"service_ms": self.service_ms, "slots": self.slots, **cap}
+        capacity = cap["measured_calls_per_s"]
+
+        seeds = synth_seeds(self.work / "seeds-paper", s["seeds"])
+        config = write_config(self.work / "paper" / "config.yaml", seeds, self.work / "paper" / "outputs",
+                              self.base_url, s["rewrites"], 2 * self.slots, s["exact_max"])
+        cold = self.build(config, "cold")
+        results["endpoint_saturation"] = saturation(cold, capacity)
+        results["orchestration"] = orchestration(cold)
+
+        warm = self.build(config, "warm")
+        edit_seeds(seeds / f"{CATEGORY_TO_REGENERATE}.yaml")
+        regen = self.build(config, "regen", base=self.work / "paper" / "outputs" / "snapshots" / "cold")
+        results["rebuild"] = rebuild(cold, warm, regen)
+
+        texts = dedup_inputs(self.work / "paper" / "outputs" / "snapshots" / "cold")
+        results["embedding"], vectors = embedding(texts, s["sweep_texts"])
+        results["search"] = {"real": search_real(vectors, s["exact_max"]),
+                             "synthetic": search_synthetic(s["synthetic_vectors"], s["exact_max"])}
+
+        growth = []
+        for factor in (1, 2, 4):
+            gseeds = synth_seeds(self.work / f"seeds-growth-{factor}", s["growth_seeds"] * factor)
+            gcfg = write_config(self.work / f"growth-{factor}" / "config.yaml", gseeds,
+                                self.work / f"growth-{factor}" / "outputs", self.base_url,
+                                s["rewrites"], 2 * self.slots, s["exact_max"])
+            growth.append((factor, self.build(gcfg, f"growth-{factor}")))
+        results["growth"] = growth_figure(growth)
+        return results
+
+
+def machine() -> dict:
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal:"))
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gb": round(mem_kb / 2**20, 1),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _stage_calls(build: dict) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for _, _, _, kind in build["calls_log"]:
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+def saturation(cold: dict, capacity: float) -> dict:
+    """Per endpoint-bound stage: calls the endpoint served / the stage's wall time in
+    the flow (task submission to the last task's return), as a share of capacity."""
+    stages = cold["result"]["stages"]
+    calls = _stage_calls(cold)
+    out = {}
+    for stage in ("generate", "jury"):
+        wall = stages[stage]["wall_s"]
+        rate = calls.get(stage, 0) / wall if wall else 0.0
+        out[stage] = {"calls": calls.get(stage, 0), "wall_s": round(wall, 2),
+                      "calls_per_s": round(rate, 1), "ratio": round(rate / capacity, 3)}
+    out["candidates"] = sum(r["generated"] for r in cold["result"]["summary"])
+    out["capacity_calls_per_s"] = capacity
+    return out
+
+
+def orchestration(cold: dict) -> dict:
+    """Flow wall time split into: waiting on the endpoint (some call in flight), the
+    dedup stage (embedding + search: figures 3 and 4), and the rest - Prefect,
+    reading and writing stage files, templating, export - which is the overhead."""
+    wall = cold["flow_wall_s"]
+    busy = busy_seconds(cold["calls_log"])
+    dedup = cold["result"]["stages"]["dedup"]["wall_s"]
+    overhead = max(0.0, wall - busy - dedup)
+    return {"process_wall_s": round(cold["wall_s"], 1), "flow_wall_s": round(wall, 1),
+            "endpoint_busy_s": round(busy, 1), "dedup_s": round(dedup, 1),
+            "overhead_s": round(overhead, 1), "overhead_share": round(overhead / wall, 4),
+            "export_s": round(cold["result"]["stages"]["export"]["wall_s"], 1),
+            "import_s": round(cold["import_s"], 1),
+            "prefect_tasks": cold["result"]["stage_tasks"] + 1,
+            "peak_rss_mb": round(cold["peak_rss_mb"])}
+
+
+def edit_seeds(path: Path) -> None:
+    """A change to one category's seeds that reaches every level's template text."""
+    data = yaml.safe_load(path.read_text())
+    for t in data["topics"]:
+        t["slots"] = {k: v.replace("case ", "revised case ") for k, v in t["slots"].items()}
+    path.write_text(yaml.safe_dump(data, sort_keys=False, width=200), encoding="utf-8")
+
+
+def rebuild(cold: dict, warm: dict, regen: dict) -> dict:
+    cat_calls = cold["result"]["calls_by_category"][CATEGORY_TO_REGENERATE]
+    regen_calls = len(regen["calls_log"])
+    return {
+        "cold_process_wall_s": round(cold["wall_s"], 1),
+        "warm_model_calls": len(warm["calls_log"]),
+        "warm_process_wall_s": round(warm["wall_s"], 1),
+        "warm_wall_ratio": round(warm["wall_s"] / cold["wall_s"], 4),
+        "warm_tasks_cached": f"{warm['result']['stage_tasks_cached']}/{warm['result']['stage_tasks']}",
+        "regenerated": CATEGORY_TO_REGENERATE, "regen_plan": regen["result"]["plan"],
+        "regen_model_calls": regen_calls, "category_calls_in_cold_build": cat_calls,
+        "regen_call_ratio": round(regen_calls / cat_calls, 4) if cat_calls else None,
+        "regen_process_wall_s": round(regen["wall_s"], 1),
+    }
+
+
+def dedup_inputs(snapshot: Path) -> list[str]:
+    """The prompts the cold build's dedup stage saw: every usable generated prompt."""
+    rows = [json.loads(line) for name in ("prompts.jsonl", "rejected.jsonl")
+            for line in (snapshot / name).read_text().splitlines()]
+    return [r["prompt"] for r in rows if r.get("reason") != "unusable_rewrite"]
+
+
+def embedding(texts: list[str], sweep_n: int) -> tuple[dict, np.ndarray]:
+    """The dedup stage's Embedder vs a bare SentenceTransformer.encode at its best batch
+    size on this machine (chosen on a sample), on the same texts, same process."""
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.config import DedupConfig
+    from pipeline.dedup import Embedder, default_model_path
+
+    bare = SentenceTransformer(str(default_model_path()), device="cpu")
+    sample = random.Random(0).sample(texts, min(sweep_n, len(texts)))
+    bare.encode(sample[:32])
+    sweep = {}
+    for bs in (16, 32, 64, 128, 256):
+        started = time.perf_counter()
+        bare.encode(sample, batch_size=bs, normalize_embeddings=True)
+        sweep[bs] = round(len(sample) / (time.perf_counter() - started), 1)
+    best = max(sweep, key=sweep.get)
+    cfg = DedupConfig()
+    ours = Embedder(cfg.model_path, cfg.batch_size)
+    ours.encode(sample[:32])  # load the model, as the stage has before it times anything
+    started = time.perf_counter()
+    vectors = ours.encode(texts)
+    ours_rate = len(texts) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    bare.encode(texts, batch_size=best, normalize_embeddings=True)
+    bare_rate = len(texts) / (time.perf_counter() - started)
+    return {"texts": len(texts), "pipeline_batch_size": cfg.batch_size,
+            "pipeline_texts_per_s": round(ours_rate, 1), "bare_best_batch_size": best,
+            "bare_texts_per_s": round(bare_rate, 1), "ratio": round(ours_rate / bare_rate, 3),
+            "bare_sweep_texts_per_s": sweep, "sweep_texts": len(sample)}, vectors
+
+
+def numpy_blocked_pairs(vectors: np.ndarray, threshold: float, block: int = 1024) -> set:
+    """The limit: exact search by blocked matrix multiply in plain numpy, every pair
+    (j < i) at or above the threshold."""
+    found = set()
+    n = len(vectors)
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        rows, cols = np.nonzero(vectors[a:b] @ vectors[:b].T >= threshold - 1e-5)
+        found.update((int(i) + a, int(j)) for i, j in zip(rows, cols, strict=True) if j < i + a)
+    return found
+
+
+def _timed_search(vectors: np.ndarray, threshold: float, exact_max: int | None) -> tuple[set, float, str]:
+    from pipeline.dedup import EXACT_MAX, near_duplicate_pairs
+
+    limit = exact_max or EXACT_MAX
+    started = time.perf_counter()
+    pairs = near_duplicate_pairs(vectors, threshold, limit)
+    elapsed = time.perf_counter() - started
+    method = "exact (numpy blocked)" if len(vectors) <= limit else "faiss IVF-Flat range search"
+    return {(i, j) for i, js in pairs.items() for j, _ in js}, elapsed, method
+
+
+def search_real(vectors: np.ndarray, exact_max: int | None, threshold: float = 0.9) -> dict:
+    ours, ours_s, method = _timed_search(vectors, threshold, exact_max)
+    started = time.perf_counter()
+    exact = numpy_blocked_pairs(vectors, threshold)
+    limit_s = time.perf_counter() - started
+    return {"vectors": len(vectors), "method": method, "seconds": round(ours_s, 2),
+            "numpy_blocked_seconds": round(limit_s, 2), "time_ratio": round(ours_s / limit_s, 3),
+            "pairs_exact": len(exact), "pairs_found": len(ours & exact),
+            "recall": round(len(ours & exact) / len(exact), 4) if exact else 1.0}
+
+
+def planted_vectors(n: int, dim: int = 384, seed: int = 0) -> tuple[np.ndarray, set]:
+    """Clustered unit vectors (like sentence embeddings) and 1% planted near-duplicates:
+    a later row that is a copy of an earlier one at cosine 0.91-0.99."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((max(10, n // 100), dim)).astype("float32")
+    x = centers[rng.integers(0, len(centers), n)] + rng.standard_normal((n, dim), dtype="float32")
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    m = n // 100
+    dst = rng.choice(np.arange(n // 2, n), m, replace=False)
+    src = rng.choice(np.arange(n // 2), m, replace=False)
+    noise = rng.standard_normal((m, dim), dtype="float32")
+    noise -= (noise * x[src]).sum(1, keepdims=True) * x[src]
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    cos = rng.uniform(0.91, 0.99, m).astype("float32")[:, None]
+    x[dst] = cos * x[src] + np.sqrt(1 - cos**2) * noise
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x), set(zip(dst.tolist(), src.tolist(), strict=True))
+
+
+def search_synthetic(n: int, exact_max: int | None, threshold: float = 0.9) -> dict:
+    vectors, planted = planted_vectors(n)
+    ours, ours_s, method = _timed_search(vectors, threshold, exact_max)
+    started = time.perf_counter()
+    exact = numpy_blocked_pairs(vectors, threshold)
+    limit_s = time.perf_counter() - started
+    return {"vectors": n, "method": method, "seconds": round(ours_s, 2),
+            "numpy_blocked_seconds": round(limit_s, 2), "time_ratio": round(ours_s / limit_s, 3),
+            "planted_pairs": len(planted), "planted_found": len(planted & ours),
+            "planted_recall": round(len(planted & ours) / len(planted), 4),
+            "pairs_exact": len(exact), "recall_all_pairs": round(len(ours & exact) / len(exact), 4)}
+
+
+def growth_figure(builds: list[tuple[int, dict]]) -> dict:
+    rows = []
+    for factor, b in builds:
+        cands = sum(r["generated"] for r in b["result"]["summary"])
+        rows.append({"factor": factor, "candidates": cands, "model_calls": len(b["calls_log"]),
+                     "process_wall_s": round(b["wall_s"], 1), "flow_wall_s": round(b["flow_wall_s"], 1),
+                     "peak_rss_mb": round(b["peak_rss_mb"]),
+                     "ms_per_candidate": round(1000 * b["flow_wall_s"] / cands, 2)})
+    first, last = rows[0], rows[-1]
+    return {"builds": rows,
+            # 1.0 = linear; a quadratic step would make the 4x build's per-candidate cost grow ~4x
+            "per_candidate_cost_4x_over_1x": round(last["ms_per_candidate"] / first["ms_per_candidate"], 3)}
+
+
+# -- report ---------------------------------------------------------------------------------
+
+def table(r: dict) -> str:
+    sat, orch, emb, rb = r["endpoint_saturation"], r["orchestration"], r["embedding"], r["rebuild"]
+    real, syn, gr = r["search"]["real"], r["search"]["synthetic"], r["growth"]
+    cap = r["endpoint"]["measured_calls_per_s"]
+    lines = [
+        f"health-orsc bench ({r['size']}), {r['date']}, {r['machine']['cpus']} CPUs, {r['machine']['cpu']}",
+        "",
+        "| # | figure | measured | limit | ratio | goal |",
+        "|---|---|---|---|---|---|",
+        f"| 1 | endpoint capacity ({r['endpoint']['slots']} slots x {r['endpoint']['service_ms']:g} ms) |"
+        f" {cap:.0f} calls/s (plain async load) | {r['endpoint']['nominal_calls_per_s']:.0f} calls/s |"
+        f" {cap / r['endpoint']['nominal_calls_per_s']:.3f} | |",
+    ]
+    for stage in ("generate", "jury"):
+        st = sat[stage]
+        lines.append(f"| 1 | {stage}: {st['calls']} calls in {st['wall_s']} s | {st['calls_per_s']:.0f}"
+                     f" calls/s | {cap:.0f} calls/s | {st['ratio']:.3f} | >= 0.9 |")
+    lines += [
+        f"| 2 | Prefect + bookkeeping ({sat['candidates']} candidates) | {orch['overhead_s']} s of"
+        f" {orch['flow_wall_s']} s flow wall | endpoint busy {orch['endpoint_busy_s']} s, dedup"
+        f" {orch['dedup_s']} s | {orch['overhead_share']:.3f} | < 0.05 |",
+        f"| 2 | peak RSS, Prefect tasks | {orch['peak_rss_mb']} MB, {orch['prefect_tasks']} tasks |"
+        " 4096 MB | | < 4 GB |",
+        f"| 3 | embedding {emb['texts']} texts (batch {emb['pipeline_batch_size']}) |"
+        f" {emb['pipeline_texts_per_s']:.0f} texts/s | {emb['bare_texts_per_s']:.0f} texts/s (bare encode,"
+        f" batch {emb['bare_best_batch_size']}) | {emb['ratio']:.3f} | >= 0.95 |",
+        f"| 4 | search {real['vectors']} real vectors, {real['method']} | {real['seconds']} s, recall"
+        f" {real['recall']} | {real['numpy_blocked_seconds']} s numpy blocked | {real['time_ratio']:.3f} |"
+        " <= 1.5 |",
+        f"| 4 | search {syn['vectors']} synthetic, {syn['method']} | {syn['seconds']} s, planted recall"
+        f" {syn['planted_recall']} ({syn['planted_found']}/{syn['planted_pairs']}) |"
+        f" {syn['numpy_blocked_seconds']} s numpy blocked | {syn['time_ratio']:.3f} | recall >= 0.99 |",
+        f"| 5 | warm rebuild | {rb['warm_model_calls']} calls, {rb['warm_process_wall_s']} s |"
+        f" cold {rb['cold_process_wall_s']} s | {rb['warm_wall_ratio']:.3f} | 0 calls, <= 0.05 |",
+        f"| 5 | regenerate {rb['regenerated']} | {rb['regen_model_calls']} calls |"
+        f" {rb['category_calls_in_cold_build']} calls in the cold build | {rb['regen_call_ratio']} |"
+        " <= 1.05 |",
+    ]
+    for g in gr["builds"]:
+        lines.append(f"| 6 | growth {g['factor']}x: {g['candidates']} candidates | {g['flow_wall_s']} s,"
+                     f" {g['peak_rss_mb']} MB | | {g['ms_per_candidate']} ms/candidate | linear |")
+    lines.append(f"| 6 | per-candidate cost, 4x over 1x | | | {gr['per_candidate_cost_4x_over_1x']} |"
+                 " about 1 |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["build-once"]:
+        ap = argparse.ArgumentParser(prog="bench/run.py build-once")
+        for flag in ("--config", "--name", "--result"):
+            ap.add_argument(flag, required=True)
+        ap.add_argument("--base")
+        ap.add_argument("--categories")
+        build_once(ap.parse_args(argv[1:]))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default="paper")
+    ap.add_argument("--out", type=Path, default=BENCH / "results.json")
+    ap.add_argument("--workdir", type=Path, help="where builds go (default: a temp dir, removed)")
+    ap.add_argument("--service-ms", type=float, default=50.0)
+    ap.add_argument("--slots", type=int, default=64)
+    args = ap.parse_args(argv)
+    keep = args.workdir is not None
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="orsc-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args.size, work.resolve(), args.service_ms, args.slots)
+    try:
+        results = bench.run()
+    finally:
+        bench.stop()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"\nresults: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

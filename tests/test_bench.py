@@ -1,0 +1,53 @@
+"""bench/run.py at its tiny size: it runs end to end and reports every figure.
+
+The paper-scale figures live in bench/README.md; this only proves the harness
+works from a clean checkout (real fake endpoint, real Prefect server, real builds).
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+FIGURES = {
+    "endpoint": ["measured_calls_per_s", "nominal_calls_per_s"],
+    "endpoint_saturation": ["generate", "jury", "candidates"],
+    "orchestration": ["flow_wall_s", "endpoint_busy_s", "dedup_s", "overhead_share",
+                      "prefect_tasks", "peak_rss_mb"],
+    "embedding": ["pipeline_texts_per_s", "bare_texts_per_s", "ratio", "bare_best_batch_size"],
+    "search": ["real", "synthetic"],
+    "rebuild": ["warm_model_calls", "warm_wall_ratio", "regen_model_calls", "regen_call_ratio"],
+    "growth": ["builds", "per_candidate_cost_4x_over_1x"],
+}
+
+
+def test_bench_tiny_reports_every_figure(tmp_path):
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--size", "tiny",
+                           "--workdir", str(tmp_path / "work"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for figure, keys in FIGURES.items():
+        for key in keys:
+            assert key in results[figure], f"{figure}.{key}"
+    for stage in ("generate", "jury"):
+        sat = results["endpoint_saturation"][stage]
+        assert sat["calls"] > 0 and 0 < sat["ratio"] <= 1.2
+    assert results["endpoint"]["measured_calls_per_s"] > 0
+    assert results["rebuild"]["warm_model_calls"] == 0  # a warm rebuild makes no model calls
+    assert 0 < results["rebuild"]["regen_call_ratio"] <= 1.05
+    search = results["search"]
+    assert search["real"]["recall"] == 1.0  # the exact path finds every pair
+    assert search["synthetic"]["method"].startswith("faiss IVF")
+    assert search["synthetic"]["planted_recall"] >= 0.95
+    assert [b["factor"] for b in results["growth"]["builds"]] == [1, 2, 4]
+    assert all(isinstance(b["peak_rss_mb"], numbers.Number) for b in results["growth"]["builds"])
+    # the markdown table is printed, one row per figure
+    for label in ("endpoint capacity", "generate:", "jury:", "Prefect + bookkeeping", "embedding",
+                  "search", "warm rebuild", "regenerate", "growth 4x"):
+        assert label in proc.stdout, label
