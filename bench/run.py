@@ -341,8 +341,13 @@ def saturation(cold: dict, capacity: float) -> dict:
     for stage in ("generate", "jury"):
         wall = stages[stage]["wall_s"]
         rate = calls.get(stage, 0) / wall if wall else 0.0
+        log = [c for c in cold["calls_log"] if c[3] == stage]
+        start, end = stages[stage]["clock"]
         out[stage] = {"calls": calls.get(stage, 0), "wall_s": round(wall, 2),
-                      "calls_per_s": round(rate, 1), "ratio": round(rate / capacity, 3)}
+                      "calls_per_s": round(rate, 1), "ratio": round(rate / capacity, 3),
+                      # stage start to its first call, and its last call to the stage's end
+                      "ramp_up_s": round(min(c[0] for c in log) - start, 2) if log else None,
+                      "tail_s": round(end - max(c[2] for c in log), 2) if log else None}
     out["candidates"] = sum(r["generated"] for r in cold["result"]["summary"])
     out["capacity_calls_per_s"] = capacity
     return out

@@ -166,7 +166,7 @@ class StageStats:
         """Submit one task per argument tuple and return their output paths. A cached
         result whose stage file was deleted is recomputed. `categories` names the
         category of each task, to count model calls per category."""
-        started = time.perf_counter()
+        started = time.monotonic()
         futures = [stage_task.submit(*args) for args in calls]
         # Let every task finish before raising for one that failed: the gateway they
         # share is closed when the flow ends, and a task still using it would hang.
@@ -186,8 +186,10 @@ class StageStats:
             if categories:
                 self.calls_by_category[categories[i]] += sum(result.get("calls", {}).values())
             paths.append(result["path"])
+        ended = time.monotonic()
         self.stages[stage_task.name] = {
-            "wall_s": round(time.perf_counter() - started, 3), "tasks": len(calls),
+            # monotonic clock at start and end, to line up with an endpoint's own log (bench/)
+            "clock": [started, ended], "wall_s": round(ended - started, 3), "tasks": len(calls),
             "tasks_cached": cached, "model_calls": dict(calls_made), "cache_hits": dict(hits)}
         return paths
 

@@ -16,7 +16,7 @@ import functools
 import re
 
 from pipeline.inputs import BuildInputs, generation_context, rewrite_context
-from pipeline.llm import Gateway, bounded_gather
+from pipeline.llm import Gateway
 from pipeline.records import Candidate, Decision, SeedTopic, content_id
 from pipeline.templates import PromptTemplate
 
@@ -81,5 +81,5 @@ async def generate_category(inputs: BuildInputs, category: str, gateway: Gateway
             for seed in inputs.seeds[category]
             for level in gen.levels
             for tpl in inputs.generation_templates[level]]
-    batches = await bounded_gather(jobs, gateway.window([gen.role]))
+    batches = await gateway.gather(jobs)
     return [d for batch in batches for d in batch]

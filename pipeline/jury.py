@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.inputs import BuildInputs, judge_context
-from pipeline.llm import Gateway, bounded_gather
+from pipeline.llm import Gateway
 from pipeline.records import CalibrationVote, Candidate, Decision, JurorVote, SeedTopic
 
 
@@ -124,8 +124,7 @@ async def judge_category(inputs: BuildInputs, category: str, candidates: list[Ca
         ])
         return decide(cand, list(votes), jury.required_benign)
 
-    return await bounded_gather([functools.partial(one, c) for c in candidates],
-                                gateway.window(jury.jurors))
+    return await gateway.gather([functools.partial(one, c) for c in candidates])
 
 
 async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedTopic],
@@ -146,8 +145,7 @@ async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedT
         return CalibrationVote(category=category, seed_id=seed.id,
                                original_question=seed.original_question, vote=vote)
 
-    return await bounded_gather([functools.partial(one, s, j) for s in seeds for j in jury.jurors],
-                                gateway.window(jury.jurors))
+    return await gateway.gather([functools.partial(one, s, j) for s in seeds for j in jury.jurors])
 
 
 def calibration_summary(votes: list[CalibrationVote]) -> dict[str, dict]:
