@@ -225,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per model call otherwise
+    for noisy in ("httpx", "aiohttp"):  # one INFO line per request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)

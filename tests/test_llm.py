@@ -102,6 +102,21 @@ def test_concurrency_is_bounded_per_endpoint(tmp_path, fake_llm):
     assert 2 <= fake_llm.max_in_flight <= 4
 
 
+def test_identical_requests_in_flight_make_one_call(tmp_path, fake_llm):
+    fake_llm.delay_s = 0.05
+    gw = _gateway(tmp_path, fake_llm)
+
+    async def same_twice_and_another():
+        return await asyncio.gather(gw.chat("generator", MESSAGES), gw.chat("generator", MESSAGES),
+                                    gw.chat("generator", [{"role": "user", "content": "other"}]))
+
+    first, second, other = gw.run(same_twice_and_another())
+    gw.close()
+    assert fake_llm.chat_count == 2
+    assert first.text == second.text and first.key == second.key and other.text != first.text
+    assert sorted([first.cached, second.cached]) == [False, True]
+
+
 def test_api_key_is_sent_but_never_written(tmp_path, fake_llm, monkeypatch):
     secret = "sk-test-DO-NOT-STORE-123456"
     monkeypatch.setenv("ORSC_TEST_KEY", secret)

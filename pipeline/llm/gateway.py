@@ -111,6 +111,7 @@ class Gateway:
         self._clients: dict[str, _Client] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._admission: asyncio.Semaphore | None = None  # made on the loop, by gather()
+        self._in_flight: dict[str, asyncio.Future] = {}  # request key -> its answer
         self._start_locks: dict[str, asyncio.Lock] = {}
         self._servers: dict[str, EmbeddedServer] = {}
 
@@ -175,13 +176,33 @@ class Gateway:
         request = {"endpoint": ep.identity, "model": role.model, "messages": messages,
                    **role.sampling(seed_offset), "response_format": response_format(ep, schema)}
         key = request_key(request)
-        hit = self.cache.get(key)
         usage = _usage.get()
+        hit = self.cache.get(key)
+        if hit is None and key in self._in_flight:
+            # The same request is already on its way: wait for it rather than send it twice
+            # (counted as a cache hit: its answer is the one that lands in the cache).
+            hit = {"text": await asyncio.shield(self._in_flight[key])}
         if hit is not None:
             self.cache_hits[role_name] += 1
             if usage:
                 usage.cache_hits[role_name] += 1
             return ChatResult(hit["text"], key, True)
+        future = self._in_flight[key] = self._loop.create_future()
+        try:
+            text = await self._call(ep_name, ep, key, request)
+        except BaseException as err:
+            future.set_exception(err)
+            future.exception()  # retrieved: nobody may be waiting
+            raise
+        finally:
+            del self._in_flight[key]
+        future.set_result(text)
+        self.calls[role_name] += 1
+        if usage:
+            usage.calls[role_name] += 1
+        return ChatResult(text, key, False)
+
+    async def _call(self, ep_name: str, ep: EndpointConfig, key: str, request: dict[str, Any]) -> str:
         async with self._semaphore(ep_name):
             client = await self._client(ep_name)
             response, latency = await self._create_with_retries(client, ep_name, ep, request)
@@ -191,10 +212,7 @@ class Gateway:
             raise LLMError(f"endpoint '{ep_name}' ({ep.identity}) sent a reply that is not a chat"
                            f" completion: {str(response)[:200]}") from err
         self.cache.put(key, request, response, text, response.get("usage"), latency)
-        self.calls[role_name] += 1
-        if usage:
-            usage.calls[role_name] += 1
-        return ChatResult(text, key, False)
+        return text
 
     async def _create_with_retries(self, client: _Client, ep_name: str, ep: EndpointConfig,
                                    request: dict[str, Any]) -> tuple[dict, float]:
