@@ -150,7 +150,8 @@ class Gateway:
         number in progress across every stage task of this process: twice the requests
         all endpoints take in flight. Every slot stays busy, and prompts are rendered
         just in time instead of all up front, which would hold the loop for seconds
-        at paper scale before the first request went out. Results in job order."""
+        at paper scale before the first request went out. Results in job order.
+        A job must not call `gather` itself (it would wait for a slot it may be holding)."""
         if self._admission is None:
             self._admission = asyncio.Semaphore(
                 2 * sum(ep.max_concurrency for ep in self.config.endpoints.values()))
