@@ -97,13 +97,12 @@ def backoff_s(attempt: int, retry_after: str | None = None) -> float:
 
 
 class Gateway:
-    """Roles -> endpoints, bounded concurrency per endpoint, retries, request cache."""
+    """Roles -> endpoints, bounded concurrency per endpoint, retries, request cache.
+    Calls and cache hits are counted into the `Usage` passed to `run`."""
 
     def __init__(self, config: BuildConfig, cache: RequestCache | None = None):
         self.config = config
         self.cache = cache or RequestCache(config.outputs_dir / "cache" / "llm.sqlite")
-        self.calls: Counter[str] = Counter()  # per role, model calls actually made
-        self.cache_hits: Counter[str] = Counter()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="llm-gateway",
                                         daemon=True)
@@ -184,7 +183,6 @@ class Gateway:
             # (counted as a cache hit: its answer is the one that lands in the cache).
             hit = {"text": await asyncio.shield(self._in_flight[key])}
         if hit is not None:
-            self.cache_hits[role_name] += 1
             if usage:
                 usage.cache_hits[role_name] += 1
             return ChatResult(hit["text"], key, True)
@@ -198,7 +196,6 @@ class Gateway:
         finally:
             del self._in_flight[key]
         future.set_result(text)
-        self.calls[role_name] += 1
         if usage:
             usage.calls[role_name] += 1
         return ChatResult(text, key, False)
