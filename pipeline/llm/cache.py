@@ -76,6 +76,12 @@ class RequestCache:
             "created_at": row[8],
         }
 
+    def text(self, key: str) -> str | None:
+        """Only the answer's text: what a build needs on a hit (get() parses the whole record)."""
+        with self._lock:
+            row = self._db.execute("SELECT text FROM calls WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
     def put(self, key: str, request: dict[str, Any], response: dict[str, Any], text: str,
             usage: dict[str, Any] | None, latency_s: float) -> None:
         with self._lock:

@@ -177,15 +177,15 @@ class Gateway:
                    **role.sampling(seed_offset), "response_format": response_format(ep, schema)}
         key = request_key(request)
         usage = _usage.get()
-        hit = self.cache.get(key)
+        hit = self.cache.text(key)
         if hit is None and key in self._in_flight:
             # The same request is already on its way: wait for it rather than send it twice
             # (counted as a cache hit: its answer is the one that lands in the cache).
-            hit = {"text": await asyncio.shield(self._in_flight[key])}
+            hit = await asyncio.shield(self._in_flight[key])
         if hit is not None:
             if usage:
                 usage.cache_hits[role_name] += 1
-            return ChatResult(hit["text"], key, True)
+            return ChatResult(hit, key, True)
         future = self._in_flight[key] = self._loop.create_future()
         try:
             text = await self._call(ep_name, ep, key, request)
