@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from pipeline.llm.embedded import free_port
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 CATEGORY_TO_REGENERATE = "drug_abuse"
@@ -54,14 +56,6 @@ SIZES = {
 
 
 # -- processes we start and stop ------------------------------------------------------
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Child:
     """A server process in its own process group, stopped with SIGINT then SIGKILL."""
