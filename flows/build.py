@@ -48,8 +48,6 @@ def gateway_for(config: BuildConfig) -> Gateway:
     worker process it lives until the worker exits (atexit stops its servers)."""
     key = str(config.source)
     with _gateways_lock:
-        if not _gateways:
-            atexit.register(close_gateways)
         if key not in _gateways:
             _gateways[key] = Gateway(config)
         return _gateways[key]
@@ -61,6 +59,9 @@ def close_gateways() -> None:
         for gw in _gateways.values():
             gw.close()
         _gateways.clear()
+
+
+atexit.register(close_gateways)  # once per process, not once per build
 
 
 def publish_table(stage: str, decisions: list[Decision], category: str | None = None) -> None:
