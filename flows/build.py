@@ -187,12 +187,16 @@ class StageStats:
             if categories:
                 self.calls_by_category[categories[i]] += sum(result.get("calls", {}).values())
             paths.append(result["path"])
-        ended = time.monotonic()
-        self.stages[stage_task.name] = {
-            # monotonic clock at start and end, to line up with an endpoint's own log (bench/)
-            "clock": [started, ended], "wall_s": round(ended - started, 3), "tasks": len(calls),
-            "tasks_cached": cached, "model_calls": dict(calls_made), "cache_hits": dict(hits)}
+        self.record(stage_task.name, started, len(calls), cached, calls_made, hits)
         return paths
+
+    def record(self, stage: str, started: float, tasks: int, cached: int = 0,
+               calls: Counter | None = None, hits: Counter | None = None) -> None:
+        ended = time.monotonic()
+        self.stages[stage] = {
+            # monotonic clock at start and end, to line up with an endpoint's own log (bench/)
+            "clock": [started, ended], "wall_s": round(ended - started, 3), "tasks": tasks,
+            "tasks_cached": cached, "model_calls": dict(calls or {}), "cache_hits": dict(hits or {})}
 
     def total(self, field: str) -> dict[str, int]:
         out: Counter[str] = Counter()
@@ -262,11 +266,10 @@ def run_stages(config_path: str, cats: list[str], fps: dict[str, str], name: str
                            + list(carried_fps.values()))
     [deduped] = stats.run(dedup_task, [(config_path, out, cats, generated, dedup_key, base, carry)])
     judged = stats.run(jury_task, [(config_path, out, c, deduped, fps[c]) for c in cats], cats)
-    started = time.perf_counter()
+    started = time.monotonic()
     result = export_task(config_path, cats, generated, deduped, judged, fps, name, base, carry,
                          started_at)
-    stats.stages["export"] = {"wall_s": round(time.perf_counter() - started, 3), "tasks": 1,
-                              "tasks_cached": 0, "model_calls": {}, "cache_hits": {}}
+    stats.record("export", started, tasks=1)
     tasks = [s for k, s in stats.stages.items() if k != "export"]
     return {**result, "model_calls": stats.total("model_calls"),
             "cache_hits": stats.total("cache_hits"), "stages": stats.stages,
