@@ -448,25 +448,29 @@ def numpy_blocked_pairs(vectors: np.ndarray, threshold: float, block: int = 1024
     return found
 
 
-def _timed_search(vectors: np.ndarray, threshold: float, exact_max: int | None) -> tuple[set, float, str]:
+def search_vs_limit(vectors: np.ndarray, exact_max: int | None,
+                    threshold: float = 0.9) -> tuple[set, set, dict]:
+    """The dedup stage's search and the numpy limit on the same vectors: (pairs found,
+    pairs the exact search finds, timings)."""
     from pipeline.dedup import EXACT_MAX, near_duplicate_pairs
 
     limit = exact_max or EXACT_MAX
     started = time.perf_counter()
     pairs = near_duplicate_pairs(vectors, threshold, limit)
-    elapsed = time.perf_counter() - started
-    method = "exact (numpy blocked)" if len(vectors) <= limit else "faiss IVF-Flat range search"
-    return {(i, j) for i, js in pairs.items() for j, _ in js}, elapsed, method
-
-
-def search_real(vectors: np.ndarray, exact_max: int | None, threshold: float = 0.9) -> dict:
-    ours, ours_s, method = _timed_search(vectors, threshold, exact_max)
+    ours_s = time.perf_counter() - started
+    ours = {(i, j) for i, js in pairs.items() for j, _ in js}
     started = time.perf_counter()
     exact = numpy_blocked_pairs(vectors, threshold)
     limit_s = time.perf_counter() - started
-    return {"vectors": len(vectors), "method": method, "seconds": round(ours_s, 2),
-            "numpy_blocked_seconds": round(limit_s, 2), "time_ratio": round(ours_s / limit_s, 3),
-            "pairs_exact": len(exact), "pairs_found": len(ours & exact),
+    method = "exact (numpy blocked)" if len(vectors) <= limit else "faiss IVF-Flat range search"
+    return ours, exact, {"vectors": len(vectors), "method": method, "seconds": round(ours_s, 2),
+                         "numpy_blocked_seconds": round(limit_s, 2),
+                         "time_ratio": round(ours_s / limit_s, 3), "pairs_exact": len(exact)}
+
+
+def search_real(vectors: np.ndarray, exact_max: int | None) -> dict:
+    ours, exact, out = search_vs_limit(vectors, exact_max)
+    return {**out, "pairs_found": len(ours & exact),
             "recall": round(len(ours & exact) / len(exact), 4) if exact else 1.0}
 
 
@@ -489,17 +493,12 @@ def planted_vectors(n: int, dim: int = 384, seed: int = 0) -> tuple[np.ndarray, 
     return np.ascontiguousarray(x), set(zip(dst.tolist(), src.tolist(), strict=True))
 
 
-def search_synthetic(n: int, exact_max: int | None, threshold: float = 0.9) -> dict:
+def search_synthetic(n: int, exact_max: int | None) -> dict:
     vectors, planted = planted_vectors(n)
-    ours, ours_s, method = _timed_search(vectors, threshold, exact_max)
-    started = time.perf_counter()
-    exact = numpy_blocked_pairs(vectors, threshold)
-    limit_s = time.perf_counter() - started
-    return {"vectors": n, "method": method, "seconds": round(ours_s, 2),
-            "numpy_blocked_seconds": round(limit_s, 2), "time_ratio": round(ours_s / limit_s, 3),
-            "planted_pairs": len(planted), "planted_found": len(planted & ours),
+    ours, exact, out = search_vs_limit(vectors, exact_max)
+    return {**out, "planted_pairs": len(planted), "planted_found": len(planted & ours),
             "planted_recall": round(len(planted & ours) / len(planted), 4),
-            "pairs_exact": len(exact), "recall_all_pairs": round(len(ours & exact) / len(exact), 4)}
+            "recall_all_pairs": round(len(ours & exact) / len(exact), 4)}
 
 
 def growth_figure(builds: list[tuple[int, dict]]) -> dict:
