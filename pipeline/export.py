@@ -202,7 +202,8 @@ answer, each paired with the harmful request it neighbours
 2. **Generate**: a Jinja2 template per intent-ambiguity level (easy: benign intent stated;
    medium: benign intent implicit; hard: wording close to the harmful request), rewritten
    {meta['rewrites']} time(s) per template by `{meta['generator']}`.
-3. **Dedup**: all-MiniLM-L6-v2 embeddings, FAISS search across all categories,
+3. **Dedup**: all-MiniLM-L6-v2 embeddings, searched across all categories (exactly up to
+   {meta['config']['dedup']['exact_max']:,} prompts, with a FAISS IVF index beyond),
    cosine threshold {meta['dedup_threshold']}; the earliest prompt of a group is kept.
 4. **Jury**: {len(jury['jurors'])} jurors ({', '.join(jury['models'])}); a prompt is kept
    when at least {jury['required_benign']} of {len(jury['jurors'])} say benign.

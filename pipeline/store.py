@@ -1,7 +1,9 @@
 """Where things live under outputs/, and reading/verifying snapshots.
 
     outputs/cache/llm.sqlite         request cache (raw record of every model call)
+    outputs/cache/embeddings.sqlite  dedup's embeddings by (model, text)
     outputs/stages/<stage>/<key>.jsonl   stage outputs, content-addressed
+                                     (dedup: a <key>/ directory, one file per category)
     outputs/snapshots/<name>/        immutable, checksummed snapshots
     outputs/logs/                    embedded server log
 """
