@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from pipeline.config import DedupConfig
 from pipeline.records import Candidate, Decision
+from pipeline.store import open_cache_db
 
 SIMILARITY_EPS = 1e-5
 EXACT_MAX = 50_000            # rows up to which the search is exact
@@ -56,12 +56,8 @@ class EmbeddingCache:
     or category it comes back (regenerating one category embeds only its new prompts)."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), timeout=60, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
-        self._db.commit()
+        self._db = open_cache_db(
+            path, "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
 
     def get_many(self, keys: list[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,19 @@ def check_snapshot_name(outputs_dir: Path, name: str) -> str:
 
 def stage_path(outputs_dir: Path, stage: str, key: str) -> Path:
     return outputs_dir / "stages" / stage / f"{key}.jsonl"
+
+
+def open_cache_db(path: Path, schema: str) -> sqlite3.Connection:
+    """A cache database under outputs/cache/, shared by threads and processes (WAL).
+    No fsync per commit: a committed row survives the process being killed
+    (crash-resume); only an OS crash can lose the last few."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), check_same_thread=False, timeout=60)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(schema)
+    db.commit()
+    return db
 
 
 def file_sha256(path: Path) -> str:

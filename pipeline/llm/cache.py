@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.records import canonical_json, sha256_hex
+from pipeline.store import open_cache_db
 
 KEY_FIELDS = ("endpoint", "model", "messages", "temperature", "top_p", "max_tokens", "seed",
               "response_format")
@@ -52,14 +53,7 @@ class RequestCache:
         if readonly:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # No fsync per commit: a committed call survives the process being killed
-        # (crash-resume), only an OS crash can lose the last few.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
-        self._db.commit()
+        self._db = open_cache_db(path, _SCHEMA)
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
