@@ -410,9 +410,10 @@ def embedding(texts: list[str], sweep_n: int) -> tuple[dict, np.ndarray]:
     from sentence_transformers import SentenceTransformer
 
     from pipeline.config import DedupConfig
-    from pipeline.dedup import Embedder, default_model_path
+    from pipeline.dedup import Embedder
+    from pipeline.files import default_embedding_model
 
-    bare = SentenceTransformer(str(default_model_path()), device="cpu")
+    bare = SentenceTransformer(str(default_embedding_model()), device="cpu")
     sample = random.Random(0).sample(texts, min(sweep_n, len(texts)))
     bare.encode(sample[:32])
     sweep = {}

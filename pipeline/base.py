@@ -1,8 +1,12 @@
-"""Regenerating from a base snapshot: which categories to rebuild, and the rows to carry over.
+"""Regenerating from a base snapshot: which categories to rebuild, carry over or drop,
+and the rows to carry over.
 
-A category is rebuilt when it is named with --categories, or when its fingerprint
-(taxonomy entry, seeds, templates, roles, settings, code) differs from the base
-snapshot's. Every other category of the base is carried over row for row.
+A category is rebuilt when it is named with --categories, when it is new (not in
+the base), or when its fingerprint (taxonomy entry, seeds, templates, roles,
+settings, code) differs from the base snapshot's. Every other category of the base
+that is still in the taxonomy is carried over row for row, with the taxonomy version
+it was built under. A category the taxonomy no longer lists is retired: dropped,
+and `orsc diff` reports it.
 """
 
 from __future__ import annotations
@@ -11,75 +15,104 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.export import decision_from_row
 from pipeline.fingerprint import changed_inputs, fingerprint_components, fingerprint_of
 from pipeline.inputs import BuildInputs
-from pipeline.records import CATEGORIES, CalibrationVote, Decision
-from pipeline.store import read_jsonl_rows, read_manifest, verify_snapshot
+from pipeline.llm.cache import RequestCache
+from pipeline.records import CalibrationVote, Candidate, Decision, SnapshotRow
+from pipeline.store import CALIBRATION, PROMPTS, REJECTED, BaseRef, Manifest, load_manifest, read_jsonl_rows
 
 
 @dataclass(frozen=True)
 class BaseSnapshot:
     path: Path
-    manifest: dict
+    manifest: Manifest
+
+    @property
+    def ref(self) -> BaseRef:
+        return BaseRef(name=self.path.name, digest=self.manifest.digest)
 
     def decisions(self, categories: list[str]) -> list[Decision]:
-        rows = (read_jsonl_rows(self.path / "prompts.jsonl")
-                + read_jsonl_rows(self.path / "rejected.jsonl"))
-        return [decision_from_row(r) for r in rows if r["category"] in categories]
+        """Kept and rejected rows of these categories, as they are in the snapshot."""
+        return [row.to_decision() for row in read_rows(self.path, categories)]
 
-    def fingerprints(self, categories: list[str]) -> dict[str, str]:
-        return {c: self.manifest["fingerprints"][c] for c in categories}
-
-    def fingerprint_components(self, categories: list[str]) -> dict[str, dict[str, str]]:
-        return {c: self.manifest.get("fingerprint_components", {}).get(c, {}) for c in categories}
+    def keepers(self, categories: list[str]) -> list[Candidate]:
+        """The kept prompts of these categories: fixed keepers for dedup."""
+        return [SnapshotRow.model_validate(r).to_decision().candidate
+                for r in read_jsonl_rows(self.path / f"{PROMPTS}.jsonl") if r["category"] in categories]
 
     def calibration(self, categories: list[str]) -> list[CalibrationVote]:
-        path = self.path / "jury_calibration.jsonl"
+        path = self.path / CALIBRATION
         rows = read_jsonl_rows(path) if path.is_file() else []
         return [CalibrationVote.model_validate(r) for r in rows if r["category"] in categories]
+
+
+def read_rows(snapshot: Path, categories: list[str] | None = None) -> list[SnapshotRow]:
+    """A snapshot's kept then rejected rows (of `categories`, or all)."""
+    return [SnapshotRow.model_validate(r) for stem in (PROMPTS, REJECTED)
+            for r in read_jsonl_rows(snapshot / f"{stem}.jsonl")
+            if categories is None or r["category"] in categories]
 
 
 def open_base(path: Path, verify: bool = True) -> BaseSnapshot:
     """A base must be a snapshot that verifies; otherwise InputError (exit 2).
     `verify=False` is for tasks of a flow that has already verified it."""
-    manifest = read_manifest(path)
-    problems = verify_snapshot(path) if verify else []
+    from pipeline.verify import verify_snapshot
+
+    manifest = load_manifest(path)
+    problems = verify_snapshot(path).problems if verify else []
     if problems:
         raise InputError(path, "--base", f"fails verify ({'; '.join(problems[:3])})",
                          "pass an intact snapshot (`orsc verify` shows what is wrong)")
     return BaseSnapshot(path.resolve(), manifest)
 
 
+def _evicted_calls(base: BaseSnapshot, category: str, cache: RequestCache | None) -> int:
+    if cache is None or not cache.has_evictions():
+        return 0
+    return len(cache.evicted([k for row in read_rows(base.path, [category]) for k in row.call_keys()]))
+
+
 @dataclass(frozen=True)
 class RebuildPlan:
+    categories: list[str]  # the snapshot's: rebuilt and carried, in taxonomy order
     rebuild: list[str]
     carry: list[str]
-    reasons: dict[str, str]  # category -> why it is rebuilt or carried
+    dropped: list[str]
+    reasons: dict[str, str]  # category -> why it is rebuilt, carried or dropped
 
 
-def plan_rebuild(inputs: BuildInputs, base: BaseSnapshot | None, named: bool) -> RebuildPlan:
-    """`named`: the categories were named with --categories (rebuild exactly those)."""
+def plan_rebuild(inputs: BuildInputs, base: BaseSnapshot | None, named: bool,
+                 cache: RequestCache | None = None) -> RebuildPlan:
+    """`named`: the categories were named with --categories (rebuild exactly those and carry
+    every other category of the base that the taxonomy still lists). With `cache`, a
+    category whose rows used a call evicted from it (`orsc cache evict`) is rebuilt too."""
     if base is None:
-        return RebuildPlan(list(inputs.categories), [], {})
-    base_fps = base.manifest.get("fingerprints", {})
-    base_parts = base.manifest.get("fingerprint_components", {})
+        return RebuildPlan(list(inputs.categories), list(inputs.categories), [], [], {})
+    m = base.manifest
     reasons: dict[str, str] = {}
-    rebuild = []
-    for cat in inputs.categories:
-        if cat not in base_fps:
-            why = "not in the base snapshot"
-        elif fingerprint_of(now := fingerprint_components(inputs, cat)) != base_fps[cat]:
-            changed = changed_inputs(now, base_parts.get(cat, {}))
-            why = f"changed: {', '.join(changed) or 'fingerprint'}"
-        else:
-            why = "unchanged"
-        if named or why != "unchanged":
-            rebuild.append(cat)
-            reasons[cat] = f"rebuilt ({'named with --categories; ' if named else ''}{why})"
-    pool = base.manifest.get("categories", []) if named else inputs.categories
-    carry = [c for c in pool if c not in rebuild and c in base_fps]
-    for cat in carry:
-        reasons[cat] = "carried over from the base snapshot"
-    order = sorted(reasons, key=CATEGORIES.index)
-    return RebuildPlan(rebuild, sorted(carry, key=CATEGORIES.index), {c: reasons[c] for c in order})
+    rebuild, carry = [], []
+    pool = set(m.categories) if named else set(inputs.categories)
+    for cat in inputs.taxonomy.ids:
+        if cat in inputs.categories:
+            if cat not in m.fingerprints:
+                why = "new: not in the base snapshot"
+            elif fingerprint_of(now := fingerprint_components(inputs, cat)) != m.fingerprints[cat]:
+                why = f"changed: {', '.join(changed_inputs(now, m.fingerprint_components.get(cat, {})))}"
+            elif evicted := _evicted_calls(base, cat, cache):
+                why = f"{evicted} of its calls were evicted from the request cache"
+            else:
+                why = "unchanged"
+            if named or why != "unchanged":
+                rebuild.append(cat)
+                reasons[cat] = f"rebuilt ({'named with --categories; ' if named else ''}{why})"
+                continue
+        if cat in pool and cat in m.fingerprints:
+            carry.append(cat)
+            reasons[cat] = ("carried over from the base snapshot"
+                            f" (taxonomy version {m.taxonomy_versions[cat]})")
+    dropped = [c for c in m.categories if c not in reasons]
+    for cat in dropped:
+        reasons[cat] = ("retired: no longer in the taxonomy, dropped" if cat not in inputs.taxonomy.ids
+                        else "dropped: not among this build's categories")
+    categories = [c for c in inputs.taxonomy.ids if c in rebuild or c in carry]
+    return RebuildPlan(categories, rebuild, carry, dropped, reasons)

@@ -43,10 +43,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     from pipeline.inputs import load_inputs
     from pipeline.store import check_snapshot_name, default_snapshot_name
 
-    categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
+    categories = None
+    if args.categories is not None:
+        categories = [c.strip() for c in args.categories.split(",") if c.strip()]
+        if not categories:
+            raise InputError(None, "--categories", f"{args.categories!r} names no category",
+                             "pass comma-separated category ids, or leave --categories out for all")
     config = load_config(args.config)
     inputs = load_inputs(config, categories)  # every input validated before anything is written
-    name = check_snapshot_name(config.outputs_dir, args.name or default_snapshot_name())
+    name = check_snapshot_name(config.outputs_dir,
+                               default_snapshot_name() if args.name is None else args.name)
     base = str(open_base(Path(args.base)).path) if args.base else None
     _prefect_env(config.outputs_dir)
     from flows.build import build_benchmark
@@ -97,16 +103,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.store import verify_snapshot
+    from pipeline.verify import verify_snapshot
 
     snapshot = Path(args.snapshot)
-    problems = verify_snapshot(snapshot)
-    if problems:
-        print(f"FAILED {snapshot}", file=sys.stderr)
-        for p in problems:
+    report = verify_snapshot(snapshot, args.digest)
+    if report.problems:
+        print(f"FAILED {snapshot}" + (f" (digest {report.digest})" if report.digest else ""),
+              file=sys.stderr)
+        for p in report.problems:
             print(f"  {p}", file=sys.stderr)
         return 1
-    console.print(f"OK {snapshot}: every checksum in MANIFEST.json matches")
+    console.print(f"OK {snapshot}: every checksum and count in MANIFEST.json matches"
+                  + (" the expected digest" if args.digest else ""))
+    console.print(f"digest: {report.digest}")
     return 0
 
 
@@ -124,10 +133,11 @@ def cmd_provenance(args: argparse.Namespace) -> int:
 
 def _print_provenance(r) -> None:
     status = "kept" if r.status == "kept" else f"rejected ({r.reason})"
-    console.print(f"{r.id}  {status}  in snapshot {r.snapshot}"
+    console.print(f"{r.id}  {status}  in snapshot {r.snapshot} ({r.snapshot_digest})"
                   f" (held by: {', '.join(r.snapshots)})")
-    console.print(f"category: {r.category} (fingerprint {r.category_fingerprint}, taxonomy"
-                  f" version {r.taxonomy_version})   level: {r.level}")
+    carried = f", carried over from {r.carried_from}" if r.carried_from else ""
+    console.print(f"category: {r.category} (fingerprint {r.category_fingerprint}, built under taxonomy"
+                  f" version {r.taxonomy_version}{carried})   level: {r.level}")
     console.print(f"prompt: {r.prompt}")
     console.print(f"seed: {r.seed['id']} '{r.seed['topic']}' ({r.seed['source']})")
     console.print(f"  original_question: {r.seed['original_question']}")
@@ -176,13 +186,52 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.json:
         print(report.model_dump_json(indent=2))
         return 0
-    table = Table(title=f"diff {args.a} -> {args.b}")
-    for col in ("category", "added", "removed", "unchanged", "changed inputs"):
-        table.add_column(col, justify="right" if col in ("added", "removed", "unchanged") else "left")
+    console.print(f"a: {args.a} ({report.a_digest})\nb: {args.b} ({report.b_digest})")
+    table = Table(title="kept prompts per category, a -> b")
+    numeric = ("added", "removed", "changed", "unchanged")
+    for col in ("category", "status", *numeric, "changed inputs"):
+        table.add_column(col, justify="right" if col in numeric else "left")
     for c in report.categories:
-        table.add_row(c.category, str(len(c.added)), str(len(c.removed)), str(c.unchanged),
-                      ", ".join(c.changed_inputs) or "-")
+        table.add_row(c.category, c.status, str(len(c.added)), str(len(c.removed)), str(len(c.changed)),
+                      str(c.unchanged), ", ".join(c.changed_inputs) or "-")
     console.print(table)
+    return 0
+
+
+def cmd_cache_evict(args: argparse.Namespace) -> int:
+    """Drop cached calls (a bad reply that was a valid completion stays cached until evicted);
+    the next build makes those calls again and re-runs the stages that used them."""
+    from pipeline.llm.cache import RequestCache
+    from pipeline.provenance import calls_of_prompt
+
+    outputs_dir = Path(args.outputs) if args.outputs else load_config(args.config).outputs_dir
+    path = outputs_dir / "cache" / "llm.sqlite"
+    if not path.is_file():
+        raise InputError(path, None, "no request cache here", "pass the --outputs (or --config) of a build")
+    if args.key is not None and len(args.key) < 8:
+        raise InputError(None, "--key", "is shorter than 8 characters",
+                         "pass at least the first 8 characters of a key (`orsc provenance ID` shows them)")
+    cache = RequestCache(path)
+    try:
+        if args.prompt:
+            keys = [k for k in calls_of_prompt(args.prompt, outputs_dir) if cache.text(k) is not None]
+        else:
+            keys = cache.find(role=args.role, model=args.model, key_prefix=args.key)
+        what = " ".join(f"--{n} {v}" for n, v in (("role", args.role), ("model", args.model),
+                                                   ("key", args.key), ("prompt", args.prompt)) if v)
+        if not keys:
+            raise InputError(path, None, f"no cached call matches {what}",
+                             "check the name; `orsc provenance ID` lists a prompt's calls")
+        if args.dry_run:
+            console.print(f"would evict {len(keys)} cached calls matching {what}:")
+            for k in keys:
+                console.print(f"  {k}")
+            return 0
+        evicted = cache.evict(keys)
+    finally:
+        cache.close()
+    console.print(f"evicted {evicted} cached calls matching {what}; the next build makes them again"
+                  " (with --base, the categories that used them are rebuilt)")
     return 0
 
 
@@ -203,8 +252,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--deployment", default="local", help="deployment name (default: %(default)s)")
     s.set_defaults(func=cmd_serve)
 
-    v = sub.add_parser("verify", help="re-check every checksum in a snapshot's MANIFEST.json")
+    v = sub.add_parser("verify", help="re-check a snapshot's files and MANIFEST.json; print its digest")
     v.add_argument("snapshot", help="snapshot directory")
+    v.add_argument("--digest", help="the digest the snapshot must have (e.g. as published)")
     v.set_defaults(func=cmd_verify)
 
     pr = sub.add_parser("provenance", help="print where a prompt came from")
@@ -215,7 +265,20 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.set_defaults(func=cmd_provenance)
 
-    d = sub.add_parser("diff", help="prompts added / removed / unchanged per category, and why")
+    c = sub.add_parser("cache", help="the request cache").add_subparsers(dest="cache_command", required=True)
+    e = c.add_parser("evict", help="drop cached model calls so the next build makes them again")
+    where = e.add_mutually_exclusive_group()
+    where.add_argument("--config", default=str(DEFAULT_CONFIG), help="config whose outputs_dir to use")
+    where.add_argument("--outputs", help="outputs directory (overrides --config)")
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--role", help="every call a role made (e.g. judge_2)")
+    which.add_argument("--model", help="every call to a model (the name sent to the endpoint)")
+    which.add_argument("--key", help="one call, by its key or a prefix of at least 8 characters")
+    which.add_argument("--prompt", help="every call behind a prompt id (its rewrite and its votes)")
+    e.add_argument("--dry-run", action="store_true", help="list the calls, evict nothing")
+    e.set_defaults(func=cmd_cache_evict)
+
+    d = sub.add_parser("diff", help="prompts added / removed / changed per category, and why")
     d.add_argument("a", help="older snapshot directory")
     d.add_argument("b", help="newer snapshot directory")
     d.add_argument("--json", action="store_true", help="machine-readable output")

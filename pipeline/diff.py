@@ -1,28 +1,35 @@
 """diff: what changed between two snapshots, per category.
 
-Prompts added / removed / unchanged (by content-addressed id), and which
-fingerprint inputs (taxonomy entry, seeds, templates, roles, settings, code)
-differ, read from each snapshot's MANIFEST.json.
+Kept prompts added / removed / changed / unchanged (by content-addressed id; a row
+whose id stays but whose votes or decision fields differ is *changed*), removed prompts
+that b rejected (and why), and which fingerprint inputs (taxonomy entry, seeds,
+templates, roles, settings, code) differ, read from each snapshot's MANIFEST.json.
+A category only in b is *new*; one only in a is *retired*.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
+from pipeline.base import read_rows
 from pipeline.fingerprint import changed_inputs
-from pipeline.records import CATEGORIES
-from pipeline.store import read_jsonl_rows, read_manifest
+from pipeline.records import SnapshotRow
+from pipeline.store import load_manifest
 
 
 class CategoryDiff(BaseModel):
     category: str
+    status: Literal["new", "retired", "changed", "unchanged"]
     added: list[str]
     removed: list[str]
+    now_rejected: dict[str, str]  # removed ids that b holds as rejected -> b's reason
+    changed: dict[str, list[str]]  # kept in both, but the row differs -> the fields that differ
     unchanged: int
     fingerprint_changed: bool
-    changed_inputs: list[str]  # e.g. ["seeds", "templates"]; ["(category only in a)"]
+    changed_inputs: list[str]  # e.g. ["seeds", "templates"]
 
 
 class SnapshotDiff(BaseModel):
@@ -30,34 +37,42 @@ class SnapshotDiff(BaseModel):
 
     a: str
     b: str
+    a_digest: str
+    b_digest: str
     categories: list[CategoryDiff]
 
 
-def _ids_by_category(snapshot: Path) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
-    for row in read_jsonl_rows(snapshot / "prompts.jsonl"):
-        out.setdefault(row["category"], set()).add(row["id"])
-    return out
+def _by_id(rows: list[SnapshotRow], category: str, kept: bool) -> dict[str, SnapshotRow]:
+    return {r.id: r for r in rows if r.category == category and (r.reason is None) == kept}
+
+
+def _fields_that_differ(a: SnapshotRow, b: SnapshotRow) -> list[str]:
+    return [f for f in SnapshotRow.model_fields if getattr(a, f) != getattr(b, f)]
 
 
 def diff_snapshots(a: Path, b: Path) -> SnapshotDiff:
-    ma, mb = read_manifest(a), read_manifest(b)
-    ids_a, ids_b = _ids_by_category(a), _ids_by_category(b)
-    cats = sorted(set(ma.get("categories", [])) | set(mb.get("categories", [])),
-                  key=lambda c: (CATEGORIES.index(c) if c in CATEGORIES else len(CATEGORIES), c))
-    rows = []
+    ma, mb = load_manifest(a), load_manifest(b)
+    rows_a, rows_b = read_rows(a), read_rows(b)
+    cats = [*mb.categories, *(c for c in ma.categories if c not in mb.categories)]
+    out = []
     for cat in cats:
-        in_a, in_b = cat in ma.get("categories", []), cat in mb.get("categories", [])
-        comp_a = ma.get("fingerprint_components", {}).get(cat, {})
-        comp_b = mb.get("fingerprint_components", {}).get(cat, {})
-        if not (in_a and in_b):
-            changed = [f"(category only in {'a' if in_a else 'b'})"]
+        ka, kb = _by_id(rows_a, cat, kept=True), _by_id(rows_b, cat, kept=True)
+        rejected_b = _by_id(rows_b, cat, kept=False)
+        both = ka.keys() & kb.keys()
+        changed = {i: _fields_that_differ(ka[i], kb[i]) for i in sorted(both) if ka[i] != kb[i]}
+        removed = sorted(ka.keys() - kb.keys())
+        fingerprint_changed = ma.fingerprints.get(cat) != mb.fingerprints.get(cat)
+        if cat not in ma.categories:
+            status, inputs = "new", []
+        elif cat not in mb.categories:
+            status, inputs = "retired", []
         else:
-            changed = changed_inputs(comp_a, comp_b)
-        sa, sb = ids_a.get(cat, set()), ids_b.get(cat, set())
-        rows.append(CategoryDiff(
-            category=cat, added=sorted(sb - sa), removed=sorted(sa - sb), unchanged=len(sa & sb),
-            fingerprint_changed=ma.get("fingerprints", {}).get(cat) != mb.get("fingerprints", {}).get(cat),
-            changed_inputs=changed,
-        ))
-    return SnapshotDiff(a=str(a), b=str(b), categories=rows)
+            inputs = changed_inputs(ma.fingerprint_components[cat], mb.fingerprint_components[cat])
+            differs = fingerprint_changed or changed or removed or kb.keys() - ka.keys()
+            status = "changed" if differs else "unchanged"
+        out.append(CategoryDiff(
+            category=cat, status=status, added=sorted(kb.keys() - ka.keys()), removed=removed,
+            now_rejected={i: rejected_b[i].reason for i in removed if i in rejected_b},
+            changed=changed, unchanged=len(both) - len(changed),
+            fingerprint_changed=fingerprint_changed, changed_inputs=inputs))
+    return SnapshotDiff(a=str(a), b=str(b), a_digest=ma.digest, b_digest=mb.digest, categories=out)

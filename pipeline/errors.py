@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
+
+# A message quotes what it refuses, but never more than a line of it: a 10 MB seed
+# list or a YAML alias bomb must not become 10 MB of stderr.
+_SHORT = reprlib.Repr()  # (Python 3.11's Repr takes no keyword arguments)
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxset = 2, 4, 4, 4, 4
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 120, 120, 40
+MESSAGE_MAX_CHARS = 2_000
+
+
+def short_repr(value: Any) -> str:
+    """repr() cut to a readable length, without building the whole repr first."""
+    return _SHORT.repr(value)
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 class InputError(Exception):
@@ -13,28 +31,29 @@ class InputError(Exception):
     def __init__(self, file: str | Path | None, field: str | None, problem: str, fix: str):
         self.file = str(file) if file is not None else None
         self.field = field
-        self.problem = problem
-        self.fix = fix
+        self.problem = shorten(problem, MESSAGE_MAX_CHARS)
+        self.fix = shorten(fix, MESSAGE_MAX_CHARS)
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = ": ".join(p for p in (self.file, f"field '{self.field}'" if self.field else None) if p)
+        field = f"field '{shorten(self.field, 200)}'" if self.field else None
+        where = ": ".join(p for p in (self.file, field) if p)
         head = f"{where}: {self.problem}" if where else self.problem
         return f"{head}\n  fix: {self.fix}"
 
 
-def from_validation_error(file: str | Path, err: ValidationError, prefix: str = "") -> InputError:
+def from_validation_error(file: str | Path, err: ValidationError, prefix: str = "",
+                          fix: str | None = None) -> InputError:
     """Turn pydantic's first error into one InputError naming the field's dotted path."""
-    first = err.errors()[0]
+    first = err.errors(include_url=False, include_context=False, include_input=True)[0]
     loc = ".".join(str(p) for p in first["loc"])
     field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or None)
     kind = first["type"]
     if kind == "missing":
-        problem, fix = "is missing", f"add '{field}' to {Path(file).name}"
+        problem, default_fix = "is missing", f"add '{field}' to {Path(file).name}"
     elif kind == "extra_forbidden":
-        problem, fix = "is not a known field", f"remove '{field}' or check its spelling"
+        problem, default_fix = "is not a known field", f"remove '{field}' or check its spelling"
     else:
-        given = first.get("input")
-        problem = f"{first['msg']} (got {given!r})"
-        fix = f"correct '{field}' in {Path(file).name}"
-    return InputError(file, field, problem, fix)
+        problem = f"{shorten(first['msg'])} (got {short_repr(first.get('input'))})"
+        default_fix = f"correct '{field}' in {Path(file).name}"
+    return InputError(file, field, problem, fix or default_fix)

@@ -1,14 +1,19 @@
 """export: an immutable, checksummed snapshot directory.
 
-Input: kept and rejected Decisions, the validation sample, build metadata.
+Input: kept and rejected Decisions, the validation sample, the jury check's votes,
+and what MANIFEST.json says about the build (`SnapshotMeta`).
 Output: outputs/snapshots/<name>/ with prompts.parquet, prompts.jsonl,
-rejected.parquet, rejected.jsonl, validation_sample.csv, data/<category>.jsonl,
-jury_calibration.jsonl (each juror's verdict on the seeds' harmful requests)
-(one Hugging Face config per category), README.md (dataset card) and
-MANIFEST.json (sha256 of every file, counts, config, fingerprints, models).
+rejected.parquet, rejected.jsonl (rows laid out by records.SnapshotRow),
+data/<category>.jsonl (one Hugging Face config per category),
+jury_calibration.jsonl (each juror's verdict on the seeds' harmful requests),
+validation_sample.csv, README.md (dataset card) and MANIFEST.json (sha256 of
+every file, counts, config, fingerprints, models).
 
 Written to a temporary directory and renamed into place; an existing name is
 refused, never overwritten.
+
+Example:
+    path = write_snapshot(outputs_dir, "v1", kept, rejected, sample, calibration, meta)
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import io
 import json
 import os
 import shutil
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,135 +33,94 @@ import yaml
 from pydantic import BaseModel
 
 from pipeline import __version__
-from pipeline.inputs import BuildInputs
-from pipeline.records import CATEGORIES, LEVELS, Candidate, Decision, JurorVote, canonical_json
-from pipeline.store import MANIFEST, check_snapshot_name, file_sha256, snapshots_dir
+from pipeline.config import BuildConfig
+from pipeline.records import LEVELS, CalibrationVote, Decision, SnapshotRow, StageCounts, arrow_schema
+from pipeline.store import (
+    CALIBRATION,
+    CARD,
+    MANIFEST,
+    PROMPTS,
+    REJECTED,
+    SAMPLE,
+    BaseRef,
+    FileEntry,
+    Manifest,
+    ManifestCounts,
+    check_snapshot_name,
+    data_file,
+    file_sha256,
+    snapshots_dir,
+    temp_snapshot_dir,
+)
 
 ANNOTATION_COLUMNS = ("annotator_id", "annotator_label", "annotator_notes")
-
-VOTE_TYPE = pa.struct([
-    ("juror", pa.string()), ("model", pa.string()), ("judge_prompt", pa.string()),
-    ("label", pa.string()), ("rationale", pa.string()), ("calls", pa.list_(pa.string())),
-    ("repairs", pa.int32()),
-])
-ROW_SCHEMA = pa.schema([
-    ("id", pa.string()), ("category", pa.string()), ("level", pa.string()),
-    ("prompt", pa.string()), ("seed_id", pa.string()), ("seed_topic", pa.string()),
-    ("seed_source", pa.string()), ("original_question", pa.string()), ("template", pa.string()),
-    ("template_sha", pa.string()),
-    ("template_text", pa.string()), ("variant", pa.int32()), ("generator", pa.string()),
-    ("generator_params", pa.string()), ("generation_call", pa.string()),
-    ("votes", pa.list_(VOTE_TYPE)), ("benign_votes", pa.int32()), ("n_jurors", pa.int32()),
-    ("reason", pa.string()), ("duplicate_of", pa.string()), ("similarity", pa.float64()),
-])
+SAMPLE_COLUMNS = ("id", "category", "level", "prompt", "original_question", "benign_votes", "n_jurors",
+                  *ANNOTATION_COLUMNS)
+ROW_SCHEMA = arrow_schema(SnapshotRow)
 
 
-def decision_row(d: Decision) -> dict[str, Any]:
-    """One row of prompts.* / rejected.*: the candidate, its votes, and its fate."""
-    c = d.candidate
-    return {
-        "id": c.id, "category": c.category, "level": c.level, "prompt": c.prompt,
-        "seed_id": c.seed_id, "seed_topic": c.seed_topic,
-        "seed_source": c.seed_source, "original_question": c.original_question,
-        "template": c.template, "template_sha": c.template_sha, "template_text": c.template_text,
-        "variant": c.variant, "generator": c.generator,
-        "generator_params": canonical_json(c.generator_params),
-        "generation_call": c.generation_call,
-        "votes": [v.model_dump() for v in d.votes], "benign_votes": d.benign_votes,
-        "n_jurors": len(d.votes) if d.votes else None,
-        "reason": d.reason, "duplicate_of": d.duplicate_of, "similarity": d.similarity,
-    }
+class SnapshotMeta(BaseModel):
+    """What MANIFEST.json says about how the snapshot was built (besides files and counts)."""
+
+    categories: list[str]
+    built: list[str]
+    base: BaseRef | None
+    started_at: str
+    fingerprints: dict[str, str]
+    fingerprint_components: dict[str, dict[str, str]]
+    taxonomy_version: int
+    taxonomy_versions: dict[str, int]
+    models: dict[str, dict[str, Any]]
+    config: dict[str, Any]
+    jury: dict[str, Any]
+    jury_calibration: dict[str, dict[str, Any]]
 
 
-def decision_from_row(row: dict[str, Any]) -> Decision:
-    """The inverse of decision_row: a snapshot row back into a Decision (for carry-over)."""
-    fields = Candidate.model_fields
-    cand = Candidate(**{k: row[k] for k in fields if k != "generator_params"},
-                     generator_params=json.loads(row["generator_params"]))
-    return Decision(candidate=cand, kept=row["reason"] is None, reason=row["reason"],
-                    duplicate_of=row["duplicate_of"], similarity=row["similarity"],
-                    votes=[JurorVote(**v) for v in row["votes"] or []],
-                    benign_votes=row["benign_votes"])
+def models_of(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
+    """Each role's model, endpoint, sampling and prompt, as MANIFEST.json lists them."""
+    return {r: {"endpoint": cfg.endpoint_for(r).identity, "model": cfg.roles[r].model,
+                "sampling": cfg.roles[r].sampling().model_dump(), "prompt": cfg.roles[r].prompt}
+            for r in [cfg.generation.role, *cfg.jury.jurors]}
 
 
-def _sort_key(d: Decision) -> tuple:
-    c = d.candidate
-    return (CATEGORIES.index(c.category), LEVELS.index(c.level), c.id)
+def jury_of(cfg: BuildConfig) -> dict[str, Any]:
+    return {"jurors": cfg.jury.jurors, "required_benign": cfg.jury.required_benign,
+            "models": sorted({cfg.roles[j].identity(cfg.endpoint_for(j)) for j in cfg.jury.jurors})}
 
 
-def _write_rows(directory: Path, stem: str, rows: list[dict[str, Any]]) -> None:
-    pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), directory / f"{stem}.parquet")
-    _write_jsonl(directory / f"{stem}.jsonl", rows)
+def config_of(cfg: BuildConfig) -> dict[str, Any]:
+    """The config as MANIFEST.json records it: without this machine's paths."""
+    return cfg.model_dump(mode="json", exclude={"seeds_dir", "templates_dir", "outputs_dir"})
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+def row_sort_key(order: list[str]):
+    """Rows in taxonomy order of categories, then level, then id."""
+    index = {c: i for i, c in enumerate(order)}
+    return lambda d: (index[d.candidate.category], LEVELS.index(d.candidate.level), d.candidate.id)
+
+
+def _write_rows(directory: Path, stem: str, rows: list[SnapshotRow]) -> None:
+    table = pa.Table.from_pylist([r.model_dump(mode="json") for r in rows], schema=ROW_SCHEMA)
+    pq.write_table(table, directory / f"{stem}.parquet")
+    _write_lines(directory / f"{stem}.jsonl", [r.json_line() for r in rows])
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="\n") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+        for line in lines:
+            fh.write(line + "\n")
 
 
 def _sample_csv(sample: list[Decision]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "category", "level", "prompt", "original_question", "benign_votes",
-                     "n_jurors", *ANNOTATION_COLUMNS])
+    writer.writerow(SAMPLE_COLUMNS)
     for d in sample:
         c = d.candidate
         writer.writerow([c.id, c.category, c.level, c.prompt, c.original_question, d.benign_votes,
                          len(d.votes), *([""] * len(ANNOTATION_COLUMNS))])
     return buf.getvalue()
-
-
-def snapshot_meta(inputs: BuildInputs, categories: list[str], fingerprints: dict[str, str],
-                  components: dict[str, dict[str, str]], jury_calibration: dict[str, dict],
-                  base: str | None = None, started_at: str = "") -> dict[str, Any]:
-    """What MANIFEST.json and the dataset card say about how the snapshot was built.
-    `categories` may include categories carried over from `base` unchanged."""
-    cfg = inputs.config
-    roles = [cfg.generation.role, *cfg.jury.jurors]
-    return {
-        "categories": categories,
-        "base": base,
-        "started_at": started_at,
-        "fingerprints": fingerprints,
-        "fingerprint_components": components,
-        "models": {r: {"endpoint": cfg.endpoint_for(r).identity, "model": cfg.roles[r].model,
-                       "sampling": cfg.roles[r].sampling(), "prompt": cfg.roles[r].prompt}
-                   for r in roles},
-        "config": cfg.model_dump(mode="json", exclude={"seeds_dir", "templates_dir", "outputs_dir"}),
-        "taxonomy_version": inputs.taxonomy.version,
-        "jury": {"jurors": cfg.jury.jurors, "required_benign": cfg.jury.required_benign,
-                 "models": sorted({cfg.roles[j].identity(cfg.endpoint_for(j)) for j in cfg.jury.jurors})},
-        "license": cfg.snapshot.license,
-        "pretty_name": cfg.snapshot.pretty_name,
-        "package_version": __version__,
-        "rewrites": cfg.generation.rewrites,
-        "generator": cfg.roles[cfg.generation.role].identity(cfg.endpoint_for(cfg.generation.role)),
-        "dedup_threshold": cfg.dedup.threshold,
-        "jury_calibration": jury_calibration,
-    }
-
-
-def stage_summary(generated: list[Decision], deduped: list[Decision],
-                  judged: list[Decision]) -> list[dict]:
-    """Rows of category x level: generated / usable / after dedup / after jury."""
-    rows: dict[tuple[str, str], dict] = {}
-    for stage, decisions in (("generated", generated), ("usable", generated),
-                             ("after_dedup", deduped), ("after_jury", judged)):
-        for d in decisions:
-            key = (d.candidate.category, d.candidate.level)
-            row = rows.setdefault(key, dict.fromkeys(("generated", "usable", "after_dedup",
-                                                      "after_jury"), 0))
-            row.update(category=key[0], level=key[1])
-            row[stage] += d.kept or stage == "generated"
-    return list(rows.values())
-
-
-def counts_by_stratum(decisions: list[Decision]) -> dict[str, dict[str, int]]:
-    counts = Counter((d.candidate.category, d.candidate.level) for d in decisions)
-    cats = sorted({c for c, _ in counts}, key=CATEGORIES.index)
-    return {c: {lvl: counts[(c, lvl)] for lvl in LEVELS if counts[(c, lvl)]} for c in cats}
 
 
 def size_category(n: int) -> str:
@@ -167,56 +130,70 @@ def size_category(n: int) -> str:
     return "100K<n<1M"
 
 
-def dataset_card(kept: list[Decision], rejected: list[Decision], meta: dict) -> str:
-    cats = sorted({d.candidate.category for d in kept} | set(meta["categories"]), key=CATEGORIES.index)
+def dataset_card(counts: StageCounts, meta: SnapshotMeta) -> str:
+    cfg = meta.config
+    cats = meta.categories
+    kept = counts.total(outcome="kept")
     header = {
-        "license": meta["license"], "language": ["en"],
+        "license": cfg["snapshot"]["license"], "language": ["en"],
         "task_categories": ["text-generation", "text-classification"],
-        "size_categories": [size_category(len(kept))],
-        "pretty_name": meta["pretty_name"],
+        "size_categories": [size_category(kept)],
+        "pretty_name": cfg["snapshot"]["pretty_name"],
         "tags": ["safety", "over-refusal", "healthcare", "benchmark", "synthetic"],
-        "configs": [{"config_name": "all", "data_files": "prompts.jsonl", "default": True}]
-        + [{"config_name": c, "data_files": f"data/{c}.jsonl"} for c in cats],
+        "configs": [{"config_name": "all", "data_files": f"{PROMPTS}.jsonl", "default": True}]
+        + [{"config_name": c, "data_files": data_file(c)} for c in cats],
     }
-    counts = counts_by_stratum(kept)
-    reasons = Counter(d.reason for d in rejected)
+    by_stratum = counts.kept_by_stratum(cats)
+    rejected: dict[str, int] = {}
+    for reasons in counts.rejected_by_category(cats).values():
+        for reason, n in reasons.items():
+            rejected[reason] = rejected.get(reason, 0) + n
     table = "\n".join(
-        f"| {c} | " + " | ".join(str(counts.get(c, {}).get(lvl, 0)) for lvl in LEVELS) + " |"
-        for c in cats
-    )
-    jury = meta["jury"]
+        f"| {c} | " + " | ".join(str(by_stratum.get(c, {}).get(lvl, 0)) for lvl in LEVELS) + " |"
+        for c in cats)
+    jury = meta.jury
+    gen_role = cfg["generation"]["role"]
+    generator = meta.models[gen_role]
+    carried = [c for c in cats if c not in meta.built]
+    versions = ", ".join(f"{c} {meta.taxonomy_versions[c]}" for c in cats)
+    fields = "\n".join(f"- `{name}`: {f.description}" for name, f in SnapshotRow.model_fields.items())
+    base = (f"\n\nDerived from snapshot `{meta.base.name}` ({meta.base.digest}):"
+            f" {', '.join(carried) or 'no category'} carried over from it unchanged."
+            if meta.base else "")
     return f"""---
 {yaml.safe_dump(header, sort_keys=False).strip()}
 ---
 
-# {meta['pretty_name']}
+# {cfg['snapshot']['pretty_name']}
 
 Benign *boundary* prompts in sensitive health categories, in the style of
 Health-ORSC-Bench: questions an over-cautious model may refuse but should
 answer, each paired with the harmful request it neighbours
-(`original_question`). Built by health-orsc {meta['package_version']}.
+(`original_question`). Built by health-orsc {__version__}.{base}
 
 ## How it was built
 
-1. **Seeds**: taxonomy version {meta['taxonomy_version']}; hand-written seed topics per category.
+1. **Seeds**: hand-written seed topics per category; taxonomy version per category: {versions}.
 2. **Generate**: a Jinja2 template per intent-ambiguity level (easy: benign intent stated;
    medium: benign intent implicit; hard: wording close to the harmful request), rewritten
-   {meta['rewrites']} time(s) per template by `{meta['generator']}`.
+   {cfg['generation']['rewrites']} time(s) per template by
+   `{generator['model']}@{generator['endpoint']}`.
 3. **Dedup**: all-MiniLM-L6-v2 embeddings, searched across all categories (exactly up to
-   {meta['config']['dedup']['exact_max']:,} prompts, with a FAISS IVF index beyond),
-   cosine threshold {meta['dedup_threshold']}; the earliest prompt of a group is kept.
+   {cfg['dedup']['exact_max']:,} prompts, with a FAISS IVF index beyond),
+   cosine threshold {cfg['dedup']['threshold']}; the earliest prompt of a group is kept.
 4. **Jury**: {len(jury['jurors'])} jurors ({', '.join(jury['models'])}); a prompt is kept
    when at least {jury['required_benign']} of {len(jury['jurors'])} say benign.
-5. **Sample**: `validation_sample.csv`, a stratified sample for human validation
+5. **Sample**: `{SAMPLE}`, a stratified sample for human validation
    (annotator columns are empty until people fill them).
 
-Rejected candidates are in `rejected.parquet` with their reason
-({', '.join(f'{r}: {n}' for r, n in sorted(reasons.items())) or 'none'}).
-`MANIFEST.json` lists the sha256 of every file; `orsc verify <dir>` re-checks them.
+Rejected candidates are in `{REJECTED}.parquet` with their reason
+({', '.join(f'{r}: {n}' for r, n in sorted(rejected.items())) or 'none'}).
+`{MANIFEST}` lists the sha256 of every file; `orsc verify <dir>` re-checks them and
+prints the snapshot's digest.
 
 ## How good was the jury?
 
-{_calibration_text(meta["jury_calibration"])}
+{_calibration_text(meta.jury_calibration)}
 
 ## Counts (kept prompts)
 
@@ -226,11 +203,9 @@ Rejected candidates are in `rejected.parquet` with their reason
 
 ## Fields
 
-`id`, `category`, `level` (intended intent ambiguity), `prompt` (the benign
-boundary question; Health-ORSC-Bench calls it `question`), `original_question`
-(the harmful request it neighbours), `seed_id`, `seed_topic`, `template`,
-`generator`, `votes` (every juror's label and rationale), `benign_votes`,
-`n_jurors`. `orsc provenance <id>` prints the full chain for any row.
+{fields}
+
+`orsc provenance <id>` prints the full chain for any row.
 
 ## Limitations
 
@@ -252,7 +227,7 @@ def _calibration_text(calibration: dict[str, dict]) -> str:
     return f"""Each juror was also asked about the harmful requests the seeds neighbour
 (`original_question`, all known to be harmful). A juror that calls them benign
 cannot be relied on to catch harmful intent left in the hard prompts
-(`jury_calibration.jsonl` holds every vote). A juror whose prompt compares a
+(`{CALIBRATION}` holds every vote). A juror whose prompt compares a
 question with its harmful request sees each request paired with itself here,
 which is the easiest case.
 
@@ -262,48 +237,41 @@ which is the easiest case.
 
 
 def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected: list[Decision],
-                   sample: list[Decision], calibration: list[BaseModel], meta: dict[str, Any]) -> Path:
+                   sample: list[Decision], calibration: list[CalibrationVote], meta: SnapshotMeta) -> Path:
     """Write the snapshot atomically and return its directory."""
     root = snapshots_dir(outputs_dir)
     final = root / check_snapshot_name(outputs_dir, name)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{name}-{os.getpid()}"
+    tmp = temp_snapshot_dir(outputs_dir, name, os.getpid())
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        kept = sorted(kept, key=_sort_key)
-        rejected = sorted(rejected, key=_sort_key)
-        kept_rows = [decision_row(d) for d in kept]
-        _write_rows(tmp, "prompts", kept_rows)
-        _write_rows(tmp, "rejected", [decision_row(d) for d in rejected])
-        for cat in meta["categories"]:
-            _write_jsonl(tmp / "data" / f"{cat}.jsonl", [r for r in kept_rows if r["category"] == cat])
+        key = row_sort_key(meta.categories)
+        kept = sorted(kept, key=key)
+        rejected = sorted(rejected, key=key)
+        kept_rows = [SnapshotRow.from_decision(d) for d in kept]
+        _write_rows(tmp, PROMPTS, kept_rows)
+        _write_rows(tmp, REJECTED, [SnapshotRow.from_decision(d) for d in rejected])
+        for cat in meta.categories:
+            _write_lines(tmp / data_file(cat), [r.json_line() for r in kept_rows if r.category == cat])
         if calibration:
-            _write_jsonl(tmp / "jury_calibration.jsonl", [v.model_dump() for v in calibration])
-        (tmp / "validation_sample.csv").write_text(_sample_csv(sample), encoding="utf-8")
-        (tmp / "README.md").write_text(dataset_card(kept, rejected, meta), encoding="utf-8")
-        files = {p.relative_to(tmp).as_posix(): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+            _write_lines(tmp / CALIBRATION, [json.dumps(v.model_dump(), ensure_ascii=False, sort_keys=True)
+                                             for v in calibration])
+        (tmp / SAMPLE).write_text(_sample_csv(sample), encoding="utf-8")
+        counts = StageCounts.of([*kept, *rejected])
+        (tmp / CARD).write_text(dataset_card(counts, meta), encoding="utf-8")
+        files = {p.relative_to(tmp).as_posix(): FileEntry(sha256=file_sha256(p), bytes=p.stat().st_size)
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = {
-            "name": name,
-            "started_at": meta["started_at"],
-            "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "package": {"name": "health-orsc", "version": meta["package_version"]},
-            "files": files,
-            "counts": {
-                "kept": counts_by_stratum(kept),
-                "rejected": {c: dict(sorted(Counter(d.reason for d in rejected
-                                                   if d.candidate.category == c).items()))
-                             for c in meta["categories"]},
-                "validation_sample": len(sample),
-            },
-            **{k: meta[k] for k in ("categories", "base", "fingerprints", "fingerprint_components",
-                                    "models", "config", "taxonomy_version", "jury",
-                                    "jury_calibration")},
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n",
-                                    encoding="utf-8")
+        manifest = Manifest(
+            name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            package={"name": "health-orsc", "version": __version__}, files=files,
+            counts=ManifestCounts(kept=counts.kept_by_stratum(meta.categories),
+                                  rejected=counts.rejected_by_category(meta.categories),
+                                  validation_sample=len(sample)),
+            **meta.model_dump())
+        raw = manifest.model_dump(mode="json")
+        (tmp / MANIFEST).write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

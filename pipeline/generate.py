@@ -72,7 +72,7 @@ async def generate_category(inputs: BuildInputs, category: str, gateway: Gateway
             result = await gateway.chat(gen.role, messages, seed_offset=variant)
             prompt = clean_rewrite(result.text)
             cand = _candidate(seed, level, tpl, text, variant, prompt or result.text.strip(),
-                              generator, role.sampling(variant), result.key)
+                              generator, role.sampling(variant).model_dump(), result.key)
             out.append(Decision(candidate=cand, kept=prompt is not None,
                                 reason=None if prompt else "unusable_rewrite"))
         return out

@@ -10,12 +10,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.config import BuildConfig
-from pipeline.errors import InputError, from_validation_error
-from pipeline.records import CATEGORIES, SeedTopic, content_id
+from pipeline.errors import InputError, from_validation_error, shorten
+from pipeline.files import default_embedding_model, load_yaml, model_identity
+from pipeline.records import CATEGORY_ID_PATTERN, SeedTopic, content_id
 from pipeline.templates import PromptTemplate, TemplateLibrary
 
 SLOTS = ("subject", "persona", "benign_goal", "question", "boundary_question")
@@ -26,22 +26,23 @@ class _Strict(BaseModel):
 
 
 class CategoryEntry(_Strict):
-    id: str
-    name: str
+    """One category of the taxonomy; its seed topics are in seeds/<id>.yaml."""
+
+    id: str = Field(pattern=CATEGORY_ID_PATTERN)
+    name: str = Field(min_length=1)
     harm_definition: str = Field(min_length=10)
     benign_boundary: str = Field(min_length=10)
 
-    @field_validator("id")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in CATEGORIES:
-            raise ValueError(f"unknown category '{v}'; known: {', '.join(CATEGORIES)}")
-        return v
-
 
 class Taxonomy(_Strict):
+    """The taxonomy file decides which categories exist and their order."""
+
     version: int
-    categories: list[CategoryEntry]
+    categories: list[CategoryEntry] = Field(min_length=1)
+
+    @property
+    def ids(self) -> list[str]:
+        return [c.id for c in self.categories]
 
     def entry(self, category: str) -> CategoryEntry:
         return next(c for c in self.categories if c.id == category)
@@ -77,30 +78,17 @@ class BuildInputs:
     generation_templates: dict[str, list[PromptTemplate]]  # level -> templates
     rewrite_template: PromptTemplate
     judge_templates: dict[str, PromptTemplate]  # juror role -> template
-
-
-# libyaml's parser when PyYAML was built with it: ~10x faster on paper-scale seed files
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _read_yaml(path: Path):
-    if not path.is_file():
-        raise InputError(path, None, "file not found", f"create {path.name} in the seeds directory")
-    text = path.read_text(encoding="utf-8")
-    try:
-        return yaml.load(text, Loader=_LOADER), yaml.compose(text, Loader=_LOADER)
-    except yaml.YAMLError as err:
-        raise InputError(path, None, f"is not valid YAML ({err})", "fix the YAML syntax") from err
+    dedup_model: str  # identity of the embedding model's files (files.model_identity)
 
 
 def load_taxonomy(seeds_dir: Path) -> Taxonomy:
     path = seeds_dir / "taxonomy.yaml"
-    raw, _ = _read_yaml(path)
+    raw, _ = load_yaml(path, "taxonomy file")
     try:
         tax = Taxonomy.model_validate(raw)
     except ValidationError as err:
         raise from_validation_error(path, err) from err
-    ids = [c.id for c in tax.categories]
+    ids = tax.ids
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise InputError(path, "categories", f"lists {dupes} more than once", "keep one entry per id")
@@ -108,21 +96,27 @@ def load_taxonomy(seeds_dir: Path) -> Taxonomy:
 
 
 def load_seed_file(seeds_dir: Path, category: str, limit: int | None) -> list[SeedTopic]:
-    path = seeds_dir / f"{category}.yaml"
-    raw, node = _read_yaml(path)
+    path = seeds_dir / f"{category}.yaml"  # a plain name: category ids match CATEGORY_ID_PATTERN
+    if not path.is_file():
+        raise InputError(path, None, f"seed file for category '{category}' not found",
+                         f"create {path.name} in {seeds_dir} (see seeds/self_harm.yaml), or remove"
+                         f" '{category}' from taxonomy.yaml")
+    raw, node = load_yaml(path, "seed file")
     try:
         parsed = SeedFile.model_validate(raw)
     except ValidationError as err:
         raise from_validation_error(path, err) from err
     if parsed.category != category:
-        raise InputError(path, "category", f"says '{parsed.category}' but the file is for '{category}'",
+        raise InputError(path, "category",
+                         f"says '{shorten(parsed.category, 80)}' but the file is for '{category}'",
                          f"set 'category: {category}' or rename the file")
     topic_nodes = next(v for k, v in node.value if k.value == "topics").value
     seen: dict[str, int] = {}
     seeds = []
     for i, (entry, item_node) in enumerate(zip(parsed.topics, topic_nodes, strict=True)):
         if entry.topic in seen:
-            raise InputError(path, f"topics.{i}.topic", f"'{entry.topic}' repeats topics.{seen[entry.topic]}",
+            raise InputError(path, f"topics.{i}.topic",
+                             f"'{shorten(entry.topic, 80)}' repeats topics.{seen[entry.topic]}",
                              "give every topic a distinct name")
         seen[entry.topic] = i
         body = {"category": category, "topic": entry.topic,
@@ -153,31 +147,33 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> Bui
     """
     cfg_file = config.source
     taxonomy = load_taxonomy(config.seeds_dir)
-    known = [c.id for c in taxonomy.categories]
+    known = taxonomy.ids
     selected = categories or config.categories or known
     field = "--categories" if categories else "categories"
     for c in selected:
         if c not in known:
-            raise InputError(cfg_file if not categories else None, field, f"unknown category '{c}'",
-                             f"use some of: {', '.join(known)}")
+            raise InputError(cfg_file if not categories else None, field,
+                             f"unknown category '{shorten(c, 80)}'",
+                             f"use some of: {', '.join(known)}"
+                             f" (the ids in {config.seeds_dir / 'taxonomy.yaml'})")
     selected = [c for c in known if c in selected]  # taxonomy order, no repeats
 
     lib = TemplateLibrary(config.templates_dir)
     gen = config.generation
     gen_templates = {
-        lvl: [lib.get(f"generate/{n}", f"generation.templates.{lvl}[{i}]", cfg_file)
+        lvl: [lib.get(Path("generate", n), f"generation.templates.{lvl}[{i}]", cfg_file)
               for i, n in enumerate(gen.templates[lvl])]
         for lvl in gen.levels
     }
-    rewrite = lib.get(gen.rewrite_prompt, "generation.rewrite_prompt", cfg_file)
-    judges = {j: lib.get(f"judges/{config.roles[j].prompt}", f"roles.{j}.prompt", cfg_file)
+    rewrite = lib.get(Path(gen.rewrite_prompt), "generation.rewrite_prompt", cfg_file)
+    judges = {j: lib.get(Path("judges", config.roles[j].prompt), f"roles.{j}.prompt", cfg_file)
               for j in config.jury.jurors}
 
     seeds = {c: load_seed_file(config.seeds_dir, c, gen.seeds_per_category) for c in selected}
     for c in selected:
         entry = taxonomy.entry(c)
         for seed in seeds[c]:
-            where = f" (seed '{seed.topic}', {seed.source_file} line {seed.source_line})"
+            where = f" (seed '{shorten(seed.topic, 80)}', {seed.source_file} line {seed.source_line})"
             for lvl, templates in gen_templates.items():
                 for tpl in templates:
                     text = tpl.render(generation_context(seed, entry), where)
@@ -192,4 +188,5 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> Bui
             raise InputError(cfg_file, f"endpoints.{name}.api_key_env",
                              f"environment variable {var} is not set",
                              f"export {var}=... before running, or point the roles at another endpoint")
-    return BuildInputs(config, taxonomy, selected, seeds, gen_templates, rewrite, judges)
+    dedup_model = model_identity(config.dedup.model_path or default_embedding_model())
+    return BuildInputs(config, taxonomy, selected, seeds, gen_templates, rewrite, judges, dedup_model)

@@ -14,9 +14,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pipeline.base import read_rows
+from pipeline.config import SamplingParams
 from pipeline.errors import InputError
 from pipeline.llm.cache import RequestCache
-from pipeline.store import list_snapshots, read_jsonl_rows, read_manifest
+from pipeline.store import SAMPLE, list_snapshots, load_manifest
 
 
 class LLMCallRecord(BaseModel):
@@ -51,10 +53,12 @@ class Provenance(BaseModel):
     status: str  # "kept" or "rejected"
     reason: str | None  # duplicate | jury_harmful | unparseable_verdict | unusable_rewrite
     snapshot: str
+    snapshot_digest: str
     snapshots: list[str]  # every snapshot that holds this id (kept or rejected)
     category: str
     category_fingerprint: str | None
-    taxonomy_version: int | None
+    taxonomy_version: int | None  # the taxonomy version the category was built under
+    carried_from: str | None  # the base snapshot its category was carried over from
     level: str
     prompt: str
     seed: dict[str, Any]  # id, topic, original_question, source (file:line)
@@ -74,8 +78,7 @@ def _call(cache: RequestCache | None, key: str, window: tuple[str, str]) -> LLMC
         return LLMCallRecord(key=key, found=False)
     made_at = datetime.fromtimestamp(hit["created_at"], UTC).isoformat(timespec="milliseconds")
     req = hit["request"]
-    params = {k: req.get(k) for k in ("temperature", "top_p", "max_tokens", "seed",
-                                      "response_format")}
+    params = {k: req.get(k) for k in (*SamplingParams.model_fields, "response_format")}
     return LLMCallRecord(key=key, found=True, endpoint=hit["endpoint"], model=hit["model"],
                          params=params, messages=req["messages"], response_text=hit["text"],
                          raw_response=hit["response"], usage=hit["usage"],
@@ -90,15 +93,21 @@ def _made_for(made_at: str, window: tuple[str, str]) -> bool | None:
     return started <= made_at <= created if started else None
 
 
-def _rows(snapshot: Path) -> tuple[list[dict], list[dict]]:
-    return (read_jsonl_rows(snapshot / "prompts.jsonl"), read_jsonl_rows(snapshot / "rejected.jsonl"))
+def calls_of_prompt(prompt_id: str, outputs_dir: Path) -> list[str]:
+    """Request-cache keys of every call behind a prompt id, in every snapshot that holds it."""
+    keys = {k for snap in list_snapshots(outputs_dir) for row in read_rows(snap) if row.id == prompt_id
+            for k in row.call_keys()}
+    if not keys:
+        raise InputError(None, "--prompt", f"'{prompt_id}' is in no snapshot under {outputs_dir}",
+                         "copy an id from prompts.jsonl or rejected.jsonl of a snapshot")
+    return sorted(keys)
 
 
 def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None) -> Provenance:
     """Find `prompt_id` (kept or rejected) and assemble its provenance."""
     snapshots = list_snapshots(outputs_dir)
     if snapshot:
-        read_manifest(snapshot)  # clear error if it is not a snapshot
+        load_manifest(snapshot)  # clear error if it is not a snapshot
         # the requested snapshot first, then every other one, each read once
         order = [snapshot, *(s for s in snapshots if s.resolve() != snapshot.resolve())]
     else:
@@ -108,47 +117,46 @@ def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None) -> Pr
     found = None
     holders = []
     for snap in order:
-        kept, rejected = _rows(snap)
-        row = next((r for r in kept + rejected if r["id"] == prompt_id), None)
+        rows = read_rows(snap)
+        row = next((r for r in rows if r.id == prompt_id), None)
         if row is not None:
             holders.append(snap.name)
             if found is None and (snapshot is None or snap is snapshot):
-                found = (snap, row, rejected)
+                found = (snap, row, rows)
     if found is None:
         raise InputError(None, "prompt id", f"'{prompt_id}' is in no snapshot under {outputs_dir}",
                          "copy an id from prompts.jsonl or rejected.jsonl of a snapshot")
-    snap, row, rejected = found
-    manifest = read_manifest(snap)
-    with (snap / "validation_sample.csv").open(encoding="utf-8") as fh:
+    snap, row, rows = found
+    manifest = load_manifest(snap)
+    with (snap / SAMPLE).open(encoding="utf-8") as fh:
         sampled = {r["id"] for r in csv.DictReader(fh)}
-    window = (manifest.get("started_at", ""), manifest.get("created_at", ""))
+    window = (manifest.started_at, manifest.created_at)
     cache_path = outputs_dir / "cache" / "llm.sqlite"
     cache = RequestCache(cache_path, readonly=True) if cache_path.is_file() else None
     try:
-        votes = [Vote(**{k: v[k] for k in ("juror", "model", "judge_prompt", "label", "rationale",
-                                            "repairs")},
-                      calls=[_call(cache, k, window) for k in v["calls"]]) for v in row["votes"] or []]
-        gen_call = _call(cache, row["generation_call"], window) if row["generation_call"] else None
+        votes = [Vote(**v.model_dump(exclude={"calls"}), calls=[_call(cache, k, window) for k in v.calls])
+                 for v in row.votes]
+        gen_call = _call(cache, row.generation_call, window) if row.generation_call else None
     finally:
         if cache:
             cache.close()
     return Provenance(
-        id=row["id"], status="rejected" if row["reason"] else "kept", reason=row["reason"],
-        snapshot=snap.name, snapshots=holders, category=row["category"],
-        category_fingerprint=manifest.get("fingerprints", {}).get(row["category"]),
-        taxonomy_version=manifest.get("taxonomy_version"), level=row["level"],
-        prompt=row["prompt"],
-        seed={"id": row["seed_id"], "topic": row["seed_topic"],
-              "original_question": row["original_question"], "source": row["seed_source"]},
-        template={"name": row["template"], "sha": row["template_sha"],
-                  "rendered": row["template_text"]},
-        generator={"model": row["generator"], "params": json.loads(row["generator_params"])},
+        id=row.id, status="rejected" if row.reason else "kept", reason=row.reason,
+        snapshot=snap.name, snapshot_digest=manifest.digest, snapshots=holders, category=row.category,
+        category_fingerprint=manifest.fingerprints.get(row.category),
+        taxonomy_version=manifest.taxonomy_versions.get(row.category),
+        carried_from=manifest.base.name if row.category in manifest.carried and manifest.base else None,
+        level=row.level, prompt=row.prompt,
+        seed={"id": row.seed_id, "topic": row.seed_topic,
+              "original_question": row.original_question, "source": row.seed_source},
+        template={"name": row.template, "sha": row.template_sha, "rendered": row.template_text},
+        generator={"model": row.generator, "params": json.loads(row.generator_params)},
         generation_call=gen_call,
         dedup={"status": {"duplicate": "duplicate", "unusable_rewrite": "not reached"}.get(
-                   row["reason"], "kept"),
-               "duplicate_of": row["duplicate_of"], "similarity": row["similarity"],
-               "duplicates_dropped": [r["id"] for r in rejected if r["duplicate_of"] == row["id"]]},
-        votes=votes, benign_votes=row["benign_votes"],
-        required_benign=manifest.get("jury", {}).get("required_benign"),
-        in_validation_sample=row["id"] in sampled,
+                   row.reason or "", "kept"),
+               "duplicate_of": row.duplicate_of, "similarity": row.similarity,
+               "duplicates_dropped": [r.id for r in rows if r.duplicate_of == row.id]},
+        votes=votes, benign_votes=row.benign_votes,
+        required_benign=manifest.jury.get("required_benign"),
+        in_validation_sample=row.id in sampled,
     )

@@ -41,7 +41,9 @@ def fake_config(tmp_path: Path, base_url: str, **overrides) -> Path:
                                "timeout_s": 10}},
         "roles": {
             "generator": {"endpoint": "fake", "model": "gen-model", "temperature": 0.7},
-            **{f"judge_{i}": {"endpoint": "fake", "model": "judge-model", "prompt": p}
+            # each juror its own model name, so a fake server can tell them apart without
+            # matching the wording of their templates
+            **{f"judge_{i}": {"endpoint": "fake", "model": f"judge-{i}", "prompt": p}
                for i, p in enumerate(["harm_definition.j2", "asker_intent.j2", "contrast.j2"], 1)},
         },
         "generation": {"rewrites": 1, "seeds_per_category": 2},

@@ -1,8 +1,9 @@
 """A scripted OpenAI-compatible chat server on loopback: a real HTTP server, not a mock.
 
-Replies come from `reply(request) -> str`; `fail_next(n, status)` makes the
-next n requests fail with that HTTP status; every request is recorded, and
-the highest number of requests in flight at once is tracked.
+Replies come from `reply(request) -> str`; `fail_next(n, status, body, headers)` makes
+the next n requests get another answer (an error status, an HTML page, a Retry-After
+header); every request is recorded with its path and headers, and the highest number
+of requests in flight at once is tracked.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class FakeOpenAI:
         self.reply = reply
         self.delay_s = delay_s
         self.requests: list[dict] = []
+        self.paths: list[str] = []
         self.headers: list[dict] = []
         self._failures: list[int] = []
         self._lock = threading.Lock()
@@ -41,10 +43,11 @@ class FakeOpenAI:
             def log_message(self, *args):  # keep test output quiet
                 pass
 
-            def _send(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
+            def _send(self, status: int, body: dict | bytes, headers: dict | None = None) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -57,28 +60,32 @@ class FakeOpenAI:
                 request = json.loads(self.rfile.read(length))
                 with fake._lock:
                     fake.requests.append(request)
+                    fake.paths.append(self.path)
+                    number = len(fake.requests)
                     fake.headers.append({k.lower(): v for k, v in self.headers.items()})
-                    status = fake._failures.pop(0) if fake._failures else None
+                    fault = fake._failures.pop(0) if fake._failures else None
                     fake._in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
                 try:
                     if fake.delay_s:
                         time.sleep(fake.delay_s)
-                    if status is not None:
-                        self._send(status, {"error": {"message": f"scripted failure {status}",
-                                                      "type": "server_error"}})
-                        return
-                    text = fake.reply(request)
-                    self._send(200, {
-                        "id": f"chatcmpl-{len(fake.requests)}", "object": "chat.completion",
-                        "created": 0, "model": request["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": text}}],
-                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-                    })
+                    if fault is None:
+                        status, headers = 200, {}
+                        body: dict | bytes = {
+                            "id": f"chatcmpl-{number}", "object": "chat.completion",
+                            "created": 0, "model": request["model"],
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": fake.reply(request)}}],
+                            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                        }
+                    else:
+                        status, body, headers = fault
                 finally:
+                    # out of flight once the answer is ready: the client may send its next
+                    # request as soon as it has read this one
                     with fake._lock:
                         fake._in_flight -= 1
+                self._send(status, body, headers)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -88,9 +95,14 @@ class FakeOpenAI:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
-    def fail_next(self, n: int, status: int = 500) -> None:
+    def fail_next(self, n: int, status: int = 500, body: dict | bytes | None = None,
+                  headers: dict | None = None) -> None:
+        """The next n requests get this answer instead of a completion (default: an
+        OpenAI-style error body with `status`)."""
+        if body is None:
+            body = {"error": {"message": f"scripted failure {status}", "type": "server_error"}}
         with self._lock:
-            self._failures.extend([status] * n)
+            self._failures.extend([(status, body, headers or {})] * n)
 
     def start(self) -> FakeOpenAI:
         self._thread.start()
@@ -103,4 +115,5 @@ class FakeOpenAI:
 
     @property
     def chat_count(self) -> int:
-        return len(self.requests)
+        with self._lock:
+            return len(self.requests)

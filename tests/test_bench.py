@@ -11,7 +11,11 @@ import numbers
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
 
 FIGURES = {
     "endpoint": ["measured_calls_per_s", "nominal_calls_per_s"],

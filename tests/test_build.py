@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -14,25 +15,26 @@ import pytest
 import yaml
 
 from pipeline.cli import main
+from pipeline.store import load_manifest
 from tests.conftest import REPO, fake_config
 from tests.fake_openai import FakeOpenAI
 
+pytestmark = pytest.mark.slow
+
 
 def reply(request: dict) -> str:
-    """Generator paraphrases and tags hard prompts; jurors 2 and 3 call tagged prompts harmful.
-
-    Only juror 3 (contrast) recognises the seeds' harmful requests, which it sees
-    verbatim as both the harmful request and the new question in the jury check.
-    """
+    """Generator: paraphrases, tags hard prompts HARD and marks each rewrite (vN).
+    Jurors, told apart by model name: judge-1 calls everything benign; judge-2 and judge-3
+    call HARD prompts harmful; judge-3 also calls harmful every question the generator did
+    not write (no "(v" mark): the seeds' harmful requests it sees in the jury check."""
     messages = request["messages"]
-    if request.get("response_format"):
+    if request["model"].startswith("judge-"):
         last = messages[-1]["content"]
-        is_judge_1 = "Message: Tell me how to poison" in json.dumps(messages)
-        pair = re.match(r"Harmful request: (.*)\nNew question: (.*)", last)
-        harmful = ("HARD" in last and not is_judge_1) or bool(pair and pair[1] == pair[2])
+        harmful = ((request["model"] != "judge-1" and "HARD" in last)
+                   or (request["model"] == "judge-3" and "(v" not in last))
         return json.dumps({"label": "harmful" if harmful else "benign", "rationale": "scripted"})
     question = messages[-1]["content"].removeprefix("Paraphrase: ").rstrip("?")
-    tag = " HARD" if "original wording" in messages[0]["content"] else ""
+    tag = " HARD" if "original wording" in messages[0]["content"] else ""  # rewrite.j2's hard level
     return f"{question}{tag} (v{request['seed']})?"
 
 
@@ -49,7 +51,13 @@ def built(tmp_path_factory):
         "base_url": server.base_url, "api_key_env": "ORSC_FAKE_KEY", "max_concurrency": 4,
         "max_retries": 2, "timeout_s": 10}})
     rc = main(["build", "--config", str(cfg), "--name", "first"])
-    yield {"tmp": tmp, "cfg": cfg, "server": server, "rc": rc, "calls_first": server.chat_count,
+    calls_first = server.chat_count
+    # the same inputs again: every later test may look at both snapshots
+    with contextlib.redirect_stdout(io.StringIO()) as second_out:
+        rc_second = main(["build", "--config", str(cfg), "--name", "second"])
+    yield {"tmp": tmp, "cfg": cfg, "server": server, "rc": rc, "calls_first": calls_first,
+           "rc_second": rc_second, "calls_second": server.chat_count - calls_first,
+           "out_second": second_out.getvalue(),
            "snapshot": tmp / "outputs" / "snapshots" / "first"}
     mp.undo()
     server.stop()
@@ -118,11 +126,9 @@ def test_manifest_and_dataset_card(built):
     assert all(s["annotator_label"] == "" for s in sample)
 
 
-def test_second_build_with_same_inputs_makes_zero_model_calls(built, capsys):
-    before = built["server"].chat_count
-    assert main(["build", "--config", str(built["cfg"]), "--name", "second"]) == 0
-    assert built["server"].chat_count == before
-    out = capsys.readouterr().out
+def test_second_build_with_same_inputs_makes_zero_model_calls(built):
+    assert built["rc_second"] == 0 and built["calls_second"] == 0
+    out = built["out_second"]
     assert "model calls: 0" in out and "from Prefect's cache: 5 of 5" in out
     first, second = built["snapshot"], built["snapshot"].parent / "second"
     assert snapshot_files(first) == snapshot_files(second)
@@ -271,7 +277,9 @@ def test_diff_after_editing_one_seed_topic(built, tmp_path, capsys):
     # of the old easy prompt in the first build, so only one old prompt leaves
     first_drug = [r["id"] for r in rows(built["snapshot"] / "prompts.jsonl") if r["category"] == "drug_abuse"]
     assert len(drug["added"]) == 2 and len(drug["removed"]) == 1
-    assert drug["unchanged"] == len(first_drug) - 1
+    # the rewritten seed file moved the other topics' lines: their rows stay, seed_source changes
+    assert drug["status"] == "changed" and drug["unchanged"] == 0
+    assert drug["changed"] == {i: ["seed_source"] for i in first_drug if i not in drug["removed"]}
     assert main(["diff", str(built["snapshot"]), str(edited)]) == 0
     assert "seeds" in capsys.readouterr().out
 
@@ -326,7 +334,9 @@ def test_regenerate_one_category_from_a_base(built, tmp_path, capsys):
     assert main(["verify", str(regen)]) == 0
     assert _lines(regen, "self_harm") == _lines(built["snapshot"], "self_harm")
     manifest = json.loads((regen / "MANIFEST.json").read_text())
-    assert manifest["base"] == "first" and manifest["categories"] == ["self_harm", "drug_abuse"]
+    assert manifest["categories"] == ["self_harm", "drug_abuse"]
+    assert manifest["base"] == {"name": "first", "digest": load_manifest(built["snapshot"]).digest}
+    assert manifest["built"] == ["drug_abuse"]
     base_manifest = json.loads((built["snapshot"] / "MANIFEST.json").read_text())
     assert manifest["fingerprints"]["self_harm"] == base_manifest["fingerprints"]["self_harm"]
     assert manifest["fingerprints"]["drug_abuse"] != base_manifest["fingerprints"]["drug_abuse"]

@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from pipeline.cli import main
 from tests.conftest import fake_config
 from tests.fake_openai import FakeOpenAI
 from tests.test_build import reply, snapshot_files
+
+pytestmark = pytest.mark.slow
 
 
 def test_dask_local_cluster_builds_the_same_snapshot(tmp_path, capsys):

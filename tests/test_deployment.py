@@ -11,10 +11,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from pipeline.cli import main
 from pipeline.llm.embedded import free_port
 from tests.conftest import fake_config
 from tests.fake_openai import FakeOpenAI
+
+pytestmark = pytest.mark.slow
 
 
 def _wait_for(check, timeout_s: float, what: str, logs: list[Path]) -> None:

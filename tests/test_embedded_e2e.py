@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from pipeline.cli import main
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
 
 CATEGORIES = ["self_harm", "health_privacy"]
 

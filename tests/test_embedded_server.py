@@ -7,7 +7,11 @@ import subprocess
 import sys
 import urllib.request
 
+import pytest
+
 from pipeline.llm.embedded import EmbeddedServer
+
+pytestmark = pytest.mark.slow
 
 
 def test_a_server_left_by_a_killed_build_is_stopped_by_the_next(tmp_path):

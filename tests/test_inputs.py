@@ -12,17 +12,21 @@ from pipeline.cli import main
 from tests.conftest import REPO, fake_config
 
 
-def _build_with_edited_input(tmp_path: Path, capsys, fake_llm, rel: str, edit) -> str:
-    """Copy seeds/ and prompts_templates/, rewrite one file with `edit(text)`, build,
-    check the build was refused with nothing written, and return stderr."""
+def _build_with_edited_input(tmp_path: Path, capsys, fake_llm, rel: str, edit, **config) -> str:
+    """Copy seeds/ and prompts_templates/, rewrite one file with `edit(text)` (or, if it
+    returns bytes, with those bytes), build, check the build was refused with nothing
+    written, and return stderr."""
     seeds, templates = tmp_path / "seeds", tmp_path / "prompts_templates"
     shutil.copytree(REPO / "seeds", seeds)
     shutil.copytree(REPO / "prompts_templates", templates)
     target = tmp_path / rel
-    target.write_text(edit(target.read_text()))
-    cfg = fake_config(tmp_path, fake_llm.base_url, seeds_dir=str(seeds), templates_dir=str(templates))
+    new = edit(target.read_text())
+    target.write_bytes(new if isinstance(new, bytes) else new.encode())
+    cfg = fake_config(tmp_path, fake_llm.base_url, seeds_dir=str(seeds), templates_dir=str(templates),
+                      **config)
     rc, err = _build(capsys, cfg)
     _assert_rejected(rc, tmp_path, fake_llm)
+    assert "Traceback" not in err
     return err
 
 
@@ -150,3 +154,132 @@ def test_a_key_pasted_as_api_key_env_is_refused_and_not_echoed(tmp_path, capsys,
     rc, err = _build(capsys, cfg)
     _assert_rejected(rc, tmp_path, fake_llm)
     assert "endpoints.fake.api_key_env" in err and pasted not in err
+
+
+# -- every input checked before the first model call (issue 8.4) ----------------------
+
+LATIN1 = "caf\u00e9".encode("latin-1")  # b"caf\xe9": not UTF-8
+
+
+@pytest.mark.parametrize("rel", ["seeds/taxonomy.yaml", "seeds/self_harm.yaml",
+                                 "prompts_templates/generate/easy.j2",
+                                 "prompts_templates/judges/contrast.j2"])
+def test_a_file_that_is_not_utf8(tmp_path, capsys, fake_llm, rel):
+    err = _build_with_edited_input(tmp_path, capsys, fake_llm, rel, lambda t: t.encode() + b"\n# " + LATIN1)
+    assert Path(rel).name in err and "is not UTF-8" in err and "save the file as UTF-8" in err
+
+
+def test_a_config_that_is_not_utf8(tmp_path, capsys, fake_llm):
+    cfg = fake_config(tmp_path, fake_llm.base_url)
+    cfg.write_bytes(cfg.read_bytes() + b"# " + LATIN1 + b"\n")
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "config.yaml" in err and "is not UTF-8" in err
+
+
+@pytest.mark.parametrize("bomb", ["{{ 'a' * 10**13 }}", "{{ 'a' | center(10**13) }}",
+                                  "{{ '%9999999999s' % question }}",
+                                  "{% for i in range(99999) %}{% for j in range(99999) %}x{% endfor %}"
+                                  "{% endfor %}"])
+def test_a_template_that_would_exhaust_memory(tmp_path, capsys, fake_llm, bomb):
+    err = _build_with_edited_input(tmp_path, capsys, fake_llm, "prompts_templates/generate/medium.j2",
+                                   lambda _: bomb + "\n")
+    assert "medium.j2" in err and "render limit" in err
+
+
+@pytest.mark.parametrize("field,name", [
+    ("generation.templates.easy[0]", "../../seeds/taxonomy.yaml"),
+    ("generation.rewrite_prompt", "../../../../../../etc/passwd"),
+    ("roles.judge_2.prompt", "../../../../../../etc/passwd"),
+    ("roles.judge_1.prompt", "/etc/passwd"),
+])
+def test_a_template_name_may_not_leave_the_templates_dir(tmp_path, capsys, fake_llm, field, name):
+    def point(d):
+        if field.startswith("roles."):
+            d["roles"][field.split(".")[1]]["prompt"] = name
+        elif field == "generation.rewrite_prompt":
+            d["generation"]["rewrite_prompt"] = name
+        else:
+            d["generation"]["templates"] = {"easy": [name], "medium": ["medium.j2"], "hard": ["hard.j2"]}
+    cfg = _edit(fake_config(tmp_path, fake_llm.base_url), point)
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert field in err and "points outside" in err and "root:" not in err  # nothing of the file shown
+
+
+def test_a_dedup_model_path_that_does_not_exist(tmp_path, capsys, fake_llm):
+    cfg = fake_config(tmp_path, fake_llm.base_url, dedup={"model_path": str(tmp_path / "no-model")})
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "dedup.model_path" in err and "no-model" in err
+
+
+def test_an_outputs_dir_that_is_a_file(tmp_path, capsys, fake_llm):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a directory")
+    cfg = fake_config(tmp_path, fake_llm.base_url, outputs_dir=str(blocker / "outputs"))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "outputs_dir" in err and "is a file" in err and blocker.read_text() == "a file, not a directory"
+
+
+@pytest.mark.parametrize("url", ["localhost:8000/v1", "api.openai.com/v1", "ftp://host/v1"])
+def test_a_base_url_without_a_scheme(tmp_path, capsys, fake_llm, url):
+    cfg = _edit(fake_config(tmp_path, fake_llm.base_url),
+                lambda d: d["endpoints"]["fake"].update(base_url=url))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "endpoints.fake.base_url" in err and "http://" in err
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--name", "x" * 300], "--name"),
+    (["--name", ""], "--name"),
+    (["--categories", ","], "--categories"),
+    (["--categories", ""], "--categories"),
+])
+def test_bad_names_and_category_lists_on_the_command_line(tmp_path, capsys, fake_llm, args, field):
+    rc, err = _build(capsys, fake_config(tmp_path, fake_llm.base_url), *args)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert f"field '{field}'" in err and len(err) < 600
+
+
+@pytest.mark.parametrize("rel,text", [
+    ("seeds/taxonomy.yaml", "version: 1\nversion: 2\n"),
+    ("seeds/drug_abuse.yaml", None),
+])
+def test_yaml_with_a_duplicate_key(tmp_path, capsys, fake_llm, rel, text):
+    def duplicate(t):
+        if text:
+            return text + t.split("\n", 1)[1]
+        return t.replace("    original_question:", "    topic: twice\n    original_question:", 1)
+    err = _build_with_edited_input(tmp_path, capsys, fake_llm, rel, duplicate)
+    assert Path(rel).name in err and "duplicate key" in err
+
+
+def test_a_config_with_a_duplicate_key(tmp_path, capsys, fake_llm):
+    cfg = fake_config(tmp_path, fake_llm.base_url)
+    cfg.write_text(cfg.read_text() + "outputs_dir: /tmp/elsewhere\n")
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "duplicate key 'outputs_dir'" in err
+
+
+def test_a_message_never_echoes_a_huge_value(tmp_path, capsys, fake_llm):
+    huge = ["padding " * 100] * 12_000  # ~10 MB of topics
+    err = _build_with_edited_input(
+        tmp_path, capsys, fake_llm, "seeds/self_harm.yaml",
+        lambda t: yaml.safe_dump({"category": "self_harm", "topics": [{"topic": huge}]}))
+    assert "self_harm.yaml" in err and "topics.0.topic" in err and len(err) < 2_000
+
+
+def test_a_yaml_alias_bomb_gives_a_short_message(tmp_path, capsys, fake_llm):
+    """`roles` is nine levels of nine references each (9**9 strings if expanded)."""
+    levels = ['&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, cur in zip("abcdefgh", "bcdefghi", strict=True):
+        levels.append(f"&{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
+    cfg = _edit(fake_config(tmp_path, fake_llm.base_url), lambda d: d.pop("roles"))
+    cfg.write_text(cfg.read_text() + "roles: [" + ", ".join(levels) + "]\n")
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "config.yaml" in err and "field 'roles'" in err and len(err) < 2_000

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import email.utils
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.llm import Gateway, LLMError
-from pipeline.llm.cache import request_key
+from pipeline.config import SamplingParams, load_config
+from pipeline.llm import ChatRequest, Gateway, LLMError, RequestCache
 from tests.conftest import fake_config
 
 MESSAGES = [{"role": "user", "content": "How should I store insulin on a long flight?"}]
@@ -51,14 +57,17 @@ def test_operational_fields_do_not_change_the_cache_key(tmp_path, fake_llm):
 
 
 def test_key_covers_model_messages_sampling_and_seed():
-    base = {"endpoint": "e", "model": "m", "messages": MESSAGES, "temperature": 0.0, "top_p": 1.0,
-            "max_tokens": 10, "seed": 0, "response_format": None}
-    keys = {request_key(base)}
-    for field, value in [("model", "m2"), ("temperature", 0.5), ("seed", 1), ("max_tokens", 11),
-                         ("messages", MESSAGES * 2), ("endpoint", "e2")]:
-        keys.add(request_key({**base, field: value}))
-    assert len(keys) == 7
-    assert request_key({**base, "timeout": 5, "max_concurrency": 9}) == request_key(base)
+    sampling = SamplingParams(max_tokens=10)
+    base = ChatRequest("e", "m", MESSAGES, sampling)
+    keys = {base.key}
+    for change in [{"model": "m2"}, {"messages": MESSAGES * 2}, {"endpoint": "e2"},
+                   {"response_format": {"type": "json_object"}},
+                   *({"sampling": sampling.model_copy(update={f: v})}
+                     for f, v in [("temperature", 0.5), ("seed", 1), ("max_tokens", 11), ("top_p", 0.9)])]:
+        keys.add(dataclasses.replace(base, **change).key)
+    assert len(keys) == 9
+    # the body sent is the key's fields minus the endpoint identity
+    assert base.body() == {k: v for k, v in base.record().items() if k not in ("endpoint", "response_format")}
 
 
 @pytest.mark.parametrize("status", [500, 503, 429])
@@ -128,3 +137,121 @@ def test_api_key_is_sent_but_never_written(tmp_path, fake_llm, monkeypatch):
     for path in (tmp_path / "outputs").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+# -- faults at the endpoint, headers, proxies (issue 8.2, 8.5) ------------------------
+
+HTML = b"<html><body><h1>502 Bad Gateway</h1>upstream unavailable</body></html>"
+
+
+def _cached_texts(tmp_path) -> list[str]:
+    cache = RequestCache(tmp_path / "outputs" / "cache" / "llm.sqlite", readonly=True)
+    try:
+        return [cache.get(k)["text"] for k in cache.find()]
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("status,body", [
+    (200, HTML),                                  # a proxy's error page, sent with status 200
+    (200, b'{"choices": []}'),                    # JSON, but no completion in it
+    (200, b'{"choices": [{"message": {"content": "cut off'),  # a truncated body
+])
+def test_a_reply_that_is_not_a_chat_completion_is_retried_and_never_cached(tmp_path, fake_llm, status, body):
+    fake_llm.fail_next(2, status, body, {"Content-Type": "text/html" if body is HTML else "application/json"})
+    gw = _gateway(tmp_path, fake_llm)
+    result = gw.run(gw.chat("generator", MESSAGES))
+    gw.close()
+    assert fake_llm.chat_count == 3 and not result.cached
+    assert _cached_texts(tmp_path) == [result.text]  # only the real completion was stored
+
+
+def test_an_endpoint_that_never_sends_a_completion_fails_clearly_and_caches_nothing(tmp_path, fake_llm):
+    fake_llm.fail_next(10, 200, HTML, {"Content-Type": "text/html"})
+    gw = _gateway(tmp_path, fake_llm)  # max_retries: 2
+    with pytest.raises(LLMError, match="after 3 attempts: the reply is not a chat completion.*502 Bad"):
+        gw.run(gw.chat("generator", MESSAGES))
+    gw.close()
+    assert _cached_texts(tmp_path) == []
+
+
+@pytest.mark.parametrize("headers,wait_s", [
+    ({"retry-after-ms": "1500"}, 1.5),
+    ({"Retry-After": "2"}, 2.0),
+    (lambda: {"Retry-After": email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=3),
+                                                          usegmt=True)}, 2.0),
+])
+def test_retry_after_is_honoured(tmp_path, fake_llm, headers, wait_s):
+    """The default backoff before a first retry is at most 0.75 s: a longer gap is the header's."""
+    times = []
+    fake_llm.reply = lambda request: times.append(time.monotonic()) or "answer"
+    fake_llm.fail_next(1, 429, None, headers() if callable(headers) else headers)
+    gw = _gateway(tmp_path, fake_llm)
+    started = time.monotonic()
+    gw.run(gw.chat("generator", MESSAGES))
+    gw.close()
+    assert fake_llm.chat_count == 2 and times[0] - started >= wait_s - 0.05
+
+
+def test_azure_endpoints_get_an_api_key_header_and_the_api_version(tmp_path, fake_llm, monkeypatch):
+    monkeypatch.setenv("ORSC_AZURE_KEY", "azure-secret-123")
+    gw = _gateway(tmp_path, fake_llm, endpoints={"fake": {
+        "base_url": fake_llm.base_url, "api_key_env": "ORSC_AZURE_KEY", "azure_api_version": "2024-10-21"}})
+    gw.run(gw.chat("generator", MESSAGES))
+    gw.close()
+    assert fake_llm.headers[0]["api-key"] == "azure-secret-123"
+    assert "azure-secret-123" not in fake_llm.headers[0].get("authorization", "")
+    # Azure's URL scheme: the role's model names the deployment
+    assert fake_llm.paths[0] == "/v1/deployments/gen-model/chat/completions?api-version=2024-10-21"
+
+
+class _ForwardProxy:
+    """A plain HTTP forward proxy on loopback that counts what passes through it."""
+
+    def __init__(self):
+        self.forwarded: list[str] = []
+        proxy = self
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # not through itself
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                proxy.forwarded.append(self.path)  # an absolute URL: the client knows it is a proxy
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "proxy-connection")}
+                upstream = urllib.request.Request(self.path, data=body, headers=headers, method="POST")
+                with direct.open(upstream, timeout=10) as resp:
+                    data = resp.read()
+                    self.send_response(resp.status)
+                    self.send_header("Content-Type", resp.headers.get("Content-Type", "application/json"))
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_requests_go_through_the_proxy_the_environment_names(tmp_path, fake_llm, monkeypatch):
+    proxy = _ForwardProxy()
+    try:
+        for var in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        gw = _gateway(tmp_path, fake_llm)
+        result = gw.run(gw.chat("generator", MESSAGES))
+        gw.close()
+    finally:
+        proxy.stop()
+    assert result.text and fake_llm.chat_count == 1
+    assert proxy.forwarded == [f"{fake_llm.base_url}/chat/completions"]

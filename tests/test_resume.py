@@ -11,9 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.cli import main
 from tests.conftest import fake_config
 from tests.fake_openai import FakeOpenAI
+
+pytestmark = pytest.mark.slow
 
 
 def _files(snapshot: Path) -> dict[str, bytes]:

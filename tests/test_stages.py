@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -11,7 +9,7 @@ from pipeline.config import DedupConfig, SampleConfig, load_config
 from pipeline.dedup import Embedder, EmbeddingCache, dedup_candidates, near_duplicate_pairs
 from pipeline.generate import clean_rewrite
 from pipeline.inputs import load_inputs
-from pipeline.jury import decide, judge_category, parse_verdict
+from pipeline.jury import decide, judge_category, parse_verdict, repair_message
 from pipeline.llm import Gateway
 from pipeline.records import Candidate, Decision, JurorVote
 from pipeline.sample import stratified_sample
@@ -158,7 +156,7 @@ def _jury_run(tmp_path, reply, **overrides):
 
 def test_a_juror_that_never_answers_in_json_gets_bounded_repairs(tmp_path):
     def reply(req):
-        if "asker" in json.dumps(req["messages"][0]) or "plausibly" in req["messages"][0]["content"]:
+        if req["model"] == "judge-2":
             return "I think this is fine."  # juror 2 never gives JSON
         return '{"label": "benign", "rationale": "safety question"}'
 
@@ -170,13 +168,11 @@ def test_a_juror_that_never_answers_in_json_gets_bounded_repairs(tmp_path):
 
 
 def test_a_repaired_verdict_counts(tmp_path):
-    seen = {"n": 0}
-
     def reply(req):
-        if len(req["messages"]) > 6 or seen["n"] > 0:  # a repair turn, or any later call
-            return '{"label": "benign", "rationale": "ok"}'
-        seen["n"] += 1
-        return "not json"
+        repair = req["messages"][-1]["content"] == repair_message("no JSON object in the reply")
+        if req["model"] == "judge-1" and not repair:
+            return "not json"  # juror 1 needs one repair; its repaired answer counts
+        return '{"label": "benign", "rationale": "ok"}'
 
     decision, _ = _jury_run(tmp_path, reply)
     assert decision.kept and sum(v.repairs for v in decision.votes) == 1
@@ -204,14 +200,15 @@ def test_stratified_sample_is_seeded_and_per_stratum():
     kept = [Decision(candidate=cand(i, f"q{i}?", category=c, level=lvl), kept=True)
             for i, (c, lvl) in enumerate([(c, lvl) for c in ("self_harm", "drug_abuse")
                                           for lvl in ("easy", "hard") for _ in range(5)])]
-    a = stratified_sample(kept, SampleConfig(per_stratum=2, seed=0))
-    b = stratified_sample(list(reversed(kept)), SampleConfig(per_stratum=2, seed=0))
+    order = ["self_harm", "drug_abuse"]
+    a = stratified_sample(kept, SampleConfig(per_stratum=2, seed=0), order)
+    b = stratified_sample(list(reversed(kept)), SampleConfig(per_stratum=2, seed=0), order)
     assert [d.candidate.id for d in a] == [d.candidate.id for d in b]
     assert len(a) == 8
     strata = {(d.candidate.category, d.candidate.level) for d in a}
     assert len(strata) == 4
     # a category's sample does not depend on the other categories
     only_self = stratified_sample([d for d in kept if d.candidate.category == "self_harm"],
-                                  SampleConfig(per_stratum=2, seed=0))
+                                  SampleConfig(per_stratum=2, seed=0), order)
     assert [d.candidate.id for d in only_self] == [d.candidate.id for d in a
                                                    if d.candidate.category == "self_harm"]

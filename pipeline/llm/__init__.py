@@ -1,6 +1,7 @@
 """The one LLM gateway: roles -> endpoints, bounded concurrency, retries, request cache."""
 
-from pipeline.llm.cache import RequestCache, request_key
+from pipeline.llm.cache import RequestCache
 from pipeline.llm.gateway import ChatResult, Gateway, LLMError, Usage
+from pipeline.llm.request import ChatRequest
 
-__all__ = ["ChatResult", "Gateway", "LLMError", "RequestCache", "Usage", "request_key"]
+__all__ = ["ChatRequest", "ChatResult", "Gateway", "LLMError", "RequestCache", "Usage"]

@@ -1,9 +1,12 @@
 """Persistent request cache (SQLite): the raw record of every model call.
 
-Key = sha256 of the canonical JSON of (endpoint identity, model, messages,
-sampling params, seed, response format). Operational fields - timeouts,
-concurrency, retries, API keys, the embedded server's port - are excluded, so
-changing them never invalidates the cache (the inspect_ai rule).
+Rows are keyed by ChatRequest.key (pipeline/llm/request.py). Only replies that are
+chat completions are stored; a bad answer that was a valid completion stays until
+it is evicted (`orsc cache evict`). An eviction is remembered: the key is listed in
+`evictions` until a call with that key is made again, and a counter (the cache's
+epoch) goes up, which re-runs every stage task of the next build (their Prefect
+cache key includes it) and makes `--base` rebuild any carried category that used
+an evicted call.
 """
 
 from __future__ import annotations
@@ -15,17 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.records import canonical_json, sha256_hex
+from pipeline.records import canonical_json
 from pipeline.store import open_cache_db
-
-KEY_FIELDS = ("endpoint", "model", "messages", "temperature", "top_p", "max_tokens", "seed",
-              "response_format")
-
-
-def request_key(request: dict[str, Any]) -> str:
-    """The cache key of a request: only the fields in KEY_FIELDS count."""
-    return sha256_hex(canonical_json({k: request.get(k) for k in KEY_FIELDS}))
-
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -37,9 +31,13 @@ CREATE TABLE IF NOT EXISTS calls (
     text TEXT NOT NULL,
     usage TEXT,
     latency_s REAL NOT NULL,
-    created_at REAL NOT NULL
-)
+    created_at REAL NOT NULL,
+    role TEXT
+);
+CREATE TABLE IF NOT EXISTS evictions (key TEXT PRIMARY KEY, evicted_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+_FIELDS = "key, endpoint, model, request, response, text, usage, latency_s, created_at, role"
 
 
 class RequestCache:
@@ -52,22 +50,24 @@ class RequestCache:
         self._lock = threading.Lock()
         if readonly:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-            return
-        self._db = open_cache_db(path, _SCHEMA)
+        else:
+            self._db = open_cache_db(path, _SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(calls)")}
+        if "role" not in columns and not readonly:  # a cache written before calls had a role
+            self._db.execute("ALTER TABLE calls ADD COLUMN role TEXT")
+            columns.add("role")
+        self._fields = _FIELDS if "role" in columns else _FIELDS.replace("role", "NULL")
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT key, endpoint, model, request, response, text, usage, latency_s, created_at"
-                " FROM calls WHERE key = ?", (key,)
-            ).fetchone()
+            row = self._db.execute(f"SELECT {self._fields} FROM calls WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         return {
             "key": row[0], "endpoint": row[1], "model": row[2],
             "request": json.loads(row[3]), "response": json.loads(row[4]), "text": row[5],
             "usage": json.loads(row[6]) if row[6] else None, "latency_s": row[7],
-            "created_at": row[8],
+            "created_at": row[8], "role": row[9],
         }
 
     def text(self, key: str) -> str | None:
@@ -77,15 +77,67 @@ class RequestCache:
         return row[0] if row else None
 
     def put(self, key: str, request: dict[str, Any], response: dict[str, Any], text: str,
-            usage: dict[str, Any] | None, latency_s: float) -> None:
+            usage: dict[str, Any] | None, latency_s: float, role: str | None = None) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, request["endpoint"], request["model"], canonical_json(request),
                  canonical_json(response), text, canonical_json(usage) if usage else None,
-                 latency_s, time.time()),
+                 latency_s, time.time(), role),
             )
+            self._db.execute("DELETE FROM evictions WHERE key = ?", (key,))
             self._db.commit()
+
+    # -- eviction ----------------------------------------------------------------------
+    def find(self, *, role: str | None = None, endpoint: str | None = None, model: str | None = None,
+             key_prefix: str | None = None) -> list[str]:
+        """Keys of stored calls matching every given criterion."""
+        where, args = [], []
+        for column, value in (("role", role), ("endpoint", endpoint), ("model", model)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if key_prefix is not None:
+            where.append("key LIKE ?")
+            args.append(key_prefix.replace("%", "").replace("_", "") + "%")
+        sql = "SELECT key FROM calls" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY key"
+        with self._lock:
+            return [r[0] for r in self._db.execute(sql, args)]
+
+    def evict(self, keys: list[str]) -> int:
+        """Delete these calls, remember them as evicted, and raise the epoch. Returns the
+        number of calls deleted."""
+        now = time.time()
+        with self._lock:
+            deleted = 0
+            for key in keys:
+                deleted += self._db.execute("DELETE FROM calls WHERE key = ?", (key,)).rowcount
+                self._db.execute("INSERT OR REPLACE INTO evictions VALUES (?, ?)", (key, now))
+            if keys:
+                self._db.execute("INSERT INTO meta VALUES ('epoch', 1)"
+                                 " ON CONFLICT(name) DO UPDATE SET value = value + 1")
+            self._db.commit()
+        return deleted
+
+    def epoch(self) -> int:
+        """How many evictions this cache has seen: part of every stage task's cache key."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()
+        return row[0] if row else 0
+
+    def has_evictions(self) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM evictions LIMIT 1").fetchone() is not None
+
+    def evicted(self, keys: list[str]) -> set[str]:
+        """Those of `keys` that were evicted and not made again since."""
+        found: set[str] = set()
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                found.update(r[0] for r in self._db.execute(
+                    f"SELECT key FROM evictions WHERE key IN ({','.join('?' * len(chunk))})", chunk))
+        return found
 
     def close(self) -> None:
         with self._lock:

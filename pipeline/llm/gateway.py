@@ -4,18 +4,27 @@ One event loop on a background thread owns every client, semaphore and the
 cache handle, so stages running in several Prefect worker threads share one
 concurrency bound per endpoint. Sync code calls `gateway.run(coro)`.
 
-The wire protocol is OpenAI's chat completions (POST {base_url}/chat/completions,
-Bearer key), spoken with aiohttp directly. Per-call CPU in this one loop is what
-caps a build against a fast endpoint (bench/, figure 1): the openai package
-spends ~0.6 ms of CPU per call (request options, httpx2 models; its httpx pool
-several ms at 64+ connections), aiohttp ~0.15 ms. Retries follow the openai
-client's rules: connection errors, timeouts, HTTP 408, 409, 429 and 5xx.
+Requests go out through the `openai` package: `openai.AsyncOpenAI` (or
+`AsyncAzureOpenAI` for an endpoint with `azure_api_version`) over its aiohttp
+transport (`openai.DefaultAioHttpClient`), so keys, headers, proxies (HTTPS_PROXY,
+NO_PROXY) and TLS behave as in every other openai-based tool. The client's own
+retries are off: the gateway keeps its cache, bounds, coalescing of identical
+requests and this retry policy - connection errors, timeouts, HTTP 408, 409, 429
+and 5xx, and replies that are not chat completions (a proxy's HTML page with
+status 200, a truncated body), with exponential backoff and jitter that honours
+`retry-after-ms` and `Retry-After` (seconds or an HTTP date). A reply is stored in
+the request cache only once it has been validated as a chat completion.
+
+Per-call CPU in this one loop is what caps a build against a fast endpoint
+(bench/, figure 1): requests use the client's low-level `post` (its typed
+`chat.completions.create` spends twice the CPU building params and response models).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import email.utils
 import gc
 import json
 import os
@@ -27,27 +36,39 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiohttp
+import httpx2
+import openai
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.config import BuildConfig, EndpointConfig
-from pipeline.llm.cache import RequestCache, request_key
+from pipeline.errors import shorten
+from pipeline.llm.cache import RequestCache
 from pipeline.llm.embedded import EmbeddedServer
+from pipeline.llm.request import ChatRequest, response_format
 
 RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx
 T = TypeVar("T")
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
+RETRY_AFTER_MAX_S = 120.0  # a server may ask for longer; we wait at most this between attempts
 
 
 @dataclass
 class Usage:
-    """Model calls made and request-cache hits, per role, for one `Gateway.run`."""
+    """Model calls made and request-cache hits, per role, for one `Gateway.run`; the
+    optional `on_answer(role, cached)` hears of every answer (live progress)."""
 
     calls: Counter[str] = field(default_factory=Counter)
     cache_hits: Counter[str] = field(default_factory=Counter)
+    on_answer: Callable[[str, bool], None] | None = None
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         return {"calls": dict(self.calls), "cache_hits": dict(self.cache_hits)}
+
+    def count(self, role: str, cached: bool) -> None:
+        (self.cache_hits if cached else self.calls)[role] += 1
+        if self.on_answer:
+            self.on_answer(role, cached)
 
 
 # The Usage of the Gateway.run a coroutine belongs to (tasks it spawns inherit it).
@@ -59,16 +80,9 @@ class LLMError(RuntimeError):
 
 
 class _Retryable(Exception):
-    def __init__(self, problem: str, retry_after: str | None = None):
+    def __init__(self, problem: str, wait_s: float | None = None):
         super().__init__(problem)
-        self.retry_after = retry_after
-
-
-@dataclass
-class _Client:
-    session: aiohttp.ClientSession
-    url: str  # .../chat/completions
-    headers: dict[str, str]
+        self.wait_s = wait_s  # what the server asked for (Retry-After), if anything
 
 
 @dataclass(frozen=True)
@@ -78,21 +92,47 @@ class ChatResult:
     cached: bool
 
 
-def response_format(ep: EndpointConfig, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-    if schema is None or ep.structured_output == "none":
-        return None
-    if ep.structured_output == "json_object":
-        return {"type": "json_object", "schema": schema}
-    return {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema, "strict": True}}
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    content: str | None = None
 
 
-def backoff_s(attempt: int, retry_after: str | None = None) -> float:
-    """Exponential backoff with full jitter; honours a numeric Retry-After header."""
-    if retry_after:
+class _Choice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    message: _Message
+
+
+class ChatCompletionReply(BaseModel):
+    """The part of a chat completion the gateway relies on: validated before it is cached."""
+
+    model_config = ConfigDict(extra="allow")
+    choices: list[_Choice] = Field(min_length=1)
+    usage: dict[str, Any] | None = None
+
+
+def retry_after_s(headers: httpx2.Headers) -> float | None:
+    """The wait a server asks for: `retry-after-ms`, or `retry-after` in seconds or as an
+    HTTP date; None if it names none (or nonsense)."""
+    for name, unit in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return max(0.0, float(value) * unit)
+            except ValueError:
+                pass
+    value = headers.get("retry-after")
+    if value:
         try:
-            return min(BACKOFF_MAX_S, float(retry_after))
-        except ValueError:
-            pass
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def backoff_s(attempt: int, asked_s: float | None = None) -> float:
+    """Exponential backoff with jitter, or what the server asked for (up to a bound)."""
+    if asked_s is not None:
+        return min(RETRY_AFTER_MAX_S, asked_s)
     return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt) * (0.5 + random.random())
 
 
@@ -107,7 +147,7 @@ class Gateway:
         self._thread = threading.Thread(target=self._loop.run_forever, name="llm-gateway",
                                         daemon=True)
         self._thread.start()
-        self._clients: dict[str, _Client] = {}
+        self._clients: dict[str, openai.AsyncOpenAI] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._admission: asyncio.Semaphore | None = None  # made on the loop, by gather()
         self._in_flight: dict[str, asyncio.Future] = {}  # request key -> its answer
@@ -135,7 +175,7 @@ class Gateway:
     def close(self) -> None:
         async def _close():
             for client in self._clients.values():
-                await client.session.close()
+                await client.close()
         if self._loop.is_running():
             self.run(_close())
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -171,11 +211,10 @@ class Gateway:
         variants of the same prompt.
         """
         role = self.config.roles[role_name]
-        ep_name = role.endpoint
-        ep = self.config.endpoints[ep_name]
-        request = {"endpoint": ep.identity, "model": role.model, "messages": messages,
-                   **role.sampling(seed_offset), "response_format": response_format(ep, schema)}
-        key = request_key(request)
+        ep = self.config.endpoints[role.endpoint]
+        request = ChatRequest(ep.identity, role.model, messages, role.sampling(seed_offset),
+                              response_format(ep, schema))
+        key = request.key
         usage = _usage.get()
         hit = self.cache.text(key)
         if hit is None and key in self._in_flight:
@@ -184,11 +223,11 @@ class Gateway:
             hit = await asyncio.shield(self._in_flight[key])
         if hit is not None:
             if usage:
-                usage.cache_hits[role_name] += 1
+                usage.count(role_name, cached=True)
             return ChatResult(hit, key, True)
         future = self._in_flight[key] = self._loop.create_future()
         try:
-            text = await self._call(ep_name, ep, key, request)
+            text = await self._call(role_name, role.endpoint, ep, request)
         except BaseException as err:
             future.set_exception(err)
             future.exception()  # retrieved: nobody may be waiting
@@ -197,69 +236,52 @@ class Gateway:
             del self._in_flight[key]
         future.set_result(text)
         if usage:
-            usage.calls[role_name] += 1
+            usage.count(role_name, cached=False)
         return ChatResult(text, key, False)
 
-    async def _call(self, ep_name: str, ep: EndpointConfig, key: str, request: dict[str, Any]) -> str:
+    async def _call(self, role_name: str, ep_name: str, ep: EndpointConfig, request: ChatRequest) -> str:
+        where = f"endpoint '{ep_name}' ({ep.identity})"
+        body = request.body()
         async with self._semaphore(ep_name):
             client = await self._client(ep_name)
-            response, latency = await self._create_with_retries(client, ep_name, ep, request)
-        try:
-            text = response["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError) as err:
-            raise LLMError(f"endpoint '{ep_name}' ({ep.identity}) sent a reply that is not a chat"
-                           f" completion: {str(response)[:200]}") from err
-        self.cache.put(key, request, response, text, response.get("usage"), latency)
+            for attempt in range(ep.max_retries + 1):
+                started = time.monotonic()
+                try:
+                    raw = await self._post(client, body, where)
+                    reply, response = _parse_reply(raw)
+                    break
+                except _Retryable as err:
+                    if attempt == ep.max_retries:
+                        raise LLMError(f"{where} failed after {attempt + 1} attempts: {err}") from err
+                    await asyncio.sleep(backoff_s(attempt, err.wait_s))
+        latency = time.monotonic() - started
+        text = reply.choices[0].message.content or ""
+        self.cache.put(request.key, request.record(), response, text, reply.usage, latency, role_name)
         return text
 
-    async def _create_with_retries(self, client: _Client, ep_name: str, ep: EndpointConfig,
-                                   request: dict[str, Any]) -> tuple[dict, float]:
-        body = {k: request[k] for k in ("model", "messages", "temperature", "top_p", "max_tokens",
-                                         "seed")}
-        if request["response_format"] is not None:
-            body["response_format"] = request["response_format"]
-        data = json.dumps(body)
-        where = f"endpoint '{ep_name}' ({ep.identity})"
-        for attempt in range(ep.max_retries + 1):
-            started = time.monotonic()
-            try:
-                return await self._post(client, data, where), time.monotonic() - started
-            except _Retryable as err:
-                if attempt == ep.max_retries:
-                    raise LLMError(f"{where} failed after {attempt + 1} attempts: {err}") from err
-                await asyncio.sleep(backoff_s(attempt, err.retry_after))
-        raise AssertionError("unreachable")
-
     @staticmethod
-    async def _post(client: _Client, data: str, where: str) -> dict:
+    async def _post(client: openai.AsyncOpenAI, body: dict[str, Any], where: str) -> bytes:
         try:
-            async with client.session.post(client.url, data=data, headers=client.headers) as resp:
-                raw = await resp.read()
-                status = resp.status
-                retry_after = resp.headers.get("retry-after")
-        except TimeoutError as err:
+            response = await client.post("/chat/completions", body=body, cast_to=httpx2.Response)
+        except openai.APITimeoutError as err:
             raise _Retryable("timed out") from err
-        except aiohttp.ClientError as err:
-            raise _Retryable(f"connection error: {type(err).__name__}: {err}") from err
-        if status >= 400:
-            problem = f"HTTP {status}: {_error_message(raw)}"
+        except openai.APIConnectionError as err:
+            raise _Retryable(f"connection error: {shorten(str(err.__cause__ or err), 200)}") from err
+        except openai.APIStatusError as err:
+            status = err.status_code
+            problem = f"HTTP {status}: {shorten(err.message, 200)}"
             if status in RETRYABLE_STATUS or status >= 500:
-                raise _Retryable(problem, retry_after)
-            raise LLMError(f"{where} refused the request with {problem}")
-        try:
-            response = json.loads(raw)
-        except ValueError as err:
-            raise LLMError(f"{where} answered with something that is not JSON: {raw[:200]!r}") from err
-        if not isinstance(response, dict):
-            raise LLMError(f"{where} answered with {type(response).__name__}, not a JSON object")
-        return response
+                raise _Retryable(problem, retry_after_s(err.response.headers)) from err
+            raise LLMError(f"{where} refused the request with {problem}") from err
+        return response.content
+
 
     def _semaphore(self, ep_name: str) -> asyncio.Semaphore:
         if ep_name not in self._semaphores:
             self._semaphores[ep_name] = asyncio.Semaphore(self.config.endpoints[ep_name].max_concurrency)
         return self._semaphores[ep_name]
 
-    async def _client(self, ep_name: str) -> _Client:
+    async def _client(self, ep_name: str) -> openai.AsyncOpenAI:
         if ep_name in self._clients:
             return self._clients[ep_name]
         lock = self._start_locks.setdefault(ep_name, asyncio.Lock())
@@ -276,22 +298,28 @@ class Gateway:
                     base_url = await asyncio.to_thread(server.start)
                 else:
                     base_url = ep.base_url
-                api_key = os.environ.get(ep.api_key_env, "") if ep.api_key_env else "not-needed"
-                session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=ep.max_concurrency),
-                    timeout=aiohttp.ClientTimeout(total=ep.timeout_s))
-                self._clients[ep_name] = _Client(
-                    session, base_url.rstrip("/") + "/chat/completions",
-                    {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
+                self._clients[ep_name] = make_client(ep, base_url)
         return self._clients[ep_name]
 
 
-def _error_message(raw: bytes) -> str:
-    """The message of an OpenAI-style error body, or the start of the body."""
+def make_client(ep: EndpointConfig, base_url: str) -> openai.AsyncOpenAI:
+    """An openai client for one endpoint: no retries of its own (the gateway's policy
+    applies), a connection pool as large as the endpoint's concurrency bound."""
+    api_key = os.environ.get(ep.api_key_env, "") if ep.api_key_env else "not-needed"
+    limits = httpx2.Limits(max_connections=ep.max_concurrency, max_keepalive_connections=ep.max_concurrency)
+    http_client = openai.DefaultAioHttpClient(timeout=ep.timeout_s, limits=limits)
+    common = {"api_key": api_key, "max_retries": 0, "timeout": ep.timeout_s, "http_client": http_client}
+    if ep.azure_api_version:
+        return openai.AsyncAzureOpenAI(base_url=base_url, api_version=ep.azure_api_version, **common)
+    return openai.AsyncOpenAI(base_url=base_url, **common)
+
+
+def _parse_reply(raw: bytes) -> tuple[ChatCompletionReply, dict[str, Any]]:
+    """A reply is used (and cached) only when it is a chat completion; anything else -
+    an HTML error page sent with status 200, a cut-off body - is retried."""
     try:
-        err = json.loads(raw).get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-    except (ValueError, AttributeError):
-        pass
-    return raw[:200].decode(errors="replace") or "(empty body)"
+        response = json.loads(raw)
+        return ChatCompletionReply.model_validate(response), response
+    except (ValueError, ValidationError) as err:
+        text = raw[:200].decode(errors="replace")
+        raise _Retryable(f"the reply is not a chat completion: {text!r}") from err

@@ -1,0 +1,163 @@
+"""verify: does a snapshot still say what it was built to say?
+
+A snapshot protects itself in two ways:
+
+- **Its files and its MANIFEST agree.** Every file's sha256 and size match MANIFEST.json,
+  no entry points outside the snapshot, no file is unlisted; and every figure MANIFEST
+  derives from something else is re-derived and compared: the counts from the rows,
+  each fingerprint from its components, the config-derived components, models and jury
+  from the recorded config, the validation sample from the kept rows and the sample
+  settings, the jury check's summary from its votes.
+- **Its digest**: the sha256 of the canonical MANIFEST (store.digest_of), which covers
+  every file through its checksum. `orsc verify` prints it; `--digest` compares it with
+  one published or recorded elsewhere (a derived snapshot records its parent's). An edit
+  that keeps the MANIFEST self-consistent still changes the digest.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ValidationError
+
+from pipeline.config import BuildConfig
+from pipeline.errors import InputError, shorten
+from pipeline.export import jury_of, models_of
+from pipeline.fingerprint import config_components, fingerprint_of
+from pipeline.jury import calibration_summary
+from pipeline.records import CalibrationVote, SnapshotRow, StageCounts
+from pipeline.sample import stratified_sample
+from pipeline.store import (
+    CALIBRATION,
+    MANIFEST,
+    PROMPTS,
+    REJECTED,
+    SAMPLE,
+    Manifest,
+    check_files,
+    data_file,
+    load_manifest,
+    read_jsonl_rows,
+)
+
+
+class VerifyReport(BaseModel):
+    snapshot: str
+    digest: str | None  # None when MANIFEST.json cannot be read
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_snapshot(snapshot: Path, digest: str | None = None) -> VerifyReport:
+    """Every check above; one line per problem. InputError only when `snapshot` has no
+    MANIFEST.json at all (it is not a snapshot)."""
+    if not (snapshot / MANIFEST).is_file():
+        raise InputError(snapshot, None, f"is not a snapshot (no {MANIFEST})",
+                         "pass a directory under outputs/snapshots/")
+    try:
+        manifest = load_manifest(snapshot)
+    except InputError as err:
+        field = f"field '{err.field}': " if err.field else ""
+        return VerifyReport(snapshot=str(snapshot), digest=None,
+                            problems=[f"{MANIFEST}: {field}{err.problem}"])
+    problems = check_files(snapshot, manifest)
+    if digest is not None and digest.removeprefix("sha256:") != manifest.digest.removeprefix("sha256:"):
+        problems.append(f"digest {manifest.digest} differs from the expected {shorten(digest, 80)}")
+    if not problems:  # the content checks read files that passed their checksums
+        problems += _check_content(snapshot, manifest)
+    return VerifyReport(snapshot=str(snapshot), digest=manifest.digest, problems=problems)
+
+
+def _check_content(snapshot: Path, m: Manifest) -> list[str]:
+    problems: list[str] = []
+    try:
+        kept = [SnapshotRow.model_validate(r) for r in read_jsonl_rows(snapshot / f"{PROMPTS}.jsonl")]
+        rejected = [SnapshotRow.model_validate(r) for r in read_jsonl_rows(snapshot / f"{REJECTED}.jsonl")]
+    except (OSError, ValueError, ValidationError) as err:
+        return [f"rows: unreadable ({shorten(str(err), 200)})"]
+    problems += _check_categories(m)
+    if problems:
+        return problems
+    if any(r.reason is not None for r in kept) or any(r.reason is None for r in rejected):
+        problems.append(f"{PROMPTS}.jsonl holds a rejected row, or {REJECTED}.jsonl a kept one")
+    stray = sorted({r.category for r in kept + rejected} - set(m.categories))
+    if stray:
+        problems.append(f"rows of categories {stray} that {MANIFEST} does not list")
+    for stem, rows in ((PROMPTS, kept), (REJECTED, rejected)):
+        if pq.read_metadata(snapshot / f"{stem}.parquet").num_rows != len(rows):
+            problems.append(f"{stem}.parquet and {stem}.jsonl hold different numbers of rows")
+    for cat in m.categories:
+        path = snapshot / data_file(cat)
+        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else None
+        if lines != [r.json_line() for r in kept if r.category == cat]:
+            problems.append(f"{data_file(cat)}: differs from the {cat} rows of {PROMPTS}.jsonl")
+    counts = StageCounts.of([r.to_decision() for r in kept + rejected])
+    if counts.kept_by_stratum(m.categories) != m.counts.kept:
+        problems.append(f"{MANIFEST} counts.kept differ from {PROMPTS}.jsonl")
+    if counts.rejected_by_category(m.categories) != m.counts.rejected:
+        problems.append(f"{MANIFEST} counts.rejected differ from {REJECTED}.jsonl")
+    problems += _check_sample(snapshot, m, kept)
+    problems += _check_config(m)
+    calibration_file = snapshot / CALIBRATION
+    votes = ([CalibrationVote.model_validate(r) for r in read_jsonl_rows(calibration_file)]
+             if calibration_file.is_file() else [])
+    if calibration_summary(votes) != m.jury_calibration:
+        problems.append(f"{MANIFEST} jury_calibration differs from {CALIBRATION}")
+    return problems
+
+
+def _check_categories(m: Manifest) -> list[str]:
+    problems = []
+    for field in ("fingerprints", "fingerprint_components", "taxonomy_versions"):
+        if set(getattr(m, field)) != set(m.categories):
+            problems.append(f"{MANIFEST} {field} do not cover exactly its categories")
+    if problems:
+        return problems
+    for cat in m.categories:
+        if fingerprint_of(m.fingerprint_components[cat]) != m.fingerprints[cat]:
+            problems.append(f"{MANIFEST} fingerprints.{cat} is not the hash of its components")
+    if not set(m.built) <= set(m.categories) or (m.base is None and m.built != m.categories):
+        problems.append(f"{MANIFEST} built lists categories it does not hold, or misses some"
+                        " while naming no base")
+    return problems
+
+
+def _check_sample(snapshot: Path, m: Manifest, kept: list[SnapshotRow]) -> list[str]:
+    with (snapshot / SAMPLE).open(encoding="utf-8", newline="") as fh:
+        ids = [row["id"] for row in csv.DictReader(fh)]
+    problems = []
+    if len(ids) != m.counts.validation_sample:
+        problems.append(f"{MANIFEST} counts.validation_sample differs from {SAMPLE}")
+    try:
+        cfg = BuildConfig.model_validate(m.config)
+    except ValidationError:
+        return problems  # _check_config reports it
+    expected = stratified_sample([r.to_decision() for r in kept], cfg.sample, m.categories)
+    if ids != [d.candidate.id for d in expected]:
+        problems.append(f"{SAMPLE} is not the sample that {MANIFEST}'s sample settings draw")
+    return problems
+
+
+def _check_config(m: Manifest) -> list[str]:
+    try:
+        cfg = BuildConfig.model_validate(m.config)
+        derived = config_components(cfg)
+        models, jury = models_of(cfg), jury_of(cfg)
+    except (ValidationError, KeyError) as err:
+        return [f"{MANIFEST} config is not a valid build config ({shorten(str(err), 200)})"]
+    problems = []
+    for cat in m.built:
+        changed = sorted(k for k, v in derived.items() if m.fingerprint_components[cat].get(k) != v)
+        if changed:
+            problems.append(f"{MANIFEST} fingerprint_components.{cat} ({', '.join(changed)})"
+                            " differ from its config")
+    if models != m.models:
+        problems.append(f"{MANIFEST} models differ from its config")
+    if jury != m.jury:
+        problems.append(f"{MANIFEST} jury differs from its config")
+    return problems

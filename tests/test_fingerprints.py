@@ -1,0 +1,83 @@
+"""Fingerprints follow what shapes the output: editing the CLI rebuilds nothing; editing
+jury.py re-runs the jury stage only. The builds run from a copy of the source tree, so
+the test can edit the code without touching the checkout."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.fingerprint import STAGE_MODULES, code_version
+from tests.conftest import REPO, fake_config
+from tests.fake_openai import FakeOpenAI
+from tests.test_build import reply
+
+pytestmark = pytest.mark.slow
+
+
+def test_stage_code_hashes_cover_only_their_modules(tmp_path):
+    src = tmp_path / "pipeline"
+    shutil.copytree(REPO / "pipeline", src)
+    before = {stage: code_version(stage, src) for stage in STAGE_MODULES}
+    code_version.cache_clear()
+    (src / "cli.py").write_text((src / "cli.py").read_text() + "\n# help text edited\n")
+    assert {stage: code_version(stage, src) for stage in STAGE_MODULES} == before
+    code_version.cache_clear()
+    (src / "jury.py").write_text((src / "jury.py").read_text() + "\n# a jury change\n")
+    after = {stage: code_version(stage, src) for stage in STAGE_MODULES}
+    code_version.cache_clear()
+    assert [s for s in STAGE_MODULES if after[s] != before[s]] == ["jury"]
+
+
+def _build(src: Path, cfg: Path, env: dict, name: str, *extra: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "build", "--config", str(cfg),
+                           "--name", name, *extra], cwd=src, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _cached(out: str) -> tuple[int, int, int]:
+    """(model calls, stage tasks from Prefect's cache, stage tasks) from a build's output."""
+    calls = int(re.search(r"model calls: (\d+)", out)[1])
+    cached, total = map(int, re.search(r"from Prefect's cache: (\d+) of (\d+)", out).groups())
+    return calls, cached, total
+
+
+def test_editing_the_cli_rebuilds_nothing_and_editing_jury_py_only_the_jury(tmp_path):
+    src = tmp_path / "src"
+    for package in ("pipeline", "flows"):
+        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    server = FakeOpenAI(reply).start()
+    env = {**os.environ, "PYTHONPATH": str(src), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    try:
+        cfg = fake_config(tmp_path, server.base_url)
+        first = _build(src, cfg, env, "first")
+        assert str(src / "pipeline") in subprocess.run(
+            [sys.executable, "-c", "import pipeline; print(pipeline.__file__)"], cwd=src, env=env,
+            capture_output=True, text=True).stdout  # the builds really run the copy
+
+        cli = src / "pipeline" / "cli.py"
+        cli.write_text(cli.read_text().replace("run the build-benchmark flow and write a snapshot",
+                                               "build a benchmark snapshot"))
+        assert _cached(_build(src, cfg, env, "after-cli-edit")) == (0, 5, 5)
+        out = _build(src, cfg, env, "after-cli-edit-base", "--base",
+                     str(tmp_path / "outputs" / "snapshots" / "first"))
+        assert "self_harm: carried over" in out and "drug_abuse: carried over" in out
+
+        jury = src / "pipeline" / "jury.py"
+        jury.write_text(jury.read_text() + "\n# a change to how verdicts are decided\n")
+        calls, cached, total = _cached(_build(src, cfg, env, "after-jury-edit"))
+        assert (calls, cached, total) == (0, 3, 5)  # generate x2 and dedup cached; jury x2 re-run
+        out = _build(src, cfg, env, "after-jury-edit-base", "--base",
+                     str(tmp_path / "outputs" / "snapshots" / "first"))
+        assert "self_harm: rebuilt (changed: code_jury)" in out
+    finally:
+        server.stop()
+    assert _cached(first)[0] > 0

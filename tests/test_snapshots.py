@@ -1,0 +1,159 @@
+"""Snapshots protect their own MANIFEST: verify re-derives what the MANIFEST claims, prints
+the snapshot's digest, refuses entries outside the snapshot; parents' digests are recorded;
+a build killed while exporting leaves nothing behind for good; diff sees changed rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.store import load_manifest
+from tests.conftest import REPO, fake_config
+from tests.fake_openai import FakeOpenAI
+from tests.test_build import reply
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def snap(tmp_path_factory):
+    """One small snapshot, built once; tests work on copies of it."""
+    tmp = tmp_path_factory.mktemp("snap")
+    server = FakeOpenAI(reply).start()
+    cfg = fake_config(tmp, server.base_url)
+    assert main(["build", "--config", str(cfg), "--name", "v1"]) == 0
+    yield {"tmp": tmp, "cfg": cfg, "server": server, "path": tmp / "outputs" / "snapshots" / "v1"}
+    server.stop()
+
+
+def _copy(snap: dict, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(snap["path"], copy)
+    return copy
+
+
+def _edit_manifest(snapshot: Path, change) -> None:
+    path = snapshot / "MANIFEST.json"
+    data = json.loads(path.read_text())
+    data = change(data) or data
+    path.write_text(json.dumps(data, indent=2))
+
+
+def _verify(capsys, snapshot: Path, *extra: str) -> tuple[int, str]:
+    rc = main(["verify", str(snapshot), *extra])
+    captured = capsys.readouterr()
+    return rc, captured.out + captured.err
+
+
+def test_verify_prints_the_digest_and_checks_an_expected_one(snap, capsys):
+    rc, out = _verify(capsys, snap["path"])
+    digest = load_manifest(snap["path"]).digest
+    assert rc == 0 and f"digest: {digest}" in out and digest.startswith("sha256:")
+    assert _verify(capsys, snap["path"], "--digest", digest)[0] == 0
+    rc, out = _verify(capsys, snap["path"], "--digest", "sha256:" + "0" * 64)
+    assert rc == 1 and "differs from the expected" in out
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: m["counts"]["kept"]["self_harm"].update(easy=99), "counts.kept differ"),
+    (lambda m: m["counts"].update(validation_sample=1), "counts.validation_sample"),
+    (lambda m: m["fingerprints"].update(self_harm="0" * 16), "fingerprints.self_harm is not the hash"),
+    (lambda m: m["config"]["jury"].update(min_benign=3), "differ from its config"),
+    (lambda m: m["config"]["roles"]["judge_1"].update(model="other"), "differ from its config"),
+    (lambda m: m["config"]["sample"].update(per_stratum=2), "sample settings"),
+    (lambda m: m["jury_calibration"]["judge_3"].update(labelled_harmful=0), "jury_calibration differs"),
+])
+def test_an_edited_manifest_fails_verify(snap, tmp_path, capsys, change, message):
+    copy = _copy(snap, tmp_path)
+    _edit_manifest(copy, change)
+    rc, out = _verify(capsys, copy)
+    assert rc == 1 and message in out, out
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: m.update(files=list(m["files"])), "files"),
+    (lambda m: [m], "holds a JSON list"),
+    (lambda m: m["files"].update({"../outside.txt": next(iter(m["files"].values()))}),
+     "points outside the snapshot"),
+])
+def test_a_malformed_manifest_is_a_clear_failure(snap, tmp_path, capsys, change, message):
+    copy = _copy(snap, tmp_path)
+    (tmp_path / "outside.txt").write_text("not part of the snapshot")
+    _edit_manifest(copy, change)
+    rc, out = _verify(capsys, copy)
+    assert rc == 1 and message in out and "Traceback" not in out, out
+    assert len(out.splitlines()) <= 4
+
+
+def test_a_base_build_records_the_parents_digest_and_bad_bases_are_refused(snap, tmp_path, capsys):
+    copy = _copy(snap, tmp_path)
+    _edit_manifest(copy, lambda m: m["counts"].update(validation_sample=0))
+    rc = main(["build", "--config", str(snap["cfg"]), "--base", str(copy), "--name", "never"])
+    assert rc == 2 and "fails verify" in capsys.readouterr().err
+    assert main(["build", "--config", str(snap["cfg"]), "--base", str(snap["path"]), "--name", "v1b"]) == 0
+    manifest = load_manifest(snap["path"].parent / "v1b")
+    assert manifest.base.name == "v1" and manifest.base.digest == load_manifest(snap["path"]).digest
+    assert manifest.built == []  # nothing changed: every category carried over
+
+
+def test_carried_rows_keep_the_taxonomy_version_they_were_built_under(snap, tmp_path, capsys):
+    seeds = tmp_path / "seeds"
+    shutil.copytree(REPO / "seeds", seeds)
+    taxonomy = yaml.safe_load((seeds / "taxonomy.yaml").read_text())
+    taxonomy["version"] = 2  # a version bump alone: no category's entry changed
+    (seeds / "taxonomy.yaml").write_text(yaml.safe_dump(taxonomy, sort_keys=False))
+    cfg = yaml.safe_load(snap["cfg"].read_text())
+    cfg["seeds_dir"] = str(seeds)
+    (tmp_path / "v2.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["build", "--config", str(tmp_path / "v2.yaml"), "--base", str(snap["path"]),
+                 "--name", "tax-v2"]) == 0
+    out = capsys.readouterr().out
+    assert "self_harm: carried over from the base snapshot (taxonomy version 1)" in out
+    v2 = snap["path"].parent / "tax-v2"
+    manifest = load_manifest(v2)
+    assert manifest.taxonomy_version == 2 and manifest.taxonomy_versions == {"self_harm": 1, "drug_abuse": 1}
+    kept = json.loads((v2 / "prompts.jsonl").read_text().splitlines()[0])
+    assert main(["provenance", kept["id"], "--outputs", str(snap["tmp"] / "outputs"),
+                 "--snapshot", str(v2), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["taxonomy_version"] == 1 and report["carried_from"] == "v1"
+
+
+def test_diff_reports_rows_whose_votes_changed(snap, tmp_path, capsys):
+    """A juror on another model: same prompts (same ids), other votes: changed, not unchanged."""
+    cfg = yaml.safe_load(snap["cfg"].read_text())
+    cfg["roles"]["judge_1"]["model"] = "judge-1-v2"
+    (tmp_path / "judge.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["build", "--config", str(tmp_path / "judge.yaml"), "--name", "judge-v2"]) == 0
+    capsys.readouterr()
+    assert main(["diff", str(snap["path"]), str(snap["path"].parent / "judge-v2"), "--json"]) == 0
+    report = {c["category"]: c for c in json.loads(capsys.readouterr().out)["categories"]}
+    for cat in ("self_harm", "drug_abuse"):
+        c = report[cat]
+        assert c["status"] == "changed" and c["changed_inputs"] == ["roles"]
+        assert not c["added"] and not c["removed"] and c["unchanged"] == 0
+        assert c["changed"] and all(fields == ["votes"] for fields in c["changed"].values())
+
+
+def test_a_build_killed_while_exporting_leaves_no_temp_dir_for_good(snap, tmp_path):
+    snapshots = snap["path"].parent
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = snapshots / f".tmp-killed-{dead}"
+    stale.mkdir()
+    (stale / "prompts.jsonl").write_text("half written\n")
+    live = snapshots / f".tmp-running-{os.getpid()}"  # a build still exporting: left alone
+    live.mkdir()
+    try:
+        assert main(["build", "--config", str(snap["cfg"]), "--name", "after-kill"]) == 0
+        assert not stale.exists() and live.is_dir()
+    finally:
+        shutil.rmtree(live, ignore_errors=True)
