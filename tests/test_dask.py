@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import yaml
 
 from pipeline.cli import main
 from tests.conftest import fake_config
@@ -59,3 +60,29 @@ def _our_children() -> list[str]:
         if ppid == os.getpid():
             out.append(cmd)
     return out
+
+
+def test_a_long_lived_worker_follows_an_edited_config(tmp_path):
+    """Two builds on one Dask cluster; between them the config file is edited to give
+    judge_1 another model. The worker must call the new model (its gateway is keyed by
+    the config's content, not its path), as MANIFEST says."""
+    from distributed import LocalCluster
+
+    server = FakeOpenAI(reply).start()
+    cluster = LocalCluster(n_workers=1, threads_per_worker=4, processes=True, dashboard_address=None)
+    try:
+        cfg = fake_config(tmp_path, server.base_url, categories=["self_harm"],
+                          task_runner={"name": "dask", "address": cluster.scheduler_address})
+        assert main(["build", "--config", str(cfg), "--name", "before"]) == 0
+        data = yaml.safe_load(cfg.read_text())
+        data["roles"]["judge_1"]["model"] = "judge-1-new"
+        cfg.write_text(yaml.safe_dump(data))
+        sent = server.chat_count
+        assert main(["build", "--config", str(cfg), "--name", "after"]) == 0
+        judge_models = {r["model"] for r in server.requests[sent:]}
+    finally:
+        cluster.close()
+        server.stop()
+    assert "judge-1-new" in judge_models and "judge-1" not in judge_models
+    manifest = json.loads((tmp_path / "outputs" / "snapshots" / "after" / "MANIFEST.json").read_text())
+    assert manifest["models"]["judge_1"]["model"] == "judge-1-new"
