@@ -38,6 +38,7 @@ from pipeline.config import BuildConfig, TaskRunnerConfig, load_config
 from pipeline.fingerprint import fingerprint_components, stage_fingerprint
 from pipeline.inputs import BuildInputs, load_inputs
 from pipeline.llm import Gateway, RequestCache, Usage
+from pipeline.progress import note, tracked
 from pipeline.records import StageCounts, content_id
 from pipeline.store import check_snapshot_name, default_snapshot_name, load_manifest, remove_stale_temp_dirs
 
@@ -89,8 +90,10 @@ def _finish(stage: str, out: StageOutput, order: list[str], usage: Usage | None 
 
 @task(name="generate", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint: str) -> dict:
-    inputs, usage = _inputs(config_path, [category]), Usage()
-    out = generate_stage(inputs, category, fingerprint, gateway_for(inputs.config), usage)
+    inputs = _inputs(config_path, [category])
+    with tracked("generate", category) as progress:
+        usage = Usage(progress=progress)
+        out = generate_stage(inputs, category, fingerprint, gateway_for(inputs.config), usage)
     return _finish("generate", out, [category], usage, category)
 
 
@@ -98,14 +101,18 @@ def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint
 def dedup_task(config_path: str, outputs_dir: str, categories: list[str], generated: list[str], key: str,
                base: str | None = None, carried: list[str] | None = None) -> dict:
     base_snap = open_base(Path(base), verify=False) if base else None
-    out = dedup_stage(load_config(config_path), categories, generated, key, base_snap, carried or [])
+    with tracked("dedup", unit="texts embedded") as progress:
+        out = dedup_stage(load_config(config_path), categories, generated, key, base_snap, carried or [],
+                          progress)
     return _finish("dedup", out, categories)
 
 
 @task(name="jury", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def jury_task(config_path: str, outputs_dir: str, category: str, deduped: str, fingerprint: str) -> dict:
-    inputs, usage = _inputs(config_path, [category]), Usage()
-    out = jury_stage(inputs, category, deduped, fingerprint, gateway_for(inputs.config), usage)
+    inputs = _inputs(config_path, [category])
+    with tracked("jury", category) as progress:
+        usage = Usage(progress=progress)
+        out = jury_stage(inputs, category, deduped, fingerprint, gateway_for(inputs.config), usage)
     return _finish("jury", out, [category], usage, category)
 
 
@@ -167,6 +174,10 @@ class StageStats:
             # monotonic clock at start and end, to line up with an endpoint's own log (bench/)
             "clock": [started, ended], "wall_s": round(ended - started, 3), "tasks": tasks,
             "tasks_cached": cached, "model_calls": dict(calls or {}), "cache_hits": dict(hits or {})}
+        from_cache = f", {cached} of {tasks} from Prefect's cache" if cached else ""
+        made = sum((calls or {}).values())
+        note(f"{stage}: finished in {ended - started:.1f} s ({tasks} task{'s' * (tasks != 1)}"
+                   f"{from_cache}{f', {made:,} model calls' if made else ''})")
 
     def total(self, field: str) -> dict[str, int]:
         out: Counter[str] = Counter()
@@ -233,6 +244,7 @@ def build_benchmark(config_path: str, categories: list[str] | None = None,
         cache.close()
     for cat, why in plan.reasons.items():
         get_run_logger().info("%s: %s", cat, why)
+        note(f"{cat}: {why}")
     fps = {}
     for c in plan.rebuild:
         components = fingerprint_components(inputs, c)

@@ -22,15 +22,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import generate, jury
 from pipeline.base import BaseSnapshot
 from pipeline.config import BuildConfig
 from pipeline.dedup import Embedder, EmbeddingCache, dedup_candidates
 from pipeline.export import SnapshotMeta, config_of, jury_of, models_of, write_snapshot
 from pipeline.fingerprint import fingerprint_components, fingerprint_of
-from pipeline.generate import generate_category
 from pipeline.inputs import BuildInputs
-from pipeline.jury import calibrate_jurors, calibration_summary, judge_category
 from pipeline.llm import Gateway, Usage
+from pipeline.progress import TaskProgress
 from pipeline.records import CalibrationVote, Decision, StageCounts, content_id, read_jsonl, write_jsonl
 from pipeline.sample import stratified_sample
 from pipeline.store import stage_path
@@ -44,22 +44,24 @@ class StageOutput:
 
 def generate_stage(inputs: BuildInputs, category: str, fingerprint: str, gateway: Gateway,
                    usage: Usage) -> StageOutput:
-    decisions = gateway.run(generate_category(inputs, category, gateway), usage)
+    usage.expect(generate.planned_calls(inputs, category))
+    decisions = gateway.run(generate.generate_category(inputs, category, gateway), usage)
     out = stage_path(inputs.config.outputs_dir, "generate", f"{category}-{fingerprint}")
     write_jsonl(out, decisions)
     return StageOutput(str(out), StageCounts.of(decisions))
 
 
 def dedup_stage(config: BuildConfig, categories: list[str], generated: list[str], key: str,
-                base: BaseSnapshot | None, carried: list[str]) -> StageOutput:
+                base: BaseSnapshot | None, carried: list[str], progress: TaskProgress | None = None
+                ) -> StageOutput:
     """Across all categories being built; the kept prompts of carried-over categories are
     fixed keepers. Writes a directory with one file per category, so each jury task reads
-    only its own."""
+    only its own. `progress` counts the texts embedded."""
     candidates = [d.candidate for p in generated for d in read_jsonl(Path(p), Decision) if d.kept]
     keepers = base.keepers(carried) if base else []
     cache = EmbeddingCache(config.outputs_dir / "cache" / "embeddings.sqlite")
     try:
-        embedder = Embedder(config.dedup.model_path, config.dedup.batch_size, cache)
+        embedder = Embedder(config.dedup.model_path, config.dedup.batch_size, cache, progress)
         decisions = dedup_candidates(candidates, config.dedup, embedder, keepers)
     finally:
         cache.close()
@@ -87,9 +89,12 @@ def jury_stage(inputs: BuildInputs, category: str, deduped: str, fingerprint: st
                usage: Usage) -> StageOutput:
     """Writes the category's decisions and, beside them, the jury check's votes."""
     candidates = [d.candidate for d in read_jsonl(dedup_file(Path(deduped), category), Decision) if d.kept]
-    decisions = gateway.run(judge_category(inputs, category, candidates, gateway), usage)
-    calibration = (gateway.run(calibrate_jurors(inputs, category, inputs.seeds[category], gateway), usage)
-                   if inputs.config.jury.calibrate else [])
+    usage.expect(jury.planned_calls(inputs, category, len(candidates)))
+    decisions = gateway.run(jury.judge_category(inputs, category, candidates, gateway), usage)
+    calibration = []
+    if inputs.config.jury.calibrate:
+        check = jury.calibrate_jurors(inputs, category, inputs.seeds[category], gateway)
+        calibration = gateway.run(check, usage)
     out = stage_path(inputs.config.outputs_dir, "jury",
                      f"{category}-{content_id([Path(deduped).stem, fingerprint])}")
     write_jsonl(calibration_path(out), calibration)
@@ -126,7 +131,7 @@ def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: li
         fingerprint_components={c: components[c] for c in categories},
         taxonomy_version=inputs.taxonomy.version, taxonomy_versions={c: versions[c] for c in categories},
         models=models_of(cfg), config=config_of(cfg), jury=jury_of(cfg),
-        jury_calibration=calibration_summary(calibration))
+        jury_calibration=jury.calibration_summary(calibration))
     sample = stratified_sample(kept, cfg.sample, categories)
     return write_snapshot(cfg.outputs_dir, name, kept, [d for d in decisions if not d.kept], sample,
                           calibration, meta)

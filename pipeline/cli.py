@@ -31,6 +31,7 @@ def _prefect_env(outputs_dir: Path, own_home: bool = True) -> None:
     keeps Prefect's state (ephemeral DB, task cache) under outputs/ unless PREFECT_HOME
     or PREFECT_API_URL is set; `orsc serve` uses the user's Prefect settings as they are."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's SDK telemetry: offline means offline
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     if own_home and "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
         home = outputs_dir / "prefect" / "home"
@@ -56,15 +57,41 @@ def cmd_build(args: argparse.Namespace) -> int:
     base = str(open_base(Path(args.base)).path) if args.base else None
     _prefect_env(config.outputs_dir)
     from flows.build import build_benchmark
+    from pipeline.procs import reap_orphans, start_prefect_server
+    from pipeline.progress import note
+    from pipeline.terminal import build_console
 
     # With --base and no --categories, the flow picks the categories whose fingerprint changed.
     named = inputs.categories if categories or not base else None
-    result = build_benchmark(str(config.source), named, name, base)
-    for cat, why in result["plan"].items():
-        console.print(f"{cat}: {why}")
+    log_path = config.outputs_dir / "logs" / f"build-{name}.log"
+    with build_console(log_path):
+        note(f"building snapshot '{name}' ({len(inputs.categories)} categories); log: {log_path}")
+        for stopped in reap_orphans(config.outputs_dir):
+            note(f"stopped {stopped}, left running by a build that was killed")
+        try:
+            note("starting Prefect's temporary API server (set PREFECT_API_URL to use a running one)")
+            start_prefect_server(config.outputs_dir)
+            result = build_benchmark(str(config.source), named, name, base)
+        except InputError:
+            raise
+        except (LLMError, EmbeddedModelError) as err:
+            logging.getLogger("orsc").error("build failed", exc_info=True)
+            raise BuildFailed(str(err), log_path, resumable=True) from err
+        except Exception as err:
+            logging.getLogger("orsc").error("build failed", exc_info=True)
+            raise BuildFailed(f"{type(err).__name__}: {err}", log_path, resumable=False) from err
     _print_summary(result)
-    console.print(f"snapshot: {result['snapshot']}")
+    console.print(f"snapshot: {result['snapshot']} ({result['digest']})")
     return 0
+
+
+class BuildFailed(Exception):
+    """A build that started and failed: one message for the terminal, details in the log."""
+
+    def __init__(self, message: str, log_path: Path, resumable: bool):
+        super().__init__(message)
+        self.log_path = log_path
+        self.resumable = resumable
 
 
 def _print_summary(result: dict) -> None:
@@ -295,10 +322,15 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (LLMError, EmbeddedModelError) as err:
+    except BuildFailed as err:
         print(f"build failed: {err}", file=sys.stderr)
-        print("  completed model calls are cached; run the same command again to resume",
-              file=sys.stderr)
+        if err.resumable:
+            print("  completed model calls are cached; run the same command again to resume",
+                  file=sys.stderr)
+        print(f"  details (tracebacks, every task's log): {err.log_path}", file=sys.stderr)
+        return 1
+    except (LLMError, EmbeddedModelError) as err:
+        print(f"failed: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.config import DedupConfig
 from pipeline.files import default_embedding_model, model_identity
+from pipeline.progress import TaskProgress
 from pipeline.records import Candidate, Decision
 from pipeline.store import open_cache_db
 
@@ -31,6 +32,7 @@ EXACT_MAX = 50_000            # rows up to which the search is exact
 EXACT_BLOCK_CELLS = 1 << 25   # similarity cells per block of the exact search (128 MB)
 IVF_LISTS_PER_SQRT_N = 2      # IVF cells: 2 * sqrt(n)
 IVF_NPROBE = 16               # cells searched per vector
+PROGRESS_SLICE = 512          # texts per encode call (a few seconds on a 2-core CPU)
 
 
 class EmbeddingCache:
@@ -65,10 +67,11 @@ class Embedder:
     _lock = threading.Lock()
 
     def __init__(self, model_path: str | Path | None = None, batch_size: int = 32,
-                 cache: EmbeddingCache | None = None):
+                 cache: EmbeddingCache | None = None, progress: TaskProgress | None = None):
         self.model_path = str(model_path or default_embedding_model())
         self.batch_size = batch_size
         self.cache = cache
+        self.progress = progress  # texts embedded (or found in the cache) so far
 
     def _model(self):
         with self._lock:
@@ -77,6 +80,9 @@ class Embedder:
                 # mode makes any accidental hub lookup fail instead of downloading.
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as transformers_logging
+
+                transformers_logging.disable_progress_bar()  # the build shows its own progress
 
                 self._models[self.model_path] = SentenceTransformer(self.model_path, device="cpu")
             return self._models[self.model_path]
@@ -84,12 +90,16 @@ class Embedder:
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, 384), dtype="float32")
+        if self.progress:
+            self.progress.expect(len(texts))
         if self.cache is None:
             return self._encode(texts)
         model = model_identity(self.model_path)
         keys = [hashlib.sha256(f"{model}\0{t}".encode()).hexdigest() for t in texts]
         found = self.cache.get_many(list(dict.fromkeys(keys)))
         todo = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
+        if self.progress:
+            self.progress.advance(len(texts) - len(todo), cached=True)
         if todo:
             fresh = self._encode(list(todo.values()))
             new = [(k, v.tobytes()) for k, v in zip(todo, fresh, strict=True)]
@@ -98,9 +108,16 @@ class Embedder:
         return np.stack([np.frombuffer(found[k], dtype="float32") for k in keys])
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        vectors = self._model().encode(texts, batch_size=self.batch_size,
-                                       normalize_embeddings=True, convert_to_numpy=True)
-        return np.ascontiguousarray(vectors, dtype="float32")
+        """In slices of PROGRESS_SLICE texts, so progress moves every few seconds."""
+        model = self._model()
+        parts = []
+        for i in range(0, len(texts), PROGRESS_SLICE):
+            chunk = texts[i:i + PROGRESS_SLICE]
+            parts.append(model.encode(chunk, batch_size=self.batch_size, normalize_embeddings=True,
+                                      convert_to_numpy=True))
+            if self.progress:
+                self.progress.advance(len(chunk))
+        return np.ascontiguousarray(np.concatenate(parts), dtype="float32")
 
 
 def near_duplicate_pairs(vectors: np.ndarray, threshold: float,

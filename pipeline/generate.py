@@ -53,6 +53,13 @@ def _candidate(seed: SeedTopic, level: str, tpl: PromptTemplate, template_text: 
     )
 
 
+def planned_calls(inputs: BuildInputs, category: str) -> int:
+    """Model calls generate_category makes for a category (cache hits included)."""
+    gen = inputs.config.generation
+    templates = sum(len(inputs.generation_templates[lvl]) for lvl in gen.levels)
+    return len(inputs.seeds[category]) * templates * gen.rewrites
+
+
 async def generate_category(inputs: BuildInputs, category: str, gateway: Gateway) -> list[Decision]:
     """All candidates of one category, in a fixed order (seed, level, template, variant)."""
     cfg = inputs.config

@@ -97,6 +97,13 @@ async def cast_vote(gateway: Gateway, juror: str, prompt_messages: list[dict[str
                      calls=calls, repairs=max_repairs)
 
 
+def planned_calls(inputs: BuildInputs, category: str, candidates: int) -> int:
+    """Model calls judge_category and calibrate_jurors make for a category, without repairs."""
+    jury = inputs.config.jury
+    checks = len(inputs.seeds[category]) if jury.calibrate else 0
+    return (candidates + checks) * len(jury.jurors)
+
+
 def decide(candidate: Candidate, votes: list[JurorVote], required_benign: int) -> Decision:
     benign = sum(v.label == "benign" for v in votes)
     if any(v.label == "unparseable" for v in votes):

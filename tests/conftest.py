@@ -16,6 +16,7 @@ def quiet_offline_prefect(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
     mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    mp.setenv("DO_NOT_TRACK", "1")
     mp.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     mp.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
     mp.setenv("HF_HUB_OFFLINE", "1")

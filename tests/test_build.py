@@ -323,7 +323,7 @@ def test_regenerate_one_category_from_a_base(built, tmp_path, capsys):
                        outputs_dir=str(tmp_path / "outputs"))
     before = built["server"].chat_count
     assert main(["build", "--config", str(cfg), "--base", str(built["snapshot"]), "--name", "regen"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # the plan is a progress note
     assert "drug_abuse: rebuilt (changed: seeds)" in out
     assert "self_harm: carried over from the base snapshot" in out
     sent = built["server"].requests[before:]
@@ -353,7 +353,7 @@ def test_regenerated_duplicate_of_a_carried_prompt_points_to_the_carried_keeper(
     cfg = _copy_config(built["cfg"], tmp_path, seeds_dir=str(seeds))
     assert main(["build", "--config", str(cfg), "--base", str(built["snapshot"]),
                  "--categories", "drug_abuse", "--name", "regen-dup"]) == 0
-    assert "drug_abuse: rebuilt (named with --categories; changed: seeds)" in capsys.readouterr().out
+    assert "drug_abuse: rebuilt (named with --categories; changed: seeds)" in capsys.readouterr().err
     snap = built["snapshot"].parent / "regen-dup"
     carried_easy = next(r for r in rows(built["snapshot"] / "prompts.jsonl")
                         if r["category"] == "self_harm" and r["level"] == "easy"

@@ -1,48 +1,69 @@
-"""The embedded llama.cpp server: started on loopback, stopped by its PID, and a server
-left behind by a killed build is stopped by the next one (and nothing else is)."""
+"""The embedded llama.cpp server: started on loopback, stopped by its PID; a server left
+behind by a killed build is stopped by the next one, and nothing else is."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import urllib.request
 
+import psutil
 import pytest
 
 from pipeline.llm.embedded import EmbeddedServer
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
+STARTER = """
+import sys, time
+from pathlib import Path
+from pipeline.llm.embedded import EmbeddedServer
+server = EmbeddedServer(512, Path(sys.argv[1]))
+print(server.start(), server.proc.pid, flush=True)
+time.sleep(600)
+"""
+
 
 def test_a_server_left_by_a_killed_build_is_stopped_by_the_next(tmp_path):
-    log = tmp_path / "logs" / "llama-server.log"
-    first = EmbeddedServer(n_ctx=512, log_path=log)
-    url = first.start()
+    outputs = tmp_path / "outputs"
+    build = subprocess.Popen([sys.executable, "-c", STARTER, str(outputs)], stdout=subprocess.PIPE,
+                             text=True, cwd=REPO)
+    url, pid = build.stdout.readline().split()
+    orphan = psutil.Process(int(pid))
     with urllib.request.urlopen(f"{url}/models", timeout=5) as resp:
         assert resp.status == 200
-    orphan = first.proc  # the build "dies" here without calling stop()
-    assert first.pidfile.read_text().strip() == str(orphan.pid)
+    build.kill()  # the build dies without stopping its server
+    build.wait(timeout=10)
+    assert orphan.is_running()
 
-    second = EmbeddedServer(n_ctx=512, log_path=log)
+    second = EmbeddedServer(n_ctx=512, outputs_dir=outputs)
     try:
         second.start()
-        assert orphan.wait(timeout=15) is not None  # the stale server was stopped
-        assert second.pidfile.read_text().strip() == str(second.proc.pid)
+        orphan.wait(timeout=15)  # the stale server was stopped
+        assert second.record.is_file()
     finally:
         second.stop()
-    assert not second.pidfile.exists() and second.proc is None
+    assert second.proc is None and list((outputs / "run").glob("*.json")) == []
 
 
-def test_an_unrelated_process_named_in_a_stale_pidfile_is_left_alone(tmp_path):
-    log = tmp_path / "logs" / "llama-server.log"
+def test_servers_of_running_builds_and_unrelated_processes_are_left_alone(tmp_path):
+    outputs = tmp_path / "outputs"
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    first = EmbeddedServer(n_ctx=512, outputs_dir=outputs)
     try:
-        server = EmbeddedServer(n_ctx=512, log_path=log)
-        log.parent.mkdir(parents=True)
-        server.pidfile.write_text(f"{bystander.pid}\n")
-        server.start()
-        server.stop()
-        assert bystander.poll() is None  # still running
+        (outputs / "run").mkdir(parents=True)
+        # a record of a dead build whose server's PID now belongs to another process
+        (outputs / "run" / f"llama-server-{bystander.pid}.json").write_text(json.dumps({
+            "kind": "llama-server", "pid": bystander.pid, "started": 1.0, "owner": 999_999_999,
+            "owner_started": 1.0}))
+        first.start()  # a build still running: its server must survive the next one's start
+        second = EmbeddedServer(n_ctx=512, outputs_dir=outputs)
+        second.start()
+        second.stop()
+        assert bystander.poll() is None and first.proc.poll() is None
     finally:
+        first.stop()
         bystander.kill()
         bystander.wait()

@@ -76,7 +76,7 @@ def test_evicting_a_bad_cached_reply_makes_the_next_build_ask_again(tmp_path, ca
         capsys.readouterr()
         before = server.chat_count
         assert main(["build", "--config", str(cfg), "--base", str(v2), "--name", "v3"]) == 0
-        out = capsys.readouterr().out
+        out = capsys.readouterr().err  # the plan is a progress note
         assert server.chat_count - before == 1 + len(prompt["votes"])  # those calls, nothing else
     finally:
         server.stop()

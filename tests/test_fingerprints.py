@@ -40,7 +40,7 @@ def _build(src: Path, cfg: Path, env: dict, name: str, *extra: str) -> str:
                            "--name", name, *extra], cwd=src, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+    return proc.stdout + proc.stderr  # the summary, and the plan among the progress notes
 
 
 def _cached(out: str) -> tuple[int, int, int]:

@@ -115,7 +115,7 @@ def test_carried_rows_keep_the_taxonomy_version_they_were_built_under(snap, tmp_
     (tmp_path / "v2.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["build", "--config", str(tmp_path / "v2.yaml"), "--base", str(snap["path"]),
                  "--name", "tax-v2"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # the plan is a progress note
     assert "self_harm: carried over from the base snapshot (taxonomy version 1)" in out
     v2 = snap["path"].parent / "tax-v2"
     manifest = load_manifest(v2)

@@ -66,7 +66,7 @@ def test_a_new_category_is_built_a_retired_one_dropped_the_rest_carried(tmp_path
         before = server.chat_count
         v1 = tmp_path / "outputs" / "snapshots" / "v1"
         assert main(["build", "--config", str(cfg), "--base", str(v1), "--name", "v2"]) == 0
-        out = capsys.readouterr().out
+        out = capsys.readouterr().err  # the plan is a progress note
         sent = server.requests[before:]
     finally:
         server.stop()

@@ -2,16 +2,14 @@
 package) served by llama-cpp-python's OpenAI-compatible server on loopback.
 
 The tool starts the server on a free port when a role first needs it, waits
-until it answers, and stops it (by its own PID) when the build ends. The PID is
-kept in a pidfile beside the log, so a server left behind by a build that was
-killed (SIGKILL leaves no chance to clean up) is stopped by the next build.
+until it answers, and stops it (by its own PID) when the build ends. While it runs
+it is recorded under outputs/run/ (pipeline/procs.py), so a server left behind by a
+build that was killed (SIGKILL leaves no chance to clean up) is stopped by the next.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +17,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from pipeline.procs import forget_child, reap_orphans, record_child
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -50,31 +50,14 @@ def free_port() -> int:
 class EmbeddedServer:
     """A llama-cpp-python server process serving the packaged GGUF."""
 
-    def __init__(self, n_ctx: int, log_path: Path, startup_timeout_s: float = 180.0):
+    def __init__(self, n_ctx: int, outputs_dir: Path, startup_timeout_s: float = 180.0):
         self.n_ctx = n_ctx
-        self.log_path = log_path
+        self.outputs_dir = outputs_dir
+        self.log_path = outputs_dir / "logs" / "llama-server.log"
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
         self.base_url: str | None = None
-        self.pidfile = log_path.with_suffix(".pid")
-
-    def _stop_stale(self, model: Path) -> None:
-        """Stop a server an earlier, killed build left running - only if the pidfile's
-        process really is our llama.cpp server for this model."""
-        try:
-            pid = int(self.pidfile.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-            self.pidfile.unlink(missing_ok=True)
-            return
-        if b"llama_cpp.server" in cmdline and str(model).encode() in cmdline:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if Path(f"/proc/{pid}").exists():
-                os.kill(pid, signal.SIGKILL)
-        self.pidfile.unlink(missing_ok=True)
+        self.record: Path | None = None  # under outputs/run/ while the server runs
 
     def start(self) -> str:
         if self.proc is not None:
@@ -85,7 +68,7 @@ class EmbeddedServer:
             )
         model = gguf_path()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._stop_stale(model)
+        reap_orphans(self.outputs_dir)  # a server an earlier, killed build left running
         port = free_port()
         log = self.log_path.open("ab")
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
@@ -94,13 +77,13 @@ class EmbeddedServer:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         log.close()
-        self.pidfile.write_text(f"{self.proc.pid}\n")
+        self.record = record_child(self.outputs_dir, "llama-server", self.proc.pid)
         self.base_url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.proc = None
-                self.pidfile.unlink(missing_ok=True)
+                forget_child(self.record)
                 raise EmbeddedModelError(
                     f"the embedded llama.cpp server exited during start-up; see {self.log_path}"
                 )
@@ -121,7 +104,7 @@ class EmbeddedServer:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        self.pidfile.unlink(missing_ok=True)
+        forget_child(self.record)
         if proc.poll() is not None:
             return
         proc.terminate()

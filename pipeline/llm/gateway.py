@@ -45,6 +45,7 @@ from pipeline.errors import shorten
 from pipeline.llm.cache import RequestCache
 from pipeline.llm.embedded import EmbeddedServer
 from pipeline.llm.request import ChatRequest, response_format
+from pipeline.progress import TaskProgress
 
 RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx
 T = TypeVar("T")
@@ -55,20 +56,24 @@ RETRY_AFTER_MAX_S = 120.0  # a server may ask for longer; we wait at most this b
 
 @dataclass
 class Usage:
-    """Model calls made and request-cache hits, per role, for one `Gateway.run`; the
-    optional `on_answer(role, cached)` hears of every answer (live progress)."""
+    """Model calls made and request-cache hits, per role, for one stage task; with
+    `progress`, every answer also moves the task's live progress."""
 
     calls: Counter[str] = field(default_factory=Counter)
     cache_hits: Counter[str] = field(default_factory=Counter)
-    on_answer: Callable[[str, bool], None] | None = None
+    progress: TaskProgress | None = None
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         return {"calls": dict(self.calls), "cache_hits": dict(self.cache_hits)}
 
+    def expect(self, calls: int) -> None:
+        if self.progress:
+            self.progress.expect(calls)
+
     def count(self, role: str, cached: bool) -> None:
         (self.cache_hits if cached else self.calls)[role] += 1
-        if self.on_answer:
-            self.on_answer(role, cached)
+        if self.progress:
+            self.progress.advance(cached=cached)
 
 
 # The Usage of the Gateway.run a coroutine belongs to (tasks it spawns inherit it).
@@ -263,10 +268,8 @@ class Gateway:
     async def _post(client: openai.AsyncOpenAI, body: dict[str, Any], where: str) -> bytes:
         try:
             response = await client.post("/chat/completions", body=body, cast_to=httpx2.Response)
-        except openai.APITimeoutError as err:
-            raise _Retryable("timed out") from err
-        except openai.APIConnectionError as err:
-            raise _Retryable(f"connection error: {shorten(str(err.__cause__ or err), 200)}") from err
+        except openai.APIConnectionError as err:  # timeouts included
+            raise _Retryable(_connection_problem(err)) from err
         except openai.APIStatusError as err:
             status = err.status_code
             problem = f"HTTP {status}: {shorten(err.message, 200)}"
@@ -290,10 +293,7 @@ class Gateway:
                 ep = self.config.endpoints[ep_name]
                 if ep.embedded:
                     # Started lazily: a fully cached build never starts the server.
-                    server = EmbeddedServer(
-                        ep.n_ctx, self.config.outputs_dir / "logs" / "llama-server.log",
-                        ep.startup_timeout_s,
-                    )
+                    server = EmbeddedServer(ep.n_ctx, self.config.outputs_dir, ep.startup_timeout_s)
                     self._servers[ep_name] = server
                     base_url = await asyncio.to_thread(server.start)
                 else:
@@ -312,6 +312,20 @@ def make_client(ep: EndpointConfig, base_url: str) -> openai.AsyncOpenAI:
     if ep.azure_api_version:
         return openai.AsyncAzureOpenAI(base_url=base_url, api_version=ep.azure_api_version, **common)
     return openai.AsyncOpenAI(base_url=base_url, **common)
+
+
+def _connection_problem(err: BaseException) -> str:
+    """What went wrong on the way to the endpoint, from the innermost cause: the aiohttp
+    transport reports a refused connection as a timeout."""
+    chain = []
+    while err is not None and len(chain) < 10:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    refused = next((e for e in reversed(chain) if isinstance(e, OSError) and not isinstance(e, TimeoutError)),
+                   None)
+    if refused is not None:
+        return f"connection error: {shorten(str(refused), 200)}"
+    return "timed out"
 
 
 def _parse_reply(raw: bytes) -> tuple[ChatCompletionReply, dict[str, Any]]:
