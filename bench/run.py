@@ -281,6 +281,37 @@ class Bench:
                 "measured_calls_per_s": round(rate, 1), "calls": self.size["capacity_calls"],
                 "connections": 2 * self.slots}
 
+    def gateway_cpu(self) -> dict:
+        """CPU per model call in the gateway (request and cache key, the openai client over
+        aiohttp, validating the reply, the cache write), from this process's CPU clock over
+        distinct juror calls at full concurrency against the fake endpoint."""
+        from pipeline.config import load_config
+        from pipeline.jury import VERDICT_SCHEMA
+        from pipeline.llm import Gateway
+
+        calls = self.size["capacity_calls"]
+        work = self.work / "gateway"
+        cfg = write_config(work / "config.yaml", REPO / "seeds", work / "outputs", self.base_url, 1,
+                           2 * self.slots)
+        gw = Gateway(load_config(cfg))
+
+        async def burst(start: int, n: int):
+            return await asyncio.gather(*[
+                gw.chat("judge_1", [{"role": "user", "content": f"Is question {i} safe?"}], VERDICT_SCHEMA)
+                for i in range(start, start + n)])
+
+        try:
+            gw.run(burst(0, 2 * self.slots))  # connections and the loop warmed up
+            self.calls_log()
+            cpu, wall = time.process_time(), time.perf_counter()
+            gw.run(burst(2 * self.slots, calls))
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        finally:
+            gw.close()
+            self.calls_log()
+        return {"calls": calls, "client": "openai.AsyncOpenAI over openai.DefaultAioHttpClient (post)",
+                "cpu_ms_per_call": round(1000 * cpu / calls, 3), "calls_per_s": round(calls / wall, 1)}
+
     def run(self) -> dict:
         s = self.size
         results: dict = {"size": self.size_name, "machine": machine(),
@@ -290,6 +321,7 @@ class Bench:
         cap = self.capacity()
         results["endpoint"] = {"service_ms": self.service_ms, "slots": self.slots, **cap}
         capacity = cap["measured_calls_per_s"]
+        results["gateway"] = self.gateway_cpu()
 
         seeds = synth_seeds(self.work / "seeds-paper", s["seeds"])
         config = write_config(self.work / "paper" / "config.yaml", seeds, self.work / "paper" / "outputs",
@@ -531,6 +563,10 @@ def table(r: dict) -> str:
         f" {cap:.0f} calls/s (plain async load) | {r['endpoint']['nominal_calls_per_s']:.0f} calls/s |"
         f" {cap / r['endpoint']['nominal_calls_per_s']:.3f} | |",
     ]
+    gw = r["gateway"]
+    lines.append(f"| 1 | gateway CPU per call ({gw['calls']} juror calls, {gw['client']}) |"
+                 f" {gw['cpu_ms_per_call']} ms | {1000 / cap:.3f} ms (one core at endpoint capacity) |"
+                 f" {gw['cpu_ms_per_call'] * cap / 1000:.3f} | < 1 |")
     for stage in ("generate", "jury"):
         st = sat[stage]
         lines.append(f"| 1 | {stage}: {st['calls']} calls in {st['wall_s']} s | {st['calls_per_s']:.0f}"

@@ -63,7 +63,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     # With --base and no --categories, the flow picks the categories whose fingerprint changed.
     named = inputs.categories if categories or not base else None
-    log_path = config.outputs_dir / "logs" / f"build-{name}.log"
+    log_path = config.outputs_dir / "logs" / "builds" / f"{name}.log"
     with build_console(log_path):
         note(f"building snapshot '{name}' ({len(inputs.categories)} categories); log: {log_path}")
         for stopped in reap_orphans(config.outputs_dir):

@@ -176,8 +176,7 @@ answer, each paired with the harmful request it neighbours
 1. **Seeds**: hand-written seed topics per category; taxonomy version per category: {versions}.
 2. **Generate**: a Jinja2 template per intent-ambiguity level (easy: benign intent stated;
    medium: benign intent implicit; hard: wording close to the harmful request), rewritten
-   {cfg['generation']['rewrites']} time(s) per template by
-   `{generator['model']}@{generator['endpoint']}`.
+   {cfg['generation']['rewrites']} time(s) per template by `{generator['model']}@{generator['endpoint']}`.
 3. **Dedup**: all-MiniLM-L6-v2 embeddings, searched across all categories (exactly up to
    {cfg['dedup']['exact_max']:,} prompts, with a FAISS IVF index beyond),
    cosine threshold {cfg['dedup']['threshold']}; the earliest prompt of a group is kept.

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 
 FIGURES = {
     "endpoint": ["measured_calls_per_s", "nominal_calls_per_s"],
+    "gateway": ["cpu_ms_per_call", "calls_per_s", "client"],
     "endpoint_saturation": ["generate", "jury", "candidates"],
     "orchestration": ["flow_wall_s", "endpoint_busy_s", "dedup_s", "overhead_share",
                       "prefect_tasks", "peak_rss_mb"],
@@ -52,6 +53,7 @@ def test_bench_tiny_reports_every_figure(tmp_path):
     assert [b["factor"] for b in results["growth"]["builds"]] == [1, 2, 4]
     assert all(isinstance(b["peak_rss_mb"], numbers.Number) for b in results["growth"]["builds"])
     # the markdown table is printed, one row per figure
-    for label in ("endpoint capacity", "generate:", "jury:", "Prefect + bookkeeping", "embedding",
-                  "search", "warm rebuild", "regenerate", "growth 4x"):
+    assert 0 < results["gateway"]["cpu_ms_per_call"] < 50
+    for label in ("endpoint capacity", "gateway CPU per call", "generate:", "jury:", "Prefect + bookkeeping",
+                  "embedding", "search", "warm rebuild", "regenerate", "growth 4x"):
         assert label in proc.stdout, label

@@ -39,7 +39,7 @@ def test_plain_progress_lines_and_a_log_file(tmp_path, capsys, monkeypatch):
     assert re.search(r"^jury: \d+/\d+ calls, [\d.]+/s, \d+s left$", err, re.M), err
     assert re.search(r"^generate: finished in [\d.]+ s \(2 tasks, 12 model calls\)$", err, re.M), err
     assert re.search(r"^dedup: finished in", err, re.M) and "export: finished in" in err
-    log = tmp_path / "outputs" / "logs" / "build-slow.log"
+    log = tmp_path / "outputs" / "logs" / "builds" / "slow.log"
     assert f"log: {log}" in err and log.is_file()  # (tests keep Prefect's logging at WARNING)
     assert "snapshot:" in captured.out and "model calls: 57" in captured.out
 
@@ -103,7 +103,7 @@ def test_a_failing_endpoint_prints_one_message_and_logs_the_traceback(tmp_path, 
     failure = err[err.index("build failed:"):]
     assert "endpoint 'fake'" in failure and "after 3 attempts" in failure
     assert len(failure.splitlines()) == 3 and "Traceback" not in err
-    log = tmp_path / "outputs" / "logs" / "build-down.log"
+    log = tmp_path / "outputs" / "logs" / "builds" / "down.log"
     assert f"details (tracebacks, every task's log): {log}" in failure
     assert "Traceback" in log.read_text() and "LLMError" in log.read_text()
 

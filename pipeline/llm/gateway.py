@@ -45,7 +45,7 @@ from pipeline.errors import shorten
 from pipeline.llm.cache import RequestCache
 from pipeline.llm.embedded import EmbeddedServer
 from pipeline.llm.request import ChatRequest, response_format
-from pipeline.progress import TaskProgress
+from pipeline.progress import TaskProgress, note
 
 RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx
 T = TypeVar("T")
@@ -295,7 +295,10 @@ class Gateway:
                     # Started lazily: a fully cached build never starts the server.
                     server = EmbeddedServer(ep.n_ctx, self.config.outputs_dir, ep.startup_timeout_s)
                     self._servers[ep_name] = server
+                    note(f"starting the embedded model server for endpoint '{ep_name}' (llama.cpp)")
+                    started = time.monotonic()
                     base_url = await asyncio.to_thread(server.start)
+                    note(f"embedded model server ready in {time.monotonic() - started:.1f} s")
                 else:
                     base_url = ep.base_url
                 self._clients[ep_name] = make_client(ep, base_url)
