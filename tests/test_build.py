@@ -243,17 +243,6 @@ def test_provenance_survives_a_damaged_snapshot_beside_it(built, capsys):
         shutil.rmtree(damaged)
 
 
-def test_unreachable_endpoint_fails_with_a_clear_message(tmp_path, capsys):
-    server = FakeOpenAI().start()
-    url = server.base_url
-    server.stop()  # nothing listens there now
-    cfg = fake_config(tmp_path, url)
-    assert main(["build", "--config", str(cfg), "--name", "down"]) == 1
-    err = capsys.readouterr().err
-    assert "endpoint 'fake'" in err and "after 3 attempts" in err and "run the same command" in err
-    assert not (tmp_path / "outputs" / "snapshots" / "down").exists()
-
-
 def test_diff_after_editing_one_seed_topic(built, tmp_path, capsys):
     seeds = tmp_path / "seeds"
     shutil.copytree(REPO / "seeds", seeds)

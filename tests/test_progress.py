@@ -101,8 +101,10 @@ def test_a_failing_endpoint_prints_one_message_and_logs_the_traceback(tmp_path, 
     assert main(["build", "--config", str(cfg), "--name", "down"]) == 1
     err = capsys.readouterr().err
     failure = err[err.index("build failed:"):]
-    assert "endpoint 'fake'" in failure and "after 3 attempts" in failure
+    assert "endpoint 'fake'" in failure and "after 3 attempts: connection error" in failure
+    assert "run the same command again to resume" in failure
     assert len(failure.splitlines()) == 3 and "Traceback" not in err
+    assert not (tmp_path / "outputs" / "snapshots" / "down").exists()
     log = tmp_path / "outputs" / "logs" / "builds" / "down.log"
     assert f"details (tracebacks, every task's log): {log}" in failure
     assert "Traceback" in log.read_text() and "LLMError" in log.read_text()
