@@ -15,6 +15,7 @@ import json
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,22 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 _FIELDS = "key, endpoint, model, request, response, text, usage, latency_s, created_at, role"
 
 
+@dataclass(frozen=True)
+class CachedCall:
+    """One model call as stored: the request as canonical JSON, the reply as the server sent it."""
+
+    key: str
+    endpoint: str
+    model: str
+    request_json: str
+    response_json: str
+    text: str
+    usage: dict[str, Any] | None
+    latency_s: float
+    role: str | None
+    created_at: float = field(default_factory=time.time)
+
+
 class RequestCache:
     """Thread-safe SQLite store of calls. Safe to open from several processes (WAL)."""
 
@@ -57,6 +74,7 @@ class RequestCache:
             self._db.execute("ALTER TABLE calls ADD COLUMN role TEXT")
             columns.add("role")
         self._fields = _FIELDS if "role" in columns else _FIELDS.replace("role", "NULL")
+        self._evictions_pending = not readonly and self.has_evictions()
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
@@ -76,16 +94,15 @@ class RequestCache:
             row = self._db.execute("SELECT text FROM calls WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def put(self, key: str, request: dict[str, Any], response: dict[str, Any], text: str,
-            usage: dict[str, Any] | None, latency_s: float, role: str | None = None) -> None:
+    def put_many(self, calls: list[CachedCall]) -> None:
+        """Store calls in one transaction (one commit: the costly part of a write)."""
+        rows = [(c.key, c.endpoint, c.model, c.request_json, c.response_json, c.text,
+                 canonical_json(c.usage) if c.usage else None, c.latency_s, c.created_at, c.role)
+                for c in calls]
         with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, request["endpoint"], request["model"], canonical_json(request),
-                 canonical_json(response), text, canonical_json(usage) if usage else None,
-                 latency_s, time.time(), role),
-            )
-            self._db.execute("DELETE FROM evictions WHERE key = ?", (key,))
+            self._db.executemany("INSERT OR IGNORE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            if self._evictions_pending:
+                self._db.executemany("DELETE FROM evictions WHERE key = ?", [(c.key,) for c in calls])
             self._db.commit()
 
     # -- eviction ----------------------------------------------------------------------
@@ -116,6 +133,7 @@ class RequestCache:
             if keys:
                 self._db.execute("INSERT INTO meta VALUES ('epoch', 1)"
                                  " ON CONFLICT(name) DO UPDATE SET value = value + 1")
+                self._evictions_pending = True
             self._db.commit()
         return deleted
 

@@ -26,8 +26,8 @@ import asyncio
 import contextvars
 import email.utils
 import gc
-import json
 import os
+import queue
 import random
 import threading
 import time
@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.config import BuildConfig, EndpointConfig
 from pipeline.errors import shorten
-from pipeline.llm.cache import RequestCache
+from pipeline.llm.cache import CachedCall, RequestCache
 from pipeline.llm.embedded import EmbeddedServer
 from pipeline.llm.request import ChatRequest, response_format
 from pipeline.progress import TaskProgress, note
@@ -141,6 +141,58 @@ def backoff_s(attempt: int, asked_s: float | None = None) -> float:
     return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt) * (0.5 + random.random())
 
 
+class CacheWriter:
+    """Writes answered calls to the request cache from its own thread, many per commit
+    (a commit per call cost the gateway's loop ~0.1 ms, as much as the call itself).
+    `store` returns once the call is committed, so a completed call survives a kill."""
+
+    MAX_BATCH = 500
+
+    def __init__(self, cache: RequestCache, loop: asyncio.AbstractEventLoop):
+        self.cache = cache
+        self.loop = loop
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="llm-cache-writer", daemon=True)
+        self._thread.start()
+
+    async def store(self, call: CachedCall) -> None:
+        done = self.loop.create_future()
+        self._queue.put((call, done))
+        await done
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            batch = [item]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                batch.append(nxt)
+            try:
+                self.cache.put_many([call for call, _ in batch])
+                error = None
+            except Exception as err:  # a full disk, a dead database: each waiting call fails
+                error = err
+            self.loop.call_soon_threadsafe(_settle, [done for _, done in batch], error)
+
+
+def _settle(futures: list[asyncio.Future], error: BaseException | None) -> None:
+    for done in futures:
+        if not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+
 class Gateway:
     """Roles -> endpoints, bounded concurrency per endpoint, retries, request cache.
     Calls and cache hits are counted into the `Usage` passed to `run`."""
@@ -152,6 +204,7 @@ class Gateway:
         self._thread = threading.Thread(target=self._loop.run_forever, name="llm-gateway",
                                         daemon=True)
         self._thread.start()
+        self._writer = CacheWriter(self.cache, self._loop)
         self._clients: dict[str, openai.AsyncOpenAI] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._admission: asyncio.Semaphore | None = None  # made on the loop, by gather()
@@ -185,6 +238,7 @@ class Gateway:
             self.run(_close())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+        self._writer.close()
         for server in self._servers.values():
             server.stop()
         self.cache.close()
@@ -253,7 +307,7 @@ class Gateway:
                 started = time.monotonic()
                 try:
                     raw = await self._post(client, body, where)
-                    reply, response = _parse_reply(raw)
+                    reply = _parse_reply(raw)
                     break
                 except _Retryable as err:
                     if attempt == ep.max_retries:
@@ -261,7 +315,9 @@ class Gateway:
                     await asyncio.sleep(backoff_s(attempt, err.wait_s))
         latency = time.monotonic() - started
         text = reply.choices[0].message.content or ""
-        self.cache.put(request.key, request.record(), response, text, reply.usage, latency, role_name)
+        await self._writer.store(CachedCall(request.key, request.endpoint, request.model, request.record_json,
+                                            raw.decode("utf-8", errors="replace"), text, reply.usage,
+                                            latency, role_name))
         return text
 
     @staticmethod
@@ -331,12 +387,11 @@ def _connection_problem(err: BaseException) -> str:
     return "timed out"
 
 
-def _parse_reply(raw: bytes) -> tuple[ChatCompletionReply, dict[str, Any]]:
+def _parse_reply(raw: bytes) -> ChatCompletionReply:
     """A reply is used (and cached) only when it is a chat completion; anything else -
     an HTML error page sent with status 200, a cut-off body - is retried."""
     try:
-        response = json.loads(raw)
-        return ChatCompletionReply.model_validate(response), response
-    except (ValueError, ValidationError) as err:
+        return ChatCompletionReply.model_validate_json(raw)
+    except ValidationError as err:
         text = raw[:200].decode(errors="replace")
         raise _Retryable(f"the reply is not a chat completion: {text!r}") from err

@@ -10,6 +10,7 @@ from this one class.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +40,14 @@ class ChatRequest:
         return {"endpoint": self.endpoint, "model": self.model, "messages": self.messages,
                 **self.sampling.model_dump(), "response_format": self.response_format}
 
-    @property
+    @functools.cached_property
+    def record_json(self) -> str:
+        """record() as canonical JSON: hashed for the key and stored as it is."""
+        return canonical_json(self.record())
+
+    @functools.cached_property
     def key(self) -> str:
-        return sha256_hex(canonical_json(self.record()))
+        return sha256_hex(self.record_json)
 
     def body(self) -> dict[str, Any]:
         """The JSON body of POST /chat/completions."""
