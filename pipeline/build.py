@@ -132,9 +132,10 @@ def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: li
         taxonomy_version=inputs.taxonomy.version, taxonomy_versions={c: versions[c] for c in categories},
         models=models_of(cfg), config=config_of(cfg), jury=jury_of(cfg),
         jury_calibration=jury.calibration_summary(calibration))
-    sample = stratified_sample(kept, cfg.sample, categories)
+    sample = stratified_sample(decisions, cfg.sample, categories)
+    taxonomy = [inputs.taxonomy.entry(c).model_dump() for c in categories]
     return write_snapshot(cfg.outputs_dir, name, kept, [d for d in decisions if not d.kept], sample,
-                          calibration, meta)
+                          calibration, meta, taxonomy)
 
 
 def summary_rows(generated: StageCounts, deduped: StageCounts, judged: StageCounts,

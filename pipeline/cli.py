@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import DEFAULT_CONFIG, load_config
+from pipeline.config import DEFAULT_CONFIG, ValidationConfig, load_config
 from pipeline.errors import InputError
 from pipeline.llm.embedded import EmbeddedModelError
 from pipeline.llm.gateway import LLMError
@@ -81,8 +81,21 @@ def cmd_build(args: argparse.Namespace) -> int:
             logging.getLogger("orsc").error("build failed", exc_info=True)
             raise BuildFailed(f"{type(err).__name__}: {err}", log_path, resumable=False) from err
     _print_summary(result)
+    _print_budget(Path(result["snapshot"]), config.validation)
     console.print(f"snapshot: {result['snapshot']} ({result['digest']})")
     return 0
+
+
+def _print_budget(snapshot: Path, validation: ValidationConfig) -> None:
+    from pipeline.store import read_sample
+
+    sample = read_sample(snapshot)
+    rejected = sum(r["source"] == "rejected" for r in sample)
+    shared = "all" if validation.overlap is None else f"{min(validation.overlap, len(sample))}"
+    console.print(f"validation sample: {len(sample)} items ({len(sample) - rejected} kept, {rejected}"
+                  f" jury-rejected); annotation budget: {validation.labels_for(len(sample))} labels"
+                  f" ({validation.annotators} annotators, {shared} items labelled by every one;"
+                  " config: validation.annotators, validation.overlap)")
 
 
 class BuildFailed(Exception):
@@ -143,6 +156,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
     console.print(f"OK {snapshot}: every checksum and count in MANIFEST.json matches"
                   + (" the expected digest" if args.digest else ""))
     console.print(f"digest: {report.digest}")
+    return 0
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from pipeline.annotate import plan_tasks, write_tasks
+    from pipeline.store import load_manifest
+    from pipeline.verify import verify_snapshot
+
+    snapshot = Path(args.snapshot)
+    report = verify_snapshot(snapshot)
+    if report.problems:
+        more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
+        raise InputError(snapshot, None, f"fails verification: {report.problems[0]}{more}",
+                         "run `orsc verify` on it; annotate a snapshot that passes")
+    # Defaults: the snapshot's own config (validation.annotators, validation.overlap).
+    planned = ValidationConfig.model_validate(load_manifest(snapshot).config.get("validation", {}))
+    annotators = planned.annotators if args.annotators is None else args.annotators
+    overlap = planned.overlap if args.overlap is None else args.overlap
+    tasks = plan_tasks(snapshot, annotators, overlap)
+    files = write_tasks(tasks, Path(args.out), args.format)
+    items = len({t["prompt_id"] for ts in tasks.annotators.values() for t in ts})
+    console.print(f"{items} items for {annotators} annotators: {tasks.shared} labelled by every one,"
+                  f" {items - tasks.shared} by one each; {tasks.labels} labels in all")
+    for f in files:
+        console.print(f"  {f}")
     return 0
 
 
@@ -283,6 +321,18 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("snapshot", help="snapshot directory")
     v.add_argument("--digest", help="the digest the snapshot must have (e.g. as published)")
     v.set_defaults(func=cmd_verify)
+
+    a = sub.add_parser("annotate", help="blind annotation tasks for a snapshot's validation sample")
+    a.add_argument("snapshot", help="snapshot directory")
+    a.add_argument("--out", required=True, help="new directory for the task files")
+    a.add_argument("--format", choices=("csv", "label-studio"), default="csv",
+                   help="csv: one file per annotator to fill in; label-studio: a labeling config"
+                        " and one tasks file per annotator (default: %(default)s)")
+    a.add_argument("--annotators", type=int, help="people labelling (default: the snapshot's"
+                                                  " validation.annotators)")
+    a.add_argument("--overlap", type=int, help="items every annotator labels, for agreement; the rest"
+                                               " are labelled once (default: validation.overlap, all)")
+    a.set_defaults(func=cmd_annotate)
 
     pr = sub.add_parser("provenance", help="print where a prompt came from")
     pr.add_argument("id", help="prompt id (kept or rejected)")

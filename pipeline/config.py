@@ -152,8 +152,41 @@ class JuryConfig(Strict):
 
 
 class SampleConfig(Strict):
-    per_stratum: int = Field(2, ge=0)
+    """The stratified sample for human validation, per category x level: a fixed number per
+    stratum (`per_stratum`, default 2), or sized by precision (`target_halfwidth`): enough
+    items for a `confidence` interval of that half-width on the stratum's benign share,
+    expected near `expected_benign` (finite-population corrected). Jury-rejected candidates
+    (`jury_harmful`) are sampled too when `rejected` is true, sized at an expected share of
+    0.5 (nothing is known of the jury's false rejections beforehand)."""
+    per_stratum: int | None = Field(None, ge=0)
+    target_halfwidth: float | None = Field(None, gt=0, lt=0.5)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    expected_benign: float = Field(0.9, gt=0, lt=1)
+    rejected: bool = True
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> SampleConfig:
+        if self.per_stratum is not None and self.target_halfwidth is not None:
+            raise ValueError("per_stratum and target_halfwidth are two ways to size the sample:"
+                             " set one of them")
+        if self.per_stratum is None and self.target_halfwidth is None:
+            self.per_stratum = 2
+        return self
+
+
+class ValidationConfig(Strict):
+    """Human validation: how many people label the sample (`orsc annotate`), how many items
+    every one of them labels (`overlap`, for agreement; None: all), and the benign precision
+    a stratum's lower bound must reach under `orsc validate --gate`."""
+    annotators: int = Field(2, ge=1, le=100)
+    overlap: int | None = Field(None, ge=0)
+    min_precision: float = Field(0.9, gt=0, le=1)
+
+    def labels_for(self, items: int) -> int:
+        """The annotation budget: labels to collect for a sample of `items`."""
+        shared = items if self.overlap is None else min(self.overlap, items)
+        return shared * self.annotators + (items - shared)
 
 
 class SnapshotConfig(Strict):
@@ -196,6 +229,7 @@ class BuildConfig(Strict):
     dedup: DedupConfig = DedupConfig()
     jury: JuryConfig = JuryConfig()
     sample: SampleConfig = SampleConfig()
+    validation: ValidationConfig = ValidationConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
     task_runner: TaskRunnerConfig = TaskRunnerConfig()
 

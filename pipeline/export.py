@@ -13,7 +13,7 @@ Written to a temporary directory and renamed into place; an existing name is
 refused, never overwritten.
 
 Example:
-    path = write_snapshot(outputs_dir, "v1", kept, rejected, sample, calibration, meta)
+    path = write_snapshot(outputs_dir, "v1", kept, rejected, sample, calibration, meta, taxonomy)
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pydantic import BaseModel
 from pipeline import __version__
 from pipeline.config import BuildConfig
 from pipeline.records import LEVELS, CalibrationVote, Decision, SnapshotRow, StageCounts, arrow_schema
+from pipeline.sample import source_of
 from pipeline.store import (
     CALIBRATION,
     CARD,
@@ -42,6 +43,7 @@ from pipeline.store import (
     PROMPTS,
     REJECTED,
     SAMPLE,
+    TAXONOMY,
     BaseRef,
     FileEntry,
     Manifest,
@@ -53,9 +55,8 @@ from pipeline.store import (
     temp_snapshot_dir,
 )
 
-ANNOTATION_COLUMNS = ("annotator_id", "annotator_label", "annotator_notes")
-SAMPLE_COLUMNS = ("id", "category", "level", "prompt", "original_question", "benign_votes", "n_jurors",
-                  *ANNOTATION_COLUMNS)
+# The items to label, not the annotation tasks (`orsc annotate` writes those, blind).
+SAMPLE_COLUMNS = ("id", "category", "level", "source", "prompt", "original_question")
 ROW_SCHEMA = arrow_schema(SnapshotRow)
 
 
@@ -118,8 +119,7 @@ def _sample_csv(sample: list[Decision]) -> str:
     writer.writerow(SAMPLE_COLUMNS)
     for d in sample:
         c = d.candidate
-        writer.writerow([c.id, c.category, c.level, c.prompt, c.original_question, d.benign_votes,
-                         len(d.votes), *([""] * len(ANNOTATION_COLUMNS))])
+        writer.writerow([c.id, c.category, c.level, source_of(d), c.prompt, c.original_question])
     return buf.getvalue()
 
 
@@ -130,7 +130,7 @@ def size_category(n: int) -> str:
     return "100K<n<1M"
 
 
-def dataset_card(counts: StageCounts, meta: SnapshotMeta) -> str:
+def dataset_card(counts: StageCounts, meta: SnapshotMeta, sample: list[Decision]) -> str:
     cfg = meta.config
     cats = meta.categories
     kept = counts.total(outcome="kept")
@@ -182,8 +182,8 @@ answer, each paired with the harmful request it neighbours
    cosine threshold {cfg['dedup']['threshold']}; the earliest prompt of a group is kept.
 4. **Jury**: {len(jury['jurors'])} jurors ({', '.join(jury['models'])}); a prompt is kept
    when at least {jury['required_benign']} of {len(jury['jurors'])} say benign.
-5. **Sample**: `{SAMPLE}`, a stratified sample for human validation
-   (annotator columns are empty until people fill them).
+5. **Sample**: `{SAMPLE}`, a stratified sample for human validation: {_sample_text(cfg["sample"], sample)}
+   `orsc annotate` turns it into blind annotation tasks.
 
 Rejected candidates are in `{REJECTED}.parquet` with their reason
 ({', '.join(f'{r}: {n}' for r, n in sorted(rejected.items())) or 'none'}).
@@ -217,6 +217,19 @@ prints the snapshot's digest.
 """
 
 
+def _sample_text(rule: dict, sample: list[Decision]) -> str:
+    kept = sum(d.kept for d in sample)
+    if rule.get("target_halfwidth") is not None:
+        size = (f"each stratum sized for a {rule['confidence']:.0%} interval of half-width"
+                f" {rule['target_halfwidth']} on its benign share (expected {rule['expected_benign']},"
+                " finite-population corrected)")
+    else:
+        size = f"{rule['per_stratum']} per stratum"
+    rejected = (f" and {len(sample) - kept} jury-rejected candidates (to measure the jury's false"
+                " rejections)" if rule.get("rejected") else "")
+    return f"{kept} kept prompts{rejected}, per category x level, {size}."
+
+
 def _calibration_text(calibration: dict[str, dict]) -> str:
     if not calibration:
         return "The jury was not checked for this snapshot (`jury.calibrate: false`)."
@@ -236,7 +249,8 @@ which is the easiest case.
 
 
 def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected: list[Decision],
-                   sample: list[Decision], calibration: list[CalibrationVote], meta: SnapshotMeta) -> Path:
+                   sample: list[Decision], calibration: list[CalibrationVote], meta: SnapshotMeta,
+                   taxonomy: list[dict[str, str]]) -> Path:
     """Write the snapshot atomically and return its directory."""
     root = snapshots_dir(outputs_dir)
     final = root / check_snapshot_name(outputs_dir, name)
@@ -258,8 +272,10 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
             _write_lines(tmp / CALIBRATION, [json.dumps(v.model_dump(), ensure_ascii=False, sort_keys=True)
                                              for v in calibration])
         (tmp / SAMPLE).write_text(_sample_csv(sample), encoding="utf-8")
+        (tmp / TAXONOMY).write_text(json.dumps(taxonomy, indent=2, ensure_ascii=False) + "\n",
+                                    encoding="utf-8")
         counts = StageCounts.of([*kept, *rejected])
-        (tmp / CARD).write_text(dataset_card(counts, meta), encoding="utf-8")
+        (tmp / CARD).write_text(dataset_card(counts, meta, sample), encoding="utf-8")
         files = {p.relative_to(tmp).as_posix(): FileEntry(sha256=file_sha256(p), bytes=p.stat().st_size)
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = Manifest(

@@ -6,7 +6,6 @@ rows come from snapshot files, raw model calls from outputs/cache/llm.sqlite.
 
 from __future__ import annotations
 
-import csv
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +17,7 @@ from pipeline.base import read_rows
 from pipeline.config import SamplingParams
 from pipeline.errors import InputError
 from pipeline.llm.cache import RequestCache
-from pipeline.store import SAMPLE, list_snapshots, load_manifest
+from pipeline.store import list_snapshots, load_manifest, read_sample
 
 
 class LLMCallRecord(BaseModel):
@@ -128,8 +127,7 @@ def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None) -> Pr
                          "copy an id from prompts.jsonl or rejected.jsonl of a snapshot")
     snap, row, rows = found
     manifest = load_manifest(snap)
-    with (snap / SAMPLE).open(encoding="utf-8") as fh:
-        sampled = {r["id"] for r in csv.DictReader(fh)}
+    sampled = {r["id"] for r in read_sample(snap)}
     window = (manifest.started_at, manifest.created_at)
     cache_path = outputs_dir / "cache" / "llm.sqlite"
     cache = RequestCache(cache_path, readonly=True) if cache_path.is_file() else None

@@ -1,11 +1,18 @@
-"""sample: a stratified sample (category x level) of kept prompts for human validation.
+"""sample: a stratified sample (category x level) for human validation.
 
-Input: kept Decisions. Output: the sampled Decisions, in stratum order.
-Each stratum draws with its own seeded RNG (seed, category, level), so adding
-or regenerating one category never changes another category's sample.
+Input: the snapshot's Decisions. Output: the sampled Decisions, kept ones first, each group
+in stratum order. Kept prompts are sampled to measure the benchmark's benign precision;
+jury-rejected ones (`jury_harmful`, when `sample.rejected`) to measure the jury's false
+rejections, which make a benchmark easier than it should be.
+
+A stratum's size is `sample.per_stratum`, or, with `sample.target_halfwidth`, what a
+`confidence` interval of that half-width on the stratum's benign share needs
+(pipeline.stats.sample_size: statsmodels, finite-population corrected). Each stratum draws
+with its own seeded RNG (seed, source, category, level), so adding or regenerating one
+category never changes another category's sample.
 
 Example:
-    picked = stratified_sample(kept, SampleConfig(per_stratum=2, seed=0), ["self_harm", "drug_abuse"])
+    picked = stratified_sample(decisions, SampleConfig(per_stratum=2, seed=0), ["self_harm"])
 """
 
 from __future__ import annotations
@@ -15,17 +22,41 @@ from collections import defaultdict
 
 from pipeline.config import SampleConfig
 from pipeline.records import LEVELS, Decision
+from pipeline.stats import sample_size
+
+# Nothing is known beforehand of how often the jury rejects a benign prompt: size the
+# rejected strata for the widest interval.
+REJECTED_EXPECTED_BENIGN = 0.5
 
 
-def stratified_sample(kept: list[Decision], cfg: SampleConfig, order: list[str]) -> list[Decision]:
+def source_of(d: Decision) -> str:
+    return "kept" if d.kept else "rejected"
+
+
+def samples_rejected(d: Decision, cfg: SampleConfig) -> bool:
+    return cfg.rejected and not d.kept and d.reason == "jury_harmful"
+
+
+def stratum_size(population: int, cfg: SampleConfig, kept: bool) -> int:
+    if cfg.target_halfwidth is None:
+        return min(cfg.per_stratum or 0, population)
+    expected = cfg.expected_benign if kept else REJECTED_EXPECTED_BENIGN
+    return sample_size(population, expected, cfg.target_halfwidth, cfg.confidence)
+
+
+def stratified_sample(decisions: list[Decision], cfg: SampleConfig, order: list[str]) -> list[Decision]:
     """`order`: the categories in taxonomy order (the sample's order)."""
-    strata: dict[tuple[str, str], list[Decision]] = defaultdict(list)
-    for d in kept:
-        strata[(d.candidate.category, d.candidate.level)].append(d)
+    strata: dict[tuple[str, str, str], list[Decision]] = defaultdict(list)
+    for d in decisions:
+        if d.kept or samples_rejected(d, cfg):
+            strata[(source_of(d), d.candidate.category, d.candidate.level)].append(d)
     picked: list[Decision] = []
-    for key in sorted(strata, key=lambda k: (order.index(k[0]), LEVELS.index(k[1]))):
+    for key in sorted(strata, key=lambda k: (k[0] != "kept", order.index(k[1]), LEVELS.index(k[2]))):
+        source, category, level = key
         members = sorted(strata[key], key=lambda d: d.candidate.id)
-        rng = random.Random(f"{cfg.seed}:{key[0]}:{key[1]}")
-        chosen = rng.sample(members, min(cfg.per_stratum, len(members)))
+        # Kept strata keep the seed string they always had, so older snapshots verify.
+        label = f"{cfg.seed}:{category}:{level}"
+        rng = random.Random(label if source == "kept" else f"{source}:{label}")
+        chosen = rng.sample(members, stratum_size(len(members), cfg, source == "kept"))
         picked.extend(sorted(chosen, key=lambda d: d.candidate.id))
     return picked

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -34,8 +35,24 @@ REJECTED = "rejected"            # .parquet and .jsonl: the rejected rows
 CALIBRATION = "jury_calibration.jsonl"
 SAMPLE = "validation_sample.csv"
 CARD = "README.md"
+TAXONOMY = "taxonomy.json"       # the categories' definitions the build used (annotation guidance)
 SNAPSHOT_NAME_MAX = 200          # leaves room for the temp dir's suffix within NAME_MAX (255)
 _TMP_DIR = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)$")
+
+
+def read_sample(snapshot: Path) -> list[dict[str, str]]:
+    """The rows of the snapshot's validation sample (id, category, level, source, ...)."""
+    with (snapshot / SAMPLE).open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def read_taxonomy(snapshot: Path) -> dict[str, dict[str, str]]:
+    """Category id -> its taxonomy entry (name, harm_definition, benign_boundary), in order."""
+    path = snapshot / TAXONOMY
+    if not path.is_file():
+        raise InputError(snapshot, TAXONOMY, "missing: the snapshot was built before snapshots kept"
+                         " their categories' definitions", "rebuild it with the current orsc")
+    return {entry["id"]: entry for entry in json.loads(path.read_text(encoding="utf-8"))}
 
 
 def data_file(category: str) -> str:

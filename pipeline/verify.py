@@ -16,7 +16,6 @@ A snapshot protects itself in two ways:
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,7 +26,7 @@ from pipeline.errors import InputError, shorten
 from pipeline.export import jury_of, models_of
 from pipeline.fingerprint import config_components, fingerprint_of
 from pipeline.jury import calibration_summary
-from pipeline.records import CalibrationVote, SnapshotRow, StageCounts
+from pipeline.records import CalibrationVote, SnapshotRow, StageCounts, content_id
 from pipeline.sample import stratified_sample
 from pipeline.store import (
     CALIBRATION,
@@ -35,11 +34,14 @@ from pipeline.store import (
     PROMPTS,
     REJECTED,
     SAMPLE,
+    TAXONOMY,
     Manifest,
     check_files,
     data_file,
     load_manifest,
     read_jsonl_rows,
+    read_sample,
+    read_taxonomy,
 )
 
 
@@ -101,8 +103,9 @@ def _check_content(snapshot: Path, m: Manifest) -> list[str]:
         problems.append(f"{MANIFEST} counts.kept differ from {PROMPTS}.jsonl")
     if counts.rejected_by_category(m.categories) != m.counts.rejected:
         problems.append(f"{MANIFEST} counts.rejected differ from {REJECTED}.jsonl")
-    problems += _check_sample(snapshot, m, kept)
+    problems += _check_sample(snapshot, m, kept + rejected)
     problems += _check_config(m)
+    problems += _check_taxonomy(snapshot, m)
     calibration_file = snapshot / CALIBRATION
     votes = ([CalibrationVote.model_validate(r) for r in read_jsonl_rows(calibration_file)]
              if calibration_file.is_file() else [])
@@ -127,9 +130,8 @@ def _check_categories(m: Manifest) -> list[str]:
     return problems
 
 
-def _check_sample(snapshot: Path, m: Manifest, kept: list[SnapshotRow]) -> list[str]:
-    with (snapshot / SAMPLE).open(encoding="utf-8", newline="") as fh:
-        ids = [row["id"] for row in csv.DictReader(fh)]
+def _check_sample(snapshot: Path, m: Manifest, rows: list[SnapshotRow]) -> list[str]:
+    ids = [row["id"] for row in read_sample(snapshot)]
     problems = []
     if len(ids) != m.counts.validation_sample:
         problems.append(f"{MANIFEST} counts.validation_sample differs from {SAMPLE}")
@@ -137,10 +139,28 @@ def _check_sample(snapshot: Path, m: Manifest, kept: list[SnapshotRow]) -> list[
         cfg = BuildConfig.model_validate(m.config)
     except ValidationError:
         return problems  # _check_config reports it
-    expected = stratified_sample([r.to_decision() for r in kept], cfg.sample, m.categories)
+    if "rejected" not in m.config.get("sample", {}):
+        cfg.sample.rejected = False  # built before rejected candidates were sampled
+    expected = stratified_sample([r.to_decision() for r in rows], cfg.sample, m.categories)
     if ids != [d.candidate.id for d in expected]:
         problems.append(f"{SAMPLE} is not the sample that {MANIFEST}'s sample settings draw")
     return problems
+
+
+def _check_taxonomy(snapshot: Path, m: Manifest) -> list[str]:
+    """taxonomy.json holds the definitions each category was built under: the same entries
+    whose hashes are the fingerprints' `taxonomy` components."""
+    if TAXONOMY not in m.files:
+        return []  # built before snapshots kept their definitions (check_files: nothing else)
+    try:
+        entries = read_taxonomy(snapshot)
+    except (ValueError, KeyError, TypeError) as err:
+        return [f"{TAXONOMY}: unreadable ({shorten(str(err), 200)})"]
+    if list(entries) != m.categories:
+        return [f"{TAXONOMY} lists {list(entries)}, {MANIFEST} categories {m.categories}"]
+    return [f"{TAXONOMY}: the entry of {cat} is not the one it was built under"
+            for cat in m.categories
+            if content_id(entries[cat]) != m.fingerprint_components[cat].get("taxonomy")]
 
 
 def _check_config(m: Manifest) -> list[str]:

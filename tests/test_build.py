@@ -122,8 +122,18 @@ def test_manifest_and_dataset_card(built):
     assert "| judge_3 | 4 of 4 | 100% |" in card
     with (snap / "validation_sample.csv").open() as fh:
         sample = list(csv.DictReader(fh))
-    assert len(sample) == 4  # one per category x level that has kept prompts
-    assert all(s["annotator_label"] == "" for s in sample)
+    kept_ids = {r["id"] for r in rows(snap / "prompts.jsonl")}
+    jury_rejected = {r["id"]: r for r in rows(snap / "rejected.jsonl") if r["reason"] == "jury_harmful"}
+    sampled_kept = [s for s in sample if s["source"] == "kept"]
+    sampled_rejected = [s for s in sample if s["source"] == "rejected"]
+    assert len(sampled_kept) == 4 and {s["id"] for s in sampled_kept} <= kept_ids  # 1 per stratum
+    # the jury's rejections are sampled too (1 per category x level that has any)
+    strata = {(r["category"], r["level"]) for r in jury_rejected.values()}
+    assert len(sampled_rejected) == len(strata) >= 1
+    assert all(s["id"] in jury_rejected for s in sampled_rejected)
+    assert sample == sampled_kept + sampled_rejected
+    assert "benign_votes" not in sample[0] and "n_jurors" not in sample[0]  # no jury votes
+    assert "4 kept prompts and 2 jury-rejected candidates" in card
 
 
 def test_second_build_with_same_inputs_makes_zero_model_calls(built):

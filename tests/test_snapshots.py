@@ -4,6 +4,7 @@ a build killed while exporting leaves nothing behind for good; diff sees changed
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -76,6 +77,21 @@ def test_an_edited_manifest_fails_verify(snap, tmp_path, capsys, change, message
     _edit_manifest(copy, change)
     rc, out = _verify(capsys, copy)
     assert rc == 1 and message in out, out
+
+
+def test_the_categories_definitions_travel_with_the_snapshot(snap, tmp_path, capsys):
+    """taxonomy.json holds what annotators are shown; re-signed edits are still caught."""
+    copy = _copy(snap, tmp_path)
+    path = copy / "taxonomy.json"
+    entries = json.loads(path.read_text())
+    assert [e["id"] for e in entries] == ["self_harm", "drug_abuse"]
+    entries[0]["harm_definition"] = "Anything about medicine at all."
+    path.write_text(json.dumps(entries))
+    data = path.read_bytes()
+    _edit_manifest(copy, lambda m: m["files"].update(
+        {"taxonomy.json": {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}))
+    rc, out = _verify(capsys, copy)
+    assert rc == 1 and "taxonomy.json: the entry of self_harm is not the one it was built under" in out
 
 
 @pytest.mark.parametrize("change,message", [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -212,3 +214,30 @@ def test_stratified_sample_is_seeded_and_per_stratum():
                                   SampleConfig(per_stratum=2, seed=0), order)
     assert [d.candidate.id for d in only_self] == [d.candidate.id for d in a
                                                    if d.candidate.category == "self_harm"]
+
+
+def test_sample_sized_by_precision_draws_kept_and_jury_rejected():
+    # 400 kept prompts in self_harm/easy, 50 in self_harm/hard; 60 jury-rejected in
+    # self_harm/hard and 10 duplicates (never sampled: they say nothing of the jury).
+    decisions = ([Decision(candidate=cand(i, f"k{i}?", level="easy"), kept=True) for i in range(400)]
+                 + [Decision(candidate=cand(400 + i, f"h{i}?", level="hard"), kept=True) for i in range(50)]
+                 + [Decision(candidate=cand(500 + i, f"r{i}?", level="hard"), kept=False,
+                             reason="jury_harmful") for i in range(60)]
+                 + [Decision(candidate=cand(600 + i, f"d{i}?", level="hard"), kept=False,
+                             reason="duplicate") for i in range(10)])
+    cfg = SampleConfig(target_halfwidth=0.05, seed=3)
+    picked = stratified_sample(decisions, cfg, ["self_harm"])
+    by = collections.Counter((d.kept, d.candidate.level) for d in picked)
+    # z^2 p (1-p) / h^2 at p = 0.9: 138.3; finite population 400 -> 103, 50 -> 37;
+    # rejected at p = 0.5: 384.1, finite population 60 -> 53.
+    assert by == {(True, "easy"): 103, (True, "hard"): 37, (False, "hard"): 53}
+    assert all(d.kept or d.reason == "jury_harmful" for d in picked)
+    assert picked[:140] == [d for d in picked if d.kept]  # kept first
+    assert not any(not d.kept for d in stratified_sample(
+        decisions, SampleConfig(target_halfwidth=0.05, rejected=False), ["self_harm"]))
+
+
+def test_sample_rule_is_one_or_the_other():
+    with pytest.raises(ValueError, match="set one of them"):
+        SampleConfig(per_stratum=3, target_halfwidth=0.05)
+    assert SampleConfig().per_stratum == 2

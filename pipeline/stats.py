@@ -1,0 +1,156 @@
+"""stats: the statistics behind every quality claim, each from a well-kept library.
+
+- proportions and their intervals: statsmodels (`proportion_confint`, Wilson score);
+- sample sizes: statsmodels (`samplesize_confint_proportion`), with the finite-population
+  correction;
+- Cohen's kappa and confusion matrices: scikit-learn;
+- Fleiss' kappa: statsmodels (`fleiss_kappa` over `aggregate_raters`);
+- Krippendorff's alpha: the `krippendorff` package (nominal), with a bootstrap interval
+  over units;
+- Spearman's rho: scipy.
+
+Nothing here is a hand-written estimator: these wrappers fix the conventions (labels as
+strings, missing ratings as None, 95% by default) and turn results into plain numbers that
+JSON can hold. tests/test_stats.py checks each one against a published worked example.
+
+Example:
+    >>> wilson(81, 263).low
+    0.2553...
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel
+
+
+class Proportion(BaseModel):
+    """`count` of `n`, its share and Wilson score interval (None when n is 0)."""
+    count: int
+    n: int
+    share: float | None
+    low: float | None
+    high: float | None
+    confidence: float
+
+
+def wilson(count: int, n: int, confidence: float = 0.95) -> Proportion:
+    from statsmodels.stats.proportion import proportion_confint
+
+    if n == 0:
+        return Proportion(count=0, n=0, share=None, low=None, high=None, confidence=confidence)
+    low, high = proportion_confint(count, n, alpha=1 - confidence, method="wilson")
+    return Proportion(count=count, n=n, share=count / n, low=float(low), high=float(high),
+                      confidence=confidence)
+
+
+def sample_size(population: int, expected: float, halfwidth: float, confidence: float = 0.95) -> int:
+    """Items to label in a stratum of `population` so that a share near `expected` is
+    estimated to +-`halfwidth` at `confidence`: statsmodels' size for an infinite population,
+    then the finite-population correction n = n0 / (1 + (n0 - 1) / N). Never more than N."""
+    from statsmodels.stats.proportion import samplesize_confint_proportion
+
+    if population <= 0:
+        return 0
+    n0 = float(samplesize_confint_proportion(expected, halfwidth, alpha=1 - confidence))
+    return min(population, math.ceil(n0 / (1 + (n0 - 1) / population)))
+
+
+def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
+    """Cohen's kappa of two raters over the same items (None when undefined: no items, or
+    both raters used one and the same label throughout)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    if not a:
+        return None
+    if len(set(a) | set(b)) < 2:
+        return None
+    value = float(cohen_kappa_score(list(a), list(b)))
+    return None if math.isnan(value) else value
+
+
+def fleiss_kappa(ratings: Sequence[Sequence[str]]) -> float | None:
+    """Fleiss' kappa for items (rows) each rated by the same number of raters (columns)."""
+    from statsmodels.stats.inter_rater import aggregate_raters
+    from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss
+
+    if not ratings:
+        return None
+    labels = sorted({r for row in ratings for r in row})
+    if len(labels) < 2:
+        return None
+    codes = np.array([[labels.index(r) for r in row] for row in ratings])
+    table, _ = aggregate_raters(codes, n_cat=len(labels))
+    value = float(sm_fleiss(table, method="fleiss"))
+    return None if math.isnan(value) else value
+
+
+def krippendorff_alpha(data: Sequence[Sequence[str | None]]) -> float | None:
+    """Nominal Krippendorff's alpha; `data` is raters x units, None where a rater did not
+    rate a unit. None when undefined (fewer than two pairable ratings or one label)."""
+    import krippendorff
+
+    codes, n_labels = _codes(data)
+    if n_labels < 2 or _pairable(codes) == 0:
+        return None
+    value = float(krippendorff.alpha(reliability_data=codes, level_of_measurement="nominal"))
+    return None if math.isnan(value) else value
+
+
+def krippendorff_interval(data: Sequence[Sequence[str | None]], confidence: float = 0.95,
+                          draws: int = 1000, seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of nominal alpha, resampling units with replacement
+    (the package gives no interval). Seeded: the same data give the same interval."""
+    import krippendorff
+
+    codes, n_labels = _codes(data)
+    if n_labels < 2 or _pairable(codes) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    units = codes.shape[1]
+    values = []
+    for _ in range(draws):
+        sample = codes[:, rng.integers(0, units, units)]
+        if len({v for v in sample[~np.isnan(sample)]}) < 2 or _pairable(sample) == 0:
+            continue  # alpha is undefined on this resample
+        values.append(krippendorff.alpha(reliability_data=sample, level_of_measurement="nominal"))
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return None
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def _codes(data: Sequence[Sequence[str | None]]) -> tuple[np.ndarray, int]:
+    labels = sorted({v for row in data for v in row if v is not None})
+    codes = np.array([[np.nan if v is None else float(labels.index(v)) for v in row] for row in data],
+                     dtype=float).reshape(len(data), -1)
+    return codes, len(labels)
+
+
+def _pairable(codes: np.ndarray) -> int:
+    """Units rated by at least two raters."""
+    return int(((~np.isnan(codes)).sum(axis=0) >= 2).sum()) if codes.size else 0
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float] | None:
+    """Spearman's rho and its two-sided p-value (None when a side is constant or n < 3)."""
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    result = spearmanr(x, y)
+    return float(result.statistic), float(result.pvalue)
+
+
+def confusion(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
+    """Counts: rows are `truth`'s labels, columns `predicted`'s, both in `labels` order."""
+    from sklearn.metrics import confusion_matrix
+
+    if not truth:
+        return [[0] * len(labels) for _ in labels]
+    return confusion_matrix(list(truth), list(predicted), labels=list(labels)).tolist()
