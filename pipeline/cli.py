@@ -162,14 +162,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_annotate(args: argparse.Namespace) -> int:
     from pipeline.annotate import plan_tasks, write_tasks
     from pipeline.store import load_manifest
-    from pipeline.verify import verify_snapshot
 
     snapshot = Path(args.snapshot)
-    report = verify_snapshot(snapshot)
-    if report.problems:
-        more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
-        raise InputError(snapshot, None, f"fails verification: {report.problems[0]}{more}",
-                         "run `orsc verify` on it; annotate a snapshot that passes")
+    _verified(snapshot, "annotate")
     # Defaults: the snapshot's own config (validation.annotators, validation.overlap).
     planned = ValidationConfig.model_validate(load_manifest(snapshot).config.get("validation", {}))
     annotators = planned.annotators if args.annotators is None else args.annotators
@@ -182,6 +177,75 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     for f in files:
         console.print(f"  {f}")
     return 0
+
+
+def _verified(snapshot: Path, purpose: str) -> None:
+    from pipeline.verify import verify_snapshot
+
+    report = verify_snapshot(snapshot)
+    if report.problems:
+        more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
+        raise InputError(snapshot, None, f"fails verification: {report.problems[0]}{more}",
+                         f"run `orsc verify` on it; {purpose} a snapshot that passes")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.base import read_rows
+    from pipeline.labels import read_labels
+    from pipeline.store import REPORT_FILE, check_snapshot_name, load_manifest, read_sample
+    from pipeline.validity import validity_report, write_validation_snapshot
+
+    snapshot = Path(args.snapshot)
+    _verified(snapshot, "validate")
+    manifest = load_manifest(snapshot)
+    check_snapshot_name(snapshot.parent.parent, args.name)  # before reading any label
+    sample = read_sample(snapshot)
+    labels = read_labels([Path(p) for p in args.labels], {s["id"] for s in sample}, manifest.digest)
+    validation = ValidationConfig.model_validate(manifest.config.get("validation", {}))
+    rows = read_rows(snapshot)
+    report = validity_report(rows, sample, labels, validation.min_precision)
+    path = write_validation_snapshot(snapshot, manifest, args.name, rows, sample, labels, report, args.gate)
+    _print_validity(report)
+    if args.gate:
+        moved = load_manifest(path).counts.rejected
+        console.print(f"gate: {sum(c.get('human_harmful', 0) for c in moved.values())} kept prompts that"
+                      " people labelled harmful moved to rejected (reason human_harmful)")
+    console.print(f"snapshot: {path} ({load_manifest(path).digest}); every figure: {path / REPORT_FILE}")
+    return 0
+
+
+def _print_validity(report: dict) -> None:
+    lab, p = report["labels"], report["precision"]
+    console.print(f"{lab['rows']} labels of {lab['items']} items by {len(lab['annotators'])} annotators"
+                  f" (skipped: {lab['unlabelled']} unlabelled, {lab['cancelled']} cancelled;"
+                  f" {lab['undecided']} items undecided)")
+    table = Table(title="benign precision of kept prompts (Wilson 95% CI)")
+    for col in ("category", "level", "kept", "labelled", "precision", "95% CI", "harmful left"):
+        table.add_column(col, justify="left" if col in ("category", "level") else "right")
+
+    def add(fig: dict, category: str, level: str, **style) -> None:
+        q, h = fig["precision"], fig["harmful_left"]
+        table.add_row(category, level, str(fig["kept"]), str(fig["labelled"]),
+                      "-" if not q["n"] else f"{q['share']:.1%}",
+                      "-" if not q["n"] else f"{q['low']:.1%}-{q['high']:.1%}",
+                      "-" if h is None else f"{h['estimate']:g} ({h['low']:g}-{h['high']:g})", **style)
+
+    for s in p["strata"]:
+        add(s, s["category"], s["level"])
+    for c in p["categories"]:
+        add(c, c["category"], "all")
+    add(p["overall"], "overall", "", style="bold")
+    console.print(table)
+    jury, agree = report["jury"], report["agreement"]
+    kappas = ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in jury["kappa"].items())
+    console.print(f"jury against people ({jury['items']} items): Cohen's kappa {kappas}")
+    alpha = agree["krippendorff_alpha"]
+    console.print(f"agreement: Krippendorff's alpha {'n/a' if alpha is None else f'{alpha:.2f}'} over"
+                  f" {agree['items_labelled_twice_or_more']} items labelled more than once;"
+                  f" {len(agree['disagreements'])} disagreements")
+    for b in p["below_min_precision"]:
+        console.print(f"below validation.min_precision ({p['min_precision']:.0%}):"
+                      f" {b['category']}/{b['level']} (lower bound {b['low']:.1%})")
 
 
 def cmd_provenance(args: argparse.Namespace) -> int:
@@ -227,6 +291,10 @@ def _print_provenance(r) -> None:
         for c in v.calls:
             _print_call("    call", c)
     console.print(f"validation sample: {'yes' if r.in_validation_sample else 'no'}")
+    for h in r.human_labels:
+        rating = f", ambiguity {h.ambiguity}" if h.ambiguity else ""
+        notes = f", notes: {h.notes}" if h.notes else ""
+        console.print(f"  human label in {h.snapshot}: {h.annotator}: {h.label}{rating}{notes} [{h.file}]")
 
 
 def _print_call(label: str, c) -> None:
@@ -333,6 +401,15 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--overlap", type=int, help="items every annotator labels, for agreement; the rest"
                                                " are labelled once (default: validation.overlap, all)")
     a.set_defaults(func=cmd_annotate)
+
+    va = sub.add_parser("validate", help="import human labels into a new snapshot with a validity report")
+    va.add_argument("snapshot", help="the snapshot the labels are for")
+    va.add_argument("labels", nargs="+", help="filled-in CSV files from `orsc annotate`, or Label"
+                                              " Studio JSON exports")
+    va.add_argument("--name", required=True, help="name of the new snapshot (beside SNAPSHOT)")
+    va.add_argument("--gate", action="store_true", help="move kept prompts that people labelled harmful"
+                                                        " (by majority) to rejected, reason human_harmful")
+    va.set_defaults(func=cmd_validate)
 
     pr = sub.add_parser("provenance", help="print where a prompt came from")
     pr.add_argument("id", help="prompt id (kept or rejected)")

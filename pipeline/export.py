@@ -100,6 +100,21 @@ def row_sort_key(order: list[str]):
     return lambda d: (index[d.candidate.category], LEVELS.index(d.candidate.level), d.candidate.id)
 
 
+def write_row_files(directory: Path, kept: list[SnapshotRow], rejected: list[SnapshotRow],
+                    categories: list[str]) -> None:
+    """prompts.* and rejected.* (parquet and jsonl), and data/<category>.jsonl per category."""
+    _write_rows(directory, PROMPTS, kept)
+    _write_rows(directory, REJECTED, rejected)
+    for cat in categories:
+        _write_lines(directory / data_file(cat), [r.json_line() for r in kept if r.category == cat])
+
+
+def listed_files(directory: Path) -> dict[str, FileEntry]:
+    """MANIFEST's `files`: every file below `directory` with its sha256 and size."""
+    return {p.relative_to(directory).as_posix(): FileEntry(sha256=file_sha256(p), bytes=p.stat().st_size)
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 def _write_rows(directory: Path, stem: str, rows: list[SnapshotRow]) -> None:
     table = pa.Table.from_pylist([r.model_dump(mode="json") for r in rows], schema=ROW_SCHEMA)
     pq.write_table(table, directory / f"{stem}.parquet")
@@ -263,11 +278,8 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
         key = row_sort_key(meta.categories)
         kept = sorted(kept, key=key)
         rejected = sorted(rejected, key=key)
-        kept_rows = [SnapshotRow.from_decision(d) for d in kept]
-        _write_rows(tmp, PROMPTS, kept_rows)
-        _write_rows(tmp, REJECTED, [SnapshotRow.from_decision(d) for d in rejected])
-        for cat in meta.categories:
-            _write_lines(tmp / data_file(cat), [r.json_line() for r in kept_rows if r.category == cat])
+        write_row_files(tmp, [SnapshotRow.from_decision(d) for d in kept],
+                        [SnapshotRow.from_decision(d) for d in rejected], meta.categories)
         if calibration:
             _write_lines(tmp / CALIBRATION, [json.dumps(v.model_dump(), ensure_ascii=False, sort_keys=True)
                                              for v in calibration])
@@ -276,8 +288,7 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
                                     encoding="utf-8")
         counts = StageCounts.of([*kept, *rejected])
         (tmp / CARD).write_text(dataset_card(counts, meta, sample), encoding="utf-8")
-        files = {p.relative_to(tmp).as_posix(): FileEntry(sha256=file_sha256(p), bytes=p.stat().st_size)
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = listed_files(tmp)
         manifest = Manifest(
             name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
             package={"name": "health-orsc", "version": __version__}, files=files,

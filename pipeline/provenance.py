@@ -17,7 +17,7 @@ from pipeline.base import read_rows
 from pipeline.config import SamplingParams
 from pipeline.errors import InputError
 from pipeline.llm.cache import RequestCache
-from pipeline.store import list_snapshots, load_manifest, read_sample
+from pipeline.store import LABELS_FILE, list_snapshots, load_manifest, read_jsonl_rows, read_sample
 
 
 class LLMCallRecord(BaseModel):
@@ -69,6 +69,16 @@ class Provenance(BaseModel):
     benign_votes: int | None
     required_benign: int | None
     in_validation_sample: bool
+    human_labels: list[HumanLabel]  # from every validation snapshot that labelled it
+
+
+class HumanLabel(BaseModel):
+    snapshot: str
+    annotator: str
+    label: str
+    ambiguity: int | None
+    notes: str
+    file: str  # the file people filled in (and where in it)
 
 
 def _call(cache: RequestCache | None, key: str, window: tuple[str, str]) -> LLMCallRecord:
@@ -115,11 +125,13 @@ def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None) -> Pr
         raise InputError(outputs_dir, None, "holds no snapshots", "run `orsc build` first")
     found = None
     holders = []
+    human: list[HumanLabel] = []
     for snap in order:
         rows = read_rows(snap)
         row = next((r for r in rows if r.id == prompt_id), None)
         if row is not None:
             holders.append(snap.name)
+            human += _human_labels(snap, prompt_id)
             if found is None and (snapshot is None or snap is snapshot):
                 found = (snap, row, rows)
     if found is None:
@@ -156,5 +168,14 @@ def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None) -> Pr
                "duplicates_dropped": [r.id for r in rows if r.duplicate_of == row.id]},
         votes=votes, benign_votes=row.benign_votes,
         required_benign=manifest.jury.get("required_benign"),
-        in_validation_sample=row.id in sampled,
+        in_validation_sample=row.id in sampled, human_labels=human,
     )
+
+
+def _human_labels(snapshot: Path, prompt_id: str) -> list[HumanLabel]:
+    path = snapshot / LABELS_FILE
+    if not path.is_file():
+        return []
+    return [HumanLabel(snapshot=snapshot.name, annotator=r["annotator"], label=r["label"],
+                       ambiguity=r["ambiguity"], notes=r["notes"], file=f"{r['file']} ({r['where']})")
+            for r in read_jsonl_rows(path) if r["prompt_id"] == prompt_id]

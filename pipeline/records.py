@@ -24,7 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 Level = Literal["easy", "medium", "hard"]
 LEVELS: tuple[Level, ...] = get_args(Level)
 # Why a candidate left the benchmark; every stage rejects with one of these.
-RejectReason = Literal["unusable_rewrite", "duplicate", "jury_harmful", "unparseable_verdict"]
+# human_harmful: kept by the jury, labelled harmful by people (`orsc validate --gate`)
+RejectReason = Literal["unusable_rewrite", "duplicate", "jury_harmful", "unparseable_verdict",
+                       "human_harmful"]
 REJECT_REASONS: tuple[str, ...] = get_args(RejectReason)
 # A category id is also a file name (seeds/<id>.yaml, data/<id>.jsonl): keep it plain.
 CATEGORY_ID_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"

@@ -20,7 +20,7 @@ import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -35,15 +35,18 @@ REJECTED = "rejected"            # .parquet and .jsonl: the rejected rows
 CALIBRATION = "jury_calibration.jsonl"
 SAMPLE = "validation_sample.csv"
 CARD = "README.md"
+LABELS_FILE = "validation/labels.jsonl"   # a validation snapshot's human labels
+REPORT_FILE = "validation/report.json"    # and its validity report
 TAXONOMY = "taxonomy.json"       # the categories' definitions the build used (annotation guidance)
 SNAPSHOT_NAME_MAX = 200          # leaves room for the temp dir's suffix within NAME_MAX (255)
 _TMP_DIR = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)$")
 
 
 def read_sample(snapshot: Path) -> list[dict[str, str]]:
-    """The rows of the snapshot's validation sample (id, category, level, source, ...)."""
+    """The rows of the snapshot's validation sample (id, category, level, source, ...).
+    Samples written before jury rejections were sampled hold kept prompts only."""
     with (snapshot / SAMPLE).open(encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
+        return [{"source": "kept", **row} for row in csv.DictReader(fh)]
 
 
 def read_taxonomy(snapshot: Path) -> dict[str, dict[str, str]]:
@@ -170,6 +173,9 @@ class Manifest(_Strict):
     config: dict[str, Any]
     jury: dict[str, Any]
     jury_calibration: dict[str, dict[str, Any]]
+    # "validation": derived from `base` by `orsc validate` (its rows are the base's, plus
+    # validation/labels.jsonl and validation/report.json)
+    kind: Literal["build", "validation"] = "build"
     _digest: str = PrivateAttr("")
 
     @property

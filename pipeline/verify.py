@@ -16,6 +16,7 @@ A snapshot protects itself in two ways:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -26,13 +27,16 @@ from pipeline.errors import InputError, shorten
 from pipeline.export import jury_of, models_of
 from pipeline.fingerprint import config_components, fingerprint_of
 from pipeline.jury import calibration_summary
+from pipeline.labels import LabelRow, LabelSet
 from pipeline.records import CalibrationVote, SnapshotRow, StageCounts, content_id
 from pipeline.sample import stratified_sample
 from pipeline.store import (
     CALIBRATION,
+    LABELS_FILE,
     MANIFEST,
     PROMPTS,
     REJECTED,
+    REPORT_FILE,
     SAMPLE,
     TAXONOMY,
     Manifest,
@@ -43,6 +47,7 @@ from pipeline.store import (
     read_sample,
     read_taxonomy,
 )
+from pipeline.validity import human_harmful, ungated, validity_report
 
 
 class VerifyReport(BaseModel):
@@ -106,6 +111,8 @@ def _check_content(snapshot: Path, m: Manifest) -> list[str]:
     problems += _check_sample(snapshot, m, kept + rejected)
     problems += _check_config(m)
     problems += _check_taxonomy(snapshot, m)
+    if m.kind == "validation":
+        problems += _check_validation(snapshot, m, kept + rejected)
     calibration_file = snapshot / CALIBRATION
     votes = ([CalibrationVote.model_validate(r) for r in read_jsonl_rows(calibration_file)]
              if calibration_file.is_file() else [])
@@ -141,7 +148,8 @@ def _check_sample(snapshot: Path, m: Manifest, rows: list[SnapshotRow]) -> list[
         return problems  # _check_config reports it
     if "rejected" not in m.config.get("sample", {}):
         cfg.sample.rejected = False  # built before rejected candidates were sampled
-    expected = stratified_sample([r.to_decision() for r in rows], cfg.sample, m.categories)
+    # drawn before `orsc validate --gate` moved any kept prompt to rejected
+    expected = stratified_sample([r.to_decision() for r in ungated(rows)], cfg.sample, m.categories)
     if ids != [d.candidate.id for d in expected]:
         problems.append(f"{SAMPLE} is not the sample that {MANIFEST}'s sample settings draw")
     return problems
@@ -161,6 +169,36 @@ def _check_taxonomy(snapshot: Path, m: Manifest) -> list[str]:
     return [f"{TAXONOMY}: the entry of {cat} is not the one it was built under"
             for cat in m.categories
             if content_id(entries[cat]) != m.fingerprint_components[cat].get("taxonomy")]
+
+
+def _check_validation(snapshot: Path, m: Manifest, rows: list[SnapshotRow]) -> list[str]:
+    """The labels name sampled items, and the report is what they give."""
+    if m.base is None:
+        return [f"{MANIFEST} kind is validation but names no base snapshot"]
+    try:
+        labels = [LabelRow.model_validate(r) for r in read_jsonl_rows(snapshot / LABELS_FILE)]
+        stored = json.loads((snapshot / REPORT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, ValidationError) as err:
+        return [f"validation files: unreadable ({shorten(str(err), 200)})"]
+    sample = read_sample(snapshot)
+    stray = sorted({r.prompt_id for r in labels} - {s["id"] for s in sample})
+    if stray:
+        return [f"{LABELS_FILE} labels items outside the validation sample ({', '.join(stray[:3])})"]
+    counts = stored.get("labels", {}) if isinstance(stored, dict) else {}
+    label_set = LabelSet(rows=labels, unlabelled=counts.get("unlabelled", 0),
+                         cancelled=counts.get("cancelled", 0), repeated=counts.get("repeated", 0),
+                         files=counts.get("files", []))
+    gated = {r.id for r in rows if r.reason == "human_harmful"}
+    if gated and gated != human_harmful(sample, label_set):
+        return [f"rows rejected as human_harmful are not the kept prompts {LABELS_FILE} labels harmful"]
+    try:
+        expected = validity_report(ungated(rows), sample, label_set, stored["precision"]["min_precision"],
+                                   stored["confidence"])
+    except (KeyError, TypeError) as err:
+        return [f"{REPORT_FILE}: malformed ({shorten(str(err), 100)})"]
+    if json.loads(json.dumps(expected)) != stored:
+        return [f"{REPORT_FILE} is not the report that {LABELS_FILE} gives"]
+    return []
 
 
 def _check_config(m: Manifest) -> list[str]:

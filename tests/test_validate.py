@@ -1,0 +1,299 @@
+"""`orsc validate`: labels from people (CSV and Label Studio) into a new snapshot whose
+validity report matches an independent computation, and which `orsc verify` accepts."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import krippendorff
+import numpy as np
+import pytest
+from sklearn.metrics import cohen_kappa_score
+from statsmodels.stats.proportion import proportion_confint
+
+from pipeline.cli import main
+from pipeline.store import load_manifest, read_sample
+from tests.conftest import fake_config
+from tests.fake_openai import FakeOpenAI
+from tests.test_build import reply
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def snap(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("validate")
+    server = FakeOpenAI(reply).start()
+    cfg = fake_config(tmp, server.base_url, sample={"per_stratum": 2},
+                      validation={"annotators": 3, "overlap": 4})
+    assert main(["build", "--config", str(cfg), "--name", "v1"]) == 0
+    server.stop()
+    yield tmp / "outputs" / "snapshots" / "v1"
+
+
+def _read(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def truth(prompt_id: str) -> str:
+    """What the scripted annotators believe: about a third of the items are harmful."""
+    return "harmful" if int(hashlib.sha256(prompt_id.encode()).hexdigest(), 16) % 3 == 0 else "benign"
+
+
+def flip(label: str) -> str:
+    return "benign" if label == "harmful" else "harmful"
+
+
+@pytest.fixture(scope="module")
+def labelled(snap, tmp_path_factory):
+    """annotator_1 and annotator_2 fill CSVs; annotator_3 labels in Label Studio (one
+    annotation cancelled). annotator_2 disagrees on one shared item, annotator_3 on another
+    and is unsure of a third."""
+    tmp = tmp_path_factory.mktemp("labels")
+    assert main(["annotate", str(snap), "--out", str(tmp / "csv")]) == 0
+    assert main(["annotate", str(snap), "--out", str(tmp / "ls"), "--format", "label-studio"]) == 0
+    sample = read_sample(snap)
+    level = {s["id"]: s["level"] for s in sample}
+    files = {}
+    shared = sorted(pid for pid, n in Counter(
+        r["prompt_id"] for f in (tmp / "csv").glob("*.csv") for r in _read(f)).items() if n == 3)
+    for name in ("annotator_1", "annotator_2"):
+        rows = _read(tmp / "csv" / f"{name}.csv")
+        for r in rows:
+            r["label"] = truth(r["prompt_id"])
+            if name == "annotator_2" and r["prompt_id"] == shared[0]:
+                r["label"] = flip(r["label"])
+            r["ambiguity"] = str({"easy": 1, "medium": 2, "hard": 3}[level[r["prompt_id"]]])
+        rows[-1]["label"] = rows[-1]["label"].upper() + " "  # case and spaces do not matter
+        _write(tmp / f"{name}.csv", rows)
+        files[name] = tmp / f"{name}.csv"
+    tasks = json.loads((tmp / "ls" / "annotator_3.tasks.json").read_text())
+    export = []
+    for n, task in enumerate(tasks, start=1):
+        pid = task["data"]["prompt_id"]
+        label = flip(truth(pid)) if pid == shared[1] else "unsure" if pid == shared[2] else truth(pid)
+        result = [{"from_name": "label", "to_name": "prompt", "type": "choices",
+                   "value": {"choices": [label]}},
+                  {"from_name": "ambiguity", "to_name": "prompt", "type": "choices",
+                   "value": {"choices": ["2"]}}]
+        annotations = [{"id": n, "completed_by": 7, "was_cancelled": False, "lead_time": 3.5,
+                        "result": result}]
+        if n == 1:  # someone opened it and skipped it
+            annotations.append({"id": 1000, "completed_by": 8, "was_cancelled": True, "result": []})
+        export.append({"id": 100 + n, "data": task["data"], "annotations": annotations})
+    files["annotator_3"] = tmp / "export.json"
+    files["annotator_3"].write_text(json.dumps(export))
+    return {"files": files, "shared": shared, "tmp": tmp}
+
+
+def _labels(labelled) -> dict[str, dict[str, str]]:
+    """prompt id -> annotator -> label, read back from the files as the test wrote them."""
+    out: dict[str, dict[str, str]] = {}
+    for name in ("annotator_1", "annotator_2"):
+        for r in _read(labelled["files"][name]):
+            out.setdefault(r["prompt_id"], {})[name] = r["label"].strip().lower()
+    for task in json.loads(labelled["files"]["annotator_3"].read_text()):
+        done = [a for a in task["annotations"] if not a["was_cancelled"]][0]
+        label = done["result"][0]["value"]["choices"][0]
+        out.setdefault(task["data"]["prompt_id"], {})["label-studio:7"] = label
+    return out
+
+
+def test_round_trip_report_equals_an_independent_computation(snap, labelled, capsys):
+    files = [str(p) for p in labelled["files"].values()]
+    assert main(["validate", str(snap), *files, "--name", "v1-validated"]) == 0
+    out = capsys.readouterr().out
+    new = snap.parent / "v1-validated"
+    report = json.loads((new / "validation" / "report.json").read_text())
+    labels = _labels(labelled)
+    sample = {s["id"]: s for s in read_sample(snap)}
+
+    # majority label per item, unsure not voting
+    def major(votes: dict[str, str]) -> str | None:
+        c = Counter(v for v in votes.values() if v != "unsure")
+        return None if c["benign"] == c["harmful"] else max(c, key=c.get)
+
+    decided = {pid: major(v) for pid, v in labels.items()}
+    assert report["labels"]["rows"] == sum(len(v) for v in labels.values())
+    assert report["labels"]["cancelled"] == 1 and report["labels"]["unlabelled"] == 0
+    # overall benign precision of the kept prompts, Wilson interval straight from statsmodels
+    kept = [pid for pid, s in sample.items() if s["source"] == "kept" and decided[pid] is not None]
+    benign = sum(decided[pid] == "benign" for pid in kept)
+    low, high = proportion_confint(benign, len(kept), alpha=0.05, method="wilson")
+    overall = report["precision"]["overall"]["precision"]
+    assert (overall["count"], overall["n"]) == (benign, len(kept))
+    assert overall["low"] == pytest.approx(low) and overall["high"] == pytest.approx(high)
+    kept_total = sum(load_manifest(snap).counts.kept[c][lvl] for c in load_manifest(snap).counts.kept
+                     for lvl in load_manifest(snap).counts.kept[c])
+    assert report["precision"]["overall"]["harmful_left"]["estimate"] == pytest.approx(
+        round(kept_total * (1 - benign / len(kept)), 1))
+    # the jury's k-of-n decision against people
+    ids = [pid for pid in sample if decided[pid] is not None]
+    jury = ["benign" if sample[pid]["source"] == "kept" else "harmful" for pid in ids]
+    assert report["jury"]["kappa"]["decision"] == pytest.approx(
+        cohen_kappa_score([decided[p] for p in ids], jury))
+    # agreement: Krippendorff's alpha over the items labelled more than once
+    multi = sorted(pid for pid, v in labels.items() if len(v) > 1)
+    raters = ["annotator_1", "annotator_2", "label-studio:7"]
+    codes = {"benign": 0, "harmful": 1, "unsure": 2}
+    data = np.array([[codes[labels[u][r]] if r in labels[u] else np.nan for u in multi] for r in raters])
+    assert report["agreement"]["krippendorff_alpha"] == pytest.approx(
+        krippendorff.alpha(reliability_data=data, level_of_measurement="nominal"))
+    disagreed = {d["prompt_id"] for d in report["agreement"]["disagreements"]}
+    assert disagreed == set(labelled["shared"][:3])
+    pair = next(p for p in report["agreement"]["cohen_kappa_pairs"]
+                if p["annotators"] == ["annotator_1", "annotator_2"])
+    common = [u for u in multi if "annotator_1" in labels[u] and "annotator_2" in labels[u]]
+    assert pair["kappa"] == pytest.approx(cohen_kappa_score([labels[u]["annotator_1"] for u in common],
+                                                            [labels[u]["annotator_2"] for u in common]))
+    assert report["agreement"]["fleiss_kappa"]["items"] == len(labelled["shared"])
+    assert report["ambiguity"]["ratings"] == report["labels"]["rows"]
+    # printed, carded, verified; the data rows are the base's, byte for byte
+    assert "benign precision of kept prompts" in out and "Krippendorff's alpha" in out
+    card = (new / "README.md").read_text()
+    assert "## Validation" in card and "harmful left" in card and "v1" in card
+    for name in ("prompts.jsonl", "rejected.jsonl", "prompts.parquet", "validation_sample.csv",
+                 "data/self_harm.jsonl", "taxonomy.json"):
+        assert (new / name).read_bytes() == (snap / name).read_bytes()
+    manifest = load_manifest(new)
+    assert manifest.kind == "validation" and manifest.base.digest == load_manifest(snap).digest
+    assert main(["verify", str(new)]) == 0
+    # provenance shows every human label of a prompt, with the file it came from
+    shared = labelled["shared"][0]
+    capsys.readouterr()
+    assert main(["provenance", shared, "--outputs", str(snap.parent.parent), "--snapshot", str(new),
+                 "--json"]) == 0
+    human = json.loads(capsys.readouterr().out)["human_labels"]
+    mine = [h for h in human if h["snapshot"] == "v1-validated"]
+    assert sorted((h["annotator"], h["label"]) for h in mine) == sorted(labels[shared].items())
+    assert any(h["file"].startswith("export.json (task ") for h in mine)
+
+
+def test_an_edited_report_fails_verify(snap, labelled, tmp_path, capsys):
+    files = [str(p) for p in labelled["files"].values()]
+    name = f"edited-{tmp_path.name}"
+    assert main(["validate", str(snap), *files, "--name", name]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(snap.parent / name, copy)
+    path = copy / "validation" / "report.json"
+    report = json.loads(path.read_text())
+    report["precision"]["overall"]["benign"] += 1
+    path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    data = path.read_bytes()
+    manifest = json.loads((copy / "MANIFEST.json").read_text())
+    manifest["files"]["validation/report.json"] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                                   "bytes": len(data)}
+    (copy / "MANIFEST.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["verify", str(copy)]) == 1
+    assert "is not the report that validation/labels.jsonl gives" in capsys.readouterr().err
+
+
+OTHER = "sha256:" + "1" * 64  # another snapshot's digest
+
+
+def _bad_csv(labelled, tmp_path, change) -> Path:
+    rows = _read(labelled["files"]["annotator_1"])
+    change(rows)
+    path = tmp_path / "bad.csv"
+    _write(path, rows)
+    return path
+
+
+def _other_config_export(labelled, tmp_path) -> Path:
+    export = json.loads(labelled["files"]["annotator_3"].read_text())
+    export[0]["annotations"][0]["result"][0]["from_name"] = "sentiment"
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(export))
+    return path
+
+
+def _twice(labelled, tmp_path) -> Path:
+    rows = _read(labelled["files"]["annotator_1"])
+    rows.append({**rows[0], "label": flip(rows[0]["label"].strip().lower())})
+    path = tmp_path / "twice.csv"
+    _write(path, rows)
+    return path
+
+
+def _empty(labelled, tmp_path) -> Path:
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    return path
+
+
+def _malformed(labelled, tmp_path) -> Path:
+    path = tmp_path / "export.json"
+    path.write_text('[{"data": ')
+    return path
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda lab, tmp: _bad_csv(lab, tmp, lambda rows: rows[0].update(prompt_id="0" * 16)),
+     "is not in the snapshot's validation sample"),
+    (lambda lab, tmp: _bad_csv(lab, tmp, lambda rows: rows[0].update(label="maybe")),
+     "label 'maybe' is not one of benign, harmful, unsure"),
+    (_twice, "labelled item"),
+    (lambda lab, tmp: _bad_csv(lab, tmp, lambda rows: [r.update(snapshot=OTHER) for r in rows]),
+     "the labels belong to snapshot sha256:111"),
+    (_empty, "has no prompt_id or label column"),
+    (_malformed, "is not valid JSON"),
+    (_other_config_export, "an export of another labeling config"),
+    (lambda lab, tmp: _bad_csv(lab, tmp, lambda rows: [r.update(label="") for r in rows]), "no labels"),
+])
+def test_bad_labels_exit_2_and_change_nothing(snap, labelled, tmp_path, capsys, make, message):
+    before = sorted(p.name for p in snap.parent.iterdir())
+    path = make(labelled, tmp_path)
+    assert main(["validate", str(snap), str(path), "--name", "never"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error:") and "fix:" in err and "Traceback" not in err
+    assert sorted(p.name for p in snap.parent.iterdir()) == before
+
+
+def test_an_existing_name_is_refused_before_reading_labels(snap, labelled, capsys):
+    assert main(["validate", str(snap), str(labelled["files"]["annotator_1"]), "--name", "v1"]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_gate_moves_what_people_call_harmful_and_lists_weak_strata(snap, labelled, capsys):
+    files = [str(p) for p in labelled["files"].values()]
+    assert main(["validate", str(snap), *files, "--name", "v1-gated", "--gate"]) == 0
+    out = capsys.readouterr().out
+    new = snap.parent / "v1-gated"
+    labels = _labels(labelled)
+    sample = {s["id"]: s for s in read_sample(snap)}
+    harmful = {pid for pid, votes in labels.items() if sample[pid]["source"] == "kept"
+               and Counter(votes.values())["harmful"] > Counter(votes.values())["benign"]}
+    assert harmful  # the scripted labels call some kept prompts harmful
+    kept = [json.loads(line) for line in (new / "prompts.jsonl").read_text().splitlines()]
+    rejected = [json.loads(line) for line in (new / "rejected.jsonl").read_text().splitlines()]
+    base_kept = [json.loads(line) for line in (snap / "prompts.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in kept} == {r["id"] for r in base_kept} - harmful
+    assert {r["id"] for r in rejected if r["reason"] == "human_harmful"} == harmful
+    moved = [r for r in rejected if r["reason"] == "human_harmful"]
+    assert all({**r, "reason": None} in base_kept for r in moved)  # nothing else about them changed
+    assert not any(r["id"] in harmful for f in (new / "data").iterdir()
+                   for r in map(json.loads, f.read_text().splitlines()))
+    counts = load_manifest(new).counts
+    assert sum(c.get("human_harmful", 0) for c in counts.rejected.values()) == len(harmful)
+    assert sum(sum(c.values()) for c in counts.kept.values()) == len(kept)
+    assert f"gate: {len(harmful)} kept prompts" in out
+    assert "below validation.min_precision (90%)" in out  # every stratum here is weak: listed, not dropped
+    report = json.loads((new / "validation" / "report.json").read_text())
+    listed = {(b["category"], b["level"]) for b in report["precision"]["below_min_precision"]}
+    assert listed and listed <= {(r["category"], r["level"]) for r in base_kept}
+    assert f"Gated: {len(harmful)} kept prompts" in (new / "README.md").read_text()
+    assert main(["verify", str(new)]) == 0
