@@ -45,13 +45,13 @@ CATEGORY_TO_REGENERATE = "drug_abuse"
 SIZES = {
     # 7 categories x 380 seeds x 3 levels x 4 rewrites = 31,920 candidates (the paper's count)
     "paper": {"seeds": 380, "rewrites": 4, "growth_seeds": 40, "capacity_calls": 12_800,
-              "sweep_texts": 4_000, "synthetic_vectors": 200_000, "exact_max": None},
+              "sweep_texts": 4_000, "synthetic_vectors": 200_000, "exact_max": None, "labels": 2_000},
     # a quicker look while tuning: 3,360 candidates
     "mid": {"seeds": 40, "rewrites": 4, "growth_seeds": 10, "capacity_calls": 6_400,
-            "sweep_texts": 1_000, "synthetic_vectors": 60_000, "exact_max": None},
+            "sweep_texts": 1_000, "synthetic_vectors": 60_000, "exact_max": None, "labels": 1_000},
     # smoke: every figure, tiny numbers; exact_max forces the ANN path on 4,000 vectors
     "tiny": {"seeds": 2, "rewrites": 1, "growth_seeds": 1, "capacity_calls": 640,
-             "sweep_texts": 64, "synthetic_vectors": 4_000, "exact_max": 1_000},
+             "sweep_texts": 64, "synthetic_vectors": 4_000, "exact_max": 1_000, "labels": 40},
 }
 
 
@@ -335,6 +335,8 @@ class Bench:
         regen = self.build(config, "regen", base=self.work / "paper" / "outputs" / "snapshots" / "cold")
         results["rebuild"] = rebuild(cold, warm, regen)
 
+        results["validation"] = validation_figure(self.work / "paper" / "outputs" / "snapshots" / "cold",
+                                                  s["labels"], self.work / "annotation", self.env)
         texts = dedup_inputs(self.work / "paper" / "outputs" / "snapshots" / "cold")
         results["embedding"], vectors = embedding(texts, s["sweep_texts"])
         results["search"] = {"real": search_real(vectors, s["exact_max"]),
@@ -534,6 +536,50 @@ def search_synthetic(n: int, exact_max: int | None) -> dict:
             "recall_all_pairs": round(len(ours & exact) / len(exact), 4)}
 
 
+def validation_figure(snapshot: Path, labels: int, work: Path, env: dict) -> dict:
+    """`orsc annotate`, then scripted people fill `labels` labels (1 in 10 harmful, every
+    item labelled by all annotators), then `orsc validate` and `orsc verify` of its snapshot,
+    each timed as a command (process start and imports included)."""
+    import csv
+    import hashlib
+    import math
+
+    def orsc(*args: str) -> float:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        return time.perf_counter() - started
+
+    with (snapshot / "validation_sample.csv").open(encoding="utf-8") as fh:
+        items = sum(1 for _ in csv.DictReader(fh))
+    annotators = max(2, math.ceil(labels / items))
+    tasks = work / "tasks"
+    annotate_s = orsc("annotate", str(snapshot), "--out", str(tasks), "--annotators", str(annotators))
+    left, files = labels, []
+    for path in sorted(tasks.glob("*.csv")):
+        with path.open(encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        for row in rows[:left]:
+            h = int(hashlib.sha256((row["prompt_id"] + row["annotator"][-1:]).encode()).hexdigest(), 16)
+            row["label"] = "harmful" if h % 10 == 0 else "benign"
+            row["ambiguity"] = str(1 + h % 3)
+        left -= min(left, len(rows))
+        filled = work / path.name
+        with filled.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        files.append(str(filled))
+    name = f"{snapshot.name}-validated"
+    validate_s = orsc("validate", str(snapshot), *files, "--name", name, "--gate")
+    verify_s = orsc("verify", str(snapshot.parent / name))
+    rows = sum(len((snapshot / f).read_text(encoding="utf-8").splitlines())
+               for f in ("prompts.jsonl", "rejected.jsonl"))
+    return {"snapshot_rows": rows, "sample_items": items, "annotators": annotators, "labels": labels,
+            "annotate_s": round(annotate_s, 2), "validate_s": round(validate_s, 2),
+            "verify_s": round(verify_s, 2)}
+
+
 def growth_figure(builds: list[tuple[int, dict]]) -> dict:
     rows = []
     for factor, b in builds:
@@ -592,6 +638,10 @@ def table(r: dict) -> str:
         f" {rb['category_calls_in_cold_build']} calls in the cold build | {rb['regen_call_ratio']} |"
         " <= 1.05 |",
     ]
+    va = r["validation"]
+    lines.append(f"| 7 | orsc validate --gate: {va['labels']} labels ({va['annotators']} annotators x"
+                 f" {va['sample_items']} items) on {va['snapshot_rows']} rows | {va['validate_s']} s"
+                 f" (annotate {va['annotate_s']} s, verify {va['verify_s']} s) | | | seconds |")
     for g in gr["builds"]:
         lines.append(f"| 6 | growth {g['factor']}x: {g['candidates']} candidates | {g['flow_wall_s']} s,"
                      f" {g['peak_rss_mb']} MB | | {g['ms_per_candidate']} ms/candidate | linear |")

@@ -27,6 +27,7 @@ FIGURES = {
     "search": ["real", "synthetic"],
     "rebuild": ["warm_model_calls", "warm_wall_ratio", "regen_model_calls", "regen_call_ratio"],
     "growth": ["builds", "per_candidate_cost_4x_over_1x"],
+    "validation": ["labels", "validate_s", "verify_s", "annotate_s"],
 }
 
 
@@ -55,5 +56,5 @@ def test_bench_tiny_reports_every_figure(tmp_path):
     # the markdown table is printed, one row per figure
     assert 0 < results["gateway"]["cpu_ms_per_call"] < 50
     for label in ("endpoint capacity", "gateway CPU per call", "generate:", "jury:", "Prefect + bookkeeping",
-                  "embedding", "search", "warm rebuild", "regenerate", "growth 4x"):
+                  "embedding", "search", "warm rebuild", "regenerate", "growth 4x", "orsc validate"):
         assert label in proc.stdout, label
