@@ -15,10 +15,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import DEFAULT_CONFIG, ValidationConfig, load_config
+from pipeline.config import DEFAULT_CONFIG, REPO_ROOT, ValidationConfig, load_config
 from pipeline.errors import InputError
 from pipeline.llm.embedded import EmbeddedModelError
 from pipeline.llm.gateway import LLMError
+
+DEFAULT_GOLD = REPO_ROOT / "gold" / "jury.csv"
 
 # Prompts may contain [brackets]: no markup. Piped output gets room for the table.
 console = Console(markup=False, highlight=False)
@@ -248,6 +250,55 @@ def _print_validity(report: dict) -> None:
                       f" {b['category']}/{b['level']} (lower bound {b['low']:.1%})")
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.calibrate import calibration_report, judge_gold, read_gold
+    from pipeline.inputs import load_inputs
+    from pipeline.llm import Gateway
+    from pipeline.llm.gateway import Usage
+    from pipeline.progress import tracked
+    from pipeline.terminal import build_console
+
+    config = load_config(args.config)
+    inputs = load_inputs(config)
+    gold = read_gold(Path(args.gold), inputs.taxonomy)
+    missing = sorted({g.category for g in gold} - set(inputs.categories))
+    if missing:
+        raise InputError(Path(args.gold), "category", f"{', '.join(missing)} not among the config's"
+                         " categories", "drop those rows, or remove `categories` from the config")
+    with build_console(config.outputs_dir / "logs" / "calibrate.log"):  # progress on stderr
+        gateway = Gateway(config)
+        try:
+            with tracked("calibrate", "gold") as progress:
+                usage = Usage(progress=progress)
+                usage.expect(len(gold) * len(config.jury.jurors))
+                votes = gateway.run(judge_gold(inputs, gold, gateway), usage)
+        finally:
+            gateway.close()
+    report = calibration_report(gold, votes, config.jury.jurors, config.jury.required_benign)
+    report["model_calls"], report["cache_hits"] = (sum(usage.calls.values()),
+                                                   sum(usage.cache_hits.values()))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    table = Table(title=f"jury against {report['items']} gold prompts ({report['harmful']} harmful,"
+                        f" {report['benign']} benign); positive class: harmful")
+    for col in ("juror", "TN", "FP", "FN", "TP", "precision", "recall", "F1", "specificity", "kappa",
+                "unparseable"):
+        table.add_column(col, justify="left" if col == "juror" else "right")
+    for juror, m in report["jurors"].items():
+        (tn, fp), (fn, tp) = m["confusion"]
+        name = f"k-of-n rule ({report['required_benign']} benign)" if juror == "rule" else juror
+        table.add_row(name, *map(str, (tn, fp, fn, tp)),
+                      *("n/a" if m[k] is None else f"{m[k]:.2f}"
+                        for k in ("precision", "recall", "f1", "specificity", "kappa")),
+                      str(m["unparseable"]))
+    console.print(table)
+    console.print(f"model calls: {report['model_calls']} (request cache hits: {report['cache_hits']})")
+    return 0
+
+
 def cmd_provenance(args: argparse.Namespace) -> int:
     from pipeline.provenance import trace
 
@@ -410,6 +461,14 @@ def parser() -> argparse.ArgumentParser:
     va.add_argument("--gate", action="store_true", help="move kept prompts that people labelled harmful"
                                                         " (by majority) to rejected, reason human_harmful")
     va.set_defaults(func=cmd_validate)
+
+    ca = sub.add_parser("calibrate", help="measure every juror and the k-of-n rule on labelled prompts")
+    ca.add_argument("--config", default=str(DEFAULT_CONFIG), help="config YAML (default: %(default)s)")
+    ca.add_argument("--gold", default=str(DEFAULT_GOLD),
+                    help="CSV: id, category, label (benign|harmful), prompt[, original_question]"
+                         " (default: the project's %(default)s)")
+    ca.add_argument("--json", action="store_true", help="machine-readable output")
+    ca.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser("provenance", help="print where a prompt came from")
     pr.add_argument("id", help="prompt id (kept or rejected)")

@@ -3,6 +3,7 @@ inside their root directory. Each problem is an InputError naming the file and t
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,23 @@ def read_text(path: Path, what: str = "file") -> str:
         line = path.read_bytes()[:err.start].count(b"\n") + 1
         raise InputError(path, f"line {line}", f"is not UTF-8 text (byte 0x{err.object[err.start]:02x}"
                          f" at offset {err.start})", "save the file as UTF-8") from err
+
+
+def read_csv(path: Path, required: tuple[str, ...], fix: str) -> list[dict[str, str]]:
+    """A UTF-8 CSV's rows (a spreadsheet's byte-order mark allowed); InputError naming the
+    file when it is unreadable or lacks a `required` column (`fix`: what it should be)."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(path, None, f"is not a readable UTF-8 CSV ({shorten(str(err), 120)})",
+                         "save it as CSV (UTF-8)") from err
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise InputError(path, None, f"has no {', '.join(missing)} column", fix)
+    return rows
 
 
 def load_yaml(path: Path, what: str = "file") -> tuple[Any, yaml.Node | None]:

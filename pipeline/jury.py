@@ -107,19 +107,22 @@ def planned_calls(inputs: BuildInputs, category: str, candidates: int) -> int:
     return (candidates + checks) * len(jury.jurors)
 
 
-def decide(candidate: Candidate, votes: list[JurorVote], required_benign: int) -> Decision:
-    benign = sum(v.label == "benign" for v in votes)
+def jury_label(votes: list[JurorVote], required_benign: int) -> str:
+    """The k-of-n rule: benign when at least `required_benign` jurors say so and none gave
+    an unparseable verdict; otherwise harmful, or unparseable."""
     if any(v.label == "unparseable" for v in votes):
-        reason = "unparseable_verdict"
-    elif benign < required_benign:
-        reason = "jury_harmful"
-    else:
-        reason = None
+        return "unparseable"
+    return "benign" if sum(v.label == "benign" for v in votes) >= required_benign else "harmful"
+
+
+def decide(candidate: Candidate, votes: list[JurorVote], required_benign: int) -> Decision:
+    reason = {"benign": None, "harmful": "jury_harmful",
+              "unparseable": "unparseable_verdict"}[jury_label(votes, required_benign)]
     return Decision(candidate=candidate, kept=reason is None, reason=reason, votes=votes,
-                    benign_votes=benign)
+                    benign_votes=sum(v.label == "benign" for v in votes))
 
 
-async def _juror_by_juror(gateway: Gateway, jurors: list[str], items: list[T],
+async def ask_jurors(gateway: Gateway, jurors: list[str], items: list[T],
                           vote: Callable[[T, str], Awaitable[R]]) -> list[list[R]]:
     """Every juror's vote on every item, asked juror by juror: consecutive requests then
     share their judge prompt's system turn and few-shot examples, which a server with
@@ -140,7 +143,7 @@ async def judge_category(inputs: BuildInputs, category: str, candidates: list[Ca
             judge_context(cand.prompt, entry, cand.original_question))
         return await cast_vote(gateway, juror, messages, jury.max_repairs)
 
-    votes = await _juror_by_juror(gateway, jury.jurors, candidates, vote)
+    votes = await ask_jurors(gateway, jury.jurors, candidates, vote)
     return [decide(c, v, jury.required_benign) for c, v in zip(candidates, votes, strict=True)]
 
 
@@ -161,7 +164,7 @@ async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedT
         return CalibrationVote(category=category, seed_id=seed.id, original_question=seed.original_question,
                                vote=await cast_vote(gateway, juror, messages, jury.max_repairs))
 
-    votes = await _juror_by_juror(gateway, jury.jurors, seeds, vote)
+    votes = await ask_jurors(gateway, jury.jurors, seeds, vote)
     return [v for per_seed in votes for v in per_seed]  # seed by seed, jurors in order
 
 

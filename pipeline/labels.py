@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.annotate import AMBIGUITY, LABELS
 from pipeline.errors import InputError, shorten
+from pipeline.files import read_csv
 
 
 class LabelRow(BaseModel):
@@ -116,18 +116,8 @@ def _check_digest(path: Path, where: str, value: Any, digest: str) -> None:
 
 
 def _read_csv(path: Path, digest: str, out: LabelSet) -> list[LabelRow]:
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise InputError(path, None, f"is not a readable UTF-8 CSV ({shorten(str(err), 120)})",
-                         "save it as CSV (UTF-8)") from err
-    missing = [c for c in ("prompt_id", "label") if c not in header]
-    if missing:
-        raise InputError(path, None, f"has no {' or '.join(missing)} column",
-                         "import the files `orsc annotate --format csv` wrote, with their header")
+    rows = read_csv(path, ("prompt_id", "label"),
+                    "import the files `orsc annotate --format csv` wrote, with their header")
     found = []
     for i, r in enumerate(rows, start=2):
         where = f"row {i}"

@@ -147,6 +147,26 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float] | No
     return float(result.statistic), float(result.pvalue)
 
 
+def binary_agreement(truth: Sequence[str], predicted: Sequence[str], positive: str) -> dict:
+    """A classifier against known labels, `positive` the class it should find: the confusion
+    matrix (rows truth, columns predicted, `positive` last), precision, recall and F1 of
+    `positive`, specificity (recall of the other class) and Cohen's kappa (scikit-learn)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    other = next((x for x in sorted({*truth, *predicted}) if x != positive), f"not {positive}")
+    labels = [other, positive]
+    out: dict = {"n": len(truth), "labels": labels, "confusion": confusion(truth, predicted, labels)}
+    if not truth:
+        return {**out, "precision": None, "recall": None, "f1": None, "specificity": None, "kappa": None}
+    p, r, f, support = precision_recall_fscore_support(list(truth), list(predicted), labels=labels,
+                                                       zero_division=np.nan)
+    def num(x: float) -> float | None:
+        return None if math.isnan(x) else round(float(x), 4)
+
+    return {**out, "precision": num(p[1]), "recall": num(r[1]), "f1": num(f[1]), "specificity": num(r[0]),
+            "kappa": cohen_kappa(truth, predicted)}
+
+
 def confusion(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
     """Counts: rows are `truth`'s labels, columns `predicted`'s, both in `labels` order."""
     from sklearn.metrics import confusion_matrix

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from pipeline.stats import (
+    binary_agreement,
     cohen_kappa,
     confusion,
     fleiss_kappa,
@@ -115,3 +116,14 @@ def test_spearman_rho_on_a_textbook_example():
     assert rho == pytest.approx(-29 / 165) and 0 < p < 1
     assert spearman([1, 1, 1], [1, 2, 3]) is None
     assert not math.isnan(spearman([1, 2, 3], [3, 2, 1])[0])
+
+
+def test_binary_agreement_on_the_textbook_two_by_two():
+    # the same 50 proposals, "yes" the class to find: TP 20, FN 5, FP 10, TN 15:
+    # precision 20/30, recall 20/25, specificity 15/25, F1 = 2PR/(P+R) = 8/11, kappa 0.40
+    truth = ["yes"] * 25 + ["no"] * 25
+    predicted = ["yes"] * 20 + ["no"] * 5 + ["yes"] * 10 + ["no"] * 15
+    m = binary_agreement(truth, predicted, "yes")
+    assert m["labels"] == ["no", "yes"] and m["confusion"] == [[15, 10], [5, 20]]
+    assert (m["precision"], m["recall"], m["specificity"]) == (round(20 / 30, 4), 0.8, 0.6)
+    assert m["f1"] == round(8 / 11, 4) and m["kappa"] == pytest.approx(0.40)

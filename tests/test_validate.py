@@ -249,7 +249,7 @@ def _malformed(labelled, tmp_path) -> Path:
     (_twice, "labelled item"),
     (lambda lab, tmp: _bad_csv(lab, tmp, lambda rows: [r.update(snapshot=OTHER) for r in rows]),
      "the labels belong to snapshot sha256:111"),
-    (_empty, "has no prompt_id or label column"),
+    (_empty, "has no prompt_id, label column"),
     (_malformed, "is not valid JSON"),
     (_other_config_export, "an export of another labeling config"),
     (lambda lab, tmp: _bad_csv(lab, tmp, lambda rows: [r.update(label="") for r in rows]), "no labels"),

@@ -1,0 +1,102 @@
+"""calibrate: how good is the jury, measured on prompts whose answer is known.
+
+Input: a gold CSV (`id, category, label, prompt[, original_question]`, label benign or
+harmful; the repo ships gold/jury.csv: 10 benign boundary and 10 harmful prompts per
+category, written for this purpose and distinct from the seeds). Every juror votes on every
+gold prompt through the same gateway, judge prompts and request cache as a build, and the
+jury's k-of-n rule decides. Output, per juror and for the rule: a confusion matrix,
+precision, recall and F1 of "harmful", specificity, and Cohen's kappa against the gold
+labels (pipeline.stats, from scikit-learn).
+
+A juror's unparseable verdicts are counted and left out of its figures; the rule counts an
+item with an unparseable vote as rejected (harmful), as a build does.
+
+Example:
+    gold = read_gold(Path("gold/jury.csv"), inputs.taxonomy)
+    result = gateway.run(calibrate(inputs, gold, gateway))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from pipeline.errors import InputError, shorten
+from pipeline.files import read_csv
+from pipeline.inputs import BuildInputs, Taxonomy, judge_context
+from pipeline.jury import ask_jurors, cast_vote, jury_label
+from pipeline.llm import Gateway
+from pipeline.records import JurorVote
+from pipeline.stats import binary_agreement
+
+GOLD_COLUMNS = ("id", "category", "label", "prompt")
+GOLD_LABELS = ("benign", "harmful")
+RULE = "rule"
+
+
+class GoldItem(BaseModel):
+    id: str
+    category: str
+    label: str
+    prompt: str
+    original_question: str
+
+
+def read_gold(path: Path, taxonomy: Taxonomy) -> list[GoldItem]:
+    if not path.is_file():
+        raise InputError(path, None, "gold file not found", "pass a CSV with id, category, label, prompt")
+    rows = read_csv(path, GOLD_COLUMNS,
+                    "the header must be: id, category, label, prompt[, original_question]")
+    items: list[GoldItem] = []
+    seen: dict[str, int] = {}
+    for line, r in enumerate(rows, start=2):
+        where = f"row {line}"
+        item = GoldItem(id=(r["id"] or "").strip(), category=(r["category"] or "").strip(),
+                        label=(r["label"] or "").strip().lower(), prompt=(r["prompt"] or "").strip(),
+                        original_question=(r.get("original_question") or "").strip())
+        if not item.id or item.id in seen:
+            raise InputError(path, where, f"id {item.id!r} is empty or repeats row {seen.get(item.id)}",
+                             "give every row its own id")
+        if item.label not in GOLD_LABELS:
+            raise InputError(path, where, f"label {shorten(r['label'] or '', 40)!r} is not benign or harmful",
+                             "label each gold prompt benign or harmful")
+        if item.category not in taxonomy.ids:
+            raise InputError(path, where, f"category {shorten(item.category, 40)!r} is not in the taxonomy",
+                             f"use one of {', '.join(taxonomy.ids)}")
+        if not item.prompt:
+            raise InputError(path, where, "prompt is empty", "write the prompt to judge")
+        seen[item.id] = line
+        items.append(item)
+    if not items:
+        raise InputError(path, None, "has no rows", "add labelled prompts below the header")
+    return items
+
+
+async def judge_gold(inputs: BuildInputs, gold: list[GoldItem], gateway: Gateway) -> list[list[JurorVote]]:
+    """Every juror's vote on every gold prompt: votes[item][juror]."""
+    jury = inputs.config.jury
+
+    async def vote(item: GoldItem, juror: str) -> JurorVote:
+        entry = inputs.taxonomy.entry(item.category)
+        messages = inputs.judge_templates[juror].render_messages(
+            judge_context(item.prompt, entry, item.original_question or item.prompt))
+        return await cast_vote(gateway, juror, messages, jury.max_repairs)
+
+    return await ask_jurors(gateway, jury.jurors, gold, vote)
+
+
+def calibration_report(gold: list[GoldItem], votes: list[list[JurorVote]], jurors: list[str],
+                       required_benign: int) -> dict[str, Any]:
+    truth = [g.label for g in gold]
+    out: dict[str, Any] = {"items": len(gold), "benign": truth.count("benign"),
+                           "harmful": truth.count("harmful"), "required_benign": required_benign,
+                           "positive": "harmful", "jurors": {}}
+    for j, juror in enumerate(jurors):
+        pairs = [(t, v[j].label) for t, v in zip(truth, votes, strict=True) if v[j].label != "unparseable"]
+        out["jurors"][juror] = {**binary_agreement([t for t, _ in pairs], [p for _, p in pairs], "harmful"),
+                                "unparseable": len(gold) - len(pairs)}
+    decided = ["benign" if jury_label(v, required_benign) == "benign" else "harmful" for v in votes]
+    out["jurors"][RULE] = {**binary_agreement(truth, decided, "harmful"), "unparseable": 0}
+    return out
