@@ -131,7 +131,8 @@ def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: li
         fingerprint_components={c: components[c] for c in categories},
         taxonomy_version=inputs.taxonomy.version, taxonomy_versions={c: versions[c] for c in categories},
         models=models_of(cfg), config=config_of(cfg), jury=jury_of(cfg),
-        jury_calibration=jury.calibration_summary(calibration))
+        jury_calibration=jury.calibration_summary(calibration),
+        jury_agreement=jury.jury_agreement(decisions))
     sample = stratified_sample(decisions, cfg.sample, categories)
     taxonomy = [inputs.taxonomy.entry(c).model_dump() for c in categories]
     return write_snapshot(cfg.outputs_dir, name, kept, [d for d in decisions if not d.kept], sample,

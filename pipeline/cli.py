@@ -125,8 +125,10 @@ def _print_summary(result: dict) -> None:
     console.print(f"model calls: {calls} (request cache hits: {hits}; stage tasks from Prefect's"
                   f" cache: {result['stage_tasks_cached']} of {result['stage_tasks']})")
     for juror, c in result["jury_calibration"].items():
+        controls = (f"; {c['labelled_benign']} of {c['benign_controls']} benign controls benign"
+                    f" ({c['specificity']:.0%})" if c.get("benign_controls") else "")
         console.print(f"jury check: {juror} labelled {c['labelled_harmful']} of {c['known_harmful']}"
-                      f" known-harmful seed requests harmful ({c['harmful_recall']:.0%})")
+                      f" known-harmful seed requests harmful ({c['harmful_recall']:.0%}){controls}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

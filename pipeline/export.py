@@ -75,6 +75,7 @@ class SnapshotMeta(BaseModel):
     config: dict[str, Any]
     jury: dict[str, Any]
     jury_calibration: dict[str, dict[str, Any]]
+    jury_agreement: dict[str, Any] | None = None
 
 
 def models_of(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
@@ -209,6 +210,8 @@ prints the snapshot's digest.
 
 {_calibration_text(meta.jury_calibration)}
 
+{_agreement_text(meta.jury_agreement)}
+
 ## Counts (kept prompts)
 
 | category | easy | medium | hard |
@@ -245,21 +248,37 @@ def _sample_text(rule: dict, sample: list[Decision]) -> str:
     return f"{kept} kept prompts{rejected}, per category x level, {size}."
 
 
+def _agreement_text(agreement: dict[str, Any] | None) -> str:
+    if not agreement or agreement["fleiss_kappa"] is None:
+        return "Agreement among the jurors: not measurable on this snapshot's candidates."
+    return (f"Agreement among the jurors on the {agreement['items']} candidates they all judged:"
+            f" Fleiss' kappa {agreement['fleiss_kappa']:.2f}; unanimous on {agreement['unanimous']}"
+            f" ({agreement['excluded_unparseable']} left out for an unparseable verdict). Kappa near 0"
+            " means the jurors agree no more than chance would.")
+
+
 def _calibration_text(calibration: dict[str, dict]) -> str:
     if not calibration:
         return "The jury was not checked for this snapshot (`jury.calibrate: false`)."
+    def control(c: dict) -> str:
+        if not c.get("benign_controls"):
+            return "not checked | -"
+        return f"{c['labelled_benign']} of {c['benign_controls']} | {c['specificity']:.0%}"
+
     lines = "\n".join(
         f"| {juror} | {c['labelled_harmful']} of {c['known_harmful']} | {c['harmful_recall']:.0%} |"
-        for juror, c in calibration.items())
+        f" {control(c)} |" for juror, c in calibration.items())
     return f"""Each juror was also asked about the harmful requests the seeds neighbour
-(`original_question`, all known to be harmful). A juror that calls them benign
-cannot be relied on to catch harmful intent left in the hard prompts
-(`{CALIBRATION}` holds every vote). A juror whose prompt compares a
+(`original_question`, all known to be harmful) and, as benign controls, about the
+seeds' hand-written boundary questions paired with those requests. A juror that
+calls the requests benign cannot be relied on to catch harmful intent left in the
+hard prompts; one that calls the controls harmful throws benign boundary prompts
+away (`{CALIBRATION}` holds every vote). A juror whose prompt compares a
 question with its harmful request sees each request paired with itself here,
-which is the easiest case.
+which is the easiest case. `orsc calibrate` measures the jury on a gold file.
 
-| juror | labelled harmful | recall on known-harmful requests |
-|---|---|---|
+| juror | labelled harmful | recall on known-harmful requests | controls labelled benign | specificity |
+|---|---|---|---|---|
 {lines}"""
 
 

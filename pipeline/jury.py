@@ -20,13 +20,14 @@ import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.inputs import BuildInputs, judge_context
 from pipeline.llm import Gateway
 from pipeline.records import CalibrationVote, Candidate, Decision, JurorVote, SeedTopic
+from pipeline.stats import fleiss_kappa
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -103,7 +104,7 @@ async def cast_vote(gateway: Gateway, juror: str, prompt_messages: list[dict[str
 def planned_calls(inputs: BuildInputs, category: str, candidates: int) -> int:
     """Model calls judge_category and calibrate_jurors make for a category, without repairs."""
     jury = inputs.config.jury
-    checks = len(inputs.seeds[category]) if jury.calibrate else 0
+    checks = 2 * len(inputs.seeds[category]) if jury.calibrate else 0  # harmful + benign control
     return (candidates + checks) * len(jury.jurors)
 
 
@@ -149,34 +150,60 @@ async def judge_category(inputs: BuildInputs, category: str, candidates: list[Ca
 
 async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedTopic],
                            gateway: Gateway) -> list[CalibrationVote]:
-    """Ask every juror about the harmful requests the seeds neighbour.
+    """Ask every juror about the harmful requests the seeds neighbour, and about the seeds'
+    hand-written benign boundary questions (paired with those requests, as a candidate is).
 
-    A juror that calls these benign cannot be trusted to filter the hard prompts:
-    the share it labels harmful is reported beside the benchmark, so a user sees
-    how good the jury was, not just what it decided.
+    A juror that calls the requests benign cannot be trusted to filter the hard prompts; one
+    that calls the controls harmful throws benign boundary prompts away. Its recall and
+    specificity are reported beside the benchmark, so a user sees how good the jury was,
+    not just what it decided.
     """
     jury = inputs.config.jury
     entry = inputs.taxonomy.entry(category)
+    checks = [(seed, known) for seed in seeds for known in ("harmful", "benign")]
 
-    async def vote(seed: SeedTopic, juror: str) -> CalibrationVote:
+    async def vote(check: tuple[SeedTopic, str], juror: str) -> CalibrationVote:
+        seed, known = check
+        prompt = seed.original_question if known == "harmful" else seed.slots["boundary_question"]
         messages = inputs.judge_templates[juror].render_messages(
-            judge_context(seed.original_question, entry, seed.original_question))
+            judge_context(prompt, entry, seed.original_question))
         return CalibrationVote(category=category, seed_id=seed.id, original_question=seed.original_question,
-                               vote=await cast_vote(gateway, juror, messages, jury.max_repairs))
+                               vote=await cast_vote(gateway, juror, messages, jury.max_repairs),
+                               known=known, prompt="" if known == "harmful" else prompt)
 
-    votes = await ask_jurors(gateway, jury.jurors, seeds, vote)
-    return [v for per_seed in votes for v in per_seed]  # seed by seed, jurors in order
+    votes = await ask_jurors(gateway, jury.jurors, checks, vote)
+    return [v for per_check in votes for v in per_check]  # check by check, jurors in order
+
+
+def jury_agreement(decisions: list[Decision]) -> dict[str, Any] | None:
+    """How much the jurors agree with each other on the candidates they judged: Fleiss'
+    kappa over the candidates every juror gave a verdict on (pipeline.stats, statsmodels)."""
+    judged = [d for d in decisions if d.votes]
+    complete = [[v.label for v in d.votes] for d in judged if all(v.label != "unparseable" for v in d.votes)]
+    if not judged:
+        return None
+    unanimous = sum(len(set(labels)) == 1 for labels in complete)
+    kappa = fleiss_kappa(complete)
+    return {"items": len(complete), "excluded_unparseable": len(judged) - len(complete),
+            "unanimous": unanimous, "fleiss_kappa": None if kappa is None else round(kappa, 4)}
 
 
 def calibration_summary(votes: list[CalibrationVote]) -> dict[str, dict]:
-    """Per juror: how many known-harmful requests it saw and labelled harmful."""
+    """Per juror: how many known-harmful requests it saw and labelled harmful (recall), and,
+    where the check had benign controls, how many of those it labelled benign (specificity)."""
     out: dict[str, dict] = {}
     for v in votes:
         row = out.setdefault(v.vote.juror, {"known_harmful": 0, "labelled_harmful": 0,
                                             "unparseable": 0})
-        row["known_harmful"] += 1
-        row["labelled_harmful"] += v.vote.label == "harmful"
+        if v.known == "harmful":
+            row["known_harmful"] += 1
+            row["labelled_harmful"] += v.vote.label == "harmful"
+        else:
+            row["benign_controls"] = row.get("benign_controls", 0) + 1
+            row["labelled_benign"] = row.get("labelled_benign", 0) + (v.vote.label == "benign")
         row["unparseable"] += v.vote.label == "unparseable"
     for row in out.values():
         row["harmful_recall"] = round(row["labelled_harmful"] / row["known_harmful"], 4)
+        if row.get("benign_controls"):
+            row["specificity"] = round(row["labelled_benign"] / row["benign_controls"], 4)
     return dict(sorted(out.items()))

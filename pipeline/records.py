@@ -107,12 +107,16 @@ class Decision(Record):
 
 
 class CalibrationVote(Record):
-    """A juror's verdict on a seed's original_question: a request known to be harmful."""
+    """A juror's verdict in the jury check: on a seed's original_question, a request known
+    to be harmful (`known` harmful), or on its hand-written boundary_question, a benign
+    control paired with that request (`known` benign; `prompt` is what the juror judged)."""
 
     category: str
     seed_id: str
     original_question: str
     vote: JurorVote
+    known: Literal["harmful", "benign"] = "harmful"
+    prompt: str = ""  # the benign control's text (empty: the original_question itself)
 
 
 class SnapshotRow(Record):

@@ -173,6 +173,7 @@ class Manifest(_Strict):
     config: dict[str, Any]
     jury: dict[str, Any]
     jury_calibration: dict[str, dict[str, Any]]
+    jury_agreement: dict[str, Any] | None = None  # Fleiss' kappa among the jurors (pipeline.jury)
     # "validation": derived from `base` by `orsc validate` (its rows are the base's, plus
     # validation/labels.jsonl and validation/report.json)
     kind: Literal["build", "validation"] = "build"

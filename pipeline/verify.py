@@ -26,7 +26,7 @@ from pipeline.config import BuildConfig
 from pipeline.errors import InputError, shorten
 from pipeline.export import jury_of, models_of
 from pipeline.fingerprint import config_components, fingerprint_of
-from pipeline.jury import calibration_summary
+from pipeline.jury import calibration_summary, jury_agreement
 from pipeline.labels import LabelRow, LabelSet
 from pipeline.records import CalibrationVote, SnapshotRow, StageCounts, content_id
 from pipeline.sample import stratified_sample
@@ -103,7 +103,8 @@ def _check_content(snapshot: Path, m: Manifest) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else None
         if lines != [r.json_line() for r in kept if r.category == cat]:
             problems.append(f"{data_file(cat)}: differs from the {cat} rows of {PROMPTS}.jsonl")
-    counts = StageCounts.of([r.to_decision() for r in kept + rejected])
+    decisions = [r.to_decision() for r in kept + rejected]
+    counts = StageCounts.of(decisions)
     if counts.kept_by_stratum(m.categories) != m.counts.kept:
         problems.append(f"{MANIFEST} counts.kept differ from {PROMPTS}.jsonl")
     if counts.rejected_by_category(m.categories) != m.counts.rejected:
@@ -116,6 +117,8 @@ def _check_content(snapshot: Path, m: Manifest) -> list[str]:
     calibration_file = snapshot / CALIBRATION
     votes = ([CalibrationVote.model_validate(r) for r in read_jsonl_rows(calibration_file)]
              if calibration_file.is_file() else [])
+    if m.jury_agreement is not None and jury_agreement(decisions) != m.jury_agreement:
+        problems.append(f"{MANIFEST} jury_agreement differs from the rows' votes")
     if calibration_summary(votes) != m.jury_calibration:
         problems.append(f"{MANIFEST} jury_calibration differs from {CALIBRATION}")
     return problems

@@ -82,9 +82,9 @@ def test_build_writes_a_snapshot_that_verifies(built, capsys):
     assert main(["verify", str(snap)]) == 0
     assert "OK" in capsys.readouterr().out
     # 2 categories x 2 seeds x 3 levels x 1 rewrite, 3 jurors per deduplicated candidate,
-    # and 3 jurors x 4 seeds for the jury check
+    # and 3 jurors x 4 seeds x (harmful request + benign control) for the jury check
     deduped = 12 - len([r for r in rows(snap / "rejected.jsonl") if r["reason"] == "duplicate"])
-    assert built["calls_first"] == 12 + 3 * deduped + 3 * 4
+    assert built["calls_first"] == 12 + 3 * deduped + 3 * 4 * 2
 
 
 def test_kept_and_rejected_rows(built):
@@ -111,15 +111,27 @@ def test_manifest_and_dataset_card(built):
     assert manifest["counts"]["kept"]["self_harm"] == {"easy": 2, "medium": 2}
     assert manifest["package"]["name"] == "health-orsc"
     check = manifest["jury_calibration"]
+    # judge-3 calls every question the generator did not write harmful: the benign controls too
     assert check["judge_3"] == {"known_harmful": 4, "labelled_harmful": 4, "unparseable": 0,
-                                "harmful_recall": 1.0}
-    assert check["judge_1"]["harmful_recall"] == 0.0
-    assert len(rows(snap / "jury_calibration.jsonl")) == 12
+                                "harmful_recall": 1.0, "benign_controls": 4, "labelled_benign": 0,
+                                "specificity": 0.0}
+    assert check["judge_1"]["harmful_recall"] == 0.0 and check["judge_1"]["specificity"] == 1.0
+    votes = rows(snap / "jury_calibration.jsonl")
+    assert len(votes) == 24 and sum(v["known"] == "benign" for v in votes) == 12
+    assert all(v["prompt"] and v["prompt"] != v["original_question"] for v in votes if v["known"] == "benign")
+    # agreement among the jurors: Fleiss' kappa over every judged candidate, by statsmodels
+    from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
+    judged = [r for r in rows(snap / "prompts.jsonl") + rows(snap / "rejected.jsonl") if r["votes"]]
+    table, _ = aggregate_raters([[v["label"] == "harmful" for v in r["votes"]] for r in judged])
+    agreement = manifest["jury_agreement"]
+    assert agreement["items"] == len(judged) and agreement["unanimous"] == len(judged) - 4  # the hard ones
+    assert agreement["fleiss_kappa"] == round(fleiss_kappa(table), 4)
     card = (snap / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])
     assert header["license"] == "cc-by-nc-4.0" and header["size_categories"] == ["n<1K"]
     assert {c["config_name"] for c in header["configs"]} == {"all", "self_harm", "drug_abuse"}
-    assert "| judge_3 | 4 of 4 | 100% |" in card
+    assert "| judge_3 | 4 of 4 | 100% | 0 of 4 | 0% |" in card
+    assert f"Fleiss' kappa {agreement['fleiss_kappa']:.2f}" in card
     with (snap / "validation_sample.csv").open() as fh:
         sample = list(csv.DictReader(fh))
     kept_ids = {r["id"] for r in rows(snap / "prompts.jsonl")}
@@ -328,7 +340,8 @@ def test_regenerate_one_category_from_a_base(built, tmp_path, capsys):
     sent = built["server"].requests[before:]
     assert sent and not any("self_harm" in json.dumps(r) or "Self-harm" in json.dumps(r) for r in sent)
     # 2 seeds x 3 levels generated, jurors on what survives dedup, 2 seeds x 3 jurors checked
-    assert len(sent) <= 6 + 6 * 3 + 6
+    # on the harmful request and the benign control (fresh outputs: no request cache)
+    assert len(sent) <= 6 + 6 * 3 + 6 * 2
     regen = tmp_path / "outputs" / "snapshots" / "regen"
     assert main(["verify", str(regen)]) == 0
     assert _lines(regen, "self_harm") == _lines(built["snapshot"], "self_harm")

@@ -39,3 +39,21 @@ def test_tiny_build_on_the_embedded_model(tmp_path, capsys):
     assert log.read_text().count("Uvicorn running") == 1
     assert (snap / "prompts.jsonl").read_bytes() == (
         snap.parent / "tiny-again" / "prompts.jsonl").read_bytes()
+
+
+def test_calibrate_runs_on_the_embedded_model(tmp_path, capsys):
+    """The shipped gold file's format, judged by the embedded jury (one benign and one
+    harmful prompt of a category: the whole file takes ~6 minutes here, see README)."""
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    cfg.update(seeds_dir=str(REPO / "seeds"), templates_dir=str(REPO / "prompts_templates"),
+               outputs_dir=str(tmp_path / "outputs"))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    lines = (REPO / "gold" / "jury.csv").read_text().splitlines()
+    gold = tmp_path / "gold.csv"
+    gold.write_text("\n".join([lines[0], *[x for x in lines if x.startswith(("sh-b01,", "sh-h01,"))]]) + "\n")
+    assert main(["calibrate", "--config", str(path), "--gold", str(gold), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["items"] == 2 and report["model_calls"] == 6
+    assert set(report["jurors"]) == {"judge_1", "judge_2", "judge_3", "rule"}
+    assert all(sum(map(sum, m["confusion"])) + m["unparseable"] == 2 for m in report["jurors"].values())

@@ -71,6 +71,7 @@ def test_verify_prints_the_digest_and_checks_an_expected_one(snap, capsys):
     (lambda m: m["config"]["roles"]["judge_1"].update(model="other"), "differ from its config"),
     (lambda m: m["config"]["sample"].update(per_stratum=2), "sample settings"),
     (lambda m: m["jury_calibration"]["judge_3"].update(labelled_harmful=0), "jury_calibration differs"),
+    (lambda m: m["jury_agreement"].update(fleiss_kappa=0.99), "jury_agreement differs"),
 ])
 def test_an_edited_manifest_fails_verify(snap, tmp_path, capsys, change, message):
     copy = _copy(snap, tmp_path)
