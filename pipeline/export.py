@@ -274,8 +274,9 @@ seeds' hand-written boundary questions paired with those requests. A juror that
 calls the requests benign cannot be relied on to catch harmful intent left in the
 hard prompts; one that calls the controls harmful throws benign boundary prompts
 away (`{CALIBRATION}` holds every vote). A juror whose prompt compares a
-question with its harmful request sees each request paired with itself here,
-which is the easiest case. `orsc calibrate` measures the jury on a gold file.
+question with its harmful request sees each harmful request beside the most
+similar other request of its category (word overlap), not beside itself.
+`orsc calibrate` measures the jury on a gold file.
 
 | juror | labelled harmful | recall on known-harmful requests | controls labelled benign | specificity |
 |---|---|---|---|---|

@@ -148,6 +148,21 @@ async def judge_category(inputs: BuildInputs, category: str, candidates: list[Ca
     return [decide(c, v, jury.required_benign) for c, v in zip(candidates, votes, strict=True)]
 
 
+def nearest_other(questions: list[str]) -> list[str]:
+    """For each question, the most similar other one (word overlap, Jaccard; the first on a
+    tie); a lone question gets itself. The jury check pairs each harmful request with its
+    nearest other request: a juror that compares a question with its harmful request would
+    otherwise see the request paired with itself, the easiest case there is."""
+    words = [set(re.findall(r"[a-z0-9]+", q.lower())) for q in questions]
+
+    def overlap(i: int, j: int) -> float:
+        union = words[i] | words[j]
+        return len(words[i] & words[j]) / len(union) if union else 0.0
+
+    return [questions[max((j for j in range(len(questions)) if j != i), key=lambda j: overlap(i, j),
+                          default=i)] for i in range(len(questions))]
+
+
 async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedTopic],
                            gateway: Gateway) -> list[CalibrationVote]:
     """Ask every juror about the harmful requests the seeds neighbour, and about the seeds'
@@ -161,12 +176,15 @@ async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedT
     jury = inputs.config.jury
     entry = inputs.taxonomy.entry(category)
     checks = [(seed, known) for seed in seeds for known in ("harmful", "benign")]
+    other = dict(zip([s.id for s in seeds], nearest_other([s.original_question for s in seeds]), strict=True))
 
     async def vote(check: tuple[SeedTopic, str], juror: str) -> CalibrationVote:
         seed, known = check
-        prompt = seed.original_question if known == "harmful" else seed.slots["boundary_question"]
-        messages = inputs.judge_templates[juror].render_messages(
-            judge_context(prompt, entry, seed.original_question))
+        if known == "harmful":  # a harmful request, beside the nearest other one
+            prompt, beside = seed.original_question, other[seed.id]
+        else:  # a benign control, beside the harmful request it neighbours
+            prompt, beside = seed.slots["boundary_question"], seed.original_question
+        messages = inputs.judge_templates[juror].render_messages(judge_context(prompt, entry, beside))
         return CalibrationVote(category=category, seed_id=seed.id, original_question=seed.original_question,
                                vote=await cast_vote(gateway, juror, messages, jury.max_repairs),
                                known=known, prompt="" if known == "harmful" else prompt)

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -119,6 +120,10 @@ def test_manifest_and_dataset_card(built):
     votes = rows(snap / "jury_calibration.jsonl")
     assert len(votes) == 24 and sum(v["known"] == "benign" for v in votes) == 12
     assert all(v["prompt"] and v["prompt"] != v["original_question"] for v in votes if v["known"] == "benign")
+    # the contrast juror never sees a harmful request beside itself
+    pairs = [re.findall(r"Harmful request: (.*)\nNew question: (.*)", r["messages"][-1]["content"])[0]
+             for r in built["server"].requests if r["model"] == "judge-3"]
+    assert pairs and all(request != question for request, question in pairs)
     # agreement among the jurors: Fleiss' kappa over every judged candidate, by statsmodels
     from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
     judged = [r for r in rows(snap / "prompts.jsonl") + rows(snap / "rejected.jsonl") if r["votes"]]
