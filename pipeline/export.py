@@ -21,8 +21,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,11 +46,11 @@ from pipeline.store import (
     FileEntry,
     Manifest,
     ManifestCounts,
-    check_snapshot_name,
     data_file,
     file_sha256,
     snapshots_dir,
-    temp_snapshot_dir,
+    write_manifest,
+    writing_snapshot,
 )
 
 # The items to label, not the annotation tasks (`orsc annotate` writes those, blind).
@@ -287,14 +285,8 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
                    sample: list[Decision], calibration: list[CalibrationVote], meta: SnapshotMeta,
                    taxonomy: list[dict[str, str]]) -> Path:
     """Write the snapshot atomically and return its directory."""
-    root = snapshots_dir(outputs_dir)
-    final = root / check_snapshot_name(outputs_dir, name)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = temp_snapshot_dir(outputs_dir, name, os.getpid())
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with writing_snapshot(outputs_dir, name) as tmp:
+        tmp.mkdir()
         key = row_sort_key(meta.categories)
         kept = sorted(kept, key=key)
         rejected = sorted(rejected, key=key)
@@ -308,18 +300,12 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
                                     encoding="utf-8")
         counts = StageCounts.of([*kept, *rejected])
         (tmp / CARD).write_text(dataset_card(counts, meta, sample), encoding="utf-8")
-        files = listed_files(tmp)
         manifest = Manifest(
             name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
-            package={"name": "health-orsc", "version": __version__}, files=files,
+            package={"name": "health-orsc", "version": __version__}, files=listed_files(tmp),
             counts=ManifestCounts(kept=counts.kept_by_stratum(meta.categories),
                                   rejected=counts.rejected_by_category(meta.categories),
                                   validation_sample=len(sample)),
             **meta.model_dump())
-        raw = manifest.model_dump(mode="json")
-        (tmp / MANIFEST).write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+        write_manifest(tmp, manifest.model_dump(mode="json"))
+    return snapshots_dir(outputs_dir) / name

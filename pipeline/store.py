@@ -14,10 +14,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
 import shutil
 import sqlite3
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -90,6 +93,29 @@ def check_snapshot_name(outputs_dir: Path, name: str) -> str:
 
 def temp_snapshot_dir(outputs_dir: Path, name: str, pid: int) -> Path:
     return snapshots_dir(outputs_dir) / f".tmp-{name}-{pid}"
+
+
+@contextmanager
+def writing_snapshot(outputs_dir: Path, name: str) -> Iterator[Path]:
+    """A temp directory (not yet created) to write snapshot `name` into; renamed to
+    outputs/snapshots/<name> when the block ends, removed if it fails. The name is checked
+    first: an existing snapshot is never overwritten."""
+    root = snapshots_dir(outputs_dir)
+    final = root / check_snapshot_name(outputs_dir, name)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = temp_snapshot_dir(outputs_dir, name, os.getpid())
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        yield tmp
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_manifest(snapshot: Path, raw: dict[str, Any]) -> None:
+    (snapshot / MANIFEST).write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def remove_stale_temp_dirs(outputs_dir: Path) -> list[Path]:

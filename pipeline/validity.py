@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
@@ -53,9 +52,9 @@ from pipeline.store import (
     REPORT_FILE,
     BaseRef,
     Manifest,
-    check_snapshot_name,
     snapshots_dir,
-    temp_snapshot_dir,
+    write_manifest,
+    writing_snapshot,
 )
 
 DECISIONS = ("benign", "harmful")
@@ -277,15 +276,10 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
     `gate`, kept prompts people labelled harmful move to rejected (`human_harmful`); otherwise
     every data file is the base's, byte for byte."""
     outputs_dir = base_path.parent.parent
-    root = snapshots_dir(outputs_dir)
-    final = root / check_snapshot_name(outputs_dir, name)
     ref = BaseRef(name=base_path.name, digest=base.digest)
     moved = human_harmful(sample, labels) if gate else set()
     raw = base.model_dump(mode="json")
-    tmp = temp_snapshot_dir(outputs_dir, name, os.getpid())
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    with writing_snapshot(outputs_dir, name) as tmp:
         shutil.copytree(base_path, tmp, ignore=shutil.ignore_patterns(MANIFEST, "validation"))
         rows = [r.model_copy(update={"reason": "human_harmful"}) if r.id in moved else r for r in rows]
         if moved:
@@ -310,9 +304,5 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
         raw.update(name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
                    files={k: v.model_dump() for k, v in listed_files(tmp).items()}, built=[],
                    base=ref.model_dump(), kind="validation")
-        (tmp / MANIFEST).write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+        write_manifest(tmp, raw)
+    return snapshots_dir(outputs_dir) / name
