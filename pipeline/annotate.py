@@ -43,8 +43,7 @@ LABEL_CONFIG = "label_config.xml"
 
 @dataclass
 class Tasks:
-    snapshot: Path
-    digest: str
+    items: int                                   # in the validation sample
     annotators: dict[str, list[dict[str, str]]]  # annotator -> their items, in their order
     shared: int                                  # items every annotator labels
 
@@ -81,7 +80,7 @@ def plan_tasks(snapshot: Path, annotators: int, overlap: int | None, seed: int =
         ids = sorted(assigned[name])
         random.Random(f"{seed}:{name}").shuffle(ids)  # each annotator's own order
         tasks[name] = [_shown(items[i], taxonomy[items[i]["category"]], manifest.digest, name) for i in ids]
-    return Tasks(snapshot=snapshot, digest=manifest.digest, annotators=tasks, shared=len(shared))
+    return Tasks(items=len(items), annotators=tasks, shared=len(shared))
 
 
 def _shown(row: dict[str, str], entry: dict[str, str], digest: str, annotator: str) -> dict[str, str]:

@@ -175,9 +175,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     overlap = planned.overlap if args.overlap is None else args.overlap
     tasks = plan_tasks(snapshot, annotators, overlap)
     files = write_tasks(tasks, Path(args.out), args.format)
-    items = len({t["prompt_id"] for ts in tasks.annotators.values() for t in ts})
-    console.print(f"{items} items for {annotators} annotators: {tasks.shared} labelled by every one,"
-                  f" {items - tasks.shared} by one each; {tasks.labels} labels in all")
+    console.print(f"{tasks.items} items for {annotators} annotators: {tasks.shared} labelled by every one,"
+                  f" {tasks.items - tasks.shared} by one each; {tasks.labels} labels in all")
     for f in files:
         console.print(f"  {f}")
     return 0
@@ -210,11 +209,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     report = validity_report(rows, sample, labels, validation.min_precision)
     path = write_validation_snapshot(snapshot, manifest, args.name, rows, sample, labels, report, args.gate)
     _print_validity(report)
+    new = load_manifest(path)
     if args.gate:
-        moved = load_manifest(path).counts.rejected
-        console.print(f"gate: {sum(c.get('human_harmful', 0) for c in moved.values())} kept prompts that"
-                      " people labelled harmful moved to rejected (reason human_harmful)")
-    console.print(f"snapshot: {path} ({load_manifest(path).digest}); every figure: {path / REPORT_FILE}")
+        moved = sum(c.get("human_harmful", 0) for c in new.counts.rejected.values())
+        console.print(f"gate: {moved} kept prompts that people labelled harmful moved to rejected"
+                      " (reason human_harmful)")
+    console.print(f"snapshot: {path} ({new.digest}); every figure: {path / REPORT_FILE}")
     return 0
 
 

@@ -31,11 +31,11 @@ import shutil
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.export import SnapshotMeta, dataset_card, listed_files, row_sort_key, write_row_files
 from pipeline.labels import LabelRow, LabelSet
-from pipeline.records import LEVELS, SnapshotRow, StageCounts
+from pipeline.records import LEVELS, Decision, SnapshotRow, StageCounts
 from pipeline.stats import (
     cohen_kappa,
     confusion,
@@ -58,6 +58,7 @@ from pipeline.store import (
 )
 
 DECISIONS = ("benign", "harmful")
+R = TypeVar("R", SnapshotRow, Decision)
 MAJORITY_RULE = ("majority of benign/harmful labels; unsure labels do not vote; a tie leaves the"
                  " item undecided")
 
@@ -69,6 +70,18 @@ def majority(labels: list[str]) -> str | None:
     return "benign" if votes["benign"] > votes["harmful"] else "harmful"
 
 
+def by_item(labels: LabelSet) -> dict[str, list[LabelRow]]:
+    per_item: dict[str, list[LabelRow]] = defaultdict(list)
+    for row in labels.rows:
+        per_item[row.prompt_id].append(row)
+    return per_item
+
+
+def majorities_of(per_item: dict[str, list[LabelRow]]) -> dict[str, str | None]:
+    """Each labelled item's majority label (None: undecided)."""
+    return {pid: majority([r.label for r in rows]) for pid, rows in per_item.items()}
+
+
 def _p(count: int, n: int, confidence: float) -> dict[str, Any]:
     return wilson(count, n, confidence).model_dump()
 
@@ -77,10 +90,8 @@ def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], label
                     min_precision: float, confidence: float = 0.95) -> dict[str, Any]:
     by_id = {r.id: r for r in rows}
     items = {s["id"]: s for s in sample}
-    per_item: dict[str, list[LabelRow]] = defaultdict(list)
-    for row in labels.rows:
-        per_item[row.prompt_id].append(row)
-    decided = {pid: majority([r.label for r in rs]) for pid, rs in per_item.items()}
+    per_item = by_item(labels)
+    majorities = majorities_of(per_item)
     categories = list(dict.fromkeys(r.category for r in rows))
     population = Counter((r.category, r.level) for r in rows if r.reason is None)
     return {
@@ -90,9 +101,9 @@ def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], label
                    "annotators": sorted({r.annotator for r in labels.rows}), "files": labels.files,
                    "unlabelled": labels.unlabelled, "cancelled": labels.cancelled,
                    "repeated": labels.repeated,
-                   "undecided": sum(1 for v in decided.values() if v is None)},
-        "precision": _precision(items, decided, population, categories, min_precision, confidence),
-        "jury": _jury(items, by_id, decided, confidence),
+                   "undecided": sum(1 for v in majorities.values() if v is None)},
+        "precision": _precision(items, majorities, population, categories, min_precision, confidence),
+        "jury": _jury(items, by_id, majorities, confidence),
         "agreement": _agreement(per_item),
         "ambiguity": _ambiguity(items, labels.rows),
     }
@@ -258,15 +269,19 @@ def _share(p: dict[str, Any]) -> str:
 
 def human_harmful(sample: list[dict[str, str]], labels: LabelSet) -> set[str]:
     """Kept prompts whose majority label is harmful: what `--gate` moves to rejected."""
-    per_item: dict[str, list[str]] = defaultdict(list)
-    for row in labels.rows:
-        per_item[row.prompt_id].append(row.label)
-    return {s["id"] for s in sample if s["source"] == "kept" and majority(per_item[s["id"]]) == "harmful"}
+    majorities = majorities_of(by_item(labels))
+    return {s["id"] for s in sample if s["source"] == "kept" and majorities.get(s["id"]) == "harmful"}
 
 
-def ungated(rows: list[SnapshotRow]) -> list[SnapshotRow]:
-    """The rows as they were before `--gate` (what the sample and the report were drawn from)."""
-    return [r.model_copy(update={"reason": None}) if r.reason == "human_harmful" else r for r in rows]
+def ungated(records: list[R]) -> list[R]:
+    """Rows or decisions as they were before `--gate` (what the sample and the report were
+    drawn from): a `human_harmful` one was kept."""
+    def before(r: R) -> R:
+        if r.reason != "human_harmful":
+            return r
+        return r.model_copy(update={"reason": None, **({"kept": True} if isinstance(r, Decision) else {})})
+
+    return [before(r) for r in records]
 
 
 def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: list[SnapshotRow],
@@ -282,17 +297,17 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
     with writing_snapshot(outputs_dir, name) as tmp:
         shutil.copytree(base_path, tmp, ignore=shutil.ignore_patterns(MANIFEST, "validation"))
         rows = [r.model_copy(update={"reason": "human_harmful"}) if r.id in moved else r for r in rows]
+        decisions = [r.to_decision() for r in rows]  # once: the costly part at paper scale
         if moved:
             key = row_sort_key(base.categories)
-            kept = sorted((r for r in rows if r.reason is None), key=lambda r: key(r.to_decision()))
-            rejected = sorted((r for r in rows if r.reason is not None), key=lambda r: key(r.to_decision()))
-            write_row_files(tmp, kept, rejected, base.categories)
-        counts = StageCounts.of(r.to_decision() for r in rows)
+            order = sorted(range(len(rows)), key=lambda i: key(decisions[i]))
+            write_row_files(tmp, [rows[i] for i in order if rows[i].reason is None],
+                            [rows[i] for i in order if rows[i].reason is not None], base.categories)
+        counts = StageCounts.of(decisions)
         raw["counts"].update(kept=counts.kept_by_stratum(base.categories),
                              rejected=counts.rejected_by_category(base.categories))
-        by_id = {r.id: r for r in rows}
-        sampled = [by_id[s["id"]].to_decision().model_copy(update={"kept": s["source"] == "kept"})
-                   for s in sample]
+        by_id = {d.candidate.id: d for d in decisions}
+        sampled = [by_id[s["id"]].model_copy(update={"kept": s["source"] == "kept"}) for s in sample]
         meta = SnapshotMeta.model_validate({k: raw[k] for k in SnapshotMeta.model_fields})
         (tmp / "validation").mkdir()
         (tmp / LABELS_FILE).write_text("".join(json.dumps(r.model_dump(), ensure_ascii=False, sort_keys=True)

@@ -28,7 +28,7 @@ from pipeline.export import jury_of, models_of
 from pipeline.fingerprint import config_components, fingerprint_of
 from pipeline.jury import calibration_summary, jury_agreement
 from pipeline.labels import LabelRow, LabelSet
-from pipeline.records import CalibrationVote, SnapshotRow, StageCounts, content_id
+from pipeline.records import CalibrationVote, Decision, SnapshotRow, StageCounts, content_id
 from pipeline.sample import stratified_sample
 from pipeline.store import (
     CALIBRATION,
@@ -109,7 +109,7 @@ def _check_content(snapshot: Path, m: Manifest) -> list[str]:
         problems.append(f"{MANIFEST} counts.kept differ from {PROMPTS}.jsonl")
     if counts.rejected_by_category(m.categories) != m.counts.rejected:
         problems.append(f"{MANIFEST} counts.rejected differ from {REJECTED}.jsonl")
-    problems += _check_sample(snapshot, m, kept + rejected)
+    problems += _check_sample(snapshot, m, decisions)
     problems += _check_config(m)
     problems += _check_taxonomy(snapshot, m)
     if m.kind == "validation":
@@ -140,7 +140,7 @@ def _check_categories(m: Manifest) -> list[str]:
     return problems
 
 
-def _check_sample(snapshot: Path, m: Manifest, rows: list[SnapshotRow]) -> list[str]:
+def _check_sample(snapshot: Path, m: Manifest, decisions: list[Decision]) -> list[str]:
     ids = [row["id"] for row in read_sample(snapshot)]
     problems = []
     if len(ids) != m.counts.validation_sample:
@@ -152,7 +152,7 @@ def _check_sample(snapshot: Path, m: Manifest, rows: list[SnapshotRow]) -> list[
     if "rejected" not in m.config.get("sample", {}):
         cfg.sample.rejected = False  # built before rejected candidates were sampled
     # drawn before `orsc validate --gate` moved any kept prompt to rejected
-    expected = stratified_sample([r.to_decision() for r in ungated(rows)], cfg.sample, m.categories)
+    expected = stratified_sample(ungated(decisions), cfg.sample, m.categories)
     if ids != [d.candidate.id for d in expected]:
         problems.append(f"{SAMPLE} is not the sample that {MANIFEST}'s sample settings draw")
     return problems
