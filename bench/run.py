@@ -174,7 +174,9 @@ def write_config(path: Path, seeds: Path, outputs: Path, base_url: str, rewrites
                                 "seed": 7},
                   **{f"judge_{i}": {"endpoint": "bench", "model": "bench-judge", "prompt": p}
                      for i, p in enumerate(judges, 1)}},
-        "generation": {"rewrites": rewrites},
+        # the fake endpoint's rewrites are built from a hash, not paraphrases: no off-topic
+        # check (bench/off_topic.py measures it on labelled rewrites instead)
+        "generation": {"rewrites": rewrites, "min_similarity": None},
         "sample": {"per_stratum": 10},
     }
     if exact_max:

@@ -3,9 +3,11 @@ flow calls (flows/build.py only wires these into Prefect).
 
 One candidate's path, top to bottom:
 
-    generate_stage  seed topic x level -> template -> rewrites     stages/generate/<cat>-<fp>.jsonl
+    generate_stage  seed topic x level -> template prompt and its  stages/generate/<cat>-<fp>.jsonl
+                    rewrites
     dedup_stage     every category's usable prompts, after the     stages/dedup/<key>/<cat>.jsonl
-                    kept prompts of carried-over categories
+                    kept prompts of carried-over categories;
+                    off-topic rewrites, then near-duplicates
     jury_stage      each deduplicated prompt -> jurors -> k-of-n   stages/jury/<cat>-<key>.jsonl
                     and the jury check on the seeds' harmful        (+ .calibration.jsonl)
                     requests
@@ -62,7 +64,8 @@ def dedup_stage(config: BuildConfig, categories: list[str], generated: list[str]
     cache = EmbeddingCache(config.outputs_dir / "cache" / "embeddings.sqlite")
     try:
         embedder = Embedder(config.dedup.model_path, config.dedup.batch_size, cache, progress)
-        decisions = dedup_candidates(candidates, config.dedup, embedder, keepers)
+        decisions = dedup_candidates(candidates, config.dedup, embedder, keepers,
+                                     config.generation.min_similarity)
     finally:
         cache.close()
     out = dedup_dir(config.outputs_dir, key)
@@ -141,9 +144,11 @@ def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: li
 
 def summary_rows(generated: StageCounts, deduped: StageCounts, judged: StageCounts,
                  order: list[str]) -> list[dict]:
-    """Per category x level of the built categories: generated / usable / after dedup / after jury."""
+    """Per category x level of the built categories: generated / usable / off-topic rewrites
+    caught / after dedup / after jury."""
     return [{"category": row["category"], "level": row["level"], "generated": row["candidates"],
              "usable": row["kept"],
+             "off_topic": deduped.total(row["category"], row["level"], "off_topic_rewrite"),
              "after_dedup": deduped.total(row["category"], row["level"], "kept"),
              "after_jury": judged.total(row["category"], row["level"], "kept")}
             for row in generated.table(order)]

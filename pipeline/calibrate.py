@@ -11,6 +11,11 @@ labels (pipeline.stats, from scikit-learn).
 A juror's unparseable verdicts are counted and left out of its figures; the rule counts an
 item with an unparseable vote as rejected (harmful), as a build does.
 
+With `fit`, each score juror (`scoring: logprobs`) also gets an operating point: the AUROC
+of its P(harmful) against the gold labels, the highest threshold at which it catches the
+target share of the harmful prompts, the specificity that costs, and the config line that
+sets it (pipeline.stats.operating_point, from scikit-learn).
+
 Example:
     gold = read_gold(Path("gold/jury.csv"), inputs.taxonomy)
     result = gateway.run(calibrate(inputs, gold, gateway))
@@ -23,13 +28,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pipeline.config import BuildConfig
 from pipeline.errors import InputError, shorten
 from pipeline.files import read_csv
-from pipeline.inputs import BuildInputs, Taxonomy, judge_context
-from pipeline.jury import ask_jurors, cast_vote, jury_label
+from pipeline.inputs import BuildInputs, Taxonomy
+from pipeline.jury import ask_jurors, cast_vote, juror_messages, jury_label
 from pipeline.llm import Gateway
 from pipeline.records import JurorVote
-from pipeline.stats import binary_agreement
+from pipeline.stats import binary_agreement, operating_point
 
 GOLD_COLUMNS = ("id", "category", "label", "prompt")
 GOLD_LABELS = ("benign", "harmful")
@@ -80,8 +86,7 @@ async def judge_gold(inputs: BuildInputs, gold: list[GoldItem], gateway: Gateway
 
     async def vote(item: GoldItem, juror: str) -> JurorVote:
         entry = inputs.taxonomy.entry(item.category)
-        messages = inputs.judge_templates[juror].render_messages(
-            judge_context(item.prompt, entry, item.original_question or item.prompt))
+        messages = juror_messages(inputs, juror, item.prompt, entry, item.original_question or item.prompt)
         return await cast_vote(gateway, juror, messages, jury.max_repairs)
 
     return await ask_jurors(gateway, jury.jurors, gold, vote)
@@ -99,4 +104,31 @@ def calibration_report(gold: list[GoldItem], votes: list[list[JurorVote]], juror
                                 "unparseable": len(gold) - len(pairs)}
     decided = ["benign" if jury_label(v, required_benign) == "benign" else "harmful" for v in votes]
     out["jurors"][RULE] = {**binary_agreement(truth, decided, "harmful"), "unparseable": 0}
+    return out
+
+
+def score_jurors(config: BuildConfig) -> list[str]:
+    return [j for j in config.jury.jurors if config.roles[j].scoring == "logprobs"]
+
+
+def fit_thresholds(gold: list[GoldItem], votes: list[list[JurorVote]], config: BuildConfig,
+                   target_recall: float) -> dict[str, dict[str, Any]]:
+    """Per score juror: its operating point at `target_recall` of "harmful" on the gold
+    prompts it scored, and the role's config line with that threshold."""
+    out = {}
+    for j, juror in enumerate(config.jury.jurors):
+        if config.roles[juror].scoring != "logprobs":
+            continue
+        scored = [(g.label == "harmful", v[j].p_harmful) for g, v in zip(gold, votes, strict=True)
+                  if v[j].p_harmful is not None]
+        point = operating_point([t for t, _ in scored], [p for _, p in scored], target_recall)
+        role = config.roles[juror]
+        set_fields = role.model_dump(exclude_defaults=True, exclude={"endpoint", "model", "threshold"})
+        line = None
+        if point.threshold is not None:
+            fields = ", ".join(f"{k}: {v}" for k, v in {"endpoint": role.endpoint, "model": role.model,
+                                                       **set_fields, "scoring": "logprobs",
+                                                       "threshold": point.threshold}.items())
+            line = f"{juror}: {{{fields}}}"
+        out[juror] = {**point.model_dump(), "unscored": len(gold) - len(scored), "config_line": line}
     return out

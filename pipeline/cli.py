@@ -111,11 +111,11 @@ class BuildFailed(Exception):
 
 def _print_summary(result: dict) -> None:
     table = Table(title="build-benchmark: candidates per category x level")
-    for col in ("category", "level", "generated", "usable", "after dedup", "after jury"):
+    for col in ("category", "level", "generated", "usable", "off topic", "after dedup", "after jury"):
         table.add_column(col, justify="left" if col in ("category", "level") else "right")
-    totals = [0, 0, 0, 0]
+    totals = [0, 0, 0, 0, 0]
     for row in result["summary"]:
-        nums = [row["generated"], row["usable"], row["after_dedup"], row["after_jury"]]
+        nums = [row["generated"], row["usable"], row["off_topic"], row["after_dedup"], row["after_jury"]]
         totals = [a + b for a, b in zip(totals, nums, strict=True)]
         table.add_row(row["category"], row["level"], *map(str, nums))
     table.add_row("total", "", *map(str, totals), style="bold")
@@ -255,7 +255,7 @@ def _print_validity(report: dict) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.calibrate import calibration_report, judge_gold, read_gold
+    from pipeline.calibrate import calibration_report, fit_thresholds, judge_gold, read_gold, score_jurors
     from pipeline.inputs import load_inputs
     from pipeline.llm import Gateway
     from pipeline.llm.gateway import Usage
@@ -263,6 +263,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from pipeline.terminal import build_console
 
     config = load_config(args.config)
+    if args.fit and not score_jurors(config):
+        raise InputError(Path(args.config), "roles.<juror>.scoring", "--fit needs a juror that scores"
+                         " with token probabilities, and no juror does",
+                         "add 'scoring: logprobs' to a role listed in jury.jurors")
+    if not 0 < args.target_recall <= 1:
+        raise InputError(None, "--target-recall", f"{args.target_recall} is not a share",
+                         "pass a number above 0 and at most 1, e.g. 0.95")
     inputs = load_inputs(config)
     gold = read_gold(Path(args.gold), inputs.taxonomy)
     missing = sorted({g.category for g in gold} - set(inputs.categories))
@@ -281,6 +288,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     report = calibration_report(gold, votes, config.jury.jurors, config.jury.required_benign)
     report["model_calls"], report["cache_hits"] = (sum(usage.calls.values()),
                                                    sum(usage.cache_hits.values()))
+    if args.fit:
+        report["fit"] = fit_thresholds(gold, votes, config, args.target_recall)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -298,7 +307,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                       str(m["unparseable"]))
     console.print(table)
     console.print(f"model calls: {report['model_calls']} (request cache hits: {report['cache_hits']})")
+    if args.fit:
+        _print_fit(report["fit"], args.target_recall)
     return 0
+
+
+def _print_fit(fit: dict[str, dict], target: float) -> None:
+    table = Table(title=f"score jurors: the threshold that catches {target:.0%} of the gold file's harmful"
+                        " prompts (harmful when P(harmful) >= threshold)")
+    for col in ("juror", "AUROC", "threshold", "recall", "specificity", "unscored"):
+        table.add_column(col, justify="left" if col == "juror" else "right")
+    for juror, f in fit.items():
+        table.add_row(juror, *("n/a" if f[k] is None else f"{f[k]:.4g}"
+                               for k in ("auroc", "threshold", "recall", "specificity")), str(f["unscored"]))
+    console.print(table)
+    lines = [f["config_line"] for f in fit.values() if f["config_line"]]
+    if lines:
+        console.print("config (under roles:):")
+        for line in lines:
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    for juror, f in fit.items():
+        if not f["config_line"]:
+            console.print(f"{juror}: no threshold: its scored gold prompts are all of one label")
 
 
 def cmd_provenance(args: argparse.Namespace) -> int:
@@ -332,6 +362,8 @@ def _print_provenance(r) -> None:
     line = f"dedup: {d['status']}"
     if d["duplicate_of"]:
         line += f" - duplicate of {d['duplicate_of']} (cosine {d['similarity']})"
+    elif d["status"] == "off topic":
+        line += f" - cosine {d['similarity']} to its template prompt, below generation.min_similarity"
     if d["duplicates_dropped"]:
         line += f"; dropped as its duplicates: {', '.join(d['duplicates_dropped'])}"
     console.print(line)
@@ -469,6 +501,12 @@ def parser() -> argparse.ArgumentParser:
     ca.add_argument("--gold", default=str(DEFAULT_GOLD),
                     help="CSV: id, category, label (benign|harmful), prompt[, original_question]"
                          " (default: the project's %(default)s)")
+    ca.add_argument("--fit", action="store_true",
+                    help="for each `scoring: logprobs` juror, choose the threshold that reaches"
+                         " --target-recall on the gold file")
+    ca.add_argument("--target-recall", type=float, default=0.95,
+                    help="share of the gold file's harmful prompts a fitted juror must catch"
+                         " (with --fit; default %(default)s)")
     ca.add_argument("--json", action="store_true", help="machine-readable output")
     ca.set_defaults(func=cmd_calibrate)
 

@@ -89,6 +89,11 @@ class RoleConfig(SamplingParams):
     model: str
     # Judge roles: the judge prompt template (under templates_dir/judges/).
     prompt: str | None = None
+    # Judge roles: `verdict` asks for a JSON label and rationale; `logprobs` asks for a
+    # one-word label with its token log-probabilities, records P(harmful) and labels the
+    # prompt harmful when P(harmful) >= `threshold` (`orsc calibrate --fit` chooses one).
+    scoring: Literal["verdict", "logprobs"] = "verdict"
+    threshold: float = Field(0.5, ge=0, le=1)
 
     def sampling(self, seed_offset: int = 0) -> SamplingParams:
         fields = {k: getattr(self, k) for k in SamplingParams.model_fields}
@@ -96,6 +101,17 @@ class RoleConfig(SamplingParams):
 
     def identity(self, endpoint: EndpointConfig) -> str:
         return f"{self.model}@{endpoint.identity}"
+
+    @property
+    def answer(self) -> str:
+        """What its judge prompt asks for (the templates' `answer`): one word for a score
+        juror ("label"), JSON for a verdict juror ("verdict")."""
+        return "label" if self.scoring == "logprobs" else "verdict"
+
+    def scoring_rule(self) -> dict[str, Any]:
+        """How a score juror labels, for fingerprints and MANIFEST.json; empty for a verdict
+        juror (so records of jurors from before score jurors keep their hashes)."""
+        return {"scoring": "logprobs", "threshold": self.threshold} if self.scoring == "logprobs" else {}
 
 
 class GenerationConfig(Strict):
@@ -108,6 +124,10 @@ class GenerationConfig(Strict):
     )
     rewrite_prompt: str = "rewrite.j2"
     seeds_per_category: int | None = Field(None, ge=1)
+    # A rewrite whose embedding's cosine similarity to its template prompt is below this
+    # has drifted off its seed (reason off_topic_rewrite); None: no check. The default is
+    # calibrated on labelled pairs (bench/README.md, "Off-topic rewrites").
+    min_similarity: float | None = Field(0.65, ge=0, le=1)
 
     @model_validator(mode="after")
     def _templates_for_levels(self) -> GenerationConfig:
@@ -311,6 +331,13 @@ def _check_references(cfg: BuildConfig, path: Path) -> None:
                 path, field, f"names role '{role}', which is not defined",
                 f"add '{role}' under 'roles' or use one of {sorted(cfg.roles)}",
             )
+    for name, role in cfg.roles.items():
+        if role.scoring == "logprobs" and name not in cfg.jury.jurors:
+            raise InputError(path, f"roles.{name}.scoring", f"role '{name}' is not a juror",
+                             "set 'scoring: logprobs' on a role listed in jury.jurors, or remove it")
+        if "threshold" in role.model_fields_set and role.scoring != "logprobs":
+            raise InputError(path, f"roles.{name}.threshold", "applies to 'scoring: logprobs' jurors only",
+                             "add 'scoring: logprobs' to the role, or remove 'threshold'")
     for i, juror in enumerate(cfg.jury.jurors):
         if cfg.roles[juror].prompt is None:
             raise InputError(

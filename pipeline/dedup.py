@@ -1,14 +1,22 @@
-"""dedup: near-duplicate removal across the whole build (within and across categories).
+"""dedup: off-topic rewrites, then near-duplicate removal across the whole build (within
+and across categories).
 
 Input: candidates in canonical order (taxonomy order of categories, then the
-generation order). Output: one Decision per candidate. The keeper of a group
-of near-duplicates is the earliest candidate (lowest index); a later candidate
-whose cosine similarity to an already *kept* one reaches the threshold is
-rejected with reason `duplicate`, `duplicate_of` = that keeper's id and the
-similarity. Only one member of a pair is ever dropped.
+generation order: each template's own rendering before its rewrites). Output: one
+Decision per candidate.
+
+- A rewrite whose cosine similarity to its template prompt (`template_text`) is below
+  `min_similarity` has drifted off its seed: rejected with reason `off_topic_rewrite`
+  and that similarity. The template prompts are candidates themselves, so their
+  embeddings are the dedup embeddings: the check costs nothing extra.
+- The keeper of a group of near-duplicates is the earliest candidate (lowest index);
+  a later candidate whose cosine similarity to an already *kept* one reaches the
+  threshold is rejected with reason `duplicate`, `duplicate_of` = that keeper's id and
+  the similarity. Only one member of a pair is ever dropped. A rewrite that adds nothing
+  to its template is such a duplicate.
 
 Example:
-    decisions = dedup_candidates(candidates, DedupConfig(threshold=0.9), Embedder())
+    decisions = dedup_candidates(candidates, DedupConfig(threshold=0.9), Embedder(), min_similarity=0.5)
 """
 
 from __future__ import annotations
@@ -178,17 +186,30 @@ def _ivf_pairs(vectors: np.ndarray, floor: float) -> tuple[np.ndarray, ...]:
 
 
 def dedup_candidates(candidates: list[Candidate], cfg: DedupConfig, embedder: Embedder,
-                     keepers: list[Candidate] = ()) -> list[Decision]:
+                     keepers: list[Candidate] = (), min_similarity: float | None = None) -> list[Decision]:
     """`keepers` are prompts already in the benchmark (carried over from a base snapshot):
-    they come first, are always kept, and get no Decision of their own."""
+    they come first, are always kept, and get no Decision of their own. `min_similarity`
+    None: no off-topic check."""
     pool = [*keepers, *candidates]
-    vectors = embedder.encode([c.prompt for c in pool])
+    texts = [c.prompt for c in pool]
+    # A template prompt is embedded once, as the candidate it also is (variant 0).
+    known = set(texts)
+    texts += [t for t in dict.fromkeys(c.template_text for c in candidates if c.is_rewrite) if t not in known]
+    embedded = embedder.encode(texts)
+    row_of = {text: i for i, text in enumerate(texts)}
+    vectors = embedded[:len(pool)]
     pairs = near_duplicate_pairs(vectors, cfg.threshold, cfg.exact_max)
     kept: set[int] = set(range(len(keepers)))
     decisions = []
     for i, cand in enumerate(pool):
         if i < len(keepers):
             continue
+        if cand.is_rewrite and min_similarity is not None:
+            on_topic = float(vectors[i] @ embedded[row_of[cand.template_text]])
+            if on_topic < min_similarity:
+                decisions.append(Decision(candidate=cand, kept=False, reason="off_topic_rewrite",
+                                          similarity=round(on_topic, 4)))
+                continue
         # Compare only with kept candidates, so every dropped one points at a
         # prompt that is in the benchmark; ties go to the earliest keeper.
         matches = [(j, s) for j, s in pairs.get(i, []) if j in kept]

@@ -79,7 +79,8 @@ class SnapshotMeta(BaseModel):
 def models_of(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
     """Each role's model, endpoint, sampling and prompt, as MANIFEST.json lists them."""
     return {r: {"endpoint": cfg.endpoint_for(r).identity, "model": cfg.roles[r].model,
-                "sampling": cfg.roles[r].sampling().model_dump(), "prompt": cfg.roles[r].prompt}
+                "sampling": cfg.roles[r].sampling().model_dump(), "prompt": cfg.roles[r].prompt,
+                **cfg.roles[r].scoring_rule()}
             for r in [cfg.generation.role, *cfg.jury.jurors]}
 
 
@@ -169,6 +170,7 @@ def dataset_card(counts: StageCounts, meta: SnapshotMeta, sample: list[Decision]
     gen_role = cfg["generation"]["role"]
     generator = meta.models[gen_role]
     carried = [c for c in cats if c not in meta.built]
+    scoring = _scoring_text(meta.models, jury["jurors"])
     versions = ", ".join(f"{c} {meta.taxonomy_versions[c]}" for c in cats)
     fields = "\n".join(f"- `{name}`: {f.description}" for name, f in SnapshotRow.model_fields.items())
     base = (f"\n\nDerived from snapshot `{meta.base.name}` ({meta.base.digest}):"
@@ -190,12 +192,14 @@ answer, each paired with the harmful request it neighbours
 1. **Seeds**: hand-written seed topics per category; taxonomy version per category: {versions}.
 2. **Generate**: a Jinja2 template per intent-ambiguity level (easy: benign intent stated;
    medium: benign intent implicit; hard: wording close to the harmful request), rewritten
-   {cfg['generation']['rewrites']} time(s) per template by `{generator['model']}@{generator['endpoint']}`.
-3. **Dedup**: all-MiniLM-L6-v2 embeddings, searched across all categories (exactly up to
+   {cfg['generation']['rewrites']} time(s) per template by `{generator['model']}@{generator['endpoint']}`;
+   the template's own rendering stays a candidate beside its rewrites.
+3. **Dedup**: all-MiniLM-L6-v2 embeddings. {_off_topic_text(counts, cats, cfg['generation'])}
+   Near-duplicates are searched across all categories (exactly up to
    {cfg['dedup']['exact_max']:,} prompts, with a FAISS IVF index beyond),
    cosine threshold {cfg['dedup']['threshold']}; the earliest prompt of a group is kept.
 4. **Jury**: {len(jury['jurors'])} jurors ({', '.join(jury['models'])}); a prompt is kept
-   when at least {jury['required_benign']} of {len(jury['jurors'])} say benign.
+   when at least {jury['required_benign']} of {len(jury['jurors'])} say benign.{scoring}
 5. **Sample**: `{SAMPLE}`, a stratified sample for human validation: {_sample_text(cfg["sample"], sample)}
    `orsc annotate` turns it into blind annotation tasks.
 
@@ -244,6 +248,27 @@ def _sample_text(rule: dict, sample: list[Decision]) -> str:
     rejected = (f" and {len(sample) - kept} jury-rejected candidates (to measure the jury's false"
                 " rejections)" if rule.get("rejected") else "")
     return f"{kept} kept prompts{rejected}, per category x level, {size}."
+
+
+def _scoring_text(models: dict[str, dict[str, Any]], jurors: list[str]) -> str:
+    scored = [f"{j} (harmful when P(harmful) >= {models[j]['threshold']})" for j in jurors
+              if models[j].get("scoring") == "logprobs"]
+    if not scored:
+        return ""
+    return (f" Score jurors answer one word; their P(harmful) is read from the label tokens'"
+            f" probabilities (`votes[].p_harmful`): {', '.join(scored)}.")
+
+
+def _off_topic_text(counts: StageCounts, cats: list[str], generation: dict[str, Any]) -> str:
+    threshold = generation.get("min_similarity")
+    if threshold is None or not generation["rewrites"]:
+        return "Rewrites were not checked for drifting off their template prompt."
+    caught = [(c, [counts.total(c, lvl, "off_topic_rewrite") for lvl in LEVELS]) for c in cats]
+    rows = "\n".join(f"   | {c} | " + " | ".join(map(str, n)) + " |" for c, n in caught if any(n))
+    table = (f" Caught, per category x level:\n\n   | category | {' | '.join(LEVELS)} |\n"
+             f"   |---|{'---|' * len(LEVELS)}\n{rows}\n" if rows else " None was caught.")
+    return (f"A rewrite whose cosine similarity to its template prompt is below {threshold} has"
+            f" drifted off its seed and is rejected as `off_topic_rewrite`.{table}")
 
 
 def _agreement_text(agreement: dict[str, Any] | None) -> str:

@@ -36,7 +36,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
 STAGE_COMPONENTS: dict[str, tuple[str, ...]] = {
     "generate": ("taxonomy", "seeds", "templates", "rewrite_prompt", "roles", "generation",
                  "code_generate"),
-    "dedup": ("dedup", "dedup_model", "code_dedup"),
+    "dedup": ("dedup", "generation", "dedup_model", "code_dedup"),  # generation.min_similarity
     "jury": ("taxonomy", "seeds", "judge_prompts", "roles", "jury", "code_jury"),
 }
 
@@ -54,7 +54,7 @@ def _role(cfg: BuildConfig, name: str) -> dict:
     endpoint = cfg.endpoints[role.endpoint]
     return {"model": role.model, "endpoint": endpoint.identity,
             "structured_output": endpoint.structured_output,
-            "sampling": role.sampling().model_dump(), "prompt": role.prompt}
+            "sampling": role.sampling().model_dump(), "prompt": role.prompt, **role.scoring_rule()}
 
 
 def config_parts(cfg: BuildConfig) -> dict:
@@ -63,7 +63,9 @@ def config_parts(cfg: BuildConfig) -> dict:
     gen = cfg.generation
     return {
         "roles": {name: _role(cfg, name) for name in [gen.role, *cfg.jury.jurors]},
-        "generation": {"rewrites": gen.rewrites, "levels": gen.levels},
+        # min_similarity only when set: None hashes as configs from before the check did
+        "generation": {"rewrites": gen.rewrites, "levels": gen.levels,
+                       **({} if gen.min_similarity is None else {"min_similarity": gen.min_similarity})},
         "dedup": cfg.dedup.model_dump(exclude={"batch_size", "model_path"}),
         "jury": {"jurors": cfg.jury.jurors, "required_benign": cfg.jury.required_benign,
                  "max_repairs": cfg.jury.max_repairs, "calibrate": cfg.jury.calibrate},

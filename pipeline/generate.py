@@ -1,10 +1,13 @@
 """generate: seed topic x level -> template prompt -> n LLM rewrites.
 
 Input: the validated BuildInputs and one category.
-Output: one Decision per candidate. Kept candidates go on to dedup; a rewrite
-that comes back empty or is not a question is rejected with reason
-`unusable_rewrite`,
-keeping the raw call key so the audit trail shows what the model said.
+Output: one Decision per candidate. The template's own rendering is always a
+candidate (variant 0, generator `template`), so a weak rewriter cannot lose the
+seed's hand-written boundary question; rewrites are variants 1..n. Kept
+candidates go on to dedup (which drops a rewrite that adds nothing to its
+template, or drifts off it); a rewrite that comes back empty or is not a
+question is rejected with reason `unusable_rewrite`, keeping the raw call key so
+the audit trail shows what the model said.
 
 Example:
     decisions = gateway.run(generate_category(inputs, "drug_abuse", gateway))
@@ -17,7 +20,7 @@ import re
 
 from pipeline.inputs import BuildInputs, generation_context, rewrite_context
 from pipeline.llm import Gateway
-from pipeline.records import Candidate, Decision, SeedTopic, content_id
+from pipeline.records import TEMPLATE_GENERATOR, Candidate, Decision, SeedTopic, content_id
 from pipeline.templates import PromptTemplate
 
 MIN_PROMPT_CHARS = 12
@@ -70,16 +73,17 @@ async def generate_category(inputs: BuildInputs, category: str, gateway: Gateway
 
     async def one(seed: SeedTopic, level: str, tpl: PromptTemplate) -> list[Decision]:
         text = tpl.render(generation_context(seed, entry))
+        template = _candidate(seed, level, tpl, text, 0, text, TEMPLATE_GENERATOR, {}, None)
+        out = [Decision(candidate=template, kept=True)]
         if gen.rewrites == 0:
-            return [Decision(candidate=_candidate(seed, level, tpl, text, 0, text, "template", {},
-                                                  None), kept=True)]
+            return out
         messages = inputs.rewrite_template.render_messages(rewrite_context(text, level, entry))
-        out = []
-        for variant in range(gen.rewrites):
-            result = await gateway.chat(gen.role, messages, seed_offset=variant)
+        for variant in range(1, gen.rewrites + 1):
+            offset = variant - 1  # the sampling seed offset of the variant-th rewrite
+            result = await gateway.chat(gen.role, messages, seed_offset=offset)
             prompt = clean_rewrite(result.text)
             cand = _candidate(seed, level, tpl, text, variant, prompt or result.text.strip(),
-                              generator, role.sampling(variant).model_dump(), result.key)
+                              generator, role.sampling(offset).model_dump(), result.key)
             out.append(Decision(candidate=cand, kept=prompt is not None,
                                 reason=None if prompt else "unusable_rewrite"))
         return out

@@ -126,9 +126,11 @@ def load_seed_file(seeds_dir: Path, category: str, limit: int | None) -> list[Se
     return seeds[:limit] if limit else seeds
 
 
-def judge_context(candidate_prompt: str, entry: CategoryEntry, original_question: str) -> dict:
+def judge_context(candidate_prompt: str, entry: CategoryEntry, original_question: str,
+                  answer: str = "verdict") -> dict:
+    """`answer`: "verdict" (JSON label and rationale) or "label" (one word, for score jurors)."""
     return {"prompt": candidate_prompt, "category": entry.model_dump(),
-            "original_question": original_question}
+            "original_question": original_question, "answer": answer}
 
 
 def generation_context(seed: SeedTopic, entry: CategoryEntry) -> dict:
@@ -178,8 +180,9 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> Bui
                 for tpl in templates:
                     text = tpl.render(generation_context(seed, entry), where)
                     rewrite.render(rewrite_context(text, lvl, entry), where)
-            for tpl in judges.values():
-                tpl.render(judge_context("example prompt", entry, seed.original_question), where)
+            for j, tpl in judges.items():
+                answer = config.roles[j].answer
+                tpl.render(judge_context("example prompt", entry, seed.original_question, answer), where)
 
     used_endpoints = {config.roles[r].endpoint for r in [gen.role, *config.jury.jurors]}
     for name in sorted(used_endpoints):

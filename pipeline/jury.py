@@ -4,7 +4,9 @@ Input: deduplicated candidates of one category. Output: one Decision per
 candidate, with every juror's vote and rationale. Kept when at least
 `required_benign` jurors say benign. Rejected candidates stay as data:
 reason `jury_harmful` (too few benign votes) or `unparseable_verdict` (a juror
-gave no valid verdict after the bounded repair attempts).
+gave no valid verdict after the bounded repair attempts). A score juror
+(`scoring: logprobs`) answers one word instead; its vote's P(harmful) comes from the
+label tokens' probabilities and its label from the juror's threshold.
 
 The jury is also checked: `calibrate_jurors` asks every juror about the
 seeds' original (harmful) requests, and the share each labels harmful is
@@ -18,13 +20,15 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.inputs import BuildInputs, judge_context
+from pipeline.errors import shorten
+from pipeline.inputs import BuildInputs, CategoryEntry, judge_context
 from pipeline.llm import Gateway
 from pipeline.records import CalibrationVote, Candidate, Decision, JurorVote, SeedTopic
 from pipeline.stats import fleiss_kappa
@@ -76,10 +80,42 @@ def repair_message(problem: str) -> str:
             ' the form {"label": "benign" or "harmful", "rationale": "one sentence"}.')
 
 
+TOP_LOGPROBS = 20  # rivals per token a score juror asks for (OpenAI's maximum)
+LABELS = ("harmful", "benign")
+
+
+def label_probability(logprobs: list[dict[str, Any]] | None) -> float | None:
+    """P(harmful) from a one-word answer's token log-probabilities: at the first token
+    whose likeliest candidates include the start of a label ("harm", " Benign", ...), the
+    probability mass of "harmful" tokens over that of both labels. None when no token's
+    candidates name a label."""
+    for position in logprobs or []:
+        mass = dict.fromkeys(LABELS, 0.0)
+        for candidate in position.get("top_logprobs") or []:
+            word = str(candidate.get("token", "")).strip().strip("\"'*`.:").lower()
+            for label in LABELS:
+                if word and label.startswith(word):
+                    mass[label] += math.exp(float(candidate["logprob"]))
+        total = sum(mass.values())
+        if total > 0:
+            return mass["harmful"] / total
+    return None
+
+
+def juror_messages(inputs: BuildInputs, juror: str, prompt: str, entry: CategoryEntry,
+                   original_question: str) -> list[dict[str, str]]:
+    """A juror's judge prompt for one question: a score juror's template is rendered to ask
+    for one word (`answer` = "label"), a verdict juror's for JSON (`answer` = "verdict")."""
+    return inputs.judge_templates[juror].render_messages(
+        judge_context(prompt, entry, original_question, inputs.config.roles[juror].answer))
+
+
 async def cast_vote(gateway: Gateway, juror: str, prompt_messages: list[dict[str, str]],
                     max_repairs: int) -> JurorVote:
     role = gateway.config.roles[juror]
     model = role.identity(gateway.config.endpoints[role.endpoint])
+    if role.scoring == "logprobs":
+        return await _score_vote(gateway, juror, model, prompt_messages)
     messages = list(prompt_messages)
     calls: list[str] = []
     problem = ""
@@ -99,6 +135,23 @@ async def cast_vote(gateway: Gateway, juror: str, prompt_messages: list[dict[str
     return JurorVote(juror=juror, model=model, judge_prompt=role.prompt or "", label="unparseable",
                      rationale=f"no valid verdict after {max_repairs} repair attempts: {problem}",
                      calls=calls, repairs=max_repairs)
+
+
+async def _score_vote(gateway: Gateway, juror: str, model: str, messages: list[dict[str, str]]) -> JurorVote:
+    """One call, no repairs: the label is read from the token probabilities, not parsed."""
+    role = gateway.config.roles[juror]
+    result = await gateway.chat(juror, messages, top_logprobs=TOP_LOGPROBS)
+    p = label_probability(result.logprobs)
+    vote = {"juror": juror, "model": model, "judge_prompt": role.prompt or "", "calls": [result.key],
+            "repairs": 0}
+    if p is None:
+        why = ("the endpoint returned no token log-probabilities" if not result.logprobs else
+               f"no token of the reply had 'harmful' or 'benign' among its {TOP_LOGPROBS} likeliest")
+        return JurorVote(**vote, label="unparseable", rationale=f"{why}: {shorten(result.text, 80)!r}")
+    label = "harmful" if p >= role.threshold else "benign"
+    return JurorVote(**vote, label=label, p_harmful=round(p, 4),
+                     rationale=f"P(harmful) {p:.3f} {'>=' if label == 'harmful' else '<'}"
+                               f" threshold {role.threshold}")
 
 
 def planned_calls(inputs: BuildInputs, category: str, candidates: int) -> int:
@@ -140,8 +193,7 @@ async def judge_category(inputs: BuildInputs, category: str, candidates: list[Ca
     entry = inputs.taxonomy.entry(category)
 
     async def vote(cand: Candidate, juror: str) -> JurorVote:
-        messages = inputs.judge_templates[juror].render_messages(
-            judge_context(cand.prompt, entry, cand.original_question))
+        messages = juror_messages(inputs, juror, cand.prompt, entry, cand.original_question)
         return await cast_vote(gateway, juror, messages, jury.max_repairs)
 
     votes = await ask_jurors(gateway, jury.jurors, candidates, vote)
@@ -184,7 +236,7 @@ async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedT
             prompt, beside = seed.original_question, other[seed.id]
         else:  # a benign control, beside the harmful request it neighbours
             prompt, beside = seed.slots["boundary_question"], seed.original_question
-        messages = inputs.judge_templates[juror].render_messages(judge_context(prompt, entry, beside))
+        messages = juror_messages(inputs, juror, prompt, entry, beside)
         return CalibrationVote(category=category, seed_id=seed.id, original_question=seed.original_question,
                                vote=await cast_vote(gateway, juror, messages, jury.max_repairs),
                                known=known, prompt="" if known == "harmful" else prompt)

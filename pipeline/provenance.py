@@ -43,6 +43,7 @@ class Vote(BaseModel):
     rationale: str
     repairs: int
     calls: list[LLMCallRecord]
+    p_harmful: float | None = None  # score jurors only
 
 
 class Provenance(BaseModel):
@@ -50,7 +51,7 @@ class Provenance(BaseModel):
 
     id: str
     status: str  # "kept" or "rejected"
-    reason: str | None  # duplicate | jury_harmful | unparseable_verdict | unusable_rewrite
+    reason: str | None  # a RejectReason (pipeline.records)
     snapshot: str
     snapshot_digest: str
     snapshots: list[str]  # every snapshot that holds this id (kept or rejected)
@@ -64,7 +65,8 @@ class Provenance(BaseModel):
     template: dict[str, Any]  # name, sha, rendered
     generator: dict[str, Any]  # model, params
     generation_call: LLMCallRecord | None
-    dedup: dict[str, Any]  # status (kept|duplicate|not reached), duplicate_of, similarity, duplicates_dropped
+    # status (kept|duplicate|off topic|not reached), duplicate_of, similarity, duplicates_dropped
+    dedup: dict[str, Any]
     votes: list[Vote]
     benign_votes: int | None
     required_benign: int | None
@@ -162,8 +164,8 @@ def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None) -> Pr
         template={"name": row.template, "sha": row.template_sha, "rendered": row.template_text},
         generator={"model": row.generator, "params": json.loads(row.generator_params)},
         generation_call=gen_call,
-        dedup={"status": {"duplicate": "duplicate", "unusable_rewrite": "not reached"}.get(
-                   row.reason or "", "kept"),
+        dedup={"status": {"duplicate": "duplicate", "off_topic_rewrite": "off topic",
+                          "unusable_rewrite": "not reached"}.get(row.reason or "", "kept"),
                "duplicate_of": row.duplicate_of, "similarity": row.similarity,
                "duplicates_dropped": [r.id for r in rows if r.duplicate_of == row.id]},
         votes=votes, benign_votes=row.benign_votes,

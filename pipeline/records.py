@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 Level = Literal["easy", "medium", "hard"]
 LEVELS: tuple[Level, ...] = get_args(Level)
 # Why a candidate left the benchmark; every stage rejects with one of these.
+# off_topic_rewrite: a rewrite whose embedding drifted from its template prompt (dedup stage)
 # human_harmful: kept by the jury, labelled harmful by people (`orsc validate --gate`)
-RejectReason = Literal["unusable_rewrite", "duplicate", "jury_harmful", "unparseable_verdict",
-                       "human_harmful"]
+RejectReason = Literal["unusable_rewrite", "off_topic_rewrite", "duplicate", "jury_harmful",
+                       "unparseable_verdict", "human_harmful"]
 REJECT_REASONS: tuple[str, ...] = get_args(RejectReason)
 # A category id is also a file name (seeds/<id>.yaml, data/<id>.jsonl): keep it plain.
 CATEGORY_ID_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
@@ -64,6 +65,9 @@ class SeedTopic(Record):
     source_line: int
 
 
+TEMPLATE_GENERATOR = "template"  # the `generator` of variant 0: the template's own rendering
+
+
 class Candidate(Record):
     """A generated prompt, before dedup and jury."""
 
@@ -83,6 +87,10 @@ class Candidate(Record):
     generator_params: dict[str, Any]
     generation_call: str | None
 
+    @property
+    def is_rewrite(self) -> bool:
+        return self.generator != TEMPLATE_GENERATOR
+
 
 class JurorVote(Record):
     juror: str
@@ -92,6 +100,17 @@ class JurorVote(Record):
     rationale: str
     calls: list[str]
     repairs: int
+    # score jurors (`scoring: logprobs`): P(harmful) from the label tokens' probabilities
+    p_harmful: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unscored(self, handler):
+        """A verdict juror's vote is written without `p_harmful`, as before score jurors
+        existed: rows of older snapshots re-serialise byte for byte (orsc verify)."""
+        data = handler(self)
+        if data.get("p_harmful") is None:
+            data.pop("p_harmful", None)
+        return data
 
 
 class Decision(Record):
@@ -135,7 +154,8 @@ class SnapshotRow(Record):
     template: str = Field(description="generation template, relative to the templates directory")
     template_sha: str = Field(description="sha256 prefix of the template's source")
     template_text: str = Field(description="the template rendered for this seed, before rewriting")
-    variant: int = Field(description="rewrite number (its sampling seed offset)")
+    variant: int = Field(description="0: the template's own rendering; n >= 1: the n-th rewrite"
+                                     " (sampling seed offset n - 1)")
     generator: str = Field(description="`model@endpoint` that rewrote the prompt, or `template`")
     generator_params: str = Field(description="the generator's sampling parameters (JSON)")
     generation_call: str | None = Field(description="request-cache key of the rewrite call")
@@ -144,7 +164,8 @@ class SnapshotRow(Record):
     n_jurors: int | None = Field(description="jurors who voted")
     reason: RejectReason | None = Field(description="why it was rejected (null when kept)")
     duplicate_of: str | None = Field(description="the kept prompt it near-duplicates")
-    similarity: float | None = Field(description="cosine similarity to `duplicate_of`")
+    similarity: float | None = Field(description="cosine similarity to `duplicate_of` (duplicate), or"
+                                     " of a rewrite to its `template_text` (off_topic_rewrite)")
 
     @classmethod
     def from_decision(cls, d: Decision) -> SnapshotRow:

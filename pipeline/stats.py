@@ -174,3 +174,34 @@ def confusion(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[s
     if not truth:
         return [[0] * len(labels) for _ in labels]
     return confusion_matrix(list(truth), list(predicted), labels=list(labels)).tolist()
+
+
+class OperatingPoint(BaseModel):
+    """A score classifier against known labels: its AUROC, and the highest threshold
+    (positive when score >= threshold) whose recall of the positive class reaches a target,
+    with the recall and specificity it gives. None fields: not measurable (one class only)."""
+    n: int
+    positives: int
+    auroc: float | None
+    target_recall: float
+    threshold: float | None
+    recall: float | None
+    specificity: float | None
+
+
+def operating_point(positive: Sequence[bool], scores: Sequence[float],
+                    target_recall: float) -> OperatingPoint:
+    """scikit-learn's `roc_auc_score`, and the ROC curve (`roc_curve`, every threshold kept)
+    read at the first point, from the highest threshold down, whose recall reaches the target."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    n, pos = len(positive), int(sum(positive))
+    if pos == 0 or pos == n:
+        return OperatingPoint(n=n, positives=pos, auroc=None, target_recall=target_recall, threshold=None,
+                              recall=None, specificity=None)
+    fpr, tpr, thresholds = roc_curve(list(positive), list(scores), drop_intermediate=False)
+    i = int(np.argmax(tpr >= target_recall - 1e-12))  # tpr ends at 1: always found
+    auroc = round(float(roc_auc_score(list(positive), list(scores))), 4)
+    return OperatingPoint(n=n, positives=pos, auroc=auroc, target_recall=target_recall,
+                          threshold=float(thresholds[i]), recall=round(float(tpr[i]), 4),
+                          specificity=round(float(1 - fpr[i]), 4))

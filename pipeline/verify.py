@@ -146,11 +146,9 @@ def _check_sample(snapshot: Path, m: Manifest, decisions: list[Decision]) -> lis
     if len(ids) != m.counts.validation_sample:
         problems.append(f"{MANIFEST} counts.validation_sample differs from {SAMPLE}")
     try:
-        cfg = BuildConfig.model_validate(m.config)
+        cfg = recorded_config(m)
     except ValidationError:
         return problems  # _check_config reports it
-    if "rejected" not in m.config.get("sample", {}):
-        cfg.sample.rejected = False  # built before rejected candidates were sampled
     # drawn before `orsc validate --gate` moved any kept prompt to rejected
     expected = stratified_sample(ungated(decisions), cfg.sample, m.categories)
     if ids != [d.candidate.id for d in expected]:
@@ -204,9 +202,20 @@ def _check_validation(snapshot: Path, m: Manifest, rows: list[SnapshotRow]) -> l
     return []
 
 
+def recorded_config(m: Manifest) -> BuildConfig:
+    """The config a MANIFEST records, with the settings of features newer than the snapshot
+    set as it was built (a default added later must not make an older snapshot fail)."""
+    cfg = BuildConfig.model_validate(m.config)
+    if "rejected" not in m.config.get("sample", {}):
+        cfg.sample.rejected = False  # built before rejected candidates were sampled
+    if "min_similarity" not in m.config.get("generation", {}):
+        cfg.generation.min_similarity = None  # built before the off-topic check
+    return cfg
+
+
 def _check_config(m: Manifest) -> list[str]:
     try:
-        cfg = BuildConfig.model_validate(m.config)
+        cfg = recorded_config(m)
         derived = config_components(cfg)
         models, jury = models_of(cfg), jury_of(cfg)
     except (ValidationError, KeyError) as err:

@@ -48,6 +48,9 @@ def fake_config(tmp_path: Path, base_url: str, **overrides) -> Path:
                for i, p in enumerate(["harm_definition.j2", "asker_intent.j2", "contrast.j2"], 1)},
         },
         "generation": {"rewrites": 1, "seeds_per_category": 2},
+        # Scripted rewriters echo their template prompt with a tag, so a rewrite is a
+        # near-duplicate (cosine 0.87-0.98) of its template prompt: keep both apart.
+        "dedup": {"threshold": 0.99},
         "sample": {"per_stratum": 1},
     }
     for key, value in overrides.items():

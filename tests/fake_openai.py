@@ -1,6 +1,8 @@
 """A scripted OpenAI-compatible chat server on loopback: a real HTTP server, not a mock.
 
-Replies come from `reply(request) -> str`; `fail_next(n, status, body, headers)` makes
+Replies come from `reply(request) -> str`, or `-> (str, logprobs)` for a reply with
+token log-probabilities (the `logprobs.content` list of an OpenAI chat completion);
+`fail_next(n, status, body, headers)` makes
 the next n requests get another answer (an error status, an HTML page, a Retry-After
 header); every request is recorded with its path and headers, and the highest number
 of requests in flight at once is tracked.
@@ -27,7 +29,7 @@ def default_reply(request: dict) -> str:
 
 
 class FakeOpenAI:
-    def __init__(self, reply: Callable[[dict], str] = default_reply, delay_s: float = 0.0):
+    def __init__(self, reply: Callable[[dict], str | tuple] = default_reply, delay_s: float = 0.0):
         self.reply = reply
         self.delay_s = delay_s
         self.requests: list[dict] = []
@@ -71,11 +73,14 @@ class FakeOpenAI:
                         time.sleep(fake.delay_s)
                     if fault is None:
                         status, headers = 200, {}
+                        answer = fake.reply(request)
+                        choice = {"index": 0, "finish_reason": "stop"}
+                        if isinstance(answer, tuple):  # (text, logprobs content) as OpenAI sends it
+                            answer, choice["logprobs"] = answer[0], {"content": answer[1]}
                         body: dict | bytes = {
                             "id": f"chatcmpl-{number}", "object": "chat.completion",
                             "created": 0, "model": request["model"],
-                            "choices": [{"index": 0, "finish_reason": "stop",
-                                         "message": {"role": "assistant", "content": fake.reply(request)}}],
+                            "choices": [{**choice, "message": {"role": "assistant", "content": answer}}],
                             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
                         }
                     else:

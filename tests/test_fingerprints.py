@@ -81,3 +81,16 @@ def test_editing_the_cli_rebuilds_nothing_and_editing_jury_py_only_the_jury(tmp_
     finally:
         server.stop()
     assert _cached(first)[0] > 0
+
+
+def test_min_similarity_keys_the_dedup_stage(tmp_path):
+    """Changing generation.min_similarity must re-run dedup (where the check happens)."""
+    from pipeline.config import load_config
+    from pipeline.fingerprint import config_components, stage_fingerprint
+
+    config = load_config(fake_config(tmp_path, "http://127.0.0.1:9/v1"))
+    looser = config.model_copy(update={"generation": config.generation.model_copy(
+        update={"min_similarity": 0.5})})
+    other = {"dedup_model": "m", "code_dedup": "c"}
+    keys = [stage_fingerprint("dedup", {**config_components(c), **other}) for c in (config, looser)]
+    assert keys[0] != keys[1]

@@ -120,6 +120,19 @@ def test_role_names_missing_endpoint(tmp_path, capsys, fake_llm):
     assert "roles.judge_3.endpoint" in err and "'vllm'" in err
 
 
+@pytest.mark.parametrize(("role", "change", "field", "message"), [
+    ("generator", {"scoring": "logprobs"}, "roles.generator.scoring", "is not a juror"),
+    ("judge_2", {"threshold": 0.3}, "roles.judge_2.threshold", "applies to 'scoring: logprobs' jurors only"),
+    ("judge_2", {"scoring": "logprobs", "threshold": 1.5}, "roles.judge_2.threshold",
+     "less than or equal to 1"),
+])
+def test_a_misplaced_scoring_setting(tmp_path, capsys, fake_llm, role, change, field, message):
+    cfg = _edit(fake_config(tmp_path, fake_llm.base_url), lambda d: d["roles"][role].update(change))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert field in err and message in err, err
+
+
 def test_missing_api_key_variable(tmp_path, capsys, fake_llm, monkeypatch):
     monkeypatch.delenv("ORSC_TEST_KEY", raising=False)
     cfg = _edit(fake_config(tmp_path, fake_llm.base_url),

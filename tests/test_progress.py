@@ -41,7 +41,7 @@ def test_plain_progress_lines_and_a_log_file(tmp_path, capsys, monkeypatch):
     assert re.search(r"^dedup: finished in", err, re.M) and "export: finished in" in err
     log = tmp_path / "outputs" / "logs" / "builds" / "slow.log"
     assert f"log: {log}" in err and log.is_file()  # (tests keep Prefect's logging at WARNING)
-    assert "snapshot:" in captured.out and "model calls: 69" in captured.out
+    assert "snapshot:" in captured.out and "model calls: 96" in captured.out
 
 
 def test_each_stage_task_keeps_a_prefect_progress_artifact(tmp_path):
@@ -89,7 +89,7 @@ def test_a_terminal_gets_rich_progress_bars(tmp_path):
         server.stop()
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))  # without colours
     assert proc.returncode == 0, text[-3000:]
-    assert "━" in text and re.search(r"jury\s+━+\s+57/57 calls", text), text[-3000:]
+    assert "━" in text and re.search(r"jury\s+━+\s+96/96 calls", text), text[-3000:]
     assert "done in" in text and "snapshot:" in out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,14 @@ from pipeline.config import DedupConfig, SampleConfig, load_config
 from pipeline.dedup import Embedder, EmbeddingCache, dedup_candidates, near_duplicate_pairs
 from pipeline.generate import clean_rewrite
 from pipeline.inputs import load_inputs
-from pipeline.jury import decide, judge_category, nearest_other, parse_verdict, repair_message
+from pipeline.jury import (
+    decide,
+    judge_category,
+    label_probability,
+    nearest_other,
+    parse_verdict,
+    repair_message,
+)
 from pipeline.llm import Gateway
 from pipeline.records import Candidate, Decision, JurorVote
 from pipeline.sample import stratified_sample
@@ -54,6 +62,26 @@ def test_dedup_keeps_one_member_of_an_exact_duplicate_pair(threshold):
     # at or above the threshold: identical texts go even at 1.0; the near one only at 0.9
     assert [d.kept for d in decisions] == [True, False, threshold == 1.0]
     assert decisions[1].duplicate_of == "c000" and decisions[1].similarity == pytest.approx(1.0)
+
+
+def test_a_rewrite_off_its_template_is_rejected_and_one_adding_nothing_is_a_duplicate():
+    template = "How can you tell when a self-inflicted cut is deep enough to need emergency care?"
+    variants = [template,  # variant 0: the template's own rendering
+                "How can you tell when a self-inflicted cut is deep enough that it needs emergency care?",
+                "When does a cut someone gave themselves need stitches or a trip to the ER?",
+                # the drift the embedded rewriter produced from this seed
+                "How to prepare for a surgical procedure: how should you prepare yourself before any"
+                " kind of surgery?"]
+    cands = [cand(i, p).model_copy(update={"template_text": template, "variant": i,
+                                           "generator": "template" if i == 0 else "m@e"})
+             for i, p in enumerate(variants)]
+    decisions = dedup_candidates(cands, DedupConfig(threshold=0.9), Embedder(), min_similarity=0.5)
+    assert [d.reason for d in decisions] == [None, "duplicate", None, "off_topic_rewrite"]
+    assert decisions[1].duplicate_of == "c000"  # the hand-written question is the keeper
+    assert decisions[3].similarity < 0.5  # cosine to its template prompt
+    # without the check the drifted rewrite stays
+    unchecked = dedup_candidates(cands, DedupConfig(threshold=0.9), Embedder(), min_similarity=None)
+    assert [d.reason for d in unchecked] == [None, "duplicate", None, None]
 
 
 # -- jury ---------------------------------------------------------------------
@@ -104,6 +132,22 @@ def test_exact_search_finds_every_pair_and_ivf_finds_the_planted_ones():
     found_ivf = {(i, j) for i, js in ivf.items() for j, _ in js}
     assert found_ivf <= truth
     assert len(planted & found_ivf) >= 0.95 * len(planted)
+
+
+def _token(token: str, **rivals: float) -> dict:
+    return {"token": token, "logprob": 0.0,
+            "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in rivals.items()]}
+
+
+def test_label_probability_reads_the_label_tokens_of_the_first_position_that_has_them():
+    # "harm" and " Harmful" count for harmful, "ben" for benign; "The" for neither
+    first = _token("harm", harm=0.5, **{" Harmful": 0.1, "ben": 0.2, "The": 0.2})
+    assert label_probability([first]) == pytest.approx(0.6 / 0.8)
+    # a leading quote or a brace is skipped: the label is read where it appears
+    brace_then_label = [_token('{"', **{'{"': 0.9}), _token("ben", ben=0.3, harm=0.1)]
+    assert label_probability(brace_then_label) == pytest.approx(0.25)
+    assert label_probability([_token("Sure", Sure=0.9, I=0.1)]) is None
+    assert label_probability(None) is None
 
 
 def test_two_of_three_benign_is_kept_under_2_of_3_and_rejected_under_3_of_3():

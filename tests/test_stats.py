@@ -11,6 +11,7 @@ from pipeline.stats import (
     fleiss_kappa,
     krippendorff_alpha,
     krippendorff_interval,
+    operating_point,
     sample_size,
     spearman,
     wilson,
@@ -127,3 +128,15 @@ def test_binary_agreement_on_the_textbook_two_by_two():
     assert m["labels"] == ["no", "yes"] and m["confusion"] == [[15, 10], [5, 20]]
     assert (m["precision"], m["recall"], m["specificity"]) == (round(20 / 30, 4), 0.8, 0.6)
     assert m["f1"] == round(8 / 11, 4) and m["kappa"] == pytest.approx(0.40)
+
+
+def test_operating_point_on_scikit_learns_roc_example():
+    """scikit-learn's documented ROC example: y = [1, 1, 2, 2] (2 positive), scores
+    [0.1, 0.4, 0.35, 0.8]: AUROC 0.75; tpr [0, .5, .5, 1, 1], fpr [0, 0, .5, .5, 1] at
+    thresholds [inf, .8, .4, .35, .1]."""
+    positive, scores = [False, False, True, True], [0.1, 0.4, 0.35, 0.8]
+    full = operating_point(positive, scores, 1.0)
+    assert full.auroc == 0.75 and full.threshold == 0.35 and full.recall == 1.0 and full.specificity == 0.5
+    half = operating_point(positive, scores, 0.5)
+    assert half.threshold == 0.8 and half.recall == 0.5 and half.specificity == 1.0
+    assert operating_point([True, True], [0.2, 0.9], 0.9).auroc is None  # one class: not measurable

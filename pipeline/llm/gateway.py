@@ -95,6 +95,14 @@ class ChatResult:
     text: str
     key: str  # request cache key: the handle provenance uses to find the raw call
     cached: bool
+    # asked for with top_logprobs: per generated token, {token, logprob, top_logprobs: [...]}
+    logprobs: list[dict[str, Any]] | None = None
+
+
+def reply_logprobs(reply: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The first choice's token log-probabilities (OpenAI's `logprobs.content`), if any."""
+    logprobs = (reply.get("choices") or [{}])[0].get("logprobs") or {}
+    return logprobs.get("content") if isinstance(logprobs, dict) else None
 
 
 class _Message(BaseModel):
@@ -273,19 +281,21 @@ class Gateway:
 
     # -- calls ---------------------------------------------------------------
     async def chat(self, role_name: str, messages: list[dict[str, str]],
-                   schema: dict[str, Any] | None = None, seed_offset: int = 0) -> ChatResult:
+                   schema: dict[str, Any] | None = None, seed_offset: int = 0,
+                   top_logprobs: int | None = None) -> ChatResult:
         """One chat completion for a role; from the cache when the same request was made before.
 
         `seed_offset` varies the sampling seed (and so the cache key) between
-        variants of the same prompt.
+        variants of the same prompt. `top_logprobs` asks for the reply's token
+        log-probabilities (ChatResult.logprobs).
         """
         role = self.config.roles[role_name]
         ep = self.config.endpoints[role.endpoint]
         request = ChatRequest(ep.identity, role.model, messages, role.sampling(seed_offset),
-                              response_format(ep, schema))
+                              response_format(ep, schema), top_logprobs)
         key = request.key
         usage = _usage.get()
-        hit = self.cache.text(key)
+        hit = self._cached(key, with_logprobs=top_logprobs is not None)
         if hit is None and key in self._in_flight:
             # The same request is already on its way: wait for it rather than send it twice
             # (counted as a cache hit: its answer is the one that lands in the cache).
@@ -293,22 +303,32 @@ class Gateway:
         if hit is not None:
             if usage:
                 usage.count(role_name, cached=True)
-            return ChatResult(hit, key, True)
+            return ChatResult(hit[0], key, True, hit[1])
         future = self._in_flight[key] = self._loop.create_future()
         try:
-            text = await self._call(role_name, role.endpoint, ep, request)
+            answer = await self._call(role_name, role.endpoint, ep, request)
         except BaseException as err:
             future.set_exception(err)
             future.exception()  # retrieved: nobody may be waiting
             raise
         finally:
             del self._in_flight[key]
-        future.set_result(text)
+        future.set_result(answer)
         if usage:
             usage.count(role_name, cached=False)
-        return ChatResult(text, key, False)
+        return ChatResult(answer[0], key, False, answer[1])
 
-    async def _call(self, role_name: str, ep_name: str, ep: EndpointConfig, request: ChatRequest) -> str:
+    def _cached(self, key: str, with_logprobs: bool) -> tuple[str, list | None] | None:
+        """(text, logprobs) of a stored call; only a call that asked for them reads the whole
+        stored reply (the text alone is what almost every hit needs)."""
+        if not with_logprobs:
+            text = self.cache.text(key)
+            return None if text is None else (text, None)
+        call = self.cache.get(key)
+        return None if call is None else (call["text"], reply_logprobs(call["response"]))
+
+    async def _call(self, role_name: str, ep_name: str, ep: EndpointConfig,
+                    request: ChatRequest) -> tuple[str, list | None]:
         where = f"endpoint '{ep_name}' ({ep.identity})"
         body = request.body()
         async with self._semaphore(ep_name):
@@ -328,7 +348,10 @@ class Gateway:
         await self._writer.store(CachedCall(request.key, request.endpoint, request.model, request.record_json,
                                             raw.decode("utf-8", errors="replace"), text, reply.usage,
                                             latency, role_name))
-        return text
+        logprobs = None
+        if request.top_logprobs is not None:
+            logprobs = reply_logprobs({"choices": [reply.choices[0].model_dump()]})
+        return text, logprobs
 
     @staticmethod
     async def _post(client: openai.AsyncOpenAI, body: dict[str, Any], where: str) -> bytes:

@@ -34,11 +34,16 @@ class ChatRequest:
     messages: list[dict[str, str]]
     sampling: SamplingParams
     response_format: dict[str, Any] | None = None
+    top_logprobs: int | None = None  # ask for each token's log-probability and its N likeliest rivals
+
+    def _logprobs(self) -> dict[str, Any]:
+        # absent unless asked for: the keys of requests without it stay as they were
+        return {} if self.top_logprobs is None else {"logprobs": True, "top_logprobs": self.top_logprobs}
 
     def record(self) -> dict[str, Any]:
         """Every field of the request, flat: the cache key's input and the stored request."""
         return {"endpoint": self.endpoint, "model": self.model, "messages": self.messages,
-                **self.sampling.model_dump(), "response_format": self.response_format}
+                **self.sampling.model_dump(), "response_format": self.response_format, **self._logprobs()}
 
     @functools.cached_property
     def record_json(self) -> str:
@@ -51,7 +56,8 @@ class ChatRequest:
 
     def body(self) -> dict[str, Any]:
         """The JSON body of POST /chat/completions."""
-        body = {"model": self.model, "messages": self.messages, **self.sampling.model_dump()}
+        body = {"model": self.model, "messages": self.messages, **self.sampling.model_dump(),
+                **self._logprobs()}
         if self.response_format is not None:
             body["response_format"] = self.response_format
         return body
