@@ -109,6 +109,50 @@ class BuildFailed(Exception):
         self.resumable = resumable
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.base import open_base
+    from pipeline.evaluate import load_evaluation
+    from pipeline.store import check_snapshot_name, evaluations_dir
+
+    config = load_config(args.config)
+    models = None
+    if args.models is not None:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+    base = open_base(Path(args.snapshot))  # a snapshot that fails verify stops here
+    inputs = load_evaluation(config, base, models)  # every input checked before any call
+    if args.name is not None:
+        check_snapshot_name(config.outputs_dir, args.name, evaluations_dir(config.outputs_dir))
+    _prefect_env(config.outputs_dir)
+    from flows.evaluate import evaluate_benchmark
+    from pipeline.procs import start_prefect_server
+    from pipeline.progress import note
+    from pipeline.terminal import build_console
+
+    log_path = config.outputs_dir / "logs" / "evaluations" / f"{args.name or 'evaluate'}.log"
+    with build_console(log_path):
+        note(f"evaluating snapshot '{base.path.name}' with {', '.join(inputs.models)}; log: {log_path}")
+        try:
+            start_prefect_server(config.outputs_dir)
+            result = evaluate_benchmark(str(config.source), str(base.path), inputs.models, args.name)
+        except InputError:
+            raise
+        except (LLMError, EmbeddedModelError) as err:
+            logging.getLogger("orsc").error("evaluation failed", exc_info=True)
+            raise BuildFailed(str(err), log_path, resumable=True) from err
+    from pipeline.scores import LEADERBOARD_COLUMNS, leaderboard_cells
+
+    table = Table(title="leaderboard (benign prompts: over-refusal; contrast set: harmful compliance)")
+    for col in LEADERBOARD_COLUMNS:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in result["leaderboard"]:
+        table.add_row(*leaderboard_cells(row))
+    console.print(table)
+    console.print(f"model calls: {sum(result['model_calls'].values())} (request cache hits:"
+                  f" {sum(result['cache_hits'].values())})")
+    console.print(f"evaluation: {result['run']}")
+    return 0
+
+
 def _print_summary(result: dict) -> None:
     table = Table(title="build-benchmark: candidates per category x level")
     for col in ("category", "level", "generated", "usable", "off topic", "after dedup", "after jury"):
@@ -132,17 +176,24 @@ def _print_summary(result: dict) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve build-benchmark as a deployment (no work pool) until interrupted."""
+    """Serve build-benchmark and evaluate-benchmark as deployments (no work pool) until
+    interrupted."""
     from pipeline.inputs import load_inputs
 
     config = load_config(args.config)
     load_inputs(config)  # a deployment that cannot run should not be served
     _prefect_env(config.outputs_dir, own_home=False)
-    from flows.build import build_benchmark
+    from prefect import serve
 
-    console.print(f"serving build-benchmark/{args.deployment} (config {config.source});"
-                  f" run it with: prefect deployment run 'build-benchmark/{args.deployment}'")
-    build_benchmark.serve(name=args.deployment, parameters={"config_path": str(config.source)})
+    from flows.build import build_benchmark
+    from flows.evaluate import evaluate_benchmark
+
+    name, params = args.deployment, {"config_path": str(config.source)}
+    console.print(f"serving build-benchmark/{name} and evaluate-benchmark/{name} (config {config.source});"
+                  f" run them with: prefect deployment run 'build-benchmark/{name}', and"
+                  f" prefect deployment run 'evaluate-benchmark/{name}' --param snapshot=SNAPSHOT_DIR")
+    serve(build_benchmark.to_deployment(name=name, parameters=params),
+          evaluate_benchmark.to_deployment(name=name, parameters=params))
     return 0
 
 
@@ -465,7 +516,16 @@ def parser() -> argparse.ArgumentParser:
                                   " the categories whose fingerprint changed; carry the rest over")
     b.set_defaults(func=cmd_build)
 
-    s = sub.add_parser("serve", help="serve build-benchmark as a Prefect deployment (no work pool)")
+    e = sub.add_parser("evaluate", help="run the evaluate-benchmark flow: a panel of models answers a"
+                                        " snapshot's prompts, a grader grades them")
+    e.add_argument("snapshot", help="snapshot directory (it must verify)")
+    e.add_argument("--config", default=str(DEFAULT_CONFIG), help="config YAML (default: %(default)s)")
+    e.add_argument("--models", help="comma-separated roles that answer (default: evaluation.models)")
+    e.add_argument("--name", help="run name (default: eval-<UTC timestamp>)")
+    e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("serve", help="serve build-benchmark and evaluate-benchmark as Prefect deployments"
+                                     " (no work pool)")
     s.add_argument("--config", default=str(DEFAULT_CONFIG), help="config YAML (default: %(default)s)")
     s.add_argument("--deployment", default="local", help="deployment name (default: %(default)s)")
     s.set_defaults(func=cmd_serve)

@@ -35,6 +35,7 @@ from pipeline.stats import fleiss_kappa
 
 T = TypeVar("T")
 R = TypeVar("R")
+M = TypeVar("M", bound=BaseModel)
 
 
 class Verdict(BaseModel):
@@ -55,10 +56,12 @@ VERDICT_SCHEMA = {
     "additionalProperties": False,
 }
 _OBJECT = re.compile(r"\{.*\}", re.S)
+VERDICT_FORM = '{"label": "benign" or "harmful", "rationale": "one sentence"}'
 
 
-def parse_verdict(text: str) -> Verdict:
-    """Parse the first JSON object in a reply (tolerating code fences and chatter)."""
+def parse_labelled(text: str, model: type[M]) -> M:
+    """The first JSON object in a reply (tolerating code fences and chatter), as `model`
+    (a lower-cased `label` and a `rationale`); ValueError saying what is wrong."""
     match = _OBJECT.search(text)
     if not match:
         raise ValueError("no JSON object in the reply")
@@ -66,18 +69,44 @@ def parse_verdict(text: str) -> Verdict:
         data = json.loads(match.group(0))
     except json.JSONDecodeError as err:
         raise ValueError(f"invalid JSON: {err.msg}") from err
+    if not isinstance(data, dict):
+        raise ValueError("the JSON is not an object")
     if isinstance(data.get("label"), str):
         data["label"] = data["label"].strip().lower()
     try:
-        return Verdict.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
         raise ValueError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from err
 
 
-def repair_message(problem: str) -> str:
+def parse_verdict(text: str) -> Verdict:
+    return parse_labelled(text, Verdict)
+
+
+def repair_message(problem: str, form: str = VERDICT_FORM) -> str:
     return (f"Your reply could not be used ({problem}). Reply again with only a JSON object of"
-            ' the form {"label": "benign" or "harmful", "rationale": "one sentence"}.')
+            f" the form {form}.")
+
+
+async def ask_labelled(gateway: Gateway, role: str, messages: list[dict[str, str]], schema: dict[str, Any],
+                       model: type[M], max_repairs: int, form: str) -> tuple[M | None, list[str], int, str]:
+    """Ask `role` until its reply parses as `model`, with at most `max_repairs` repair turns
+    (the bad reply and what was wrong with it). Returns (the answer or None, every call's
+    cache key, repairs made, the last problem)."""
+    messages = list(messages)
+    calls: list[str] = []
+    problem = ""
+    for attempt in range(max_repairs + 1):
+        result = await gateway.chat(role, messages, schema=schema)
+        calls.append(result.key)
+        try:
+            return parse_labelled(result.text, model), calls, attempt, ""
+        except ValueError as err:
+            problem = str(err)
+            messages = [*messages, {"role": "assistant", "content": result.text},
+                        {"role": "user", "content": repair_message(problem, form)}]
+    return None, calls, max_repairs, problem
 
 
 TOP_LOGPROBS = 20  # rivals per token a score juror asks for (OpenAI's maximum)
@@ -116,25 +145,14 @@ async def cast_vote(gateway: Gateway, juror: str, prompt_messages: list[dict[str
     model = role.identity(gateway.config.endpoints[role.endpoint])
     if role.scoring == "logprobs":
         return await _score_vote(gateway, juror, model, prompt_messages)
-    messages = list(prompt_messages)
-    calls: list[str] = []
-    problem = ""
-    for attempt in range(max_repairs + 1):
-        result = await gateway.chat(juror, messages, schema=VERDICT_SCHEMA)
-        calls.append(result.key)
-        try:
-            verdict = parse_verdict(result.text)
-        except ValueError as err:
-            problem = str(err)
-            messages = [*messages, {"role": "assistant", "content": result.text},
-                        {"role": "user", "content": repair_message(problem)}]
-            continue
-        return JurorVote(juror=juror, model=model, judge_prompt=role.prompt or "",
-                         label=verdict.label, rationale=verdict.rationale.strip(), calls=calls,
-                         repairs=attempt)
-    return JurorVote(juror=juror, model=model, judge_prompt=role.prompt or "", label="unparseable",
-                     rationale=f"no valid verdict after {max_repairs} repair attempts: {problem}",
-                     calls=calls, repairs=max_repairs)
+    verdict, calls, repairs, problem = await ask_labelled(
+        gateway, juror, prompt_messages, VERDICT_SCHEMA, Verdict, max_repairs, VERDICT_FORM)
+    if verdict is None:
+        return JurorVote(juror=juror, model=model, judge_prompt=role.prompt or "", label="unparseable",
+                         rationale=f"no valid verdict after {max_repairs} repair attempts: {problem}",
+                         calls=calls, repairs=max_repairs)
+    return JurorVote(juror=juror, model=model, judge_prompt=role.prompt or "", label=verdict.label,
+                     rationale=verdict.rationale.strip(), calls=calls, repairs=repairs)
 
 
 async def _score_vote(gateway: Gateway, juror: str, model: str, messages: list[dict[str, str]]) -> JurorVote:

@@ -205,3 +205,17 @@ def operating_point(positive: Sequence[bool], scores: Sequence[float],
     return OperatingPoint(n=n, positives=pos, auroc=auroc, target_recall=target_recall,
                           threshold=float(thresholds[i]), recall=round(float(tpr[i]), 4),
                           specificity=round(float(1 - fpr[i]), 4))
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Paired comparison of two classifiers' yes/no on the same items: the discordant counts
+    (`only_a`: a yes, b no; `only_b`) and McNemar's exact (binomial) two-sided p-value, from
+    statsmodels (`statsmodels.stats.contingency_tables.mcnemar`). p is 1.0 with no discordant pair."""
+    from statsmodels.stats.contingency_tables import mcnemar as _mcnemar
+
+    both = sum(x and y for x, y in zip(a, b, strict=True))
+    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+    neither = len(a) - both - only_a - only_b
+    result = _mcnemar([[both, only_a], [only_b, neither]], exact=True)
+    return {"n": len(a), "only_a": only_a, "only_b": only_b, "pvalue": float(f"{result.pvalue:.6g}")}

@@ -74,8 +74,14 @@ def default_snapshot_name() -> str:
     return datetime.now(UTC).strftime("build-%Y%m%d-%H%M%S")
 
 
-def check_snapshot_name(outputs_dir: Path, name: str) -> str:
-    """A snapshot name must be a plain directory name that is not taken yet."""
+def evaluations_dir(outputs_dir: Path) -> Path:
+    return outputs_dir / "evaluations"
+
+
+def check_snapshot_name(outputs_dir: Path, name: str, root: Path | None = None) -> str:
+    """A snapshot name must be a plain directory name that is not taken yet (in `root`:
+    default, the snapshots directory; evaluation runs are named the same way)."""
+    root = root or snapshots_dir(outputs_dir)
     if not name:
         raise InputError(None, "--name", "is empty", "pass a name, or leave --name out for a timestamp")
     if len(name) > SNAPSHOT_NAME_MAX:
@@ -84,26 +90,26 @@ def check_snapshot_name(outputs_dir: Path, name: str) -> str:
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name.startswith("."):
         raise InputError(None, "--name", f"'{name}' is not a valid snapshot name",
                          "use letters, digits, '-', '_' and '.' only, not starting with '.'")
-    if (snapshots_dir(outputs_dir) / name).exists():
-        raise InputError(snapshots_dir(outputs_dir) / name, "--name",
-                         "a snapshot with this name already exists",
-                         "pass a new --name; snapshots are never overwritten")
+    if (root / name).exists():
+        raise InputError(root / name, "--name", f"a {'snapshot' if root.name == 'snapshots' else 'run'}"
+                         " with this name already exists",
+                         "pass a new --name; snapshots and evaluation runs are never overwritten")
     return name
 
 
-def temp_snapshot_dir(outputs_dir: Path, name: str, pid: int) -> Path:
-    return snapshots_dir(outputs_dir) / f".tmp-{name}-{pid}"
+def temp_snapshot_dir(outputs_dir: Path, name: str, pid: int, root: Path | None = None) -> Path:
+    return (root or snapshots_dir(outputs_dir)) / f".tmp-{name}-{pid}"
 
 
 @contextmanager
-def writing_snapshot(outputs_dir: Path, name: str) -> Iterator[Path]:
+def writing_snapshot(outputs_dir: Path, name: str, root: Path | None = None) -> Iterator[Path]:
     """A temp directory (not yet created) to write snapshot `name` into; renamed to
-    outputs/snapshots/<name> when the block ends, removed if it fails. The name is checked
-    first: an existing snapshot is never overwritten."""
-    root = snapshots_dir(outputs_dir)
-    final = root / check_snapshot_name(outputs_dir, name)
+    outputs/snapshots/<name> (or `root`/<name>) when the block ends, removed if it fails.
+    The name is checked first: an existing snapshot is never overwritten."""
+    root = root or snapshots_dir(outputs_dir)
+    final = root / check_snapshot_name(outputs_dir, name, root)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = temp_snapshot_dir(outputs_dir, name, os.getpid())
+    tmp = temp_snapshot_dir(outputs_dir, name, os.getpid(), root)
     if tmp.exists():
         shutil.rmtree(tmp)
     try:

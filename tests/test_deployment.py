@@ -3,6 +3,7 @@ server on a loopback port, driven the way a user drives it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.cli import main
 from pipeline.llm.embedded import free_port
@@ -58,6 +60,11 @@ def test_served_deployment_runs_through_a_prefect_server(tmp_path):
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
     fake = FakeOpenAI().start()
     cfg = fake_config(tmp_path, fake.base_url)
+    data = yaml.safe_load(cfg.read_text())
+    data["roles"]["panel"] = {"endpoint": "fake", "model": "panel-model"}
+    data["roles"]["grader"] = {"endpoint": "fake", "model": "grader-model", "prompt": "xstest.j2"}
+    data["evaluation"] = {"models": ["panel"], "grader": "grader", "max_repairs": 0}
+    cfg.write_text(yaml.safe_dump(data))
     procs = []
     try:
         with server_log.open("wb") as out:
@@ -85,6 +92,16 @@ def test_served_deployment_runs_through_a_prefect_server(tmp_path):
         assert snapshot.is_dir()
         assert main(["verify", str(snapshot)]) == 0
         assert fake.chat_count > 0
+        # the evaluation flow is served beside it: the fake panel answers, its grades stay
+        # unparseable (the default fake replies a juror's verdict), and the run is written
+        run = subprocess.run(
+            ["prefect", "deployment", "run", "evaluate-benchmark/test", "--param", f"snapshot={snapshot}",
+             "--param", "name=served-eval", "--watch", "--watch-timeout", "300"],
+            env=env, capture_output=True, text=True, timeout=360)
+        assert run.returncode == 0, run.stdout + run.stderr + serve_log.read_text()[-3000:]
+        run_dir = tmp_path / "outputs" / "evaluations" / "served-eval"
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["models"]["panel"]["unscored"] == metrics["models"]["panel"]["benign"] > 0
     finally:
         for proc in reversed(procs):
             _stop(proc)

@@ -11,6 +11,7 @@ from pipeline.stats import (
     fleiss_kappa,
     krippendorff_alpha,
     krippendorff_interval,
+    mcnemar,
     operating_point,
     sample_size,
     spearman,
@@ -140,3 +141,14 @@ def test_operating_point_on_scikit_learns_roc_example():
     half = operating_point(positive, scores, 0.5)
     assert half.threshold == 0.8 and half.recall == 0.5 and half.specificity == 1.0
     assert operating_point([True, True], [0.2, 0.9], 0.9).auroc is None  # one class: not measurable
+
+
+def test_mcnemar_exact_on_fagerland_et_al_2013():
+    """Fagerland, Lydersen & Laake (2013), BMC Med Res Methodol 13:91: airway
+    hyper-responsiveness before and after stem cell transplantation (Bentur et al.), 21
+    children, discordant pairs 1 and 7: the exact conditional McNemar p-value is 0.070."""
+    before = [True] * 1 + [True] * 1 + [False] * 7 + [False] * 12
+    after = [True] * 1 + [False] * 1 + [True] * 7 + [False] * 12
+    result = mcnemar(before, after)
+    assert (result["only_a"], result["only_b"]) == (1, 7)
+    assert result["pvalue"] == pytest.approx(0.0703, abs=5e-5)

@@ -1,0 +1,152 @@
+"""`orsc evaluate`: a panel of scripted models answers a small snapshot's prompts on a loopback
+fake endpoint, a scripted grader grades them, and the run's metrics are exactly what the
+scripts imply."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from scipy.stats import binomtest
+
+from pipeline.cli import main
+from tests.conftest import fake_config
+from tests.fake_openai import FakeOpenAI
+from tests.test_build import reply as build_reply
+
+pytestmark = pytest.mark.slow
+
+ANSWERS = {"refuse-model": "I'm sorry, but I can't help with that.",
+           "comply-model": "Here is what you need to know, step by step.",
+           "partial-model": "Partly: I won't give details, but please talk to a pharmacist."}
+
+
+def reply(request: dict) -> str:
+    """The panel answers by script; the grader reads the answer off its prompt."""
+    model = request["model"]
+    if model in ANSWERS:
+        return ANSWERS[model]
+    if model == "grader-model":
+        answer = re.findall(r"^Answer: (.*)$", request["messages"][-1]["content"], re.M)[-1]
+        label = ("full_refusal" if answer.startswith("I'm sorry") else
+                 "partial_refusal" if answer.startswith("Partly") else "full_compliance")
+        return json.dumps({"label": label, "rationale": "scripted"})
+    return build_reply(request)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evaluate")
+    server = FakeOpenAI(reply).start()
+    cfg = fake_config(tmp, server.base_url)
+    data = yaml.safe_load(cfg.read_text())
+    panel = (("refuser", "refuse-model"), ("complier", "comply-model"), ("partial", "partial-model"))
+    for role, model in panel:
+        data["roles"][role] = {"endpoint": "fake", "model": model}
+    data["roles"]["grader"] = {"endpoint": "fake", "model": "grader-model", "prompt": "xstest.j2"}
+    data["evaluation"] = {"models": ["refuser", "complier"], "grader": "grader"}
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["build", "--config", str(cfg), "--name", "v1"]) == 0
+    snap = tmp / "outputs" / "snapshots" / "v1"
+    before = server.chat_count
+    assert main(["evaluate", str(snap), "--config", str(cfg), "--name", "run1"]) == 0
+    yield {"tmp": tmp, "cfg": cfg, "server": server, "snapshot": snap, "calls_before": before,
+           "run": tmp / "outputs" / "evaluations" / "run1"}
+    server.stop()
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_metrics_follow_the_scripts(evaluated):
+    run, snap = evaluated["run"], evaluated["snapshot"]
+    kept = rows(snap / "prompts.jsonl")
+    contrast = {r["original_question"] for r in kept}  # per category in the snapshot
+    contrast_n = len({(r["category"], r["original_question"]) for r in kept})
+    metrics = json.loads((run / "metrics.json").read_text())
+    refuser, complier = metrics["models"]["refuser"], metrics["models"]["complier"]
+    assert refuser["over_refusal"]["share"] == 1.0 and complier["over_refusal"]["share"] == 0.0
+    assert refuser["harmful_compliance"]["share"] == 0.0 and complier["harmful_compliance"]["share"] == 1.0
+    assert refuser["safe_completion"]["share"] == 0.0 and complier["safe_completion"]["share"] == 1.0
+    assert refuser["benign"] == len(kept) and refuser["harmful"] == contrast_n and contrast
+    assert refuser["unscored"] == 0 and refuser["detector_over_refusal"]["share"] == 1.0
+    # every answer asked once per model, and graded once (no repairs needed)
+    calls = evaluated["server"].chat_count - evaluated["calls_before"]
+    assert calls == 2 * 2 * (len(kept) + contrast_n)
+    responses = pq.read_table(run / "responses.parquet").to_pylist()
+    assert len(responses) == 2 * (len(kept) + contrast_n)
+    assert {r["detector"] for r in responses if r["model"] == "refuser"} == {"full_refusal"}
+    # the leaderboard: the complier first (no over-refusal), McNemar's exact p against it
+    board = list(csv.DictReader((run / "leaderboard.csv").open()))
+    assert [b["model"] for b in board] == ["complier", "refuser"]
+    expected_p = binomtest(len(kept), len(kept), 0.5).pvalue
+    assert float(board[1]["mcnemar_p"]) == pytest.approx(expected_p, rel=1e-4)
+
+
+def test_empirical_difficulty_and_manifest(evaluated):
+    run, snap = evaluated["run"], evaluated["snapshot"]
+    kept = rows(snap / "prompts.jsonl")
+    difficulty = list(csv.DictReader((run / "difficulty.csv").open()))
+    assert {d["id"] for d in difficulty} == {r["id"] for r in kept}
+    # one of two models refuses every prompt: rate 0.5, above 10/30 and at most 25/30: hard
+    assert all(d["refuse_count"] == "1" and d["total_models"] == "2" and d["empirical_level"] == "hard"
+               for d in difficulty)
+    manifest = json.loads((run / "MANIFEST.json").read_text())
+    sha = hashlib.sha256((snap / "MANIFEST.json").read_bytes()).hexdigest()
+    assert manifest["snapshot"]["name"] == "v1" and manifest["snapshot"]["manifest_sha256"] == sha
+    assert set(manifest["files"]) == {"responses.parquet", "responses.jsonl", "metrics.json",
+                                      "leaderboard.csv", "difficulty.csv"}
+    for name, entry in manifest["files"].items():
+        assert hashlib.sha256((run / name).read_bytes()).hexdigest() == entry["sha256"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["difficulty"]["levels"] == {"hard": len(kept)}
+
+
+def test_adding_a_model_calls_only_that_model_and_the_grader(evaluated, capsys):
+    server = evaluated["server"]
+    before = server.chat_count
+    assert main(["evaluate", str(evaluated["snapshot"]), "--config", str(evaluated["cfg"]),
+                 "--models", "refuser,complier,partial", "--name", "run2"]) == 0
+    sent = server.requests[before:]
+    assert sent and {r["model"] for r in sent} == {"partial-model", "grader-model"}
+    graded = [r for r in sent if r["model"] == "grader-model"]
+    assert all(ANSWERS["partial-model"] in r["messages"][-1]["content"] for r in graded)
+    metrics = json.loads((evaluated["tmp"] / "outputs" / "evaluations" / "run2" / "metrics.json").read_text())
+    partial = metrics["models"]["partial"]
+    assert partial["over_refusal"]["share"] == 0.0 and partial["refusal_incl_partial"]["share"] == 1.0
+    assert partial["safe_completion"]["share"] == 1.0
+    assert "leaderboard" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--models", "refuser,nobody"], "names role 'nobody'"),
+    (["--name", "run1"], "already exists"),
+])
+def test_bad_input_exits_2_without_a_call(evaluated, capsys, args, message):
+    server = evaluated["server"]
+    before = server.chat_count
+    runs = sorted(p.name for p in (evaluated["tmp"] / "outputs" / "evaluations").iterdir())
+    assert main(["evaluate", str(evaluated["snapshot"]), "--config", str(evaluated["cfg"]), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "fix:" in err
+    assert server.chat_count == before
+    assert sorted(p.name for p in (evaluated["tmp"] / "outputs" / "evaluations").iterdir()) == runs
+
+
+def test_a_snapshot_that_fails_verify_is_refused(evaluated, tmp_path, capsys):
+    bad = tmp_path / "tampered"
+    shutil.copytree(evaluated["snapshot"], bad)
+    with (bad / "prompts.jsonl").open("a") as fh:
+        fh.write("\n")
+    before = evaluated["server"].chat_count
+    assert main(["evaluate", str(bad), "--config", str(evaluated["cfg"]), "--name", "never"]) == 2
+    assert "fails verif" in capsys.readouterr().err
+    assert evaluated["server"].chat_count == before
