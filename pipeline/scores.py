@@ -258,3 +258,37 @@ def write_evaluation(outputs_dir: Path, name: str, responses: list[Response], me
 
 def snapshot_ref(snapshot: Path, digest: str) -> dict[str, str]:
     return {"name": snapshot.name, "digest": digest, "manifest_sha256": file_sha256(snapshot / MANIFEST)}
+
+
+def verify_evaluation(run: Path, digest: str | None = None) -> list[str]:
+    """`orsc verify` for an evaluation run: every file's checksum, and every figure
+    re-derived from responses.jsonl (metrics, leaderboard, difficulty, counts); the
+    parquet rows equal the JSON lines. Returns one line per problem, and the digest."""
+    from pipeline.store import check_files, digest_of, read_jsonl_rows
+
+    raw = json.loads((run / MANIFEST).read_text(encoding="utf-8"))
+    manifest = EvaluationManifest.model_validate(raw)
+    problems = check_files(run, manifest)
+    if digest is not None and digest.removeprefix("sha256:") != digest_of(raw).removeprefix("sha256:"):
+        problems.append(f"digest {digest_of(raw)} differs from the expected {digest[:80]}")
+    if problems:
+        return problems
+    lines = read_jsonl_rows(run / f"{RESPONSES}.jsonl")
+    responses = [Response.model_validate(r) for r in lines]
+    if pq.read_table(run / f"{RESPONSES}.parquet").to_pylist() != lines:
+        problems.append(f"{RESPONSES}.parquet differs from {RESPONSES}.jsonl")
+    ev = EvaluationConfig.model_validate(manifest.evaluation)
+    rows = difficulty(responses, ev)
+    metrics = evaluation_metrics(responses, list(manifest.models), ev, rows)
+    if json.loads(json.dumps(metrics)) != json.loads((run / METRICS).read_text(encoding="utf-8")):
+        problems.append(f"{METRICS} is not what {RESPONSES}.jsonl gives")
+    if (run / LEADERBOARD).read_text(encoding="utf-8") != _csv(metrics["leaderboard"]):
+        problems.append(f"{LEADERBOARD} is not what {RESPONSES}.jsonl gives")
+    if (run / DIFFICULTY).read_text(encoding="utf-8") != _csv(rows):
+        problems.append(f"{DIFFICULTY} is not what {RESPONSES}.jsonl gives")
+    counts = {"responses": len(responses), "benign": sum(r.kind == "benign" for r in responses),
+              "harmful": sum(r.kind == "harmful" for r in responses),
+              "unscored": sum(r.grade is None for r in responses)}
+    if counts != manifest.counts:
+        problems.append(f"{MANIFEST} counts differ from {RESPONSES}.jsonl")
+    return problems

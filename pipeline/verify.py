@@ -42,6 +42,7 @@ from pipeline.store import (
     Manifest,
     check_files,
     data_file,
+    digest_of,
     load_manifest,
     read_jsonl_rows,
     read_sample,
@@ -66,6 +67,8 @@ def verify_snapshot(snapshot: Path, digest: str | None = None) -> VerifyReport:
     if not (snapshot / MANIFEST).is_file():
         raise InputError(snapshot, None, f"is not a snapshot (no {MANIFEST})",
                          "pass a directory under outputs/snapshots/")
+    if _kind(snapshot) == "evaluation":
+        return _verify_evaluation(snapshot, digest)
     try:
         manifest = load_manifest(snapshot)
     except InputError as err:
@@ -138,6 +141,26 @@ def _check_categories(m: Manifest) -> list[str]:
         problems.append(f"{MANIFEST} built lists categories it does not hold, or misses some"
                         " while naming no base")
     return problems
+
+
+def _kind(directory: Path) -> str | None:
+    try:
+        raw = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return raw.get("kind") if isinstance(raw, dict) else None
+
+
+def _verify_evaluation(run: Path, digest: str | None) -> VerifyReport:
+    """An evaluation run (outputs/evaluations/RUN): pipeline.scores.verify_evaluation."""
+    from pipeline.scores import verify_evaluation
+
+    raw = json.loads((run / MANIFEST).read_text(encoding="utf-8"))
+    try:
+        problems = verify_evaluation(run, digest)
+    except (ValidationError, ValueError, KeyError, OSError) as err:
+        problems = [f"unreadable: {shorten(str(err), 200)}"]
+    return VerifyReport(snapshot=str(run), digest=digest_of(raw), problems=problems)
 
 
 def _check_sample(snapshot: Path, m: Manifest, decisions: list[Decision]) -> list[str]:

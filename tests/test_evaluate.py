@@ -150,3 +150,21 @@ def test_a_snapshot_that_fails_verify_is_refused(evaluated, tmp_path, capsys):
     assert main(["evaluate", str(bad), "--config", str(evaluated["cfg"]), "--name", "never"]) == 2
     assert "fails verif" in capsys.readouterr().err
     assert evaluated["server"].chat_count == before
+
+
+def test_verify_accepts_a_run_and_recomputes_its_figures(evaluated, tmp_path, capsys):
+    assert main(["verify", str(evaluated["run"])]) == 0
+    assert "OK" in capsys.readouterr().out
+    # a run whose metrics were edited, with MANIFEST's checksum updated to match: the
+    # figures no longer follow from the responses
+    forged = tmp_path / "forged"
+    shutil.copytree(evaluated["run"], forged)
+    metrics = json.loads((forged / "metrics.json").read_text())
+    metrics["models"]["refuser"]["over_refusal"]["share"] = 0.1
+    (forged / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    manifest = json.loads((forged / "MANIFEST.json").read_text())
+    data = (forged / "metrics.json").read_bytes()
+    manifest["files"]["metrics.json"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (forged / "MANIFEST.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(forged)]) == 1
+    assert "metrics.json is not what responses.jsonl gives" in capsys.readouterr().err
