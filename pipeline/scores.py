@@ -39,6 +39,7 @@ from pipeline.config import EvaluationConfig
 from pipeline.evaluate import Response
 from pipeline.export import listed_files
 from pipeline.records import LEVELS, arrow_schema
+from pipeline.report import render_report
 from pipeline.stats import cohen_kappa, mcnemar, spearman, wilson
 from pipeline.store import MANIFEST, FileEntry, evaluations_dir, file_sha256, writing_snapshot
 
@@ -46,6 +47,7 @@ RESPONSES = "responses"        # .parquet and .jsonl
 METRICS = "metrics.json"
 LEADERBOARD = "leaderboard.csv"
 DIFFICULTY = "difficulty.csv"
+REPORT = "report.html"
 EMPIRICAL_LEVELS = (*LEVELS, "beyond")
 
 
@@ -246,6 +248,7 @@ def write_evaluation(outputs_dir: Path, name: str, responses: list[Response], me
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / LEADERBOARD).write_text(_csv(metrics["leaderboard"]), encoding="utf-8")
         (tmp / DIFFICULTY).write_text(_csv(difficulty_rows), encoding="utf-8")
+        (tmp / REPORT).write_text(render_report(metrics, meta, name), encoding="utf-8")
         manifest = EvaluationManifest(
             name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
             package={"name": "health-orsc", "version": __version__}, files=listed_files(tmp),

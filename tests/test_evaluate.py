@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -103,7 +104,7 @@ def test_empirical_difficulty_and_manifest(evaluated):
     sha = hashlib.sha256((snap / "MANIFEST.json").read_bytes()).hexdigest()
     assert manifest["snapshot"]["name"] == "v1" and manifest["snapshot"]["manifest_sha256"] == sha
     assert set(manifest["files"]) == {"responses.parquet", "responses.jsonl", "metrics.json",
-                                      "leaderboard.csv", "difficulty.csv"}
+                                      "leaderboard.csv", "difficulty.csv", "report.html"}
     for name, entry in manifest["files"].items():
         assert hashlib.sha256((run / name).read_bytes()).hexdigest() == entry["sha256"]
     metrics = json.loads((run / "metrics.json").read_text())
@@ -168,3 +169,29 @@ def test_verify_accepts_a_run_and_recomputes_its_figures(evaluated, tmp_path, ca
     (forged / "MANIFEST.json").write_text(json.dumps(manifest))
     assert main(["verify", str(forged)]) == 1
     assert "metrics.json is not what responses.jsonl gives" in capsys.readouterr().err
+
+
+def test_report_html_renders_every_plot_in_headless_chromium(evaluated, tmp_path):
+    """Debian's chromium opens a copy of report.html with a check appended by this test:
+    every plot image must decode (naturalWidth > 0) and every contents link find its section."""
+    report = (evaluated["run"] / "report.html").read_text()
+    # self-contained: four embedded plots, nothing fetched from elsewhere
+    assert report.count('<img id="plot-') == 4 and 'src="http' not in report and "<link" not in report
+    probe = """<script>
+window.addEventListener("load", () => {
+  const imgs = [...document.querySelectorAll("img.plot")];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  const links = [...document.querySelectorAll("nav a")];
+  const found = links.filter(a => document.querySelector(a.getAttribute("href"))).length;
+  document.title = `plots ${ok}/${imgs.length} links ${found}/${links.length}`;
+});
+</script></body>"""
+    page = tmp_path / "report.html"
+    page.write_text(report.replace("</body>", probe))
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium package is needed (.ci/run installs it)"
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+                           page.as_uri()], capture_output=True, text=True, timeout=120)
+    title = re.search(r"<title>(.*?)</title>", proc.stdout)
+    assert title and title.group(1) == "plots 4/4 links 6/6", proc.stdout[:500] + proc.stderr[-2000:]
