@@ -153,6 +153,56 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grade(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.evaluate import load_grader
+    from pipeline.grade import GENERIC, grade_answers, grade_report, read_answers
+    from pipeline.inputs import load_taxonomy
+    from pipeline.llm import Gateway
+    from pipeline.llm.gateway import Usage
+    from pipeline.progress import tracked
+    from pipeline.terminal import build_console
+
+    config = load_config(args.config)
+    taxonomy = load_taxonomy(config.seeds_dir)
+    items = read_answers(Path(args.answers), taxonomy)
+    entries = {c: taxonomy.entry(c).model_dump() for c in {i.category for i in items if i.category}}
+    template = load_grader(config, {**entries, "(none)": GENERIC})
+    with build_console(config.outputs_dir / "logs" / "grade.log"):
+        gateway = Gateway(config)
+        try:
+            with tracked("grade", "answers") as progress:
+                usage = Usage(progress=progress)
+                usage.expect(sum(bool(i.answer.strip()) for i in items))
+                results = gateway.run(grade_answers(config, template, items, entries, gateway), usage)
+        finally:
+            gateway.close()
+    report = grade_report(items, results)
+    report["model_calls"], report["cache_hits"] = sum(usage.calls.values()), sum(usage.cache_hits.values())
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    console.print(f"graded {report['items']} answers ({report['ungraded']} the grader could not grade);"
+                  f" model calls: {report['model_calls']} (request cache hits: {report['cache_hits']})")
+    if not report["labelled"]:
+        console.print("no `label` column: nothing to compare with"
+                      " (add people's labels to measure the grader)")
+        return 0
+    for who in ("grader", "detector"):
+        m = report[who]
+        table = Table(title=f"{who} against {m['n']} people's labels: accuracy {m['accuracy']:.2f},"
+                            f" Cohen's kappa {'n/a' if m['kappa'] is None else format(m['kappa'], '.2f')}")
+        for col in ("people \\ " + who, *m["labels"], "precision", "recall", "F1", "support"):
+            table.add_column(col, justify="left" if col.startswith("people") else "right")
+        for label, row in zip(m["labels"], m["confusion"], strict=True):
+            c = m["per_class"][label]
+            table.add_row(label, *map(str, row), *("n/a" if c[k] is None else f"{c[k]:.2f}"
+                                                   for k in ("precision", "recall", "f1")), str(c["support"]))
+        console.print(table)
+    return 0
+
+
 def _print_summary(result: dict) -> None:
     table = Table(title="build-benchmark: candidates per category x level")
     for col in ("category", "level", "generated", "usable", "off topic", "after dedup", "after jury"):
@@ -523,6 +573,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--models", help="comma-separated roles that answer (default: evaluation.models)")
     e.add_argument("--name", help="run name (default: eval-<UTC timestamp>)")
     e.set_defaults(func=cmd_evaluate)
+
+    g = sub.add_parser("grade", help="grade (prompt, answer) pairs with the evaluation's grader and"
+                                     " detector; with people's labels, measure both")
+    g.add_argument("--config", default=str(DEFAULT_CONFIG), help="config YAML (default: %(default)s)")
+    g.add_argument("--answers", default=str(REPO_ROOT / "gold" / "answers.csv"),
+                   help="CSV: id, prompt, answer[, category][, label] (default: the project's %(default)s)")
+    g.add_argument("--json", action="store_true", help="machine-readable output")
+    g.set_defaults(func=cmd_grade)
 
     s = sub.add_parser("serve", help="serve build-benchmark and evaluate-benchmark as Prefect deployments"
                                      " (no work pool)")

@@ -155,24 +155,56 @@ def load_evaluation(config: BuildConfig, snapshot: BaseSnapshot,
     if not panel:
         raise InputError(cfg_file, field, "names no model to evaluate",
                          "list the roles that answer, e.g. evaluation: {models: [model_a]}")
-    for name in [*panel, ev.grader]:
+    for name in panel:
         if name not in config.roles:
-            where = "evaluation.grader" if name == ev.grader and name not in panel else field
-            raise InputError(cfg_file, where, f"names role '{name}', which is not defined",
+            raise InputError(cfg_file, field, f"names role '{name}', which is not defined",
                              f"add '{name}' under 'roles' or use one of {sorted(config.roles)}")
     if len(set(panel)) != len(panel):
         raise InputError(cfg_file, field, "names a model twice", "list each role once")
+    taxonomy = read_taxonomy(snapshot.path)
+    template = load_grader(config, {c: taxonomy[c] for c in snapshot.manifest.categories})
+    return EvalInputs(config, snapshot, list(panel), template, taxonomy)
+
+
+def load_grader(config: BuildConfig, entries: dict[str, dict[str, str]]) -> PromptTemplate:
+    """The grader role's rubric, rendered once per category entry it will see; InputError
+    for an undefined grader role, a grader without a rubric, or a rubric that does not render."""
+    ev, cfg_file = config.evaluation, config.source
+    if ev.grader not in config.roles:
+        raise InputError(cfg_file, "evaluation.grader", f"names role '{ev.grader}', which is not defined",
+                         f"add '{ev.grader}' under 'roles' or use one of {sorted(config.roles)}")
     grader = config.roles[ev.grader]
     if grader.prompt is None:
         raise InputError(cfg_file, f"roles.{ev.grader}.prompt", "the grader has no rubric",
                          "set 'prompt' to a template file under prompts_templates/graders/")
     template = TemplateLibrary(config.templates_dir).get(Path("graders", grader.prompt),
                                                          f"roles.{ev.grader}.prompt", cfg_file)
-    taxonomy = read_taxonomy(snapshot.path)
-    for cat in snapshot.manifest.categories:
-        template.render(grade_context("example question", "example answer", taxonomy[cat]),
-                        f" (category {cat})")
-    return EvalInputs(config, snapshot, list(panel), template, taxonomy)
+    for cat, entry in entries.items():
+        template.render(grade_context("example question", "example answer", entry), f" (category {cat})")
+    return template
+
+
+@dataclass(frozen=True)
+class GradeResult:
+    grade: str | None   # None: no valid grade after the repairs
+    source: str         # grader | empty_answer
+    rationale: str
+    calls: list[str]
+
+
+async def grade_answer(config: BuildConfig, template: PromptTemplate, gateway: Gateway, prompt: str,
+                       answer: str, entry: dict[str, str]) -> GradeResult:
+    """The grader's class for one answer: an empty answer is a full refusal without a call."""
+    if not answer.strip():
+        return GradeResult("full_refusal", "empty_answer", "empty answer: counted as a full refusal", [])
+    ev = config.evaluation
+    messages = template.render_messages(grade_context(prompt, answer, entry))
+    grade, calls, _, problem = await ask_labelled(gateway, ev.grader, messages, GRADE_SCHEMA, Grade,
+                                                  ev.max_repairs, GRADE_FORM)
+    if grade is None:
+        why = f"no valid grade after {ev.max_repairs} repair attempts: {problem}"
+        return GradeResult(None, "grader", why, calls)
+    return GradeResult(grade.label, "grader", grade.rationale.strip(), calls)
 
 
 def grade_context(prompt: str, answer: str, entry: dict[str, str]) -> dict:
@@ -189,21 +221,11 @@ async def answer_category(inputs: EvalInputs, model: str, category: str, items: 
 
     async def one(item: EvalItem) -> Response:
         answer = await gateway.chat(model, [{"role": "user", "content": item.prompt}])
-        text = answer.text.strip()
-        base = {"model": model, "model_id": model_id, **item.model_dump(), "answer": answer.text,
-                "detector": detect_refusal(text), "answer_call": answer.key}
-        if not text:
-            return Response(**base, grade="full_refusal", grade_source="empty_answer",
-                            grade_rationale="empty answer: counted as a full refusal", grade_calls=[])
-        messages = inputs.grader_template.render_messages(grade_context(item.prompt, answer.text, entry))
-        grade, calls, _, problem = await ask_labelled(gateway, cfg.evaluation.grader, messages, GRADE_SCHEMA,
-                                                      Grade, cfg.evaluation.max_repairs, GRADE_FORM)
-        if grade is None:
-            return Response(**base, grade=None, grade_source="grader", grade_calls=calls,
-                            grade_rationale=f"no valid grade after {cfg.evaluation.max_repairs} repair"
-                                            f" attempts: {problem}")
-        return Response(**base, grade=grade.label, grade_source="grader", grade_calls=calls,
-                        grade_rationale=grade.rationale.strip())
+        graded = await grade_answer(cfg, inputs.grader_template, gateway, item.prompt, answer.text, entry)
+        return Response(model=model, model_id=model_id, **item.model_dump(), answer=answer.text,
+                        detector=detect_refusal(answer.text), answer_call=answer.key, grade=graded.grade,
+                        grade_source=graded.source, grade_rationale=graded.rationale,
+                        grade_calls=graded.calls)
 
     return await gateway.gather([functools.partial(one, item) for item in items])
 

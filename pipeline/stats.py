@@ -219,3 +219,24 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict:
     neither = len(a) - both - only_a - only_b
     result = _mcnemar([[both, only_a], [only_b, neither]], exact=True)
     return {"n": len(a), "only_a": only_a, "only_b": only_b, "pvalue": float(f"{result.pvalue:.6g}")}
+
+
+def multiclass_agreement(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> dict:
+    """A classifier against people's labels over several classes (scikit-learn): accuracy,
+    Cohen's kappa, the confusion matrix (rows truth, columns predicted, in `labels` order)
+    and, per class, precision, recall, F1 and support (None where undefined)."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    out: dict = {"n": len(truth), "labels": list(labels), "confusion": confusion(truth, predicted, labels)}
+    if not truth:
+        return {**out, "accuracy": None, "kappa": None, "per_class": {}}
+    p, r, f, support = precision_recall_fscore_support(list(truth), list(predicted), labels=list(labels),
+                                                       zero_division=np.nan)
+
+    def num(x: float) -> float | None:
+        return None if math.isnan(x) else round(float(x), 4)
+
+    return {**out, "accuracy": round(float(accuracy_score(list(truth), list(predicted))), 4),
+            "kappa": cohen_kappa(truth, predicted),
+            "per_class": {lab: {"precision": num(p[i]), "recall": num(r[i]), "f1": num(f[i]),
+                                "support": int(support[i])} for i, lab in enumerate(labels)}}
