@@ -203,6 +203,24 @@ def cmd_grade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.health_orsc import check_pair, write_health_orsc
+    from pipeline.verify import verify_snapshot
+
+    snapshot, run = Path(args.snapshot), Path(args.evaluation)
+    reports = {}
+    for path, what in ((snapshot, "snapshot"), (run, "evaluation run")):
+        report = verify_snapshot(path)
+        if report.problems:
+            raise InputError(path, None, f"the {what} fails verification ({report.problems[0]})",
+                             f"run `orsc verify {path}` to see every problem")
+        reports[what] = report
+    check_pair(snapshot, reports["snapshot"].digest, run)
+    counts = write_health_orsc(snapshot, run, Path(args.out))
+    console.print(f"wrote {args.out}: " + ", ".join(f"{name}.jsonl {n}" for name, n in counts.items()))
+    return 0
+
+
 def _print_summary(result: dict) -> None:
     table = Table(title="build-benchmark: candidates per category x level")
     for col in ("category", "level", "generated", "usable", "off topic", "after dedup", "after jury"):
@@ -581,6 +599,14 @@ def parser() -> argparse.ArgumentParser:
                    help="CSV: id, prompt, answer[, category][, label] (default: the project's %(default)s)")
     g.add_argument("--json", action="store_true", help="machine-readable output")
     g.set_defaults(func=cmd_grade)
+
+    x = sub.add_parser("export", help="a snapshot with an evaluation's difficulty, in Health-ORSC-Bench's"
+                                      " field layout")
+    x.add_argument("snapshot", help="snapshot directory")
+    x.add_argument("--evaluation", required=True, help="an evaluation run of that snapshot")
+    x.add_argument("--format", choices=["health-orsc"], default="health-orsc", help="(default: %(default)s)")
+    x.add_argument("--out", required=True, help="a new directory for the files")
+    x.set_defaults(func=cmd_export)
 
     s = sub.add_parser("serve", help="serve build-benchmark and evaluate-benchmark as Prefect deployments"
                                      " (no work pool)")

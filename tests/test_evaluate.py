@@ -195,3 +195,38 @@ window.addEventListener("load", () => {
                            page.as_uri()], capture_output=True, text=True, timeout=120)
     title = re.search(r"<title>(.*?)</title>", proc.stdout)
     assert title and title.group(1) == "plots 4/4 links 6/6", proc.stdout[:500] + proc.stderr[-2000:]
+
+
+def test_export_in_health_orscs_layout(evaluated, tmp_path, capsys):
+    out = tmp_path / "health-orsc"
+    assert main(["export", str(evaluated["snapshot"]), "--evaluation", str(evaluated["run"]),
+                 "--format", "health-orsc", "--out", str(out)]) == 0
+    kept = {r["id"]: r for r in rows(evaluated["snapshot"] / "prompts.jsonl")}
+    exported = rows(out / "all.jsonl")
+    assert [set(r) for r in exported[:1]] == [{"id", "question", "original_question", "classification",
+                                                "results", "score", "refuse_count", "refuse_rate",
+                                                "total_models"}]
+    assert {r["id"] for r in exported} == set(kept)
+    for r in exported:
+        k = kept[r["id"]]
+        assert (r["question"], r["original_question"], r["classification"]) == (
+            k["prompt"], k["original_question"], k["category"])
+        assert r["results"] == {v["juror"]: v["label"] for v in k["votes"]} and r["score"] == k["benign_votes"]
+        assert (r["refuse_count"], r["total_models"], r["refuse_rate"]) == (1, 2, 0.5)
+    # every prompt is empirically hard (one of two models refused it)
+    assert len(rows(out / "hard.jsonl")) == len(kept) and rows(out / "easy.jsonl") == []
+    # nothing is overwritten
+    assert main(["export", str(evaluated["snapshot"]), "--evaluation", str(evaluated["run"]),
+                 "--out", str(out)]) == 2
+    assert "not an empty directory" in capsys.readouterr().err
+
+
+def test_export_refuses_a_run_of_another_snapshot(evaluated, tmp_path, capsys):
+    cfg = evaluated["cfg"]
+    assert main(["build", "--config", str(cfg), "--categories", "self_harm", "--name", "other"]) == 0
+    other = evaluated["snapshot"].parent / "other"
+    capsys.readouterr()
+    assert main(["export", str(other), "--evaluation", str(evaluated["run"]), "--out",
+                 str(tmp_path / "never")]) == 2
+    assert "pass an evaluation run of this snapshot" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
