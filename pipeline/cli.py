@@ -499,6 +499,10 @@ def _print_provenance(r) -> None:
         rating = f", ambiguity {h.ambiguity}" if h.ambiguity else ""
         notes = f", notes: {h.notes}" if h.notes else ""
         console.print(f"  human label in {h.snapshot}: {h.annotator}: {h.label}{rating}{notes} [{h.file}]")
+    for a in r.answers:
+        console.print(f"answer in evaluation {a.run}: {a.model} [{a.model_id}]: grade {a.grade or 'ungraded'}"
+                      f" ({a.grade_rationale}), detector {a.detector}")
+        console.print(f"  {a.answer}", markup=False, highlight=False)
 
 
 def _print_call(label: str, c) -> None:

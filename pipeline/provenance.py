@@ -17,7 +17,14 @@ from pipeline.base import read_rows
 from pipeline.config import SamplingParams
 from pipeline.errors import InputError
 from pipeline.llm.cache import RequestCache
-from pipeline.store import LABELS_FILE, list_snapshots, load_manifest, read_jsonl_rows, read_sample
+from pipeline.store import (
+    LABELS_FILE,
+    evaluations_dir,
+    list_snapshots,
+    load_manifest,
+    read_jsonl_rows,
+    read_sample,
+)
 
 
 class LLMCallRecord(BaseModel):
@@ -72,6 +79,17 @@ class Provenance(BaseModel):
     required_benign: int | None
     in_validation_sample: bool
     human_labels: list[HumanLabel]  # from every validation snapshot that labelled it
+    answers: list[EvalAnswer] = []  # from every evaluation run (outputs/evaluations) that asked it
+
+
+class EvalAnswer(BaseModel):
+    run: str
+    model: str       # the role
+    model_id: str    # model@endpoint
+    answer: str
+    grade: str | None
+    grade_rationale: str
+    detector: str
 
 
 class HumanLabel(BaseModel):
@@ -171,7 +189,19 @@ def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None) -> Pr
         votes=votes, benign_votes=row.benign_votes,
         required_benign=manifest.jury.get("required_benign"),
         in_validation_sample=row.id in sampled, human_labels=human,
+        answers=_answers(outputs_dir, prompt_id),
     )
+
+
+def _answers(outputs_dir: Path, prompt_id: str) -> list[EvalAnswer]:
+    """Every model's answer to the prompt, with its grades, in every evaluation run."""
+    from pipeline.scores import RESPONSES
+
+    out = []
+    for path in sorted(evaluations_dir(outputs_dir).glob(f"*/{RESPONSES}.jsonl")):
+        out += [EvalAnswer(run=path.parent.name, **{k: r[k] for k in EvalAnswer.model_fields if k != "run"})
+                for r in read_jsonl_rows(path) if r["prompt_id"] == prompt_id]
+    return out
 
 
 def _human_labels(snapshot: Path, prompt_id: str) -> list[HumanLabel]:

@@ -211,7 +211,8 @@ def test_export_in_health_orscs_layout(evaluated, tmp_path, capsys):
         k = kept[r["id"]]
         assert (r["question"], r["original_question"], r["classification"]) == (
             k["prompt"], k["original_question"], k["category"])
-        assert r["results"] == {v["juror"]: v["label"] for v in k["votes"]} and r["score"] == k["benign_votes"]
+        assert r["results"] == {v["juror"]: v["label"] for v in k["votes"]}
+        assert r["score"] == k["benign_votes"]
         assert (r["refuse_count"], r["total_models"], r["refuse_rate"]) == (1, 2, 0.5)
     # every prompt is empirically hard (one of two models refused it)
     assert len(rows(out / "hard.jsonl")) == len(kept) and rows(out / "easy.jsonl") == []
@@ -230,3 +231,16 @@ def test_export_refuses_a_run_of_another_snapshot(evaluated, tmp_path, capsys):
                  str(tmp_path / "never")]) == 2
     assert "pass an evaluation run of this snapshot" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_provenance_shows_every_answer_and_grade(evaluated, capsys):
+    prompt = rows(evaluated["snapshot"] / "prompts.jsonl")[0]
+    outputs = str(evaluated["tmp"] / "outputs")
+    assert main(["provenance", prompt["id"], "--outputs", outputs, "--json"]) == 0
+    answers = json.loads(capsys.readouterr().out)["answers"]
+    run1 = {a["model"]: a for a in answers if a["run"] == "run1"}
+    assert set(run1) == {"refuser", "complier"}
+    assert run1["refuser"]["grade"] == "full_refusal" and run1["refuser"]["answer"] == ANSWERS["refuse-model"]
+    assert run1["complier"]["grade"] == run1["complier"]["detector"] == "full_compliance"
+    assert main(["provenance", prompt["id"], "--outputs", outputs]) == 0
+    assert "answer in evaluation run1: refuser" in capsys.readouterr().out
