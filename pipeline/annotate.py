@@ -22,13 +22,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.files import write_new_dir
 from pipeline.store import load_manifest, read_sample, read_taxonomy
 
 LABELS = ("benign", "harmful", "unsure")
@@ -93,22 +92,8 @@ def write_tasks(tasks: Tasks, out: Path, fmt: str) -> list[Path]:
     """Write the task files into `out` (which must not exist, or be empty), all or nothing."""
     if fmt not in FORMATS:
         raise InputError(None, "--format", f"unknown format {fmt!r}", f"pass one of {', '.join(FORMATS)}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(out, None, "exists and is not an empty directory",
+    return write_new_dir(out, _files(tasks, fmt), None,
                          "pass a new directory to --out (task files are never overwritten)")
-    files = _files(tasks, fmt)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    try:
-        tmp.mkdir(parents=True)
-        for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return [out / name for name in files]
 
 
 def _files(tasks: Tasks, fmt: str) -> dict[str, str]:

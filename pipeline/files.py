@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +111,24 @@ def model_identity(model_dir: str | Path) -> str:
         if size < 1 << 20:
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def write_new_dir(out: Path, files: dict[str, str], field: str | None, fix: str) -> list[Path]:
+    """Write `files` (name -> text) as directory `out`, which must not exist yet or be an
+    empty directory: written to a temp dir beside it and renamed, so a failure leaves
+    nothing behind and nothing is ever overwritten (InputError naming `field` and `fix`)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(out, field, "exists and is not an empty directory", fix)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [out / name for name in files]

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 from pathlib import Path
 
 from pipeline.base import read_rows
 from pipeline.errors import InputError
+from pipeline.files import write_new_dir
 from pipeline.records import LEVELS
 from pipeline.scores import DIFFICULTY
 from pipeline.store import MANIFEST
@@ -66,25 +65,10 @@ def check_pair(snapshot: Path, snapshot_digest: str, run: Path) -> None:
 def write_health_orsc(snapshot: Path, run: Path, out: Path) -> dict[str, int]:
     """Write the files atomically (a temp dir renamed to `out`); `out` must not exist yet,
     or be an empty directory."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(out, "--out", "exists and is not an empty directory",
-                         "pass a new directory; nothing is overwritten")
     rows = health_orsc_rows(snapshot, run)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    counts = {}
-    try:
-        subsets = [("all", rows), *[(lvl, [r for r in rows if r["_level"] == lvl]) for lvl in LEVELS]]
-        for name, subset in subsets:
-            lines = [json.dumps({k: v for k, v in r.items() if k != "_level"}, ensure_ascii=False) + "\n"
-                     for r in subset]
-            (tmp / f"{name}.jsonl").write_text("".join(lines), encoding="utf-8")
-            counts[name] = len(subset)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return counts
+    subsets = {"all": rows, **{lvl: [r for r in rows if r["_level"] == lvl] for lvl in LEVELS}}
+    files = {f"{name}.jsonl": "".join(json.dumps({k: v for k, v in r.items() if k != "_level"},
+                                                 ensure_ascii=False) + "\n" for r in subset)
+             for name, subset in subsets.items()}
+    write_new_dir(out, files, "--out", "pass a new directory; nothing is overwritten")
+    return {name: len(subset) for name, subset in subsets.items()}
