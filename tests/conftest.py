@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,25 @@ def fake_config(tmp_path: Path, base_url: str, **overrides) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def sampled_snapshot(tmp: Path) -> Path:
+    """Snapshot `v1` of self_harm and drug_abuse, built against test_build's scripted jury:
+    12 kept prompts (2 per category x level) and 4 jury-rejected ones in its validation
+    sample; its config asks for 3 annotators with 4 shared items (annotate, validate)."""
+    from pipeline.cli import main
+    from tests.test_build import reply
+
+    server = FakeOpenAI(reply).start()
+    try:
+        cfg = fake_config(tmp, server.base_url, sample={"per_stratum": 2},
+                          validation={"annotators": 3, "overlap": 4})
+        assert main(["build", "--config", str(cfg), "--name", "v1"]) == 0
+    finally:
+        server.stop()
+    return tmp / "outputs" / "snapshots" / "v1"

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import shutil
 import xml.etree.ElementTree as ET
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import yaml
 
 from pipeline.cli import main
 from pipeline.store import load_manifest, read_sample
-from tests.conftest import REPO, fake_config
-from tests.fake_openai import FakeOpenAI
-from tests.test_build import reply
+from tests.conftest import REPO, csv_rows, sampled_snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -27,20 +23,7 @@ FORBIDDEN = {"benign_votes", "n_jurors", "votes", "source", "level", "reason", "
 
 @pytest.fixture(scope="module")
 def snap(tmp_path_factory):
-    """12 kept prompts (2 per category x level) and 4 jury-rejected ones in the sample;
-    3 annotators, 4 shared items."""
-    tmp = tmp_path_factory.mktemp("annotate")
-    server = FakeOpenAI(reply).start()
-    cfg = fake_config(tmp, server.base_url, sample={"per_stratum": 2},
-                      validation={"annotators": 3, "overlap": 4})
-    assert main(["build", "--config", str(cfg), "--name", "v1"]) == 0
-    server.stop()
-    yield tmp / "outputs" / "snapshots" / "v1"
-
-
-def _csv(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
+    return sampled_snapshot(tmp_path_factory.mktemp("annotate"))
 
 
 def test_csv_tasks_are_blind_with_overlap_and_own_order(snap, tmp_path, capsys):
@@ -51,7 +34,7 @@ def test_csv_tasks_are_blind_with_overlap_and_own_order(snap, tmp_path, capsys):
     printed = capsys.readouterr().out
     files = sorted(out.iterdir())
     assert [f.name for f in files] == ["annotator_1.csv", "annotator_2.csv", "annotator_3.csv"]
-    per = {f.stem: _csv(f) for f in files}
+    per = {f.stem: csv_rows(f) for f in files}
     columns = list(per["annotator_1"][0])
     assert columns == ["prompt_id", "snapshot", "annotator", "category", "harm_definition",
                        "benign_boundary", "prompt", "label", "ambiguity", "notes"]

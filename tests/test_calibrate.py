@@ -19,15 +19,14 @@ from sklearn.metrics import (
 )
 
 from pipeline.cli import main
-from tests.conftest import REPO, fake_config
+from tests.conftest import REPO, csv_rows, fake_config
 from tests.fake_openai import FakeOpenAI
 
 GOLD = REPO / "gold" / "jury.csv"
 
 
 def gold_rows(path: Path = GOLD) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
+    return csv_rows(path)
 
 
 def test_the_shipped_gold_file_covers_every_category_and_is_not_the_seeds():

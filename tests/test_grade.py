@@ -14,7 +14,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix
 
 from pipeline.cli import main
 from pipeline.evaluate import detect_refusal
-from tests.conftest import REPO, fake_config
+from tests.conftest import REPO, csv_rows, fake_config
 from tests.fake_openai import FakeOpenAI
 
 ANSWERS = REPO / "gold" / "answers.csv"
@@ -22,8 +22,7 @@ CLASSES = ["full_compliance", "partial_refusal", "full_refusal"]
 
 
 def answer_rows(path: Path = ANSWERS) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
+    return csv_rows(path)
 
 
 def scripted_grade(answer: str) -> str:

@@ -18,27 +18,14 @@ from statsmodels.stats.proportion import proportion_confint
 
 from pipeline.cli import main
 from pipeline.store import load_manifest, read_sample
-from tests.conftest import fake_config
-from tests.fake_openai import FakeOpenAI
-from tests.test_build import reply
+from tests.conftest import csv_rows, sampled_snapshot
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def snap(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("validate")
-    server = FakeOpenAI(reply).start()
-    cfg = fake_config(tmp, server.base_url, sample={"per_stratum": 2},
-                      validation={"annotators": 3, "overlap": 4})
-    assert main(["build", "--config", str(cfg), "--name", "v1"]) == 0
-    server.stop()
-    yield tmp / "outputs" / "snapshots" / "v1"
-
-
-def _read(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
+    return sampled_snapshot(tmp_path_factory.mktemp("validate"))
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -69,9 +56,9 @@ def labelled(snap, tmp_path_factory):
     level = {s["id"]: s["level"] for s in sample}
     files = {}
     shared = sorted(pid for pid, n in Counter(
-        r["prompt_id"] for f in (tmp / "csv").glob("*.csv") for r in _read(f)).items() if n == 3)
+        r["prompt_id"] for f in (tmp / "csv").glob("*.csv") for r in csv_rows(f)).items() if n == 3)
     for name in ("annotator_1", "annotator_2"):
-        rows = _read(tmp / "csv" / f"{name}.csv")
+        rows = csv_rows(tmp / "csv" / f"{name}.csv")
         for r in rows:
             r["label"] = truth(r["prompt_id"])
             if name == "annotator_2" and r["prompt_id"] == shared[0]:
@@ -103,7 +90,7 @@ def _labels(labelled) -> dict[str, dict[str, str]]:
     """prompt id -> annotator -> label, read back from the files as the test wrote them."""
     out: dict[str, dict[str, str]] = {}
     for name in ("annotator_1", "annotator_2"):
-        for r in _read(labelled["files"][name]):
+        for r in csv_rows(labelled["files"][name]):
             out.setdefault(r["prompt_id"], {})[name] = r["label"].strip().lower()
     for task in json.loads(labelled["files"]["annotator_3"].read_text()):
         done = [a for a in task["annotations"] if not a["was_cancelled"]][0]
@@ -206,7 +193,7 @@ OTHER = "sha256:" + "1" * 64  # another snapshot's digest
 
 
 def _bad_csv(labelled, tmp_path, change) -> Path:
-    rows = _read(labelled["files"]["annotator_1"])
+    rows = csv_rows(labelled["files"]["annotator_1"])
     change(rows)
     path = tmp_path / "bad.csv"
     _write(path, rows)
@@ -222,7 +209,7 @@ def _other_config_export(labelled, tmp_path) -> Path:
 
 
 def _twice(labelled, tmp_path) -> Path:
-    rows = _read(labelled["files"]["annotator_1"])
+    rows = csv_rows(labelled["files"]["annotator_1"])
     rows.append({**rows[0], "label": flip(rows[0]["label"].strip().lower())})
     path = tmp_path / "twice.csv"
     _write(path, rows)
