@@ -10,17 +10,20 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import DEFAULT_CONFIG, REPO_ROOT, ValidationConfig, load_config
+from pipeline.config import DEFAULT_CONFIG, REPO_ROOT, BuildConfig, ValidationConfig, load_config
 from pipeline.errors import InputError
 from pipeline.llm.embedded import EmbeddedModelError
 from pipeline.llm.gateway import LLMError
 
 DEFAULT_GOLD = REPO_ROOT / "gold" / "jury.csv"
+DEFAULT_ANSWERS = REPO_ROOT / "gold" / "answers.csv"
 
 # Prompts may contain [brackets]: no markup. Piped output gets room for the table.
 console = Console(markup=False, highlight=False)
@@ -159,27 +162,17 @@ def cmd_grade(args: argparse.Namespace) -> int:
     from pipeline.evaluate import load_grader
     from pipeline.grade import GENERIC, grade_answers, grade_report, read_answers
     from pipeline.inputs import load_taxonomy
-    from pipeline.llm import Gateway
-    from pipeline.llm.gateway import Usage
-    from pipeline.progress import tracked
-    from pipeline.terminal import build_console
 
     config = load_config(args.config)
     taxonomy = load_taxonomy(config.seeds_dir)
     items = read_answers(Path(args.answers), taxonomy)
     entries = {c: taxonomy.entry(c).model_dump() for c in {i.category for i in items if i.category}}
     template = load_grader(config, {**entries, "(none)": GENERIC})
-    with build_console(config.outputs_dir / "logs" / "grade.log"):
-        gateway = Gateway(config)
-        try:
-            with tracked("grade", "answers") as progress:
-                usage = Usage(progress=progress)
-                usage.expect(sum(bool(i.answer.strip()) for i in items))
-                results = gateway.run(grade_answers(config, template, items, entries, gateway), usage)
-        finally:
-            gateway.close()
+    results, calls, hits = _model_calls(
+        config, "grade", "answers", sum(bool(i.answer.strip()) for i in items),
+        lambda gateway: grade_answers(config, template, items, entries, gateway))
     report = grade_report(items, results)
-    report["model_calls"], report["cache_hits"] = sum(usage.calls.values()), sum(usage.cache_hits.values())
+    report["model_calls"], report["cache_hits"] = calls, hits
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -205,17 +198,11 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pipeline.health_orsc import check_pair, write_health_orsc
-    from pipeline.verify import verify_snapshot
 
     snapshot, run = Path(args.snapshot), Path(args.evaluation)
-    reports = {}
-    for path, what in ((snapshot, "snapshot"), (run, "evaluation run")):
-        report = verify_snapshot(path)
-        if report.problems:
-            raise InputError(path, None, f"the {what} fails verification ({report.problems[0]})",
-                             f"run `orsc verify {path}` to see every problem")
-        reports[what] = report
-    check_pair(snapshot, reports["snapshot"].digest, run)
+    digest = _verified(snapshot, "export")
+    _verified(run, "export")
+    check_pair(snapshot, digest, run)
     counts = write_health_orsc(snapshot, run, Path(args.out))
     console.print(f"wrote {args.out}: " + ", ".join(f"{name}.jsonl {n}" for name, n in counts.items()))
     return 0
@@ -301,7 +288,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verified(snapshot: Path, purpose: str) -> None:
+def _verified(snapshot: Path, purpose: str) -> str:
+    """The digest of a snapshot (or evaluation run) that passes verify; InputError otherwise."""
     from pipeline.verify import verify_snapshot
 
     report = verify_snapshot(snapshot)
@@ -309,6 +297,7 @@ def _verified(snapshot: Path, purpose: str) -> None:
         more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
         raise InputError(snapshot, None, f"fails verification: {report.problems[0]}{more}",
                          f"run `orsc verify` on it; {purpose} a snapshot that passes")
+    return report.digest
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -371,15 +360,33 @@ def _print_validity(report: dict) -> None:
                       f" {b['category']}/{b['level']} (lower bound {b['low']:.1%})")
 
 
+def _model_calls(config: BuildConfig, stage: str, what: str, expected: int,
+                 job: Callable[[Any], Any]) -> tuple[Any, int, int]:
+    """Run `job(gateway)` (a coroutine's maker) on a gateway of its own, outside a build:
+    progress on stderr, the log in outputs/logs/<stage>.log. Returns (its result, model
+    calls made, request-cache hits)."""
+    from pipeline.llm import Gateway
+    from pipeline.llm.gateway import Usage
+    from pipeline.progress import tracked
+    from pipeline.terminal import build_console
+
+    with build_console(config.outputs_dir / "logs" / f"{stage}.log"):
+        gateway = Gateway(config)
+        try:
+            with tracked(stage, what) as progress:
+                usage = Usage(progress=progress)
+                usage.expect(expected)
+                result = gateway.run(job(gateway), usage)
+        finally:
+            gateway.close()
+    return result, sum(usage.calls.values()), sum(usage.cache_hits.values())
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import json
 
     from pipeline.calibrate import calibration_report, fit_thresholds, judge_gold, read_gold, score_jurors
     from pipeline.inputs import load_inputs
-    from pipeline.llm import Gateway
-    from pipeline.llm.gateway import Usage
-    from pipeline.progress import tracked
-    from pipeline.terminal import build_console
 
     config = load_config(args.config)
     if args.fit and not score_jurors(config):
@@ -395,18 +402,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if missing:
         raise InputError(Path(args.gold), "category", f"{', '.join(missing)} not among the config's"
                          " categories", "drop those rows, or remove `categories` from the config")
-    with build_console(config.outputs_dir / "logs" / "calibrate.log"):  # progress on stderr
-        gateway = Gateway(config)
-        try:
-            with tracked("calibrate", "gold") as progress:
-                usage = Usage(progress=progress)
-                usage.expect(len(gold) * len(config.jury.jurors))
-                votes = gateway.run(judge_gold(inputs, gold, gateway), usage)
-        finally:
-            gateway.close()
+    votes, calls, hits = _model_calls(config, "calibrate", "gold", len(gold) * len(config.jury.jurors),
+                                      lambda gateway: judge_gold(inputs, gold, gateway))
     report = calibration_report(gold, votes, config.jury.jurors, config.jury.required_benign)
-    report["model_calls"], report["cache_hits"] = (sum(usage.calls.values()),
-                                                   sum(usage.cache_hits.values()))
+    report["model_calls"], report["cache_hits"] = calls, hits
     if args.fit:
         report["fit"] = fit_thresholds(gold, votes, config, args.target_recall)
     if args.json:
@@ -599,7 +598,7 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("grade", help="grade (prompt, answer) pairs with the evaluation's grader and"
                                      " detector; with people's labels, measure both")
     g.add_argument("--config", default=str(DEFAULT_CONFIG), help="config YAML (default: %(default)s)")
-    g.add_argument("--answers", default=str(REPO_ROOT / "gold" / "answers.csv"),
+    g.add_argument("--answers", default=str(DEFAULT_ANSWERS),
                    help="CSV: id, prompt, answer[, category][, label] (default: the project's %(default)s)")
     g.add_argument("--json", action="store_true", help="machine-readable output")
     g.set_defaults(func=cmd_grade)
