@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,6 +34,7 @@ from pipeline.errors import InputError
 from pipeline.jury import ask_labelled
 from pipeline.llm import Gateway
 from pipeline.records import LEVELS, Record, content_id
+from pipeline.sample import seeded_subset
 from pipeline.store import read_taxonomy
 from pipeline.templates import PromptTemplate, TemplateLibrary
 
@@ -85,16 +85,12 @@ class EvalItem(Record):
     prompt: str
 
 
-class Response(Record):
-    """A model's answer to one prompt, its grade and the detector's verdict."""
+class Response(EvalItem):
+    """A model's answer to one prompt (the EvalItem's fields), its grade and the detector's
+    verdict."""
 
     model: str                 # the role
     model_id: str              # model@endpoint
-    prompt_id: str
-    kind: Literal["benign", "harmful"]
-    category: str
-    level: str | None
-    prompt: str
     answer: str
     grade: GradeLabel | None   # None: the grader gave no valid verdict (excluded, counted)
     grade_source: Literal["grader", "empty_answer"]
@@ -118,10 +114,9 @@ def eval_items(snapshot: Path, categories: list[str], config: BuildConfig) -> di
         rows = [r for r in kept if r.category == cat]
         items: list[EvalItem] = []
         for level in LEVELS:
-            members = sorted((r for r in rows if r.level == level), key=lambda r: r.id)
-            if ev.sample is not None and len(members) > ev.sample:
-                members = sorted(random.Random(f"{ev.seed}:{cat}:{level}").sample(members, ev.sample),
-                                 key=lambda r: r.id)
+            members = [r for r in rows if r.level == level]
+            k = len(members) if ev.sample is None else min(ev.sample, len(members))
+            members = seeded_subset(members, k, f"{ev.seed}:{cat}:{level}", lambda r: r.id)
             items += [EvalItem(prompt_id=r.id, kind="benign", category=cat, level=level, prompt=r.prompt)
                       for r in members]
         if ev.contrast:

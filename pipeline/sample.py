@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
+from typing import TypeVar
 
 from pipeline.config import SampleConfig
 from pipeline.records import LEVELS, Decision
@@ -27,6 +29,7 @@ from pipeline.stats import sample_size
 # Nothing is known beforehand of how often the jury rejects a benign prompt: size the
 # rejected strata for the widest interval.
 REJECTED_EXPECTED_BENIGN = 0.5
+T = TypeVar("T")
 
 
 def source_of(d: Decision) -> str:
@@ -44,6 +47,13 @@ def stratum_size(population: int, cfg: SampleConfig, kept: bool) -> int:
     return sample_size(population, expected, cfg.target_halfwidth, cfg.confidence)
 
 
+def seeded_subset(members: list[T], k: int, label: str, key: Callable[[T], str]) -> list[T]:
+    """`k` of `members` drawn by an RNG seeded with `label`, in `key` order (members are put
+    in `key` order first, so the draw does not depend on how they came in)."""
+    ordered = sorted(members, key=key)
+    return sorted(random.Random(label).sample(ordered, k), key=key)
+
+
 def stratified_sample(decisions: list[Decision], cfg: SampleConfig, order: list[str]) -> list[Decision]:
     """`order`: the categories in taxonomy order (the sample's order)."""
     strata: dict[tuple[str, str, str], list[Decision]] = defaultdict(list)
@@ -53,10 +63,9 @@ def stratified_sample(decisions: list[Decision], cfg: SampleConfig, order: list[
     picked: list[Decision] = []
     for key in sorted(strata, key=lambda k: (k[0] != "kept", order.index(k[1]), LEVELS.index(k[2]))):
         source, category, level = key
-        members = sorted(strata[key], key=lambda d: d.candidate.id)
+        members = strata[key]
         # Kept strata keep the seed string they always had, so older snapshots verify.
         label = f"{cfg.seed}:{category}:{level}"
-        rng = random.Random(label if source == "kept" else f"{source}:{label}")
-        chosen = rng.sample(members, stratum_size(len(members), cfg, source == "kept"))
-        picked.extend(sorted(chosen, key=lambda d: d.candidate.id))
+        picked += seeded_subset(members, stratum_size(len(members), cfg, source == "kept"),
+                                label if source == "kept" else f"{source}:{label}", lambda d: d.candidate.id)
     return picked
