@@ -16,7 +16,6 @@ import io
 from typing import Any
 
 from pipeline.records import LEVELS
-from pipeline.stats import wilson
 
 PLOTS = ("over-refusal-by-level", "refusal-vs-compliance", "category-heatmap", "difficulty")
 
@@ -49,14 +48,11 @@ def plot_by_level(metrics: dict[str, Any]) -> str:
     for i, model in enumerate(models):
         shares, low, high = [], [], []
         for level in LEVELS:
-            rows = [s for s in metrics["strata"] if s["model"] == model and s["level"] == level]
-            count = sum(s["over_refusal"]["count"] for s in rows)
-            n = sum(s["over_refusal"]["n"] for s in rows)
-            p = wilson(count, n)
-            share = p.share or 0.0
+            p = metrics["models"][model]["by_level"][level]["over_refusal"]
+            share = p["share"] or 0.0
             shares.append(share)
-            low.append(max(0.0, share - (p.low or share)))  # float error can make these -1e-17
-            high.append(max(0.0, (p.high or share) - share))
+            low.append(max(0.0, share - (p["low"] or share)))  # float error can make these -1e-17
+            high.append(max(0.0, (p["high"] or share) - share))
         x = np.arange(len(LEVELS)) + i * width
         ax.bar(x, shares, width, yerr=[low, high], capsize=3, label=model)
     ax.set_xticks(np.arange(len(LEVELS)) + width * (len(models) - 1) / 2, LEVELS)
@@ -105,18 +101,15 @@ def _heatmap(rows: list[str], cols: list[str], values: list[list[float | None]],
 
 
 def plot_category_heatmap(metrics: dict[str, Any]) -> str:
-    models = list(metrics["models"])
-    categories = list(dict.fromkeys(s["category"] for s in metrics["strata"]))
-    values = []
-    for cat in categories:
-        row = []
-        for model in models:
-            rows = [s for s in metrics["strata"]
-                    if s["model"] == model and s["category"] == cat and s["level"]]
-            n = sum(s["over_refusal"]["n"] for s in rows)
-            row.append(sum(s["over_refusal"]["count"] for s in rows) / n if n else None)
-        values.append(row)
-    return _heatmap(categories, models, values, "over-refusal", ".2f", (0.0, 1.0))
+    per_model = metrics["models"]
+    categories = list(dict.fromkeys(c for m in per_model.values() for c in m["by_category"]))
+
+    def share(m: dict[str, Any], cat: str) -> float | None:
+        fig = m["by_category"].get(cat)
+        return fig["over_refusal"]["share"] if fig else None
+
+    values = [[share(m, cat) for m in per_model.values()] for cat in categories]
+    return _heatmap(categories, list(per_model), values, "over-refusal", ".2f", (0.0, 1.0))
 
 
 def plot_difficulty(metrics: dict[str, Any]) -> str:

@@ -38,7 +38,7 @@ from pipeline import __version__
 from pipeline.config import EvaluationConfig
 from pipeline.evaluate import Response
 from pipeline.export import listed_files
-from pipeline.records import LEVELS, arrow_schema
+from pipeline.records import LEVELS, arrow_schema, write_jsonl
 from pipeline.report import render_report
 from pipeline.stats import cohen_kappa, mcnemar, spearman, wilson
 from pipeline.store import MANIFEST, FileEntry, evaluations_dir, file_sha256, writing_snapshot
@@ -52,8 +52,7 @@ EMPIRICAL_LEVELS = (*LEVELS, "beyond")
 
 
 def _rate(count: int, n: int) -> dict[str, Any]:
-    p = wilson(count, n)
-    return {"count": count, "n": n, "share": p.share, "low": p.low, "high": p.high}
+    return wilson(count, n).model_dump(exclude={"confidence"})
 
 
 def rates(responses: list[Response]) -> dict[str, Any]:
@@ -169,9 +168,15 @@ def evaluation_metrics(responses: list[Response], models: list[str], ev: Evaluat
     strata = []
     for model in models:
         mine = [r for r in responses if r.model == model]
+        benign = [r for r in mine if r.kind == "benign"]
+        categories = list(dict.fromkeys(r.category for r in mine))
         per_model[model] = {"model_id": mine[0].model_id if mine else None, **rates(mine),
-                            "detector_agreement": detector_agreement(mine)}
-        for cat in dict.fromkeys(r.category for r in mine):
+                            "detector_agreement": detector_agreement(mine),
+                            "by_level": {lvl: rates([r for r in benign if r.level == lvl])
+                                         for lvl in LEVELS},
+                            "by_category": {c: rates([r for r in mine if r.category == c])
+                                            for c in categories}}
+        for cat in categories:
             in_cat = [r for r in mine if r.category == cat]
             for level in LEVELS:
                 group = [r for r in in_cat if r.kind == "benign" and r.level == level]
@@ -243,8 +248,7 @@ def write_evaluation(outputs_dir: Path, name: str, responses: list[Response], me
         rows = [r.model_dump(mode="json") for r in responses]
         table = pa.Table.from_pylist(rows, schema=arrow_schema(Response))
         pq.write_table(table, tmp / f"{RESPONSES}.parquet")
-        (tmp / f"{RESPONSES}.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
+        write_jsonl(tmp / f"{RESPONSES}.jsonl", responses)
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / LEADERBOARD).write_text(_csv(metrics["leaderboard"]), encoding="utf-8")
         (tmp / DIFFICULTY).write_text(_csv(difficulty_rows), encoding="utf-8")
@@ -252,11 +256,16 @@ def write_evaluation(outputs_dir: Path, name: str, responses: list[Response], me
         manifest = EvaluationManifest(
             name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
             package={"name": "health-orsc", "version": __version__}, files=listed_files(tmp),
-            counts={"responses": len(responses), "benign": sum(r.kind == "benign" for r in responses),
-                    "harmful": sum(r.kind == "harmful" for r in responses),
-                    "unscored": sum(r.grade is None for r in responses)}, **meta)
+            counts=run_counts(responses), **meta)
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return root / name
+
+
+def run_counts(responses: list[Response]) -> dict[str, int]:
+    """MANIFEST's `counts` of an evaluation run."""
+    return {"responses": len(responses), "benign": sum(r.kind == "benign" for r in responses),
+            "harmful": sum(r.kind == "harmful" for r in responses),
+            "unscored": sum(r.grade is None for r in responses)}
 
 
 def snapshot_ref(snapshot: Path, digest: str) -> dict[str, str]:
@@ -289,9 +298,6 @@ def verify_evaluation(run: Path, digest: str | None = None) -> list[str]:
         problems.append(f"{LEADERBOARD} is not what {RESPONSES}.jsonl gives")
     if (run / DIFFICULTY).read_text(encoding="utf-8") != _csv(rows):
         problems.append(f"{DIFFICULTY} is not what {RESPONSES}.jsonl gives")
-    counts = {"responses": len(responses), "benign": sum(r.kind == "benign" for r in responses),
-              "harmful": sum(r.kind == "harmful" for r in responses),
-              "unscored": sum(r.grade is None for r in responses)}
-    if counts != manifest.counts:
+    if run_counts(responses) != manifest.counts:
         problems.append(f"{MANIFEST} counts differ from {RESPONSES}.jsonl")
     return problems
