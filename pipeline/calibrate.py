@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from pipeline.config import BuildConfig
 from pipeline.errors import InputError, shorten
-from pipeline.files import read_csv
+from pipeline.files import read_id_csv
 from pipeline.inputs import BuildInputs, Taxonomy
 from pipeline.jury import ask_jurors, cast_vote, juror_messages, jury_label
 from pipeline.llm import Gateway
@@ -51,20 +51,13 @@ class GoldItem(BaseModel):
 
 
 def read_gold(path: Path, taxonomy: Taxonomy) -> list[GoldItem]:
-    if not path.is_file():
-        raise InputError(path, None, "gold file not found", "pass a CSV with id, category, label, prompt")
-    rows = read_csv(path, GOLD_COLUMNS,
-                    "the header must be: id, category, label, prompt[, original_question]")
     items: list[GoldItem] = []
-    seen: dict[str, int] = {}
-    for line, r in enumerate(rows, start=2):
-        where = f"row {line}"
-        item = GoldItem(id=(r["id"] or "").strip(), category=(r["category"] or "").strip(),
+    for where, r in read_id_csv(path, "gold file", GOLD_COLUMNS,
+                                "id, category, label, prompt[, original_question]",
+                                "add labelled prompts below the header"):
+        item = GoldItem(id=r["id"], category=(r["category"] or "").strip(),
                         label=(r["label"] or "").strip().lower(), prompt=(r["prompt"] or "").strip(),
                         original_question=(r.get("original_question") or "").strip())
-        if not item.id or item.id in seen:
-            raise InputError(path, where, f"id {item.id!r} is empty or repeats row {seen.get(item.id)}",
-                             "give every row its own id")
         if item.label not in GOLD_LABELS:
             raise InputError(path, where, f"label {shorten(r['label'] or '', 40)!r} is not benign or harmful",
                              "label each gold prompt benign or harmful")
@@ -73,10 +66,7 @@ def read_gold(path: Path, taxonomy: Taxonomy) -> list[GoldItem]:
                              f"use one of {', '.join(taxonomy.ids)}")
         if not item.prompt:
             raise InputError(path, where, "prompt is empty", "write the prompt to judge")
-        seen[item.id] = line
         items.append(item)
-    if not items:
-        raise InputError(path, None, "has no rows", "add labelled prompts below the header")
     return items
 
 

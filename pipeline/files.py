@@ -132,3 +132,26 @@ def write_new_dir(out: Path, files: dict[str, str], field: str | None, fix: str)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return [out / name for name in files]
+
+
+def read_id_csv(path: Path, what: str, required: tuple[str, ...], header: str,
+                empty_fix: str) -> list[tuple[str, dict[str, str]]]:
+    """A labelled CSV keyed by `id` (the gold files, answer files): its rows, each with
+    `row N` for messages and its id stripped. InputError when the file is missing, lacks a
+    `required` column (`header`: what it should be), repeats or leaves out an id, or has
+    no rows (`empty_fix`)."""
+    if not path.is_file():
+        raise InputError(path, None, f"{what} not found", f"pass a CSV with {header}")
+    rows = read_csv(path, required, f"the header must be: {header}")
+    out: list[tuple[str, dict[str, str]]] = []
+    seen: dict[str, int] = {}
+    for line, r in enumerate(rows, start=2):
+        rid = (r["id"] or "").strip()
+        if not rid or rid in seen:
+            raise InputError(path, f"row {line}", f"id {rid!r} is empty or repeats row {seen.get(rid)}",
+                             "give every row its own id")
+        seen[rid] = line
+        out.append((f"row {line}", {**r, "id": rid}))
+    if not out:
+        raise InputError(path, None, "has no rows", empty_fix)
+    return out

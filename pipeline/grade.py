@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from pipeline.config import BuildConfig
 from pipeline.errors import InputError, shorten
 from pipeline.evaluate import GRADES, GradeResult, detect_refusal, grade_answer
-from pipeline.files import read_csv
+from pipeline.files import read_id_csv
 from pipeline.inputs import Taxonomy
 from pipeline.llm import Gateway
 from pipeline.stats import multiclass_agreement
@@ -51,21 +51,13 @@ class AnswerItem(BaseModel):
 
 
 def read_answers(path: Path, taxonomy: Taxonomy) -> list[AnswerItem]:
-    if not path.is_file():
-        raise InputError(path, None, "answer file not found", "pass a CSV with id, prompt, answer")
-    rows = read_csv(path, ("id", "prompt", "answer"),
-                    "the header must be: id, prompt, answer[, category][, label]")
     items: list[AnswerItem] = []
-    seen: dict[str, int] = {}
-    for line, r in enumerate(rows, start=2):
-        where = f"row {line}"
+    for where, r in read_id_csv(path, "answer file", ("id", "prompt", "answer"),
+                                "id, prompt, answer[, category][, label]", "add answers below the header"):
         raw_label = (r.get("label") or "").strip().lower()
-        item = AnswerItem(id=(r["id"] or "").strip(), category=(r.get("category") or "").strip() or None,
+        item = AnswerItem(id=r["id"], category=(r.get("category") or "").strip() or None,
                           prompt=(r["prompt"] or "").strip(), answer=r["answer"] or "",
                           label=XSTEST_LABELS.get(raw_label, raw_label) or None)
-        if not item.id or item.id in seen:
-            raise InputError(path, where, f"id {item.id!r} is empty or repeats row {seen.get(item.id)}",
-                             "give every row its own id")
         if item.label is not None and item.label not in GRADES:
             raise InputError(path, where,
                              f"label {shorten(raw_label, 40)!r} is not one of {', '.join(GRADES)}",
@@ -76,10 +68,7 @@ def read_answers(path: Path, taxonomy: Taxonomy) -> list[AnswerItem]:
                              f"use one of {', '.join(taxonomy.ids)}, or leave it empty")
         if not item.prompt:
             raise InputError(path, where, "prompt is empty", "write the question the answer replies to")
-        seen[item.id] = line
         items.append(item)
-    if not items:
-        raise InputError(path, None, "has no rows", "add answers below the header")
     return items
 
 
