@@ -272,13 +272,12 @@ def snapshot_ref(snapshot: Path, digest: str) -> dict[str, str]:
     return {"name": snapshot.name, "digest": digest, "manifest_sha256": file_sha256(snapshot / MANIFEST)}
 
 
-def verify_evaluation(run: Path, digest: str | None = None) -> list[str]:
-    """`orsc verify` for an evaluation run: every file's checksum, and every figure
-    re-derived from responses.jsonl (metrics, leaderboard, difficulty, counts); the
-    parquet rows equal the JSON lines. Returns one line per problem, and the digest."""
+def verify_evaluation(run: Path, raw: dict[str, Any], digest: str | None = None) -> list[str]:
+    """`orsc verify` for an evaluation run whose MANIFEST.json holds `raw`: every file's
+    checksum, and every figure re-derived from responses.jsonl (metrics, leaderboard,
+    difficulty, counts); the parquet rows equal the JSON lines. One line per problem."""
     from pipeline.store import check_files, digest_of, read_jsonl_rows
 
-    raw = json.loads((run / MANIFEST).read_text(encoding="utf-8"))
     manifest = EvaluationManifest.model_validate(raw)
     problems = check_files(run, manifest)
     if digest is not None and digest.removeprefix("sha256:") != digest_of(raw).removeprefix("sha256:"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
@@ -67,8 +68,9 @@ def verify_snapshot(snapshot: Path, digest: str | None = None) -> VerifyReport:
     if not (snapshot / MANIFEST).is_file():
         raise InputError(snapshot, None, f"is not a snapshot (no {MANIFEST})",
                          "pass a directory under outputs/snapshots/")
-    if _kind(snapshot) == "evaluation":
-        return _verify_evaluation(snapshot, digest)
+    raw = _raw_manifest(snapshot)
+    if isinstance(raw, dict) and raw.get("kind") == "evaluation":
+        return _verify_evaluation(snapshot, raw, digest)
     try:
         manifest = load_manifest(snapshot)
     except InputError as err:
@@ -143,21 +145,20 @@ def _check_categories(m: Manifest) -> list[str]:
     return problems
 
 
-def _kind(directory: Path) -> str | None:
+def _raw_manifest(directory: Path) -> Any:
+    """MANIFEST.json as parsed JSON, or None when it is not JSON (load_manifest says why)."""
     try:
-        raw = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+        return json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return raw.get("kind") if isinstance(raw, dict) else None
 
 
-def _verify_evaluation(run: Path, digest: str | None) -> VerifyReport:
+def _verify_evaluation(run: Path, raw: dict[str, Any], digest: str | None) -> VerifyReport:
     """An evaluation run (outputs/evaluations/RUN): pipeline.scores.verify_evaluation."""
     from pipeline.scores import verify_evaluation
 
-    raw = json.loads((run / MANIFEST).read_text(encoding="utf-8"))
     try:
-        problems = verify_evaluation(run, digest)
+        problems = verify_evaluation(run, raw, digest)
     except (ValidationError, ValueError, KeyError, OSError) as err:
         problems = [f"unreadable: {shorten(str(err), 200)}"]
     return VerifyReport(snapshot=str(run), digest=digest_of(raw), problems=problems)

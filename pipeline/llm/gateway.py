@@ -99,9 +99,9 @@ class ChatResult:
     logprobs: list[dict[str, Any]] | None = None
 
 
-def reply_logprobs(reply: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The first choice's token log-probabilities (OpenAI's `logprobs.content`), if any."""
-    logprobs = (reply.get("choices") or [{}])[0].get("logprobs") or {}
+def choice_logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A choice's token log-probabilities (OpenAI's `logprobs.content`), if any."""
+    logprobs = choice.get("logprobs") or {}
     return logprobs.get("content") if isinstance(logprobs, dict) else None
 
 
@@ -325,7 +325,9 @@ class Gateway:
             text = self.cache.text(key)
             return None if text is None else (text, None)
         call = self.cache.get(key)
-        return None if call is None else (call["text"], reply_logprobs(call["response"]))
+        if call is None:
+            return None
+        return call["text"], choice_logprobs((call["response"].get("choices") or [{}])[0])
 
     async def _call(self, role_name: str, ep_name: str, ep: EndpointConfig,
                     request: ChatRequest) -> tuple[str, list | None]:
@@ -348,10 +350,10 @@ class Gateway:
         await self._writer.store(CachedCall(request.key, request.endpoint, request.model, request.record_json,
                                             raw.decode("utf-8", errors="replace"), text, reply.usage,
                                             latency, role_name))
-        logprobs = None
-        if request.top_logprobs is not None:
-            logprobs = reply_logprobs({"choices": [reply.choices[0].model_dump()]})
-        return text, logprobs
+        if request.top_logprobs is None:
+            return text, None
+        # logprobs is not a declared field of a choice: it is among its extra fields
+        return text, choice_logprobs(reply.choices[0].model_extra or {})
 
     @staticmethod
     async def _post(client: openai.AsyncOpenAI, body: dict[str, Any], where: str) -> bytes:
