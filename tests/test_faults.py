@@ -71,7 +71,9 @@ def test_evicting_a_bad_cached_reply_makes_the_next_build_ask_again(tmp_path, ca
         assert "BAD VERDICT" in {v["rationale"] for r in _rows(v1) for v in r["votes"]}
 
         # evict one prompt's calls; a --base build rebuilds its category only
-        prompt = next(r for r in _rows(v2) if r["category"] == "drug_abuse" and r["votes"])
+        prompt = next(
+            r for r in _rows(v2) if r["category"] == "drug_abuse" and r["votes"] and r["generation_call"]
+        )  # a rewrite: a template prompt has no generation call
         assert main(["cache", "evict", "--outputs", outputs, "--prompt", prompt["id"]]) == 0
         capsys.readouterr()
         before = server.chat_count
