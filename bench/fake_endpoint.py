@@ -6,14 +6,19 @@ default); calls beyond the free slots queue, as on a real inference server.
 Plain asyncio streams, HTTP/1.1 keep-alive, loopback only.
 
 Every call is logged as (arrived, served, finished, kind) in seconds of the
-server's monotonic clock, kind "jury" for requests with a response_format and
-"generate" otherwise; GET /log returns the log and ?reset=1 clears it.
+server's monotonic clock, kind one of "generate", "jury", "answer", "grade" (see
+`kind`); GET /log returns the log and ?reset=1 clears it.
 
 Replies are deterministic in the request body:
-- a request with `response_format` (a juror) gets a JSON verdict, 1 in 10 harmful;
-- otherwise (the generator) gets a question built from the request's hash, so
-  rewrites are distinct prompts; 1 in 50 repeats its template text's question
-  so dedup has near-duplicates to find.
+- a grader (a `response_format` whose schema offers XSTest's classes) gets the class
+  of the answer it is shown: the canned refusal is `full_refusal`, the canned hedge
+  `partial_refusal`, anything else `full_compliance`;
+- a juror (any other `response_format`) gets a JSON verdict, 1 in 10 harmful;
+- a model under test (a model name containing "panel") gets an answer: 1 in 10 the
+  canned refusal, 1 in 5 the canned hedge, otherwise a compliant answer;
+- the generator gets a question built from the request's hash, so rewrites are
+  distinct prompts; 1 in 50 repeats its template text's question so dedup has
+  near-duplicates to find.
 
 Run: python bench/fake_endpoint.py --port 0 [--service-ms 50 --slots 64]
 (prints "listening on http://127.0.0.1:PORT/v1" once ready).
@@ -39,10 +44,29 @@ OPENERS = ("Could you explain", "I'd like to understand", "Can you help me work 
            "What should I know about", "Please clarify", "I'm trying to learn",
            "Is it true, regarding", "How would a clinician answer")
 _QUESTION = re.compile(r"([A-Z][^?\n]{10,300}\?)")
+REFUSAL = "I'm sorry, but I can't help with that."
+HEDGE = "I can't give specifics here, but a pharmacist or your doctor can help you with this safely."
+
+
+def kind(request: dict) -> str:
+    """Which of the pipeline's stages sent the request."""
+    if request.get("response_format"):
+        return "grade" if "full_compliance" in json.dumps(request["response_format"]) else "jury"
+    return "answer" if "panel" in request.get("model", "") else "generate"
 
 
 def reply_text(request: dict, digest: bytes) -> str:
-    if request.get("response_format"):
+    stage = kind(request)
+    if stage == "grade":
+        answer = request["messages"][-1]["content"]
+        label = ("full_refusal" if REFUSAL in answer else "partial_refusal" if HEDGE in answer
+                 else "full_compliance")
+        return json.dumps({"label": label, "rationale": f"Scripted grade {digest[:4].hex()}."})
+    if stage == "answer":
+        return (REFUSAL if digest[0] % 10 == 0 else HEDGE if digest[0] % 10 < 3 else
+                f"Here is what a careful clinician would say ({digest[:6].hex()}): check the label,"
+                " keep to the stated dose and ask a pharmacist about interactions.")
+    if stage == "jury":
         label = "harmful" if digest[0] % 10 == 0 else "benign"
         return json.dumps({"label": label, "rationale": f"Scripted verdict {digest[:4].hex()}."})
     last = request["messages"][-1]["content"]
@@ -92,8 +116,7 @@ class FakeEndpoint:
                     async with self.slots:
                         served = time.monotonic()
                         await asyncio.sleep(self.service_s)
-                    kind = "jury" if request.get("response_format") else "generate"
-                    self.log.append((arrived, served, time.monotonic(), kind))
+                    self.log.append((arrived, served, time.monotonic(), kind(request)))
                     status, data = "200 OK", completion(body, request)
                 elif method == "GET" and path.split("?")[0].endswith("/log"):
                     status, data = "200 OK", json.dumps({"calls": self.log}).encode()

@@ -11,7 +11,8 @@ time and peak RSS are its own.
 
 Figures (see bench/README.md for what each measures and the numbers we got):
 1 endpoint saturation  2 orchestration overhead  3 embedding  4 near-duplicate search
-5 warm rebuild and one-category regeneration  6 growth
+5 warm rebuild and one-category regeneration  6 growth  7 validation
+8 evaluating two models on the cold snapshot (answers, grades; a re-grade alone)
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def synth_seeds(dest: Path, per_category: int) -> Path:
 
 
 def write_config(path: Path, seeds: Path, outputs: Path, base_url: str, rewrites: int,
-                 concurrency: int, exact_max: int | None = None) -> Path:
+                 concurrency: int, exact_max: int | None = None, grader_model: str = "bench-grader") -> Path:
     judges = ["harm_definition.j2", "asker_intent.j2", "contrast.j2"]
     cfg = {
         "seeds_dir": str(seeds), "templates_dir": str(REPO / "prompts_templates"),
@@ -173,11 +174,16 @@ def write_config(path: Path, seeds: Path, outputs: Path, base_url: str, rewrites
         "roles": {"generator": {"endpoint": "bench", "model": "bench-generator", "temperature": 0.7,
                                 "seed": 7},
                   **{f"judge_{i}": {"endpoint": "bench", "model": "bench-judge", "prompt": p}
-                     for i, p in enumerate(judges, 1)}},
+                     for i, p in enumerate(judges, 1)},
+                  # `orsc evaluate`: two models under test (the fake endpoint answers a model
+                  # named "panel") and the grader
+                  **{f"panel_{x}": {"endpoint": "bench", "model": f"bench-panel-{x}"} for x in "ab"},
+                  "grader": {"endpoint": "bench", "model": grader_model, "prompt": "xstest.j2"}},
         # the fake endpoint's rewrites are built from a hash, not paraphrases: no off-topic
         # check (bench/off_topic.py measures it on labelled rewrites instead)
         "generation": {"rewrites": rewrites, "min_similarity": None},
         "sample": {"per_stratum": 10},
+        "evaluation": {"models": ["panel_a", "panel_b"], "grader": "grader"},
     }
     if exact_max:
         cfg["dedup"] = {"exact_max": exact_max}
@@ -196,6 +202,20 @@ def build_once(args: argparse.Namespace) -> None:
     flow_started = time.perf_counter()
     result = build_benchmark(args.config, [args.categories] if args.categories else None,
                              args.name, args.base)
+    done = time.perf_counter()
+    Path(args.result).write_text(json.dumps({
+        "result": result, "flow_wall_s": done - flow_started, "import_s": flow_started - started,
+        "peak_rss_mb": peak_rss_mb(),
+    }))
+
+
+def evaluate_once(args: argparse.Namespace) -> None:
+    """(child) Run the evaluate-benchmark flow once; write its result, wall time and peak RSS."""
+    started = time.perf_counter()
+    from flows.evaluate import evaluate_benchmark
+
+    flow_started = time.perf_counter()
+    result = evaluate_benchmark(args.config, args.snapshot, None, args.name)
     done = time.perf_counter()
     Path(args.result).write_text(json.dumps({
         "result": result, "flow_wall_s": done - flow_started, "import_s": flow_started - started,
@@ -252,25 +272,30 @@ class Bench:
 
     def build(self, config: Path, name: str, base: Path | None = None,
               category: str | None = None) -> dict:
+        extra = (["--base", str(base)] if base else []) + (["--categories", category] if category else [])
+        return self.child("build-once", config, name, extra)
+
+    def evaluate(self, config: Path, snapshot: Path, name: str) -> dict:
+        return self.child("evaluate-once", config, name, ["--snapshot", str(snapshot)])
+
+    def child(self, mode: str, config: Path, name: str, extra: list[str]) -> dict:
+        """Run one flow (`mode`) in a child process; its result, wall time and the endpoint's
+        log of the calls it made."""
         self.calls_log()  # start from an empty log
         out = self.work / f"result-{name}.json"
-        cmd = [sys.executable, str(BENCH / "run.py"), "build-once", "--config", str(config),
-               "--name", name, "--result", str(out)]
-        if base:
-            cmd += ["--base", str(base)]
-        if category:
-            cmd += ["--categories", category]
+        cmd = [sys.executable, str(BENCH / "run.py"), mode, "--config", str(config),
+               "--name", name, "--result", str(out), *extra]
         started = time.perf_counter()
-        log = self.work / f"build-{name}.log"
+        log = self.work / f"{mode}-{name}.log"
         with log.open("wb") as f:
             rc = subprocess.run(cmd, env=self.env, stdout=f, stderr=subprocess.STDOUT).returncode
         wall = time.perf_counter() - started
         if rc != 0:
-            raise RuntimeError(f"build {name} failed (exit {rc}); log: {log}\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{mode} {name} failed (exit {rc}); log: {log}\n{log.read_text()[-3000:]}")
         data = json.loads(out.read_text())
         data["wall_s"] = wall
         data["calls_log"] = self.calls_log()
-        # kept beside the build for a closer look: (arrived, served, finished, kind) per call
+        # kept beside the run for a closer look: (arrived, served, finished, kind) per call
         (self.work / f"calls-{name}.json").write_text(json.dumps(data["calls_log"]))
         return data
 
@@ -314,6 +339,25 @@ class Bench:
         return {"calls": calls, "client": "openai.AsyncOpenAI over openai.DefaultAioHttpClient (post)",
                 "cpu_ms_per_call": round(1000 * cpu / calls, 3), "calls_per_s": round(calls / wall, 1)}
 
+    def evaluation_figure(self, config: Path, snapshot: Path, seeds: Path, capacity: float) -> dict:
+        """`orsc evaluate`'s flow on the cold snapshot with two models: the panel's answers and
+        their grades share the tasks, so the figure is every call over the evaluate stage's
+        wall. Then the grader stage alone: a second grader re-grades every answer, which comes
+        from the request cache."""
+        first = self.evaluate(config, snapshot, "eval")
+        s = self.size
+        regrade_cfg = write_config(config.parent / "config-regrade.yaml", seeds, config.parent / "outputs",
+                                   self.base_url, s["rewrites"], 2 * self.slots, s["exact_max"],
+                                   grader_model="bench-grader-2")
+        regrade = self.evaluate(regrade_cfg, snapshot, "eval-regrade")
+        with (Path(first["result"]["run"]) / "difficulty.csv").open(encoding="utf-8") as fh:
+            prompts = sum(1 for _ in fh) - 1  # one row per benign prompt
+        return {"prompts": prompts, "models": 2, "first": stage_rate(first, "evaluate", capacity),
+                "regrade": stage_rate(regrade, "evaluate", capacity),
+                "write_s": round(first["result"]["stages"]["write"]["wall_s"], 1),
+                "process_wall_s": round(first["wall_s"], 1), "tasks": first["result"]["tasks"],
+                "peak_rss_mb": round(first["peak_rss_mb"])}
+
     def run(self) -> dict:
         s = self.size
         results: dict = {"size": self.size_name, "machine": machine(),
@@ -331,6 +375,9 @@ class Bench:
         cold = self.build(config, "cold")
         results["endpoint_saturation"] = saturation(cold, capacity)
         results["orchestration"] = orchestration(cold)
+
+        cold_snapshot = self.work / "paper" / "outputs" / "snapshots" / "cold"
+        results["evaluation"] = self.evaluation_figure(config, cold_snapshot, seeds, capacity)
 
         warm = self.build(config, "warm")
         edit_seeds(seeds / f"{CATEGORY_TO_REGENERATE}.yaml")
@@ -364,29 +411,28 @@ def machine() -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def _stage_calls(build: dict) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for _, _, _, kind in build["calls_log"]:
-        out[kind] = out.get(kind, 0) + 1
-    return out
+def stage_rate(run: dict, stage: str, capacity: float, kinds: tuple[str, ...] | None = None) -> dict:
+    """Calls the endpoint served for a flow stage (of `kinds`, default every call of the run)
+    / the stage's wall time in the flow (task submission to the last task's return), as a
+    share of capacity."""
+    st = run["result"]["stages"][stage]
+    log = [c for c in run["calls_log"] if kinds is None or c[3] in kinds]
+    wall = st["wall_s"]
+    rate = len(log) / wall if wall else 0.0
+    start, end = st["clock"]
+    by_kind: dict[str, int] = {}
+    for c in log:
+        by_kind[c[3]] = by_kind.get(c[3], 0) + 1
+    return {"calls": len(log), "by_kind": by_kind, "wall_s": round(wall, 2),
+            "calls_per_s": round(rate, 1), "ratio": round(rate / capacity, 3),
+            # stage start to its first call, and its last call to the stage's end
+            "ramp_up_s": round(min(c[0] for c in log) - start, 2) if log else None,
+            "tail_s": round(end - max(c[2] for c in log), 2) if log else None}
 
 
 def saturation(cold: dict, capacity: float) -> dict:
-    """Per endpoint-bound stage: calls the endpoint served / the stage's wall time in
-    the flow (task submission to the last task's return), as a share of capacity."""
-    stages = cold["result"]["stages"]
-    calls = _stage_calls(cold)
-    out = {}
-    for stage in ("generate", "jury"):
-        wall = stages[stage]["wall_s"]
-        rate = calls.get(stage, 0) / wall if wall else 0.0
-        log = [c for c in cold["calls_log"] if c[3] == stage]
-        start, end = stages[stage]["clock"]
-        out[stage] = {"calls": calls.get(stage, 0), "wall_s": round(wall, 2),
-                      "calls_per_s": round(rate, 1), "ratio": round(rate / capacity, 3),
-                      # stage start to its first call, and its last call to the stage's end
-                      "ramp_up_s": round(min(c[0] for c in log) - start, 2) if log else None,
-                      "tail_s": round(end - max(c[2] for c in log), 2) if log else None}
+    """Per endpoint-bound stage of the build: see `stage_rate`."""
+    out: dict = {stage: stage_rate(cold, stage, capacity, (stage,)) for stage in ("generate", "jury")}
     out["candidates"] = sum(r["generated"] for r in cold["result"]["summary"])
     out["capacity_calls_per_s"] = capacity
     return out
@@ -644,6 +690,14 @@ def table(r: dict) -> str:
     lines.append(f"| 7 | orsc validate --gate: {va['labels']} labels ({va['annotators']} annotators x"
                  f" {va['sample_items']} items) on {va['snapshot_rows']} rows | {va['validate_s']} s"
                  f" (annotate {va['annotate_s']} s, verify {va['verify_s']} s) | | | seconds |")
+    ev = r["evaluation"]
+    for label, st in ((f"evaluate {ev['prompts']} prompts x {ev['models']} models (answers + grades)",
+                       ev["first"]), ("re-grade every answer (grader stage alone)", ev["regrade"])):
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(st["by_kind"].items()))
+        lines.append(f"| 8 | {label}: {st['calls']} calls ({kinds}) in {st['wall_s']} s |"
+                     f" {st['calls_per_s']:.0f} calls/s | {cap:.0f} calls/s | {st['ratio']:.3f} | >= 0.9 |")
+    lines.append(f"| 8 | evaluation metrics, difficulty, report and files ({ev['tasks']} tasks) |"
+                 f" {ev['write_s']} s, peak RSS {ev['peak_rss_mb']} MB | | | |")
     for g in gr["builds"]:
         lines.append(f"| 6 | growth {g['factor']}x: {g['candidates']} candidates | {g['flow_wall_s']} s,"
                      f" {g['peak_rss_mb']} MB | | {g['ms_per_candidate']} ms/candidate | linear |")
@@ -654,13 +708,14 @@ def table(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["build-once"]:
-        ap = argparse.ArgumentParser(prog="bench/run.py build-once")
+    if argv[:1] in (["build-once"], ["evaluate-once"]):
+        ap = argparse.ArgumentParser(prog=f"bench/run.py {argv[0]}")
         for flag in ("--config", "--name", "--result"):
             ap.add_argument(flag, required=True)
         ap.add_argument("--base")
         ap.add_argument("--categories")
-        build_once(ap.parse_args(argv[1:]))
+        ap.add_argument("--snapshot")
+        (build_once if argv[0] == "build-once" else evaluate_once)(ap.parse_args(argv[1:]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="paper")

@@ -1,7 +1,8 @@
 """The `evaluate-benchmark` Prefect flow: wiring only; the logic lives in pipeline/evaluate.py
 (answers and grades) and pipeline/scores.py (metrics and the run's files).
 
-Tasks are (model x category). Each answers and grades its prompts through the process's
+The flow reads the snapshot's prompts once and writes each category's items to a stage
+file. Tasks are (model x category). Each answers and grades its prompts through the process's
 shared gateway, so every call is in the request cache: a run killed half-way resumes from
 it, and adding a model to the panel calls only that model and the grader for its answers.
 """
@@ -21,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.build import close_gateways, gateway_for
 from pipeline.base import open_base
 from pipeline.config import load_config
-from pipeline.evaluate import Response, answer_category, eval_items, load_evaluation, planned_calls
+from pipeline.evaluate import EvalItem, Response, answer_category, eval_items, load_evaluation, planned_calls
 from pipeline.llm import Usage
 from pipeline.progress import note, tracked
 from pipeline.records import content_id, read_jsonl, write_jsonl
@@ -39,10 +40,10 @@ FLOW_NAME = "evaluate-benchmark"
 
 @task(name="evaluate")
 def evaluate_task(config_path: str, snapshot: str, models: list[str], model: str, category: str,
-                  run: str) -> dict:
+                  items_path: str, run: str) -> dict:
     config = load_config(config_path)
     inputs = load_evaluation(config, open_base(Path(snapshot), verify=False), models)
-    items = eval_items(Path(snapshot), [category], config)[category]
+    items = read_jsonl(Path(items_path), EvalItem)
     gateway = gateway_for(config)
     with tracked("evaluate", f"{model} {category}") as progress:
         usage = Usage(progress=progress)
@@ -67,19 +68,25 @@ def evaluate_benchmark(config_path: str, snapshot: str, models: list[str] | None
                                evaluations_dir(config.outputs_dir))
     cats = base.manifest.categories
     started = time.monotonic()
+    # the snapshot is read once; each task reads its category's items from a stage file
+    items = {}
+    for cat, cat_items in eval_items(base.path, cats, config).items():
+        items[cat] = stage_path(config.outputs_dir, "evaluate", f"{name}-items-{content_id([cat])}")
+        write_jsonl(items[cat], cat_items)
     try:
-        futures = [evaluate_task.submit(config_path, str(base.path), inputs.models, m, c, name)
+        futures = [evaluate_task.submit(config_path, str(base.path), inputs.models, m, c, str(items[c]), name)
                    for m in inputs.models for c in cats]
         wait(futures)  # every task ends before one's failure is raised: they share the gateway
         results = [f.result() for f in futures]
     finally:
         close_gateways()
+    ended = time.monotonic()
     calls: Counter[str] = Counter()
     hits: Counter[str] = Counter()
     for r in results:
         calls.update(r["calls"])
         hits.update(r["cache_hits"])
-    note(f"evaluate: finished in {time.monotonic() - started:.1f} s ({len(results)} tasks,"
+    note(f"evaluate: finished in {ended - started:.1f} s ({len(results)} tasks,"
          f" {sum(calls.values()):,} model calls)")
     responses = [resp for r in results for resp in read_jsonl(Path(r["path"]), Response)]
     ev = config.evaluation
@@ -95,5 +102,9 @@ def evaluate_benchmark(config_path: str, snapshot: str, models: list[str] | None
     path = write_evaluation(config.outputs_dir, name, responses, metrics, rows, meta)
     create_markdown_artifact(markdown=leaderboard_markdown(metrics["leaderboard"]), key="leaderboard",
                              description=f"evaluation {name} of snapshot {base.path.name}")
+    done = time.monotonic()
     return {"run": str(path), "leaderboard": metrics["leaderboard"], "model_calls": dict(calls),
-            "cache_hits": dict(hits)}
+            "cache_hits": dict(hits), "tasks": len(results),
+            # monotonic clock at start and end, to line up with an endpoint's own log (bench/)
+            "stages": {"evaluate": {"clock": [started, ended], "wall_s": round(ended - started, 3)},
+                       "write": {"clock": [ended, done], "wall_s": round(done - ended, 3)}}}

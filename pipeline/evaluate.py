@@ -28,14 +28,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.base import BaseSnapshot, read_rows
+from pipeline.base import BaseSnapshot
 from pipeline.config import BuildConfig
 from pipeline.errors import InputError
 from pipeline.jury import ask_labelled
 from pipeline.llm import Gateway
 from pipeline.records import LEVELS, Record, content_id
 from pipeline.sample import seeded_subset
-from pipeline.store import read_taxonomy
+from pipeline.store import PROMPTS, read_jsonl_rows, read_taxonomy
 from pipeline.templates import PromptTemplate, TemplateLibrary
 
 GradeLabel = Literal["full_compliance", "partial_refusal", "full_refusal"]
@@ -109,18 +109,20 @@ def eval_items(snapshot: Path, categories: list[str], config: BuildConfig) -> di
     the distinct harmful requests they neighbour (with `evaluation.contrast`)."""
     ev = config.evaluation
     out: dict[str, list[EvalItem]] = {}
-    kept = [r for r in read_rows(snapshot, categories) if r.reason is None]
+    # the kept rows' fields as stored (the snapshot has verified): parsing every row into a
+    # SnapshotRow costs seconds at paper scale and is not needed here
+    kept = read_jsonl_rows(snapshot / f"{PROMPTS}.jsonl")
     for cat in categories:
-        rows = [r for r in kept if r.category == cat]
+        rows = [r for r in kept if r["category"] == cat]
         items: list[EvalItem] = []
         for level in LEVELS:
-            members = [r for r in rows if r.level == level]
+            members = [r for r in rows if r["level"] == level]
             k = len(members) if ev.sample is None else min(ev.sample, len(members))
-            members = seeded_subset(members, k, f"{ev.seed}:{cat}:{level}", lambda r: r.id)
-            items += [EvalItem(prompt_id=r.id, kind="benign", category=cat, level=level, prompt=r.prompt)
-                      for r in members]
+            members = seeded_subset(members, k, f"{ev.seed}:{cat}:{level}", lambda r: r["id"])
+            items += [EvalItem(prompt_id=r["id"], kind="benign", category=cat, level=level,
+                               prompt=r["prompt"]) for r in members]
         if ev.contrast:
-            questions = sorted({r.original_question for r in rows if r.original_question})
+            questions = sorted({r["original_question"] for r in rows if r.get("original_question")})
             items += [EvalItem(prompt_id=contrast_id(cat, q), kind="harmful", category=cat, level=None,
                                prompt=q) for q in questions]
         out[cat] = items

@@ -28,6 +28,7 @@ FIGURES = {
     "rebuild": ["warm_model_calls", "warm_wall_ratio", "regen_model_calls", "regen_call_ratio"],
     "growth": ["builds", "per_candidate_cost_4x_over_1x"],
     "validation": ["labels", "validate_s", "verify_s", "annotate_s"],
+    "evaluation": ["prompts", "first", "regrade", "write_s", "peak_rss_mb"],
 }
 
 
@@ -45,6 +46,13 @@ def test_bench_tiny_reports_every_figure(tmp_path):
         sat = results["endpoint_saturation"][stage]
         assert sat["calls"] > 0 and 0 < sat["ratio"] <= 1.2
     assert results["endpoint"]["measured_calls_per_s"] > 0
+    ev = results["evaluation"]
+    # two models answer every prompt (and the contrast set); the grader grades every distinct
+    # (question, answer): the fake endpoint's canned refusal to one question is graded once
+    first = ev["first"]["by_kind"]
+    assert ev["prompts"] > 0 and first["answer"] > 2 * ev["prompts"] and 0 < first["grade"] <= first["answer"]
+    assert ev["regrade"]["by_kind"] == {"grade": first["grade"]}  # the answers came from the cache
+    assert 0 < ev["first"]["ratio"] <= 1.2 and 0 < ev["regrade"]["ratio"] <= 1.2
     assert results["rebuild"]["warm_model_calls"] == 0  # a warm rebuild makes no model calls
     assert 0 < results["rebuild"]["regen_call_ratio"] <= 1.05
     search = results["search"]
@@ -56,5 +64,6 @@ def test_bench_tiny_reports_every_figure(tmp_path):
     # the markdown table is printed, one row per figure
     assert 0 < results["gateway"]["cpu_ms_per_call"] < 50
     for label in ("endpoint capacity", "gateway CPU per call", "generate:", "jury:", "Prefect + bookkeeping",
-                  "embedding", "search", "warm rebuild", "regenerate", "growth 4x", "orsc validate"):
+                  "embedding", "search", "warm rebuild", "regenerate", "growth 4x", "orsc validate",
+                  "models (answers + grades)", "grader stage alone"):
         assert label in proc.stdout, label
