@@ -124,17 +124,22 @@ async def _load(port: int, calls: int, connections: int) -> float:
     return calls / (time.perf_counter() - started)
 
 
+def union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Time covered by at least one of the (start, end) intervals."""
+    total, end = 0.0, None
+    for start, finish in sorted(intervals):
+        if end is None or start > end:
+            total += finish - start
+            end = finish
+        elif finish > end:
+            total += finish - end
+            end = finish
+    return total
+
+
 def busy_seconds(log: list) -> float:
     """Time during which at least one call was at the endpoint (arrived .. finished)."""
-    total, end = 0.0, None
-    for arrived, _, finished, _ in sorted(log):
-        if end is None or arrived > end:
-            total += finished - arrived
-            end = finished
-        elif finished > end:
-            total += finished - end
-            end = finished
-    return total
+    return union_seconds([(arrived, finished) for arrived, _, finished, _ in log])
 
 
 # -- inputs for a build of a given size ---------------------------------------------------
@@ -439,15 +444,21 @@ def saturation(cold: dict, capacity: float) -> dict:
 
 
 def orchestration(cold: dict) -> dict:
-    """Flow wall time split into: waiting on the endpoint (some call in flight), the
-    dedup stage (embedding + search: figures 3 and 4), and the rest - Prefect,
-    reading and writing stage files, templating, export - which is the overhead."""
+    """Flow wall time split into: waiting on the endpoint (some call in flight), embedding
+    and search (the embed stage, which starts with generate, and the dedup stage: figures
+    3 and 4), and the rest - Prefect, reading and writing stage files, templating,
+    export - which is the overhead."""
     wall = cold["flow_wall_s"]
+    stages = cold["result"]["stages"]
     busy = busy_seconds(cold["calls_log"])
-    dedup = cold["result"]["stages"]["dedup"]["wall_s"]
-    overhead = max(0.0, wall - busy - dedup)
+    embed_dedup = [tuple(stages[s]["clock"]) for s in ("embed", "dedup")]
+    covered = union_seconds([(a, f) for a, _, f, _ in cold["calls_log"]] + embed_dedup)
+    dedup = union_seconds(embed_dedup)  # overlaps the generate stage's calls
+    overhead = max(0.0, wall - covered)
     return {"process_wall_s": round(cold["wall_s"], 1), "flow_wall_s": round(wall, 1),
             "endpoint_busy_s": round(busy, 1), "dedup_s": round(dedup, 1),
+            # how long the embed stage ran on after the last generate task
+            "embed_tail_s": round(stages["embed"]["clock"][1] - stages["generate"]["clock"][1], 1),
             "overhead_s": round(overhead, 1), "overhead_share": round(overhead / wall, 4),
             "export_s": round(cold["result"]["stages"]["export"]["wall_s"], 1),
             "import_s": round(cold["import_s"], 1),
@@ -667,8 +678,8 @@ def table(r: dict) -> str:
                      f" calls/s | {cap:.0f} calls/s | {st['ratio']:.3f} | >= 0.9 |")
     lines += [
         f"| 2 | Prefect + bookkeeping ({sat['candidates']} candidates) | {orch['overhead_s']} s of"
-        f" {orch['flow_wall_s']} s flow wall | endpoint busy {orch['endpoint_busy_s']} s, dedup"
-        f" {orch['dedup_s']} s | {orch['overhead_share']:.3f} | < 0.05 |",
+        f" {orch['flow_wall_s']} s flow wall | endpoint busy {orch['endpoint_busy_s']} s, embed + dedup"
+        f" {orch['dedup_s']} s (overlapping) | {orch['overhead_share']:.3f} | < 0.05 |",
         f"| 2 | peak RSS, Prefect tasks | {orch['peak_rss_mb']} MB, {orch['prefect_tasks']} tasks |"
         " 4096 MB | | < 4 GB |",
         f"| 3 | embedding {emb['texts']} texts (batch {emb['pipeline_batch_size']}) |"

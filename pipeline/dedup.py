@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -29,8 +30,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pipeline.config import DedupConfig
+from pipeline.config import BuildConfig, DedupConfig
 from pipeline.files import default_embedding_model, model_identity
+from pipeline.llm import Gateway, Usage
 from pipeline.progress import TaskProgress
 from pipeline.records import Candidate, Decision
 from pipeline.store import open_cache_db
@@ -68,18 +70,42 @@ class EmbeddingCache:
 
 
 class Embedder:
-    """sentence-transformers model loaded from a local directory, once per process;
-    with a cache, only texts it has not embedded before are encoded."""
+    """Texts to L2-normalised vectors: a sentence-transformers model loaded from a local
+    directory (once per process), or with `gateway` and `role` an endpoint's
+    /v1/embeddings in requests of `batch_size` texts. With a cache, only texts this model
+    has not embedded before are encoded."""
 
     _models: dict[str, object] = {}
     _lock = threading.Lock()
+    _encoding = threading.Lock()  # one local encode at a time: torch uses every core for one
 
     def __init__(self, model_path: str | Path | None = None, batch_size: int = 32,
-                 cache: EmbeddingCache | None = None, progress: TaskProgress | None = None):
+                 cache: EmbeddingCache | None = None, progress: TaskProgress | None = None,
+                 gateway: Gateway | None = None, role: str | None = None):
         self.model_path = str(model_path or default_embedding_model())
         self.batch_size = batch_size
         self.cache = cache
         self.progress = progress  # texts embedded (or found in the cache) so far
+        self.gateway, self.role = gateway, role
+        self.usage = Usage()  # the embedder role's calls
+
+    @classmethod
+    def for_config(cls, config: BuildConfig, cache: EmbeddingCache | None = None,
+                   progress: TaskProgress | None = None, gateway: Gateway | None = None) -> Embedder:
+        """The config's embedder: its `dedup.embedder` role through `gateway`, or the local model."""
+        dedup = config.dedup
+        if dedup.embedder is None:
+            return cls(dedup.model_path, dedup.batch_size, cache, progress)
+        if gateway is None:
+            raise ValueError("an embedder role needs the gateway")
+        return cls(None, dedup.batch_size, cache, progress, gateway, dedup.embedder)
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """The model, in the cache key: `model@endpoint` of the role, or a hash of the local files."""
+        if self.role is not None:
+            return self.gateway.config.embedding_identity()
+        return model_identity(self.model_path)
 
     def _model(self):
         with self._lock:
@@ -102,8 +128,7 @@ class Embedder:
             self.progress.expect(len(texts))
         if self.cache is None:
             return self._encode(texts)
-        model = model_identity(self.model_path)
-        keys = [hashlib.sha256(f"{model}\0{t}".encode()).hexdigest() for t in texts]
+        keys = [hashlib.sha256(f"{self.identity}\0{t}".encode()).hexdigest() for t in texts]
         found = self.cache.get_many(list(dict.fromkeys(keys)))
         todo = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
         if self.progress:
@@ -116,15 +141,34 @@ class Embedder:
         return np.stack([np.frombuffer(found[k], dtype="float32") for k in keys])
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        """In slices of PROGRESS_SLICE texts, so progress moves every few seconds."""
-        model = self._model()
-        parts = []
-        for i in range(0, len(texts), PROGRESS_SLICE):
-            chunk = texts[i:i + PROGRESS_SLICE]
-            parts.append(model.encode(chunk, batch_size=self.batch_size, normalize_embeddings=True,
-                                      convert_to_numpy=True))
-            if self.progress:
-                self.progress.advance(len(chunk))
+        if self.role is not None:
+            return self._encode_remote(texts)
+        # In slices of PROGRESS_SLICE texts, so progress moves every few seconds.
+        with self._encoding:
+            model = self._model()
+            parts = []
+            for i in range(0, len(texts), PROGRESS_SLICE):
+                chunk = texts[i:i + PROGRESS_SLICE]
+                parts.append(model.encode(chunk, batch_size=self.batch_size, normalize_embeddings=True,
+                                          convert_to_numpy=True))
+                if self.progress:
+                    self.progress.advance(len(chunk))
+        return np.ascontiguousarray(np.concatenate(parts), dtype="float32")
+
+    def _encode_remote(self, texts: list[str]) -> np.ndarray:
+        """Requests of `batch_size` texts, as many in flight as the endpoint allows."""
+        gateway, progress = self.gateway, self.progress
+
+        def batch(chunk: list[str]):
+            async def call() -> np.ndarray:
+                vectors = await gateway.embed(self.role, chunk)
+                if progress:
+                    progress.advance(len(chunk))
+                return vectors
+            return call
+
+        chunks = [texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+        parts = gateway.run(gateway.gather([batch(c) for c in chunks]), self.usage)
         return np.ascontiguousarray(np.concatenate(parts), dtype="float32")
 
 
@@ -185,16 +229,23 @@ def _ivf_pairs(vectors: np.ndarray, floor: float) -> tuple[np.ndarray, ...]:
     return rows[earlier], ids[earlier], sims[earlier]
 
 
+def embedding_texts(keepers: list[Candidate], candidates: list[Candidate]) -> list[str]:
+    """What dedup embeds: every prompt (keepers first), then the template prompts of the
+    candidates' rewrites (for the off-topic check) that are not among them. A template
+    prompt is embedded once, as the candidate it also is (variant 0)."""
+    texts = [c.prompt for c in [*keepers, *candidates]]
+    known = set(texts)
+    return texts + [t for t in dict.fromkeys(c.template_text for c in candidates if c.is_rewrite)
+                    if t not in known]
+
+
 def dedup_candidates(candidates: list[Candidate], cfg: DedupConfig, embedder: Embedder,
                      keepers: list[Candidate] = (), min_similarity: float | None = None) -> list[Decision]:
     """`keepers` are prompts already in the benchmark (carried over from a base snapshot):
     they come first, are always kept, and get no Decision of their own. `min_similarity`
     None: no off-topic check."""
     pool = [*keepers, *candidates]
-    texts = [c.prompt for c in pool]
-    # A template prompt is embedded once, as the candidate it also is (variant 0).
-    known = set(texts)
-    texts += [t for t in dict.fromkeys(c.template_text for c in candidates if c.is_rewrite) if t not in known]
+    texts = embedding_texts(keepers, candidates)
     embedded = embedder.encode(texts)
     row_of = {text: i for i, text in enumerate(texts)}
     vectors = embedded[:len(pool)]

@@ -81,7 +81,7 @@ def models_of(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
     return {r: {"endpoint": cfg.endpoint_for(r).identity, "model": cfg.roles[r].model,
                 "sampling": cfg.roles[r].sampling().model_dump(), "prompt": cfg.roles[r].prompt,
                 **cfg.roles[r].scoring_rule()}
-            for r in [cfg.generation.role, *cfg.jury.jurors]}
+            for r in [cfg.generation.role, *cfg.jury.jurors, *filter(None, [cfg.dedup.embedder])]}
 
 
 def jury_of(cfg: BuildConfig) -> dict[str, Any]:

@@ -66,7 +66,8 @@ def config_parts(cfg: BuildConfig) -> dict:
         # min_similarity only when set: None hashes as configs from before the check did
         "generation": {"rewrites": gen.rewrites, "levels": gen.levels,
                        **({} if gen.min_similarity is None else {"min_similarity": gen.min_similarity})},
-        "dedup": cfg.dedup.model_dump(exclude={"batch_size", "model_path"}),
+        # the embedder's identity is `dedup_model`; the key only when set, as before it existed
+        "dedup": cfg.dedup.model_dump(exclude={"batch_size", "model_path", "embedder"}),
         "jury": {"jurors": cfg.jury.jurors, "required_benign": cfg.jury.required_benign,
                  "max_repairs": cfg.jury.max_repairs, "calibrate": cfg.jury.calibrate},
     }

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.config import BuildConfig
 from pipeline.errors import InputError, from_validation_error, shorten
-from pipeline.files import default_embedding_model, load_yaml, model_identity
+from pipeline.files import load_yaml
 from pipeline.records import CATEGORY_ID_PATTERN, SeedTopic, content_id
 from pipeline.templates import PromptTemplate, TemplateLibrary
 
@@ -78,7 +78,7 @@ class BuildInputs:
     generation_templates: dict[str, list[PromptTemplate]]  # level -> templates
     rewrite_template: PromptTemplate
     judge_templates: dict[str, PromptTemplate]  # juror role -> template
-    dedup_model: str  # identity of the embedding model's files (files.model_identity)
+    dedup_model: str  # BuildConfig.embedding_identity()
 
 
 def load_taxonomy(seeds_dir: Path) -> Taxonomy:
@@ -191,5 +191,5 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> Bui
             raise InputError(cfg_file, f"endpoints.{name}.api_key_env",
                              f"environment variable {var} is not set",
                              f"export {var}=... before running, or point the roles at another endpoint")
-    dedup_model = model_identity(config.dedup.model_path or default_embedding_model())
+    dedup_model = config.embedding_identity()
     return BuildInputs(config, taxonomy, selected, seeds, gen_templates, rewrite, judges, dedup_model)

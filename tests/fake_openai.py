@@ -1,7 +1,10 @@
 """A scripted OpenAI-compatible chat server on loopback: a real HTTP server, not a mock.
 
 Replies come from `reply(request) -> str`, or `-> (str, logprobs)` for a reply with
-token log-probabilities (the `logprobs.content` list of an OpenAI chat completion);
+token log-probabilities (the `logprobs.content` list of an OpenAI chat completion).
+POST .../embeddings answers with `embed(text) -> list[float]` per input (default: a
+bag of words hashed into 64 dimensions, so texts sharing words are similar) and is
+recorded apart, in `embedding_requests` with its arrival time;
 `fail_next(n, status, body, headers)` makes
 the next n requests get another answer (an error status, an HTML page, a Retry-After
 header); every request is recorded with its path and headers, and the highest number
@@ -10,6 +13,7 @@ of requests in flight at once is tracked.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -28,10 +32,20 @@ def default_reply(request: dict) -> str:
     return f"Could you tell me: {question} (variant {request.get('seed')})"
 
 
+def bag_of_words(text: str, dim: int = 64) -> list[float]:
+    vector = [0.0] * dim
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        vector[hashlib.sha256(word.encode()).digest()[0] % dim] += 1.0
+    return vector
+
+
 class FakeOpenAI:
-    def __init__(self, reply: Callable[[dict], str | tuple] = default_reply, delay_s: float = 0.0):
+    def __init__(self, reply: Callable[[dict], str | tuple] = default_reply, delay_s: float = 0.0,
+                 embed: Callable[[str], list[float]] = bag_of_words):
         self.reply = reply
         self.delay_s = delay_s
+        self.embed = embed
+        self.embedding_requests: list[tuple[float, dict]] = []  # (time.monotonic(), request)
         self.requests: list[dict] = []
         self.paths: list[str] = []
         self.headers: list[dict] = []
@@ -60,6 +74,18 @@ class FakeOpenAI:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 request = json.loads(self.rfile.read(length))
+                if self.path.endswith("/embeddings"):
+                    with fake._lock:
+                        fake.embedding_requests.append((time.monotonic(), request))
+                        fault = fake._failures.pop(0) if fake._failures else None
+                    if fault is not None:
+                        self._send(*fault)
+                        return
+                    data = [{"object": "embedding", "index": i, "embedding": fake.embed(text)}
+                            for i, text in enumerate(request["input"])]
+                    self._send(200, {"object": "list", "data": data, "model": request["model"],
+                                     "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+                    return
                 with fake._lock:
                     fake.requests.append(request)
                     fake.paths.append(self.path)

@@ -170,7 +170,7 @@ def test_manifest_and_dataset_card(built):
 def test_second_build_with_same_inputs_makes_zero_model_calls(built):
     assert built["rc_second"] == 0 and built["calls_second"] == 0
     out = built["out_second"]
-    assert "model calls: 0" in out and "from Prefect's cache: 5 of 5" in out
+    assert "model calls: 0" in out and "from Prefect's cache: 7 of 7" in out
     first, second = built["snapshot"], built["snapshot"].parent / "second"
     assert snapshot_files(first) == snapshot_files(second)
 
@@ -185,7 +185,7 @@ def test_same_request_cache_in_a_fresh_outputs_dir_gives_identical_bytes(built, 
     assert main(["build", "--config", str(cfg), "--name", "first"]) == 0
     out = capsys.readouterr().out
     assert built["server"].chat_count == before and "model calls: 0" in out
-    assert "from Prefect's cache: 0 of 5" in out
+    assert "from Prefect's cache: 0 of 7" in out
     assert snapshot_files(fresh / "snapshots" / "first") == snapshot_files(built["snapshot"])
 
 

@@ -66,7 +66,7 @@ def test_editing_the_cli_rebuilds_nothing_and_editing_jury_py_only_the_jury(tmp_
         cli = src / "pipeline" / "cli.py"
         cli.write_text(cli.read_text().replace("run the build-benchmark flow and write a snapshot",
                                                "build a benchmark snapshot"))
-        assert _cached(_build(src, cfg, env, "after-cli-edit")) == (0, 5, 5)
+        assert _cached(_build(src, cfg, env, "after-cli-edit")) == (0, 7, 7)
         out = _build(src, cfg, env, "after-cli-edit-base", "--base",
                      str(tmp_path / "outputs" / "snapshots" / "first"))
         assert "self_harm: carried over" in out and "drug_abuse: carried over" in out
@@ -74,7 +74,7 @@ def test_editing_the_cli_rebuilds_nothing_and_editing_jury_py_only_the_jury(tmp_
         jury = src / "pipeline" / "jury.py"
         jury.write_text(jury.read_text() + "\n# a change to how verdicts are decided\n")
         calls, cached, total = _cached(_build(src, cfg, env, "after-jury-edit"))
-        assert (calls, cached, total) == (0, 3, 5)  # generate x2 and dedup cached; jury x2 re-run
+        assert (calls, cached, total) == (0, 5, 7)  # generate, embed x2 and dedup cached; jury x2 re-run
         out = _build(src, cfg, env, "after-jury-edit-base", "--base",
                      str(tmp_path / "outputs" / "snapshots" / "first"))
         assert "self_harm: rebuilt (changed: code_jury)" in out

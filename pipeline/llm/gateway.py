@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx2
+import numpy as np
 import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -329,23 +330,45 @@ class Gateway:
             return None
         return call["text"], choice_logprobs((call["response"].get("choices") or [{}])[0])
 
-    async def _call(self, role_name: str, ep_name: str, ep: EndpointConfig,
-                    request: ChatRequest) -> tuple[str, list | None]:
+    async def embed(self, role_name: str, texts: list[str]) -> np.ndarray:
+        """One /v1/embeddings request for a role: the texts' vectors, L2-normalised, in
+        order (float32, one row per text). Bounded, retried and counted like a chat call;
+        not in the request cache: the dedup stage keeps vectors in the embedding cache."""
+        role = self.config.roles[role_name]
+        ep = self.config.endpoints[role.endpoint]
+        body = {"model": role.model, "input": texts, "encoding_format": "float"}
+        _, reply, _ = await self._send(role.endpoint, ep, "/embeddings", body,
+                                       lambda raw: _parse_embeddings(raw, len(texts)))
+        usage = _usage.get()
+        if usage:
+            usage.count(role_name, cached=False)
+        rows = sorted(reply.data, key=lambda d: d.index)
+        vectors = np.asarray([d.embedding for d in rows], dtype="float32")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms > 0, norms, 1.0)
+
+    async def _send(self, ep_name: str, ep: EndpointConfig, path: str, body: dict[str, Any],
+                    parse: Callable[[bytes], T]) -> tuple[bytes, T, float]:
+        """POST `body` to the endpoint within its concurrency bound, with the retry policy:
+        the raw reply, `parse` of it (which raises _Retryable for a reply it cannot use) and
+        the successful attempt's latency."""
         where = f"endpoint '{ep_name}' ({ep.identity})"
-        body = request.body()
         async with self._semaphore(ep_name):
             client = await self._client(ep_name)
             for attempt in range(ep.max_retries + 1):
                 started = time.monotonic()
                 try:
-                    raw = await self._post(client, body, where)
-                    reply = _parse_reply(raw)
-                    break
+                    raw = await self._post(client, path, body, where)
+                    return raw, parse(raw), time.monotonic() - started
                 except _Retryable as err:
                     if attempt == ep.max_retries:
                         raise LLMError(f"{where} failed after {attempt + 1} attempts: {err}") from err
                     await asyncio.sleep(backoff_s(attempt, err.wait_s))
-        latency = time.monotonic() - started
+        raise AssertionError("unreachable")
+
+    async def _call(self, role_name: str, ep_name: str, ep: EndpointConfig,
+                    request: ChatRequest) -> tuple[str, list | None]:
+        raw, reply, latency = await self._send(ep_name, ep, "/chat/completions", request.body(), _parse_reply)
         text = reply.choices[0].message.content or ""
         await self._writer.store(CachedCall(request.key, request.endpoint, request.model, request.record_json,
                                             raw.decode("utf-8", errors="replace"), text, reply.usage,
@@ -356,9 +379,9 @@ class Gateway:
         return text, choice_logprobs(reply.choices[0].model_extra or {})
 
     @staticmethod
-    async def _post(client: openai.AsyncOpenAI, body: dict[str, Any], where: str) -> bytes:
+    async def _post(client: openai.AsyncOpenAI, path: str, body: dict[str, Any], where: str) -> bytes:
         try:
-            response = await client.post("/chat/completions", body=body, cast_to=httpx2.Response)
+            response = await client.post(path, body=body, cast_to=httpx2.Response)
         except openai.APIConnectionError as err:  # timeouts included
             raise _Retryable(_connection_problem(err)) from err
         except openai.APIStatusError as err:
@@ -419,6 +442,34 @@ def _connection_problem(err: BaseException) -> str:
     if refused is not None:
         return f"connection error: {shorten(str(refused), 200)}"
     return "timed out"
+
+
+class _Embedding(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    index: int
+    embedding: list[float] = Field(min_length=1)
+
+
+class EmbeddingsReply(BaseModel):
+    """The part of a /v1/embeddings reply the gateway relies on."""
+
+    model_config = ConfigDict(extra="allow")
+    data: list[_Embedding]
+
+
+def _parse_embeddings(raw: bytes, n: int) -> EmbeddingsReply:
+    """A reply is used only when it holds one vector per text, all of one size; anything
+    else is retried."""
+    try:
+        reply = EmbeddingsReply.model_validate_json(raw)
+    except ValidationError as err:
+        text = raw[:200].decode(errors="replace")
+        raise _Retryable(f"the reply is not an embeddings list: {text!r}") from err
+    if sorted(d.index for d in reply.data) != list(range(n)):
+        raise _Retryable(f"the reply holds {len(reply.data)} embeddings for {n} texts")
+    if len({len(d.embedding) for d in reply.data}) > 1:
+        raise _Retryable("the reply's embeddings differ in size")
+    return reply
 
 
 def _parse_reply(raw: bytes) -> ChatCompletionReply:
