@@ -20,7 +20,13 @@ Replies are deterministic in the request body:
   distinct prompts; 1 in 50 repeats its template text's question so dedup has
   near-duplicates to find.
 
-Run: python bench/fake_endpoint.py --port 0 [--service-ms 50 --slots 64]
+POST /v1/embeddings has a capacity of its own: a request holds one of `embed_slots`
+slots for `embed_ms_per_text` per text it carries (8 slots x 2 ms = 4,000 texts/s by
+default), logged with kind "embed". Each text gets one of 4,096 fixed 384-dimension
+unit vectors, chosen by the text's hash (identical texts, identical vectors).
+
+Run: python bench/fake_endpoint.py --port 0 [--service-ms 50 --slots 64
+     --embed-ms-per-text 2 --embed-slots 8]
 (prints "listening on http://127.0.0.1:PORT/v1" once ready).
 """
 
@@ -93,10 +99,32 @@ def completion(body: bytes, request: dict) -> bytes:
     }).encode()
 
 
+def _vector_pool(n: int = 4096, dim: int = 384) -> list[bytes]:
+    """n unit vectors as JSON arrays, made once (encoding 384 floats per text per
+    request would cost the endpoint more CPU than it models)."""
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((n, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return [("[" + ",".join(f"{v:.5f}" for v in row) + "]").encode() for row in x]
+
+
+def embeddings(request: dict, pool: list[bytes]) -> bytes:
+    items = [b'{"object":"embedding","index":%d,"embedding":%s}'
+             % (i, pool[int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") % len(pool)])
+             for i, text in enumerate(request["input"])]
+    return (b'{"object":"list","model":' + json.dumps(request.get("model", "fake")).encode()
+            + b',"data":[' + b",".join(items) + b'],"usage":{"prompt_tokens":0,"total_tokens":0}}')
+
+
 class FakeEndpoint:
-    def __init__(self, service_s: float = 0.05, slots: int = 64):
+    def __init__(self, service_s: float = 0.05, slots: int = 64, embed_s_per_text: float = 0.002,
+                 embed_slots: int = 8):
         self.service_s = service_s
         self.slots = asyncio.Semaphore(slots)
+        self.embed_s_per_text = embed_s_per_text
+        self.embed_slots = asyncio.Semaphore(embed_slots)
+        self.pool = _vector_pool()
         self.log: list[tuple[float, float, float, str]] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -118,6 +146,14 @@ class FakeEndpoint:
                         await asyncio.sleep(self.service_s)
                     self.log.append((arrived, served, time.monotonic(), kind(request)))
                     status, data = "200 OK", completion(body, request)
+                elif method == "POST" and path.endswith("/embeddings"):
+                    arrived = time.monotonic()
+                    request = json.loads(body)
+                    async with self.embed_slots:
+                        served = time.monotonic()
+                        await asyncio.sleep(self.embed_s_per_text * len(request["input"]))
+                    self.log.append((arrived, served, time.monotonic(), "embed"))
+                    status, data = "200 OK", embeddings(request, self.pool)
                 elif method == "GET" and path.split("?")[0].endswith("/log"):
                     status, data = "200 OK", json.dumps({"calls": self.log}).encode()
                     if "reset=1" in path:
@@ -133,8 +169,8 @@ class FakeEndpoint:
             writer.close()
 
 
-async def serve(port: int, service_s: float, slots: int) -> None:
-    endpoint = FakeEndpoint(service_s, slots)
+async def serve(port: int, service_s: float, slots: int, embed_s_per_text: float, embed_slots: int) -> None:
+    endpoint = FakeEndpoint(service_s, slots, embed_s_per_text, embed_slots)
     server = await asyncio.start_server(endpoint.handle, "127.0.0.1", port, backlog=1024)
     print(f"listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", flush=True)
     stop = asyncio.Event()
@@ -149,8 +185,11 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--service-ms", type=float, default=50.0)
     ap.add_argument("--slots", type=int, default=64)
+    ap.add_argument("--embed-ms-per-text", type=float, default=2.0)
+    ap.add_argument("--embed-slots", type=int, default=8)
     args = ap.parse_args()
-    asyncio.run(serve(args.port, args.service_ms / 1000, args.slots))
+    asyncio.run(serve(args.port, args.service_ms / 1000, args.slots, args.embed_ms_per_text / 1000,
+                      args.embed_slots))
 
 
 if __name__ == "__main__":

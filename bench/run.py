@@ -99,10 +99,15 @@ def get_json(url: str) -> dict | None:
 
 # -- figure 1: the endpoint's capacity, measured with a plain async load generator ---------
 
-async def _load(port: int, calls: int, connections: int) -> float:
-    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Is this safe?"}],
-                       "response_format": {"type": "json_object"}}).encode()
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type:"
+JUROR_REQUEST = {"model": "m", "messages": [{"role": "user", "content": "Is this safe?"}],
+                 "response_format": {"type": "json_object"}}
+
+
+async def _load(port: int, calls: int, connections: int, path: str = "/v1/chat/completions",
+                payload: dict = JUROR_REQUEST) -> float:
+    """Requests per second a plain asyncio client gets, `connections` at a time."""
+    body = json.dumps(payload).encode()
+    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type:"
                f" application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     remaining = calls
 
@@ -169,7 +174,10 @@ def synth_seeds(dest: Path, per_category: int) -> Path:
 
 
 def write_config(path: Path, seeds: Path, outputs: Path, base_url: str, rewrites: int,
-                 concurrency: int, exact_max: int | None = None, grader_model: str = "bench-grader") -> Path:
+                 concurrency: int, exact_max: int | None = None, grader_model: str = "bench-grader",
+                 embedder: int | None = None) -> Path:
+    """A bench build's config; `embedder`: embed through the endpoint's /v1/embeddings with
+    this many requests in flight (default: the local model)."""
     judges = ["harm_definition.j2", "asker_intent.j2", "contrast.j2"]
     cfg = {
         "seeds_dir": str(seeds), "templates_dir": str(REPO / "prompts_templates"),
@@ -192,6 +200,11 @@ def write_config(path: Path, seeds: Path, outputs: Path, base_url: str, rewrites
     }
     if exact_max:
         cfg["dedup"] = {"exact_max": exact_max}
+    if embedder:
+        cfg["endpoints"]["bench-embed"] = {"base_url": base_url, "max_concurrency": embedder,
+                                           "max_retries": 2, "timeout_s": 60}
+        cfg["roles"]["embedder"] = {"endpoint": "bench-embed", "model": "bench-embedder"}
+        cfg["dedup"] = {**cfg.get("dedup", {}), "embedder": "embedder"}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path
@@ -238,11 +251,13 @@ def peak_rss_mb() -> float:
 
 
 class Bench:
-    def __init__(self, size: str, workdir: Path, service_ms: float, slots: int):
+    def __init__(self, size: str, workdir: Path, service_ms: float, slots: int,
+                 embed_ms_per_text: float = 2.0, embed_slots: int = 8):
         self.size = SIZES[size]
         self.size_name = size
         self.work = workdir
         self.service_ms, self.slots = service_ms, slots
+        self.embed_ms_per_text, self.embed_slots = embed_ms_per_text, embed_slots
         self.env = {**os.environ, "PREFECT_HOME": str(workdir / "prefect-home"),
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
                     "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
@@ -252,7 +267,9 @@ class Bench:
     def start(self) -> None:
         port = free_port()
         fake = Child([sys.executable, str(BENCH / "fake_endpoint.py"), "--port", str(port),
-                      "--service-ms", str(self.service_ms), "--slots", str(self.slots)],
+                      "--service-ms", str(self.service_ms), "--slots", str(self.slots),
+                      "--embed-ms-per-text", str(self.embed_ms_per_text),
+                      "--embed-slots", str(self.embed_slots)],
                      self.env, self.work / "fake_endpoint.log")
         self.children.append(fake)
         self.port = port
@@ -312,6 +329,39 @@ class Bench:
         return {"nominal_calls_per_s": self.slots / (self.service_ms / 1000),
                 "measured_calls_per_s": round(rate, 1), "calls": self.size["capacity_calls"],
                 "connections": 2 * self.slots}
+
+    def embedding_endpoint(self, texts: list[str], seeds: Path) -> dict:
+        """The dedup stage's Embedder with an embedder role (requests of `dedup.batch_size`
+        texts, into a fresh embedding cache) against the fake endpoint's /v1/embeddings,
+        beside that endpoint's capacity measured with the plain load generator."""
+        from pipeline.config import load_config
+        from pipeline.dedup import Embedder, EmbeddingCache
+        from pipeline.llm import Gateway
+
+        batch = 32
+        payload = {"model": "m", "input": [f"Is dose {i} of this medicine safe?" for i in range(batch)]}
+        self.calls_log()
+        requests = max(20, self.size["capacity_calls"] // batch)
+        rate = batch * asyncio.run(_load(self.port, requests, 2 * self.embed_slots, "/v1/embeddings",
+                                         payload))
+        self.calls_log()
+        work = self.work / "embedder"
+        cfg = load_config(write_config(work / "config.yaml", seeds, work / "outputs", self.base_url, 1,
+                                       2 * self.slots, embedder=2 * self.embed_slots))
+        gw = Gateway(cfg)
+        cache = EmbeddingCache(work / "outputs" / "cache" / "embeddings.sqlite")
+        try:
+            started = time.perf_counter()
+            Embedder.for_config(cfg, cache, gateway=gw).encode(texts)
+            wall = time.perf_counter() - started
+        finally:
+            cache.close()
+            gw.close()
+        requests_made = sum(1 for c in self.calls_log() if c[3] == "embed")
+        return {"texts": len(texts), "batch_size": cfg.dedup.batch_size, "requests": requests_made,
+                "capacity_texts_per_s": round(rate, 1),
+                "nominal_texts_per_s": round(self.embed_slots / (self.embed_ms_per_text / 1000), 1),
+                "texts_per_s": round(len(texts) / wall, 1), "ratio": round(len(texts) / wall / rate, 3)}
 
     def gateway_cpu(self) -> dict:
         """CPU per model call in the gateway (request and cache key, the openai client over
@@ -393,6 +443,12 @@ class Bench:
                                                   s["labels"], self.work / "annotation", self.env)
         texts = dedup_inputs(self.work / "paper" / "outputs" / "snapshots" / "cold")
         results["embedding"], vectors = embedding(texts, s["sweep_texts"])
+        results["embedding_endpoint"] = self.embedding_endpoint(texts, seeds)
+        # a cold build with that endpoint as its embedder, from an empty outputs dir
+        ecfg = write_config(self.work / "paper-embedder" / "config.yaml", seeds,
+                            self.work / "paper-embedder" / "outputs", self.base_url, s["rewrites"],
+                            2 * self.slots, s["exact_max"], embedder=2 * self.embed_slots)
+        results["embedder_build"] = embedder_build(self.build(ecfg, "cold-embedder"), cold)
         results["search"] = {"real": search_real(vectors, s["exact_max"]),
                              "synthetic": search_synthetic(s["synthetic_vectors"], s["exact_max"])}
 
@@ -464,6 +520,20 @@ def orchestration(cold: dict) -> dict:
             "import_s": round(cold["import_s"], 1),
             "prefect_tasks": cold["result"]["stage_tasks"] + 1,
             "peak_rss_mb": round(cold["peak_rss_mb"])}
+
+
+def embedder_build(build: dict, cold: dict) -> dict:
+    """A cold build embedding through the endpoint beside the cold build with the local
+    model: each category is embedded as its generate task returns, so the dedup stage is
+    left with the search."""
+    stages, local = build["result"]["stages"], cold["result"]["stages"]
+    return {"flow_wall_s": round(build["flow_wall_s"], 1), "local_flow_wall_s": round(cold["flow_wall_s"], 1),
+            "embed_requests": sum(1 for c in build["calls_log"] if c[3] == "embed"),
+            "generate_s": round(stages["generate"]["wall_s"], 1),
+            "embed_tail_s": round(stages["embed"]["clock"][1] - stages["generate"]["clock"][1], 1),
+            "dedup_s": round(stages["dedup"]["wall_s"], 1),
+            "local_embed_tail_s": round(local["embed"]["clock"][1] - local["generate"]["clock"][1], 1),
+            "local_dedup_s": round(local["dedup"]["wall_s"], 1)}
 
 
 def edit_seeds(path: Path) -> None:
@@ -658,6 +728,7 @@ def growth_figure(builds: list[tuple[int, dict]]) -> dict:
 def table(r: dict) -> str:
     sat, orch, emb, rb = r["endpoint_saturation"], r["orchestration"], r["embedding"], r["rebuild"]
     real, syn, gr = r["search"]["real"], r["search"]["synthetic"], r["growth"]
+    ee, eb = r["embedding_endpoint"], r["embedder_build"]
     cap = r["endpoint"]["measured_calls_per_s"]
     lines = [
         f"health-orsc bench ({r['size']}), {r['date']}, {r['machine']['cpus']} CPUs, {r['machine']['cpu']}",
@@ -685,6 +756,13 @@ def table(r: dict) -> str:
         f"| 3 | embedding {emb['texts']} texts (batch {emb['pipeline_batch_size']}) |"
         f" {emb['pipeline_texts_per_s']:.0f} texts/s | {emb['bare_texts_per_s']:.0f} texts/s (bare encode,"
         f" batch {emb['bare_best_batch_size']}) | {emb['ratio']:.3f} | >= 0.95 |",
+        f"| 3 | embedding through /v1/embeddings ({ee['texts']} texts, requests of {ee['batch_size']}) |"
+        f" {ee['texts_per_s']:.0f} texts/s | {ee['capacity_texts_per_s']:.0f} texts/s (plain async load;"
+        f" {ee['nominal_texts_per_s']:.0f} nominal) | {ee['ratio']:.3f} | >= 0.9 |",
+        f"| 3 | cold build embedding through the endpoint | {eb['flow_wall_s']} s flow wall, dedup"
+        f" {eb['dedup_s']} s, embedding done {eb['embed_tail_s']} s after generate | local model:"
+        f" {eb['local_flow_wall_s']} s, dedup {eb['local_dedup_s']} s, {eb['local_embed_tail_s']} s after"
+        " generate | | |",
         f"| 4 | search {real['vectors']} real vectors, {real['method']} | {real['seconds']} s, recall"
         f" {real['recall']} | {real['numpy_blocked_seconds']} s numpy blocked | {real['time_ratio']:.3f} |"
         " <= 1.5 |",

@@ -29,6 +29,8 @@ FIGURES = {
     "growth": ["builds", "per_candidate_cost_4x_over_1x"],
     "validation": ["labels", "validate_s", "verify_s", "annotate_s"],
     "evaluation": ["prompts", "first", "regrade", "write_s", "peak_rss_mb"],
+    "embedding_endpoint": ["texts_per_s", "capacity_texts_per_s", "ratio", "requests"],
+    "embedder_build": ["flow_wall_s", "dedup_s", "embed_requests", "embed_tail_s"],
 }
 
 
@@ -46,6 +48,9 @@ def test_bench_tiny_reports_every_figure(tmp_path):
         sat = results["endpoint_saturation"][stage]
         assert sat["calls"] > 0 and 0 < sat["ratio"] <= 1.2
     assert results["endpoint"]["measured_calls_per_s"] > 0
+    emb = results["embedding_endpoint"]
+    assert emb["requests"] >= emb["texts"] / emb["batch_size"] and 0 < emb["ratio"] <= 1.2
+    assert results["embedder_build"]["embed_requests"] > 0
     ev = results["evaluation"]
     # two models answer every prompt (and the contrast set); the grader grades every distinct
     # (question, answer): the fake endpoint's canned refusal to one question is graded once
@@ -65,5 +70,6 @@ def test_bench_tiny_reports_every_figure(tmp_path):
     assert 0 < results["gateway"]["cpu_ms_per_call"] < 50
     for label in ("endpoint capacity", "gateway CPU per call", "generate:", "jury:", "Prefect + bookkeeping",
                   "embedding", "search", "warm rebuild", "regenerate", "growth 4x", "orsc validate",
-                  "models (answers + grades)", "grader stage alone"):
+                  "models (answers + grades)", "grader stage alone", "through /v1/embeddings",
+                  "cold build embedding through the endpoint"):
         assert label in proc.stdout, label
