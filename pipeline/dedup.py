@@ -24,7 +24,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -67,6 +69,9 @@ class EmbeddingCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+Store = Callable[[list[tuple[int, np.ndarray]]], None]
 
 
 class Embedder:
@@ -134,15 +139,21 @@ class Embedder:
         if self.progress:
             self.progress.advance(len(texts) - len(todo), cached=True)
         if todo:
-            fresh = self._encode(list(todo.values()))
-            new = [(k, v.tobytes()) for k, v in zip(todo, fresh, strict=True)]
-            self.cache.put_many(new)
-            found.update(new)
+            todo_keys = list(todo)
+
+            def store(parts: list[tuple[int, np.ndarray]]) -> None:
+                self.cache.put_many([(todo_keys[start + i], v.tobytes())
+                                     for start, vectors in parts for i, v in enumerate(vectors)])
+
+            fresh = self._encode(list(todo.values()), store)
+            found.update(zip(todo_keys, (v.tobytes() for v in fresh), strict=True))
         return np.stack([np.frombuffer(found[k], dtype="float32") for k in keys])
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
+    def _encode(self, texts: list[str], store: Store | None = None) -> np.ndarray:
+        """The texts' vectors; `store` gets them part by part as they are made, as (first
+        text's index, vectors), so a cache is written while the rest are encoded."""
         if self.role is not None:
-            return self._encode_remote(texts)
+            return self._encode_remote(texts, store)
         # In slices of PROGRESS_SLICE texts, so progress moves every few seconds.
         with self._encoding:
             model = self._model()
@@ -151,25 +162,40 @@ class Embedder:
                 chunk = texts[i:i + PROGRESS_SLICE]
                 parts.append(model.encode(chunk, batch_size=self.batch_size, normalize_embeddings=True,
                                           convert_to_numpy=True))
+                if store:
+                    store([(i, parts[-1])])
                 if self.progress:
                     self.progress.advance(len(chunk))
         return np.ascontiguousarray(np.concatenate(parts), dtype="float32")
 
-    def _encode_remote(self, texts: list[str]) -> np.ndarray:
-        """Requests of `batch_size` texts, as many in flight as the endpoint allows."""
+    def _encode_remote(self, texts: list[str], store: Store | None) -> np.ndarray:
+        """Requests of `batch_size` texts, as many in flight as the endpoint allows; this
+        thread stores the answered batches while the others are still on their way."""
         gateway, progress = self.gateway, self.progress
+        answered: queue.SimpleQueue = queue.SimpleQueue()
 
-        def batch(chunk: list[str]):
-            async def call() -> np.ndarray:
-                vectors = await gateway.embed(self.role, chunk)
-                if progress:
-                    progress.advance(len(chunk))
-                return vectors
-            return call
+        async def call(start: int, chunk: list[str]) -> np.ndarray:
+            vectors = await gateway.embed(self.role, chunk)
+            if progress:
+                progress.advance(len(chunk))
+            answered.put((start, vectors))
+            return vectors
 
-        chunks = [texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
-        parts = gateway.run(gateway.gather([batch(c) for c in chunks]), self.usage)
-        return np.ascontiguousarray(np.concatenate(parts), dtype="float32")
+        starts = range(0, len(texts), self.batch_size)
+        future = gateway.submit(gateway.gather(
+            [functools.partial(call, i, texts[i:i + self.batch_size]) for i in starts]), self.usage)
+        stored = 0
+        while stored < len(starts) and not (future.done() and answered.empty()):
+            try:
+                parts = [answered.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            while not answered.empty():
+                parts.append(answered.get())
+            if store:
+                store(parts)
+            stored += len(parts)
+        return np.ascontiguousarray(np.concatenate(future.result()), dtype="float32")
 
 
 def near_duplicate_pairs(vectors: np.ndarray, threshold: float,

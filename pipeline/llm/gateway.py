@@ -23,6 +23,7 @@ Per-call CPU in this one loop is what caps a build against a fast endpoint
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import email.utils
 import gc
@@ -229,6 +230,10 @@ class Gateway:
     def run(self, coro, usage: Usage | None = None):
         """Run a coroutine on the gateway's loop and wait for its result; the calls
         and cache hits it makes are added to `usage`."""
+        return self.submit(coro, usage).result()
+
+    def submit(self, coro, usage: Usage | None = None) -> concurrent.futures.Future:
+        """Start a coroutine on the gateway's loop (see `run`); its future."""
         if not self._loop.is_running():
             coro.close()
             raise LLMError("the LLM gateway is closed; no further model calls in this build")
@@ -247,7 +252,7 @@ class Gateway:
             _usage.set(usage)
             return await coro
 
-        return asyncio.run_coroutine_threadsafe(counted(), self._loop).result()
+        return asyncio.run_coroutine_threadsafe(counted(), self._loop)
 
     def close(self) -> None:
         async def _close():
