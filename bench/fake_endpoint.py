@@ -22,8 +22,11 @@ Replies are deterministic in the request body:
 
 POST /v1/embeddings has a capacity of its own: a request holds one of `embed_slots`
 slots for `embed_ms_per_text` per text it carries (8 slots x 2 ms = 4,000 texts/s by
-default), logged with kind "embed". Each text gets one of 4,096 fixed 384-dimension
-unit vectors, chosen by the text's hash (identical texts, identical vectors).
+default), logged with kind "embed". A text's 384-dimension vector is 64 large components
+drawn from its hash (sha512), then one of 4,096 fixed small 320-dimension tails (which
+only make it the size of a real one): identical texts get identical vectors, distinct
+texts cosines near 0 (sd ~0.13), so dedup drops exact repeats only. The gateway
+normalises them.
 
 Run: python bench/fake_endpoint.py --port 0 [--service-ms 50 --slots 64
      --embed-ms-per-text 2 --embed-slots 8]
@@ -99,19 +102,27 @@ def completion(body: bytes, request: dict) -> bytes:
     }).encode()
 
 
-def _vector_pool(n: int = 4096, dim: int = 384) -> list[bytes]:
-    """n unit vectors as JSON arrays, made once (encoding 384 floats per text per
-    request would cost the endpoint more CPU than it models)."""
+HEAD_DIMS = 64
+
+
+def _tail_pool(n: int = 4096, dim: int = 384 - HEAD_DIMS) -> list[bytes]:
+    """n unit vectors as JSON array fragments, made once (formatting 384 floats per text
+    would cost the endpoint more CPU than it models)."""
     import numpy as np
 
     x = np.random.default_rng(0).standard_normal((n, dim))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return [("[" + ",".join(f"{v:.5f}" for v in row) + "]").encode() for row in x]
+    return [",".join(f"{v:.5f}" for v in row).encode() for row in x]  # norm 1 beside the head's ~9
 
 
-def embeddings(request: dict, pool: list[bytes]) -> bytes:
-    items = [b'{"object":"embedding","index":%d,"embedding":%s}'
-             % (i, pool[int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") % len(pool)])
+def _vector(text: str, tails: list[bytes]) -> bytes:
+    digest = hashlib.sha512(text.encode()).digest()
+    head = ",".join(f"{(b - 127.5) / 64:.3f}" for b in digest).encode()
+    return b"[" + head + b"," + tails[int.from_bytes(digest[:4], "big") % len(tails)] + b"]"
+
+
+def embeddings(request: dict, tails: list[bytes]) -> bytes:
+    items = [b'{"object":"embedding","index":%d,"embedding":%s}' % (i, _vector(text, tails))
              for i, text in enumerate(request["input"])]
     return (b'{"object":"list","model":' + json.dumps(request.get("model", "fake")).encode()
             + b',"data":[' + b",".join(items) + b'],"usage":{"prompt_tokens":0,"total_tokens":0}}')
@@ -124,7 +135,7 @@ class FakeEndpoint:
         self.slots = asyncio.Semaphore(slots)
         self.embed_s_per_text = embed_s_per_text
         self.embed_slots = asyncio.Semaphore(embed_slots)
-        self.pool = _vector_pool()
+        self.tails = _tail_pool()
         self.log: list[tuple[float, float, float, str]] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -153,7 +164,7 @@ class FakeEndpoint:
                         served = time.monotonic()
                         await asyncio.sleep(self.embed_s_per_text * len(request["input"]))
                     self.log.append((arrived, served, time.monotonic(), "embed"))
-                    status, data = "200 OK", embeddings(request, self.pool)
+                    status, data = "200 OK", embeddings(request, self.tails)
                 elif method == "GET" and path.split("?")[0].endswith("/log"):
                     status, data = "200 OK", json.dumps({"calls": self.log}).encode()
                     if "reset=1" in path:

@@ -5,7 +5,7 @@ One candidate's path, top to bottom:
 
     generate_stage  seed topic x level -> template prompt and its  stages/generate/<cat>-<fp>.jsonl
                     rewrites
-    embed_stage     as each category's generate task ends: its     outputs/cache/embeddings.sqlite
+    embed_stage     as each category's generate task ends: its     the embedding cache
                     prompts into the embedding cache
     dedup_stage     every category's usable prompts, after the     stages/dedup/<key>/<cat>.jsonl
                     kept prompts of carried-over categories;
@@ -61,7 +61,7 @@ def embed_stage(config: BuildConfig, generated: str, gateway: Gateway | None,
     generated, so the dedup stage finds them there. Only a head start: dedup embeds
     whatever is missing itself. Returns the embedder role's calls."""
     candidates = [d.candidate for d in read_jsonl(Path(generated), Decision) if d.kept]
-    cache = EmbeddingCache(config.outputs_dir / "cache" / "embeddings.sqlite")
+    cache = EmbeddingCache.open(config)
     try:
         embedder = Embedder.for_config(config, cache, progress, gateway)
         embedder.encode(embedding_texts([], candidates))
@@ -78,7 +78,7 @@ def dedup_stage(config: BuildConfig, categories: list[str], generated: list[str]
     only its own. `progress` counts the texts embedded; `gateway` serves an embedder role."""
     candidates = [d.candidate for p in generated for d in read_jsonl(Path(p), Decision) if d.kept]
     keepers = base.keepers(carried) if base else []
-    cache = EmbeddingCache(config.outputs_dir / "cache" / "embeddings.sqlite")
+    cache = EmbeddingCache.open(config)
     try:
         embedder = Embedder.for_config(config, cache, progress, gateway)
         decisions = dedup_candidates(candidates, config.dedup, embedder, keepers,

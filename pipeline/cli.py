@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,13 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.config import DEFAULT_CONFIG, REPO_ROOT, BuildConfig, ValidationConfig, load_config
+from pipeline.database import CacheUnavailable, connect_postgres
 from pipeline.errors import InputError
 from pipeline.llm.embedded import EmbeddedModelError
 from pipeline.llm.gateway import LLMError
+
+# failures after which the same command resumes from what the caches hold
+RESUMABLE = (LLMError, EmbeddedModelError, CacheUnavailable)
 
 DEFAULT_GOLD = REPO_ROOT / "gold" / "jury.csv"
 DEFAULT_ANSWERS = REPO_ROOT / "gold" / "answers.csv"
@@ -60,6 +65,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     name = check_snapshot_name(config.outputs_dir,
                                default_snapshot_name() if args.name is None else args.name)
     base = str(open_base(Path(args.base)).path) if args.base else None
+    _check_cache(config)
     _prefect_env(config.outputs_dir)
     from flows.build import build_benchmark
     from pipeline.procs import reap_orphans, start_prefect_server
@@ -79,7 +85,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             result = build_benchmark(str(config.source), named, name, base)
         except InputError:
             raise
-        except (LLMError, EmbeddedModelError) as err:
+        except RESUMABLE as err:
             logging.getLogger("orsc").error("build failed", exc_info=True)
             raise BuildFailed(str(err), log_path, resumable=True) from err
         except Exception as err:
@@ -101,6 +107,12 @@ def _print_budget(snapshot: Path, validation: ValidationConfig) -> None:
                   f" jury-rejected); annotation budget: {validation.labels_for(len(sample))} labels"
                   f" ({validation.annotators} annotators, {shared} items labelled by every one;"
                   " config: validation.annotators, validation.overlap)")
+
+
+def _check_cache(config: BuildConfig) -> None:
+    """An unreachable cache.url: exit 2 before Prefect starts or any model is called."""
+    if config.cache.url is not None:
+        connect_postgres(config.cache, config.source).close()
 
 
 class BuildFailed(Exception):
@@ -125,6 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     inputs = load_evaluation(config, base, models)  # every input checked before any call
     if args.name is not None:
         check_snapshot_name(config.outputs_dir, args.name, evaluations_dir(config.outputs_dir))
+    _check_cache(config)
     _prefect_env(config.outputs_dir)
     from flows.evaluate import evaluate_benchmark
     from pipeline.procs import start_prefect_server
@@ -139,7 +152,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             result = evaluate_benchmark(str(config.source), str(base.path), inputs.models, args.name)
         except InputError:
             raise
-        except (LLMError, EmbeddedModelError) as err:
+        except RESUMABLE as err:
             logging.getLogger("orsc").error("evaluation failed", exc_info=True)
             raise BuildFailed(str(err), log_path, resumable=True) from err
     from pipeline.scores import LEADERBOARD_COLUMNS, leaderboard_cells
@@ -452,8 +465,8 @@ def _print_fit(fit: dict[str, dict], target: float) -> None:
 def cmd_provenance(args: argparse.Namespace) -> int:
     from pipeline.provenance import trace
 
-    outputs_dir = Path(args.outputs) if args.outputs else load_config(args.config).outputs_dir
-    report = trace(args.id, outputs_dir, Path(args.snapshot) if args.snapshot else None)
+    outputs_dir, cache = _outputs_and_cache(args)
+    report = trace(args.id, outputs_dir, Path(args.snapshot) if args.snapshot else None, cache)
     if args.json:
         print(report.model_dump_json(indent=2))
         return 0
@@ -538,20 +551,32 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outputs_and_cache(args: argparse.Namespace):
+    """The outputs directory and cache setting a command reads: --outputs (with the SQLite
+    cache under it), or else those of --config (which may name a `cache.url` database)."""
+    from pipeline.config import CacheConfig
+
+    if args.outputs:
+        return Path(args.outputs), CacheConfig()
+    config = load_config(args.config)
+    return config.outputs_dir, config.cache
+
+
 def cmd_cache_evict(args: argparse.Namespace) -> int:
     """Drop cached calls (a bad reply that was a valid completion stays cached until evicted);
     the next build makes those calls again and re-runs the stages that used them."""
-    from pipeline.llm.cache import RequestCache
+    from pipeline.llm.cache import existing_request_cache
     from pipeline.provenance import calls_of_prompt
 
-    outputs_dir = Path(args.outputs) if args.outputs else load_config(args.config).outputs_dir
-    path = outputs_dir / "cache" / "llm.sqlite"
-    if not path.is_file():
-        raise InputError(path, None, "no request cache here", "pass the --outputs (or --config) of a build")
     if args.key is not None and len(args.key) < 8:
         raise InputError(None, "--key", "is shorter than 8 characters",
                          "pass at least the first 8 characters of a key (`orsc provenance ID` shows them)")
-    cache = RequestCache(path)
+    outputs_dir, cache_config = _outputs_and_cache(args)
+    cache = existing_request_cache(cache_config, outputs_dir)
+    if cache is None:
+        raise InputError(outputs_dir / "cache" / "llm.sqlite", None, "no request cache here",
+                         "pass the --outputs (or --config) of a build")
+    path = cache.path
     try:
         if args.prompt:
             keys = [k for k in calls_of_prompt(args.prompt, outputs_dir) if cache.text(k) is not None]
@@ -572,6 +597,22 @@ def cmd_cache_evict(args: argparse.Namespace) -> int:
         cache.close()
     console.print(f"evicted {evicted} cached calls matching {what}; the next build makes them again"
                   " (with --base, the categories that used them are rebuilt)")
+    return 0
+
+
+def cmd_cache_migrate(args: argparse.Namespace) -> int:
+    """Copy the request cache and the embedding cache from SRC to DST (each an outputs
+    directory or a postgresql:// URL); rows DST already holds are kept."""
+    from pipeline.migrate import CacheLocation, migrate
+
+    src = CacheLocation.parse(args.src, "SRC", args.password_env)
+    dst = CacheLocation.parse(args.dst, "DST", args.password_env)
+    started = time.monotonic()
+    r = migrate(src, dst)
+    console.print(f"copied {src.label} -> {dst.label} in {time.monotonic() - started:.1f} s:"
+                  f" {r.calls_new:,} of {r.calls:,} model calls new"
+                  f" ({r.calls - r.calls_new:,} were there already), {r.evictions:,} evictions"
+                  f" (epoch {r.epoch}), {r.vectors_new:,} of {r.vectors:,} embeddings new", soft_wrap=True)
     return 0
 
 
@@ -665,7 +706,8 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.set_defaults(func=cmd_provenance)
 
-    c = sub.add_parser("cache", help="the request cache").add_subparsers(dest="cache_command", required=True)
+    c = sub.add_parser("cache", help="the request cache and the embedding cache").add_subparsers(
+        dest="cache_command", required=True)
     e = c.add_parser("evict", help="drop cached model calls so the next build makes them again")
     where = e.add_mutually_exclusive_group()
     where.add_argument("--config", default=str(DEFAULT_CONFIG), help="config whose outputs_dir to use")
@@ -677,6 +719,12 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--prompt", help="every call behind a prompt id (its rewrite and its votes)")
     e.add_argument("--dry-run", action="store_true", help="list the calls, evict nothing")
     e.set_defaults(func=cmd_cache_evict)
+    m = c.add_parser("migrate", help="copy the request and embedding caches to another backend")
+    m.add_argument("src", help="an outputs directory (its cache/*.sqlite) or a postgresql:// URL")
+    m.add_argument("dst", help="an outputs directory or a postgresql:// URL (created if missing)")
+    m.add_argument("--password-env", help="environment variable holding the database password"
+                                          " (default: libpq's PGPASSWORD or ~/.pgpass)")
+    m.set_defaults(func=cmd_cache_migrate)
 
     d = sub.add_parser("diff", help="prompts added / removed / changed per category, and why")
     d.add_argument("a", help="older snapshot directory")
@@ -702,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         print(f"  details (tracebacks, every task's log): {err.log_path}", file=sys.stderr)
         return 1
-    except (LLMError, EmbeddedModelError) as err:
+    except RESUMABLE as err:
         print(f"failed: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

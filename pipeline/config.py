@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -214,6 +215,17 @@ class ValidationConfig(Strict):
         return shared * self.annotators + (items - shared)
 
 
+class CacheConfig(Strict):
+    """Where the request cache and the embedding cache live: SQLite files under
+    outputs/cache/ (default), or with `url` a PostgreSQL database that many processes on
+    many hosts share. The password never goes in the URL (the URL is recorded in every
+    MANIFEST): name an environment variable in `password_env`, or use libpq's own
+    PGPASSWORD or ~/.pgpass."""
+
+    url: str | None = None            # postgresql://user@host:5432/dbname
+    password_env: str | None = None
+
+
 class SnapshotConfig(Strict):
     license: str = "cc-by-nc-4.0"
     pretty_name: str = "Health-ORSC boundary prompts"
@@ -282,6 +294,7 @@ class BuildConfig(Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
     task_runner: TaskRunnerConfig = TaskRunnerConfig()
+    cache: CacheConfig = CacheConfig()
 
     # Set by load_config, not by the YAML file.
     source: Path | None = Field(None, exclude=True)
@@ -324,6 +337,27 @@ def load_config(path: str | Path) -> BuildConfig:
     _check_references(cfg, path)
     _check_paths(cfg, path)
     return cfg
+
+
+def check_cache(cache: CacheConfig, path: Path | None, url_field: str = "cache.url") -> None:
+    """A PostgreSQL URL without a password in it, and a password_env that names a variable."""
+    if cache.url is not None:
+        parts = urllib.parse.urlsplit(cache.url)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+            raise InputError(path, url_field, "is not a PostgreSQL URL",
+                             "write postgresql://USER@HOST:5432/DBNAME, or remove 'cache' to keep the"
+                             " SQLite cache under outputs/cache/")
+        if parts.password is not None:
+            # The URL is recorded in every MANIFEST.json: a password in it would be on disk.
+            raise InputError(path, url_field, "holds a password",
+                             "remove it from the URL and put it in an environment variable named by"
+                             " 'cache.password_env' (or in PGPASSWORD or ~/.pgpass)")
+    if cache.password_env is not None and not ENV_VAR_NAME.fullmatch(cache.password_env):
+        raise InputError(path, "cache.password_env",
+                         "must be the NAME of an environment variable (upper-case letters, digits, '_'),"
+                         " not the password itself",
+                         "put the password in an environment variable and write its name here, e.g."
+                         " ORSC_CACHE_PASSWORD")
 
 
 def _check_paths(cfg: BuildConfig, path: Path) -> None:
@@ -397,6 +431,7 @@ def _check_references(cfg: BuildConfig, path: Path) -> None:
                 path, f"roles.{juror}.prompt", f"juror '{juror}' (jury.jurors[{i}]) has no judge prompt",
                 "set 'prompt' to a template file under prompts_templates/judges/",
             )
+    check_cache(cfg.cache, path)
     for name, ep in cfg.endpoints.items():
         if ep.api_key_env is not None and not ENV_VAR_NAME.fullmatch(ep.api_key_env):
             # The value is not echoed: it may be a key pasted by mistake.

@@ -33,11 +33,11 @@ import faiss
 import numpy as np
 
 from pipeline.config import BuildConfig, DedupConfig
+from pipeline.database import Database, open_database, open_sqlite
 from pipeline.files import default_embedding_model, model_identity
 from pipeline.llm import Gateway, Usage
 from pipeline.progress import TaskProgress
 from pipeline.records import Candidate, Decision
-from pipeline.store import open_cache_db
 
 SIMILARITY_EPS = 1e-5
 EXACT_MAX = 50_000            # rows up to which the search is exact
@@ -48,27 +48,43 @@ PROGRESS_SLICE = 512          # texts per encode call (a few seconds on a 2-core
 
 
 class EmbeddingCache:
-    """Vectors by (model, text) in SQLite: a prompt is embedded once, in whichever build
-    or category it comes back (regenerating one category embeds only its new prompts)."""
+    """Vectors by (model, text) in SQLite or PostgreSQL: a prompt is embedded once, in
+    whichever build or category it comes back (regenerating one category embeds only its
+    new prompts)."""
 
-    def __init__(self, path: Path):
-        self._db = open_cache_db(
-            path, "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+    SCHEMA = {"sqlite": "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)",
+              "postgres": "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BYTEA NOT NULL)"}
+
+    def __init__(self, db: Database | Path):
+        """`db`: an open Database, or the path of a SQLite file."""
+        self.db = db if isinstance(db, Database) else open_sqlite(db, self.SCHEMA["sqlite"])
+
+    @classmethod
+    def open(cls, config: BuildConfig) -> EmbeddingCache:
+        """The config's embedding cache: outputs/cache/embeddings.sqlite, or the `cache.url` database."""
+        return cls(open_database(config.cache, config.outputs_dir, "embeddings", cls.SCHEMA, config.source))
 
     def get_many(self, keys: list[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
-            found.update(self._db.execute(
+            found.update((k, bytes(v)) for k, v in self.db.query(
                 f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk))
         return found
 
-    def put_many(self, items: list[tuple[str, bytes]]) -> None:
-        self._db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?)", items)
-        self._db.commit()
+    def put_many(self, items: list[tuple[str, bytes]]) -> int:
+        """Store vectors; a key already there is kept. The number of new ones."""
+        [inserted] = self.db.write(("INSERT INTO vectors VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                                    items, True))
+        return max(inserted, 0)
+
+    def rows(self, after: str = "", limit: int = 1000) -> list[tuple[str, bytes]]:
+        """Stored (key, vector) by key, `limit` after the key `after` (a migration)."""
+        return [(k, bytes(v)) for k, v in self.db.query(
+            "SELECT key, vector FROM vectors WHERE key > ? ORDER BY key LIMIT ?", (after, limit))]
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
 
 
 Store = Callable[[list[tuple[int, np.ndarray]]], None]

@@ -1,7 +1,8 @@
 """provenance: the full chain behind one prompt id, from snapshots and the request cache.
 
 Works after the build has exited and on any machine holding the outputs/ folder:
-rows come from snapshot files, raw model calls from outputs/cache/llm.sqlite.
+rows come from snapshot files, raw model calls from the request cache (outputs/cache/llm.sqlite,
+or the `cache.url` database).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipeline.base import read_rows
-from pipeline.config import SamplingParams
+from pipeline.config import CacheConfig, SamplingParams
 from pipeline.errors import InputError
-from pipeline.llm.cache import RequestCache
+from pipeline.llm.cache import RequestCache, existing_request_cache
 from pipeline.store import (
     LABELS_FILE,
     evaluations_dir,
@@ -132,8 +133,10 @@ def calls_of_prompt(prompt_id: str, outputs_dir: Path) -> list[str]:
     return sorted(keys)
 
 
-def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None) -> Provenance:
-    """Find `prompt_id` (kept or rejected) and assemble its provenance."""
+def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None,
+          cache_config: CacheConfig | None = None) -> Provenance:
+    """Find `prompt_id` (kept or rejected) and assemble its provenance; the raw calls come
+    from the request cache of `cache_config` (default: SQLite under outputs_dir)."""
     snapshots = list_snapshots(outputs_dir)
     if snapshot:
         load_manifest(snapshot)  # clear error if it is not a snapshot
@@ -161,8 +164,7 @@ def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None) -> Pr
     manifest = load_manifest(snap)
     sampled = {r["id"] for r in read_sample(snap)}
     window = (manifest.started_at, manifest.created_at)
-    cache_path = outputs_dir / "cache" / "llm.sqlite"
-    cache = RequestCache(cache_path, readonly=True) if cache_path.is_file() else None
+    cache = existing_request_cache(cache_config or CacheConfig(), outputs_dir, readonly=True)
     try:
         votes = [Vote(**v.model_dump(exclude={"calls"}), calls=[_call(cache, k, window) for k in v.calls])
                  for v in row.votes]

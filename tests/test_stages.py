@@ -97,7 +97,7 @@ def test_embedding_cache_embeds_each_text_once(tmp_path):
     first = ["How much paracetamol is too much for a child?", "What are signs of an overdose?"]
     more = first + ["How should I store opioids at home?", first[0]]
     np.testing.assert_allclose(cached.encode(first), plain.encode(first), atol=1e-6)
-    stored = lambda: cache._db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]  # noqa: E731
+    stored = lambda: cache.db.one("SELECT COUNT(*) FROM vectors")[0]  # noqa: E731
     assert cache.get_many(["nope"]) == {} and stored() == 2
     np.testing.assert_allclose(cached.encode(more), plain.encode(more), atol=1e-6)
     assert stored() == 3  # only the new text was embedded

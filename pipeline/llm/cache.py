@@ -1,4 +1,5 @@
-"""Persistent request cache (SQLite): the raw record of every model call.
+"""Persistent request cache (SQLite, or PostgreSQL with `cache.url`): the raw record of
+every model call.
 
 Rows are keyed by ChatRequest.key (pipeline/llm/request.py). Only replies that are
 chat completions are stored; a bad answer that was a valid completion stays until
@@ -12,17 +13,18 @@ an evicted call.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pipeline.database import SQLITE_FILES, Database, open_database, open_sqlite
 from pipeline.records import canonical_json
-from pipeline.store import open_cache_db
 
-_SCHEMA = """
+if TYPE_CHECKING:
+    from pipeline.config import BuildConfig, CacheConfig
+
+_CALLS = """
 CREATE TABLE IF NOT EXISTS calls (
     key TEXT PRIMARY KEY,
     endpoint TEXT NOT NULL,
@@ -31,14 +33,18 @@ CREATE TABLE IF NOT EXISTS calls (
     response TEXT NOT NULL,
     text TEXT NOT NULL,
     usage TEXT,
-    latency_s REAL NOT NULL,
-    created_at REAL NOT NULL,
+    latency_s {real} NOT NULL,
+    created_at {real} NOT NULL,
     role TEXT
 );
-CREATE TABLE IF NOT EXISTS evictions (key TEXT PRIMARY KEY, evicted_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS evictions (key TEXT PRIMARY KEY, evicted_at {real} NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+SCHEMA = {"sqlite": _CALLS.format(real="REAL"), "postgres": _CALLS.format(real="DOUBLE PRECISION")}
 _FIELDS = "key, endpoint, model, request, response, text, usage, latency_s, created_at, role"
+# a key already stored (by this or another process) is left as it is
+_INSERT = f"INSERT INTO calls ({_FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
+_CHUNK = 500  # keys per IN (...) list
 
 
 @dataclass(frozen=True)
@@ -58,27 +64,26 @@ class CachedCall:
 
 
 class RequestCache:
-    """Thread-safe SQLite store of calls. Safe to open from several processes (WAL)."""
+    """Thread-safe store of calls: a SQLite file (safe to open from several processes on
+    one host, WAL) or the PostgreSQL database of `cache.url` (many hosts)."""
 
-    def __init__(self, path: Path, readonly: bool = False):
-        """`readonly` opens an existing cache without writing to it (audits of a copied
-        or read-only outputs/ folder)."""
-        self.path = path
-        self._lock = threading.Lock()
-        if readonly:
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        else:
-            self._db = open_cache_db(path, _SCHEMA)
-        columns = {r[1] for r in self._db.execute("PRAGMA table_info(calls)")}
-        if "role" not in columns and not readonly:  # a cache written before calls had a role
-            self._db.execute("ALTER TABLE calls ADD COLUMN role TEXT")
-            columns.add("role")
-        self._fields = _FIELDS if "role" in columns else _FIELDS.replace("role", "NULL")
+    def __init__(self, db: Database | Path, readonly: bool = False):
+        """`db`: an open Database, or the path of a SQLite file. `readonly` opens an
+        existing cache without writing to it (audits of a copied or read-only outputs/)."""
+        self.db = db if isinstance(db, Database) else open_sqlite(db, SCHEMA["sqlite"], readonly)
+        self.path = self.db.where
+        self._fields = _FIELDS
+        if not self.db.postgres:
+            columns = {r[1] for r in self.db.query("PRAGMA table_info(calls)")}
+            if "role" not in columns and not readonly:  # a cache written before calls had a role
+                self.db.write(("ALTER TABLE calls ADD COLUMN role TEXT", (), False))
+                columns.add("role")
+            if "role" not in columns:
+                self._fields = _FIELDS.replace("role", "NULL")
         self._evictions_pending = not readonly and self.has_evictions()
 
     def get(self, key: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {self._fields} FROM calls WHERE key = ?", (key,)).fetchone()
+        row = self.db.one(f"SELECT {self._fields} FROM calls WHERE key = ?", (key,))
         if row is None:
             return None
         return {
@@ -90,20 +95,29 @@ class RequestCache:
 
     def text(self, key: str) -> str | None:
         """Only the answer's text: what a build needs on a hit (get() parses the whole record)."""
-        with self._lock:
-            row = self._db.execute("SELECT text FROM calls WHERE key = ?", (key,)).fetchone()
+        row = self.db.one("SELECT text FROM calls WHERE key = ?", (key,))
         return row[0] if row else None
 
     def put_many(self, calls: list[CachedCall]) -> None:
-        """Store calls in one transaction (one commit: the costly part of a write)."""
+        """Store calls in one transaction (one commit: the costly part of a write). A key
+        already stored (by this or another process) is left as it is."""
         rows = [(c.key, c.endpoint, c.model, c.request_json, c.response_json, c.text,
                  canonical_json(c.usage) if c.usage else None, c.latency_s, c.created_at, c.role)
                 for c in calls]
-        with self._lock:
-            self._db.executemany("INSERT OR IGNORE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            if self._evictions_pending:
-                self._db.executemany("DELETE FROM evictions WHERE key = ?", [(c.key,) for c in calls])
-            self._db.commit()
+        statements = [(_INSERT, rows, True)]
+        if self._evictions_pending:
+            statements.append(("DELETE FROM evictions WHERE key = ?", [(c.key,) for c in calls], True))
+        self.db.write(*statements)
+
+    def rows(self, after: str = "", limit: int = 1000) -> list[tuple]:
+        """Stored calls as rows of the `calls` table, by key, `limit` after the key `after`."""
+        return self.db.query(f"SELECT {self._fields} FROM calls WHERE key > ? ORDER BY key LIMIT ?",
+                             (after, limit))
+
+    def put_rows(self, rows: list[tuple]) -> int:
+        """Store rows as `rows` returns them (a migration); the number of new ones."""
+        [inserted] = self.db.write((_INSERT, rows, True))
+        return max(inserted, 0)
 
     # -- eviction ----------------------------------------------------------------------
     def find(self, *, role: str | None = None, endpoint: str | None = None, model: str | None = None,
@@ -118,45 +132,55 @@ class RequestCache:
             where.append("key LIKE ?")
             args.append(key_prefix.replace("%", "").replace("_", "") + "%")
         sql = "SELECT key FROM calls" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY key"
-        with self._lock:
-            return [r[0] for r in self._db.execute(sql, args)]
+        return [r[0] for r in self.db.query(sql, args)]
 
     def evict(self, keys: list[str]) -> int:
         """Delete these calls, remember them as evicted, and raise the epoch. Returns the
         number of calls deleted."""
+        if not keys:
+            return 0
         now = time.time()
-        with self._lock:
-            deleted = 0
-            for key in keys:
-                deleted += self._db.execute("DELETE FROM calls WHERE key = ?", (key,)).rowcount
-                self._db.execute("INSERT OR REPLACE INTO evictions VALUES (?, ?)", (key, now))
-            if keys:
-                self._db.execute("INSERT INTO meta VALUES ('epoch', 1)"
-                                 " ON CONFLICT(name) DO UPDATE SET value = value + 1")
-                self._evictions_pending = True
-            self._db.commit()
-        return deleted
+        deleted, *_ = self.db.write(
+            ("DELETE FROM calls WHERE key = ?", [(k,) for k in keys], True),
+            ("INSERT INTO evictions VALUES (?, ?)"
+             " ON CONFLICT (key) DO UPDATE SET evicted_at = excluded.evicted_at",
+             [(k, now) for k in keys], True),
+            ("INSERT INTO meta VALUES ('epoch', 1) ON CONFLICT (name) DO UPDATE SET value = meta.value + 1",
+             (), False))
+        self._evictions_pending = True
+        return deleted if deleted >= 0 else len(keys)
 
     def epoch(self) -> int:
         """How many evictions this cache has seen: part of every stage task's cache key."""
-        with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()
+        row = self.db.one("SELECT value FROM meta WHERE name = 'epoch'")
         return row[0] if row else 0
 
     def has_evictions(self) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM evictions LIMIT 1").fetchone() is not None
+        return self.db.one("SELECT 1 FROM evictions LIMIT 1") is not None
 
     def evicted(self, keys: list[str]) -> set[str]:
         """Those of `keys` that were evicted and not made again since."""
         found: set[str] = set()
-        with self._lock:
-            for i in range(0, len(keys), 500):
-                chunk = keys[i:i + 500]
-                found.update(r[0] for r in self._db.execute(
-                    f"SELECT key FROM evictions WHERE key IN ({','.join('?' * len(chunk))})", chunk))
+        for i in range(0, len(keys), _CHUNK):
+            chunk = keys[i:i + _CHUNK]
+            found.update(r[0] for r in self.db.query(
+                f"SELECT key FROM evictions WHERE key IN ({','.join('?' * len(chunk))})", chunk))
         return found
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
+
+
+def open_request_cache(config: BuildConfig, readonly: bool = False) -> RequestCache:
+    """The config's request cache: outputs/cache/llm.sqlite, or the `cache.url` database."""
+    return RequestCache(open_database(config.cache, config.outputs_dir, "llm", SCHEMA, config.source,
+                                      readonly))
+
+
+def existing_request_cache(cache: CacheConfig, outputs_dir: Path, readonly: bool = False,
+                           source: Path | None = None) -> RequestCache | None:
+    """The request cache builds with this cache setting and outputs dir wrote, or None if
+    there is no SQLite file yet (a database at cache.url always exists)."""
+    if cache.url is None and not (outputs_dir / "cache" / SQLITE_FILES["llm"]).is_file():
+        return None
+    return RequestCache(open_database(cache, outputs_dir, "llm", SCHEMA, source, readonly))

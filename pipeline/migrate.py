@@ -1,0 +1,112 @@
+"""`orsc cache migrate SRC DST`: copy the request cache and the embedding cache between
+backends (an outputs directory's SQLite files, a PostgreSQL database), page by page.
+
+A row already in DST is kept, so a migration can be re-run, or run into a database other
+builds are writing to. Evictions come along, and DST's eviction epoch becomes the larger
+of the two, so no stage result cached under an older epoch is trusted.
+
+Example:
+    report = migrate(CacheLocation.parse("outputs"), CacheLocation.parse("postgresql://orsc@db/orsc"))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import CacheConfig, check_cache
+from pipeline.database import SQLITE_FILES, open_database
+from pipeline.dedup import EmbeddingCache
+from pipeline.errors import InputError
+from pipeline.llm.cache import SCHEMA, RequestCache
+
+PAGE = 2000
+
+
+@dataclass(frozen=True)
+class CacheLocation:
+    """Where caches live: a PostgreSQL URL, or an outputs directory (its cache/*.sqlite)."""
+
+    cache: CacheConfig
+    outputs_dir: Path
+    label: str
+
+    @classmethod
+    def parse(cls, where: str, field: str, password_env: str | None = None) -> CacheLocation:
+        if where.startswith(("postgresql://", "postgres://")):
+            cache = CacheConfig(url=where, password_env=password_env)
+            check_cache(cache, None, field)
+            return cls(cache, Path("."), where)
+        path = Path(where)
+        if path.name == "cache" and not (path / "cache").exists():
+            path = path.parent  # the cache directory itself, not its outputs directory
+        return cls(CacheConfig(), path, str(path))
+
+    def exists(self) -> bool:
+        return self.cache.url is not None or any(
+            (self.outputs_dir / "cache" / f).is_file() for f in SQLITE_FILES.values())
+
+    def same_as(self, other: CacheLocation) -> bool:
+        if self.cache.url or other.cache.url:
+            return self.cache.url == other.cache.url
+        return self.outputs_dir.resolve() == other.outputs_dir.resolve()
+
+
+@dataclass
+class MigrationReport:
+    calls: int = 0
+    calls_new: int = 0
+    evictions: int = 0
+    vectors: int = 0
+    vectors_new: int = 0
+    epoch: int = 0
+
+
+def migrate(src: CacheLocation, dst: CacheLocation) -> MigrationReport:
+    if src.same_as(dst):
+        raise InputError(None, "DST", f"is the same cache as SRC ({src.label})",
+                         "name another cache to copy into")
+    if not src.exists():
+        raise InputError(src.label, "SRC", "holds no cache (no cache/llm.sqlite or cache/embeddings.sqlite)",
+                         "pass the outputs directory of a build, or a postgresql:// URL")
+    report = MigrationReport()
+    if src.cache.url is not None or (src.outputs_dir / "cache" / SQLITE_FILES["llm"]).is_file():
+        _copy_calls(src, dst, report)
+    if src.cache.url is not None or (src.outputs_dir / "cache" / SQLITE_FILES["embeddings"]).is_file():
+        _copy_vectors(src, dst, report)
+    return report
+
+
+def _copy_calls(src: CacheLocation, dst: CacheLocation, report: MigrationReport) -> None:
+    source = RequestCache(open_database(src.cache, src.outputs_dir, "llm", SCHEMA, readonly=True))
+    target = RequestCache(open_database(dst.cache, dst.outputs_dir, "llm", SCHEMA))
+    try:
+        after = ""
+        while rows := source.rows(after, PAGE):
+            report.calls += len(rows)
+            report.calls_new += target.put_rows(rows)
+            after = rows[-1][0]
+        evictions = source.db.query("SELECT key, evicted_at FROM evictions ORDER BY key")
+        report.evictions = len(evictions)
+        report.epoch = max(source.epoch(), target.epoch())
+        target.db.write(("INSERT INTO evictions VALUES (?, ?) ON CONFLICT (key) DO NOTHING", evictions, True),
+                        ("INSERT INTO meta VALUES ('epoch', ?) ON CONFLICT (name) DO UPDATE SET value = ?",
+                         (report.epoch, report.epoch), False))
+    finally:
+        source.close()
+        target.close()
+
+
+def _copy_vectors(src: CacheLocation, dst: CacheLocation, report: MigrationReport) -> None:
+    schema = EmbeddingCache.SCHEMA
+    source = EmbeddingCache(open_database(src.cache, src.outputs_dir, "embeddings", schema, readonly=True))
+    target = EmbeddingCache(open_database(dst.cache, dst.outputs_dir, "embeddings", schema))
+    try:
+        after = ""
+        while rows := source.rows(after, PAGE):
+            report.vectors += len(rows)
+            report.vectors_new += target.put_many(rows)
+            after = rows[-1][0]
+    finally:
+        source.close()
+        target.close()
