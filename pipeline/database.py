@@ -103,16 +103,16 @@ def open_database(cache: CacheConfig, outputs_dir: Path, name: str, schema: dict
     """The `name` cache's database ("llm" or "embeddings"): SQLite under outputs_dir/cache/,
     or the PostgreSQL database at cache.url (InputError, exit 2, if it cannot be reached).
     `schema`: its tables' DDL per backend ("sqlite", "postgres"). `readonly` opens an
-    existing one without creating or changing anything."""
+    existing SQLite file without creating or changing anything."""
     if cache.url is None:
         return open_sqlite(outputs_dir / "cache" / SQLITE_FILES[name], schema["sqlite"], readonly)
     conn = connect_postgres(cache, source)
     db = Database(conn, postgres=True, where=cache.url)
-    if not readonly:
-        # Many processes may start at once: one creates the tables, the others wait.
-        lock = int.from_bytes(hashlib.sha256(f"health-orsc:{name}".encode()).digest()[:4], "big")
-        db.write(("SELECT pg_advisory_xact_lock(?)", (lock,), False),
-                 *((stmt, (), False) for stmt in schema["postgres"].split(";") if stmt.strip()))
+    # The tables are made even to read (a database no build has used reads as empty).
+    # Many processes may start at once: one creates the tables, the others wait.
+    lock = int.from_bytes(hashlib.sha256(f"health-orsc:{name}".encode()).digest()[:4], "big")
+    db.write(("SELECT pg_advisory_xact_lock(?)", (lock,), False),
+             *((stmt, (), False) for stmt in schema["postgres"].split(";") if stmt.strip()))
     return db
 
 

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,15 +78,23 @@ def migrate(src: CacheLocation, dst: CacheLocation) -> MigrationReport:
     return report
 
 
+def _copy_pages(read: Callable[[str, int], list[tuple]],
+                write: Callable[[list[tuple]], int]) -> tuple[int, int]:
+    """Rows keyed by their first field, PAGE at a time in key order: (rows read, rows new)."""
+    read_n = new = 0
+    after = ""
+    while rows := read(after, PAGE):
+        read_n += len(rows)
+        new += write(rows)
+        after = rows[-1][0]
+    return read_n, new
+
+
 def _copy_calls(src: CacheLocation, dst: CacheLocation, report: MigrationReport) -> None:
     source = RequestCache(open_database(src.cache, src.outputs_dir, "llm", SCHEMA, readonly=True))
     target = RequestCache(open_database(dst.cache, dst.outputs_dir, "llm", SCHEMA))
     try:
-        after = ""
-        while rows := source.rows(after, PAGE):
-            report.calls += len(rows)
-            report.calls_new += target.put_rows(rows)
-            after = rows[-1][0]
+        report.calls, report.calls_new = _copy_pages(source.rows, target.put_rows)
         evictions = source.db.query("SELECT key, evicted_at FROM evictions ORDER BY key")
         report.evictions = len(evictions)
         report.epoch = max(source.epoch(), target.epoch())
@@ -102,11 +111,7 @@ def _copy_vectors(src: CacheLocation, dst: CacheLocation, report: MigrationRepor
     source = EmbeddingCache(open_database(src.cache, src.outputs_dir, "embeddings", schema, readonly=True))
     target = EmbeddingCache(open_database(dst.cache, dst.outputs_dir, "embeddings", schema))
     try:
-        after = ""
-        while rows := source.rows(after, PAGE):
-            report.vectors += len(rows)
-            report.vectors_new += target.put_many(rows)
-            after = rows[-1][0]
+        report.vectors, report.vectors_new = _copy_pages(source.rows, target.put_many)
     finally:
         source.close()
         target.close()

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -76,6 +79,18 @@ def fake_config(tmp_path: Path, base_url: str, **overrides) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGINT to the process group a test started (prefect serve and dask need SIGINT),
+    then SIGKILL if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
 
 def csv_rows(path: Path) -> list[dict]:

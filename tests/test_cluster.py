@@ -4,8 +4,6 @@ The snapshot must be byte-identical to the thread runner's."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +13,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.llm.embedded import free_port
-from tests.conftest import fake_config
+from tests.conftest import fake_config, stop_process_group
 from tests.fake_openai import FakeOpenAI
 from tests.postgres import new_database
 from tests.test_build import reply, snapshot_files
@@ -27,16 +25,6 @@ def _start(args: list[str], log) -> subprocess.Popen:
     """`dask scheduler ...` or `dask worker ...`, in its own process group."""
     return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def test_a_dask_cluster_with_a_postgres_cache_builds_the_thread_runners_snapshot(pg, tmp_path):
@@ -76,7 +64,7 @@ def test_a_dask_cluster_with_a_postgres_cache_builds_the_thread_runners_snapshot
     finally:
         server.stop()
         for proc in reversed(procs):
-            _stop(proc)
+            stop_process_group(proc)
         log.close()
     assert cluster_calls == thread_calls  # its own cache (the database): every call again
     thread_snap = tmp_path / "thread" / "outputs" / "snapshots" / "t"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.llm.embedded import free_port
-from tests.conftest import fake_config
+from tests.conftest import fake_config, stop_process_group
 from tests.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.slow
@@ -39,17 +38,6 @@ def _healthy(url: str) -> bool:
             return resp.status == 200
     except OSError:
         return False
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGINT to the process group we started (prefect serve needs SIGINT), then kill."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def test_served_deployment_runs_through_a_prefect_server(tmp_path):
@@ -104,5 +92,5 @@ def test_served_deployment_runs_through_a_prefect_server(tmp_path):
         assert metrics["models"]["panel"]["unscored"] == metrics["models"]["panel"]["benign"] > 0
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_process_group(proc)
         fake.stop()
