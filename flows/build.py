@@ -248,7 +248,10 @@ def run_stages(config_path: str, cats: list[str], fps: dict[str, dict[str, str]]
     model = load_config(config_path).embedding_identity()
     embedding = stats.submit(embed_task, [(config_path, out, c, content_id([fps[c]["generate"], model]), f)
                                           for c, f in zip(cats, generating.futures, strict=True)], cats)
-    generated = stats.collect(generating)
+    try:
+        generated = stats.collect(generating)
+    finally:
+        wait(embedding.futures)  # no embed task outlives the gateway, even if generate failed
     stats.collect(embedding)
     key = dedup_key(generated, fps[cats[0]]["dedup"], carried_fps) if cats else content_id(carried_fps)
     [deduped] = stats.run(dedup_task, [(config_path, out, cats, generated, key, base, carry)])
