@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -342,7 +341,7 @@ def load_config(path: str | Path) -> BuildConfig:
 def check_cache(cache: CacheConfig, path: Path | None, url_field: str = "cache.url") -> None:
     """A PostgreSQL URL without a password in it, and a password_env that names a variable."""
     if cache.url is not None:
-        parts = urllib.parse.urlsplit(cache.url)
+        parts = urlsplit(cache.url)
         if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
             raise InputError(path, url_field, "is not a PostgreSQL URL",
                              "write postgresql://USER@HOST:5432/DBNAME, or remove 'cache' to keep the"
@@ -352,12 +351,18 @@ def check_cache(cache: CacheConfig, path: Path | None, url_field: str = "cache.u
             raise InputError(path, url_field, "holds a password",
                              "remove it from the URL and put it in an environment variable named by"
                              " 'cache.password_env' (or in PGPASSWORD or ~/.pgpass)")
-    if cache.password_env is not None and not ENV_VAR_NAME.fullmatch(cache.password_env):
-        raise InputError(path, "cache.password_env",
+    _check_env_var_name(cache.password_env, path, "cache.password_env", "password", "ORSC_CACHE_PASSWORD")
+
+
+def _check_env_var_name(name: str | None, path: Path | None, field: str, secret: str, example: str) -> None:
+    """A setting that names the environment variable holding a secret must be a name; the
+    value is not echoed, since it may be the secret pasted by mistake."""
+    if name is not None and not ENV_VAR_NAME.fullmatch(name):
+        raise InputError(path, field,
                          "must be the NAME of an environment variable (upper-case letters, digits, '_'),"
-                         " not the password itself",
-                         "put the password in an environment variable and write its name here, e.g."
-                         " ORSC_CACHE_PASSWORD")
+                         f" not the {secret} itself",
+                         f"put the {secret} in an environment variable and write its name here,"
+                         f" e.g. {example}")
 
 
 def _check_paths(cfg: BuildConfig, path: Path) -> None:
@@ -433,11 +438,4 @@ def _check_references(cfg: BuildConfig, path: Path) -> None:
             )
     check_cache(cfg.cache, path)
     for name, ep in cfg.endpoints.items():
-        if ep.api_key_env is not None and not ENV_VAR_NAME.fullmatch(ep.api_key_env):
-            # The value is not echoed: it may be a key pasted by mistake.
-            raise InputError(
-                path, f"endpoints.{name}.api_key_env",
-                "must be the NAME of an environment variable (upper-case letters, digits, '_'),"
-                " not the key itself",
-                "put the key in an environment variable and write its name here, e.g. OPENAI_API_KEY",
-            )
+        _check_env_var_name(ep.api_key_env, path, f"endpoints.{name}.api_key_env", "key", "OPENAI_API_KEY")
