@@ -65,7 +65,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     name = check_snapshot_name(config.outputs_dir,
                                default_snapshot_name() if args.name is None else args.name)
     base = str(open_base(Path(args.base)).path) if args.base else None
-    _check_cache(config)
+    _check_cache_reachable(config)
     _prefect_env(config.outputs_dir)
     from flows.build import build_benchmark
     from pipeline.procs import reap_orphans, start_prefect_server
@@ -109,7 +109,7 @@ def _print_budget(snapshot: Path, validation: ValidationConfig) -> None:
                   " config: validation.annotators, validation.overlap)")
 
 
-def _check_cache(config: BuildConfig) -> None:
+def _check_cache_reachable(config: BuildConfig) -> None:
     """An unreachable cache.url: exit 2 before Prefect starts or any model is called."""
     if config.cache.url is not None:
         connect_postgres(config.cache, config.source).close()
@@ -137,7 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     inputs = load_evaluation(config, base, models)  # every input checked before any call
     if args.name is not None:
         check_snapshot_name(config.outputs_dir, args.name, evaluations_dir(config.outputs_dir))
-    _check_cache(config)
+    _check_cache_reachable(config)
     _prefect_env(config.outputs_dir)
     from flows.evaluate import evaluate_benchmark
     from pipeline.procs import start_prefect_server

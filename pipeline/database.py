@@ -66,6 +66,14 @@ class Database:
             problem = shorten(" ".join(str(err).split()), 300)
             raise CacheUnavailable(f"the cache database {self.where} failed: {problem}") from err
 
+    def query_keys(self, sql: str, keys: Sequence[str], chunk: int = 500) -> list[tuple]:
+        """`sql` with `IN ({keys})` run over `keys` a chunk at a time (bounded parameter lists)."""
+        rows: list[tuple] = []
+        for i in range(0, len(keys), chunk):
+            part = keys[i:i + chunk]
+            rows += self.query(sql.format(keys=",".join("?" * len(part))), part)
+        return rows
+
     def one(self, sql: str, args: Sequence[Any] = ()) -> tuple | None:
         rows = self.query(sql, args)
         return rows[0] if rows else None
@@ -96,6 +104,12 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def cache_exists(cache: CacheConfig, outputs_dir: Path, name: str) -> bool:
+    """Whether the `name` cache is there to read: its SQLite file under outputs_dir/cache/,
+    or always for a database at cache.url (its tables are made on opening)."""
+    return cache.url is not None or (outputs_dir / "cache" / SQLITE_FILES[name]).is_file()
 
 
 def open_database(cache: CacheConfig, outputs_dir: Path, name: str, schema: dict[str, str],

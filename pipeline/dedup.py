@@ -65,18 +65,14 @@ class EmbeddingCache:
         return cls(open_database(config.cache, config.outputs_dir, "embeddings", cls.SCHEMA, config.source))
 
     def get_many(self, keys: list[str]) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
-            found.update((k, bytes(v)) for k, v in self.db.query(
-                f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk))
-        return found
+        return {k: bytes(v) for k, v in self.db.query_keys(
+            "SELECT key, vector FROM vectors WHERE key IN ({keys})", keys)}
 
     def put_many(self, items: list[tuple[str, bytes]]) -> int:
         """Store vectors; a key already there is kept. The number of new ones."""
         [inserted] = self.db.write(("INSERT INTO vectors VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
                                     items, True))
-        return max(inserted, 0)
+        return inserted
 
     def rows(self, after: str = "", limit: int = 1000) -> list[tuple[str, bytes]]:
         """Stored (key, vector) by key, `limit` after the key `after` (a migration)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import CacheConfig, check_cache
-from pipeline.database import SQLITE_FILES, open_database
+from pipeline.database import cache_exists, open_database
 from pipeline.dedup import EmbeddingCache
 from pipeline.errors import InputError
 from pipeline.llm.cache import SCHEMA, RequestCache
@@ -43,9 +43,8 @@ class CacheLocation:
             path = path.parent  # the cache directory itself, not its outputs directory
         return cls(CacheConfig(), path, str(path))
 
-    def exists(self) -> bool:
-        return self.cache.url is not None or any(
-            (self.outputs_dir / "cache" / f).is_file() for f in SQLITE_FILES.values())
+    def has(self, name: str) -> bool:
+        return cache_exists(self.cache, self.outputs_dir, name)
 
     def same_as(self, other: CacheLocation) -> bool:
         if self.cache.url or other.cache.url:
@@ -67,13 +66,13 @@ def migrate(src: CacheLocation, dst: CacheLocation) -> MigrationReport:
     if src.same_as(dst):
         raise InputError(None, "DST", f"is the same cache as SRC ({src.label})",
                          "name another cache to copy into")
-    if not src.exists():
+    if not (src.has("llm") or src.has("embeddings")):
         raise InputError(src.label, "SRC", "holds no cache (no cache/llm.sqlite or cache/embeddings.sqlite)",
                          "pass the outputs directory of a build, or a postgresql:// URL")
     report = MigrationReport()
-    if src.cache.url is not None or (src.outputs_dir / "cache" / SQLITE_FILES["llm"]).is_file():
+    if src.has("llm"):
         _copy_calls(src, dst, report)
-    if src.cache.url is not None or (src.outputs_dir / "cache" / SQLITE_FILES["embeddings"]).is_file():
+    if src.has("embeddings"):
         _copy_vectors(src, dst, report)
     return report
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.database import SQLITE_FILES, Database, open_database, open_sqlite
+from pipeline.database import Database, cache_exists, open_database, open_sqlite
 from pipeline.records import canonical_json
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ SCHEMA = {"sqlite": _CALLS.format(real="REAL"), "postgres": _CALLS.format(real="
 _FIELDS = "key, endpoint, model, request, response, text, usage, latency_s, created_at, role"
 # a key already stored (by this or another process) is left as it is
 _INSERT = f"INSERT INTO calls ({_FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
-_CHUNK = 500  # keys per IN (...) list
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,7 @@ class RequestCache:
     def put_rows(self, rows: list[tuple]) -> int:
         """Store rows as `rows` returns them (a migration); the number of new ones."""
         [inserted] = self.db.write((_INSERT, rows, True))
-        return max(inserted, 0)
+        return inserted
 
     # -- eviction ----------------------------------------------------------------------
     def find(self, *, role: str | None = None, endpoint: str | None = None, model: str | None = None,
@@ -148,7 +147,7 @@ class RequestCache:
             ("INSERT INTO meta VALUES ('epoch', 1) ON CONFLICT (name) DO UPDATE SET value = meta.value + 1",
              (), False))
         self._evictions_pending = True
-        return deleted if deleted >= 0 else len(keys)
+        return deleted
 
     def epoch(self) -> int:
         """How many evictions this cache has seen: part of every stage task's cache key."""
@@ -160,27 +159,21 @@ class RequestCache:
 
     def evicted(self, keys: list[str]) -> set[str]:
         """Those of `keys` that were evicted and not made again since."""
-        found: set[str] = set()
-        for i in range(0, len(keys), _CHUNK):
-            chunk = keys[i:i + _CHUNK]
-            found.update(r[0] for r in self.db.query(
-                f"SELECT key FROM evictions WHERE key IN ({','.join('?' * len(chunk))})", chunk))
-        return found
+        return {r[0] for r in self.db.query_keys("SELECT key FROM evictions WHERE key IN ({keys})", keys)}
 
     def close(self) -> None:
         self.db.close()
 
 
-def open_request_cache(config: BuildConfig, readonly: bool = False) -> RequestCache:
+def open_request_cache(config: BuildConfig) -> RequestCache:
     """The config's request cache: outputs/cache/llm.sqlite, or the `cache.url` database."""
-    return RequestCache(open_database(config.cache, config.outputs_dir, "llm", SCHEMA, config.source,
-                                      readonly))
+    return RequestCache(open_database(config.cache, config.outputs_dir, "llm", SCHEMA, config.source))
 
 
-def existing_request_cache(cache: CacheConfig, outputs_dir: Path, readonly: bool = False,
-                           source: Path | None = None) -> RequestCache | None:
+def existing_request_cache(cache: CacheConfig, outputs_dir: Path,
+                           readonly: bool = False) -> RequestCache | None:
     """The request cache builds with this cache setting and outputs dir wrote, or None if
     there is no SQLite file yet (a database at cache.url always exists)."""
-    if cache.url is None and not (outputs_dir / "cache" / SQLITE_FILES["llm"]).is_file():
+    if not cache_exists(cache, outputs_dir, "llm"):
         return None
-    return RequestCache(open_database(cache, outputs_dir, "llm", SCHEMA, source, readonly))
+    return RequestCache(open_database(cache, outputs_dir, "llm", SCHEMA, readonly=readonly))
