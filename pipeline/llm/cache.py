@@ -93,9 +93,16 @@ class RequestCache:
         }
 
     def text(self, key: str) -> str | None:
-        """Only the answer's text: what a build needs on a hit (get() parses the whole record)."""
+        """Only the answer's text (get() parses the whole record)."""
         row = self.db.one("SELECT text FROM calls WHERE key = ?", (key,))
         return row[0] if row else None
+
+    def answers(self, keys: list[str], with_response: bool = False) -> dict[str, tuple[str, str | None]]:
+        """Those of `keys` that are stored: key -> (text, the raw reply's JSON if
+        `with_response`), in one query per 500 keys (what the gateway needs on a hit)."""
+        column = "response" if with_response else "NULL"
+        rows = self.db.query_keys(f"SELECT key, text, {column} FROM calls WHERE key IN ({{keys}})", keys)
+        return {key: (text, response) for key, text, response in rows}
 
     def put_many(self, calls: list[CachedCall]) -> None:
         """Store calls in one transaction (one commit: the costly part of a write). A key

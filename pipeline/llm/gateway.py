@@ -27,6 +27,7 @@ import concurrent.futures
 import contextvars
 import email.utils
 import gc
+import json
 import os
 import queue
 import random
@@ -151,32 +152,35 @@ def backoff_s(attempt: int, asked_s: float | None = None) -> float:
     return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt) * (0.5 + random.random())
 
 
-class CacheWriter:
-    """Writes answered calls to the request cache from its own thread, many per commit
-    (a commit per call cost the gateway's loop ~0.1 ms, as much as the call itself).
-    `store` returns once the call is committed, so a completed call survives a kill."""
+class _Batches:
+    """A thread that takes (item, future) pairs, many at a time, off the gateway's loop:
+    `handle` gets a batch of items and returns their results (or raises: every future of
+    the batch gets the error). One query or commit per batch instead of one per call, and
+    the loop never waits on the database."""
 
     MAX_BATCH = 500
 
-    def __init__(self, cache: RequestCache, loop: asyncio.AbstractEventLoop):
-        self.cache = cache
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="llm-cache-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    async def store(self, call: CachedCall) -> None:
+    async def _ask(self, item: Any) -> Any:
         done = self.loop.create_future()
-        self._queue.put((call, done))
-        await done
+        self._queue.put((item, done))
+        return await done
+
+    def handle(self, items: list) -> list:
+        raise NotImplementedError
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            batch = [item]
+        while (first := self._queue.get()) is not None:
+            batch = [first]
             while len(batch) < self.MAX_BATCH:
                 try:
                     nxt = self._queue.get_nowait()
@@ -187,18 +191,64 @@ class CacheWriter:
                     break
                 batch.append(nxt)
             try:
-                self.cache.put_many([call for call, _ in batch])
-                error = None
+                results, error = self.handle([item for item, _ in batch]), None
             except Exception as err:  # a full disk, a dead database: each waiting call fails
-                error = err
-            self.loop.call_soon_threadsafe(_settle, [done for _, done in batch], error)
+                results, error = [None] * len(batch), err
+            self.loop.call_soon_threadsafe(_settle, [done for _, done in batch], results, error)
 
 
-def _settle(futures: list[asyncio.Future], error: BaseException | None) -> None:
-    for done in futures:
+class CacheWriter(_Batches):
+    """Writes answered calls to the request cache, many per commit (a commit per call cost
+    the gateway's loop ~0.1 ms, as much as the call itself). `store` returns once the call
+    is committed, so a completed call survives a kill."""
+
+    def __init__(self, cache: RequestCache, loop: asyncio.AbstractEventLoop):
+        self.cache = cache
+        super().__init__("llm-cache-writer", loop)
+
+    async def store(self, call: CachedCall) -> None:
+        await self._ask(call)
+
+    def handle(self, items: list[CachedCall]) -> list:
+        self.cache.put_many(items)
+        return [None] * len(items)
+
+
+class CacheReader(_Batches):
+    """Looks calls up in the request cache, many keys per query: a lookup on the loop
+    would hold it for a round trip to a PostgreSQL server (bench/, figure 9)."""
+
+    def __init__(self, cache: RequestCache, loop: asyncio.AbstractEventLoop):
+        self.cache = cache
+        super().__init__("llm-cache-reader", loop)
+
+    async def lookup(self, key: str, with_logprobs: bool) -> tuple[str, list | None] | None:
+        """(text, logprobs) of a stored call, or None; only a call that asked for logprobs
+        reads the stored reply (the text alone is what almost every hit needs)."""
+        return await self._ask((key, with_logprobs))
+
+    def handle(self, items: list[tuple[str, bool]]) -> list:
+        found: dict[str, tuple[str, str | None]] = {}
+        for with_logprobs in (False, True):
+            keys = [key for key, wants in items if wants is with_logprobs]
+            if keys:
+                found.update(self.cache.answers(keys, with_response=with_logprobs))
+        results = []
+        for key, with_logprobs in items:
+            hit = found.get(key)
+            if hit is None or not with_logprobs:
+                results.append(hit and (hit[0], None))
+            else:
+                choice = (json.loads(hit[1]).get("choices") or [{}])[0]
+                results.append((hit[0], choice_logprobs(choice)))
+        return results
+
+
+def _settle(futures: list[asyncio.Future], results: list, error: BaseException | None) -> None:
+    for done, result in zip(futures, results, strict=True):
         if not done.done():
             if error is None:
-                done.set_result(None)
+                done.set_result(result)
             else:
                 done.set_exception(error)
 
@@ -219,6 +269,7 @@ class Gateway:
                                         daemon=True)
         self._thread.start()
         self._writer = CacheWriter(self.cache, self._loop)
+        self._reader = CacheReader(self.cache, self._loop)
         self._clients: dict[str, openai.AsyncOpenAI] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._admission: asyncio.Semaphore | None = None  # made on the loop, by gather()
@@ -263,6 +314,7 @@ class Gateway:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
         self._writer.close()
+        self._reader.close()
         for server in self._servers.values():
             server.stop()
         self.cache.close()
@@ -301,39 +353,27 @@ class Gateway:
                               response_format(ep, schema), top_logprobs)
         key = request.key
         usage = _usage.get()
-        hit = self._cached(key, with_logprobs=top_logprobs is not None)
-        if hit is None and key in self._in_flight:
-            # The same request is already on its way: wait for it rather than send it twice
-            # (counted as a cache hit: its answer is the one that lands in the cache).
-            hit = await asyncio.shield(self._in_flight[key])
-        if hit is not None:
-            if usage:
-                usage.count(role_name, cached=True)
-            return ChatResult(hit[0], key, True, hit[1])
-        future = self._in_flight[key] = self._loop.create_future()
-        try:
-            answer = await self._call(role_name, role.endpoint, ep, request)
-        except BaseException as err:
-            future.set_exception(err)
-            future.exception()  # retrieved: nobody may be waiting
-            raise
-        finally:
-            del self._in_flight[key]
-        future.set_result(answer)
+        if key in self._in_flight:
+            # The same request is already being looked up or sent: wait for it rather than
+            # send it twice (counted as a cache hit: its answer is the one that lands in
+            # the cache).
+            answer, cached = await asyncio.shield(self._in_flight[key]), True
+        else:
+            future = self._in_flight[key] = self._loop.create_future()
+            try:
+                hit = await self._reader.lookup(key, with_logprobs=top_logprobs is not None)
+                cached = hit is not None
+                answer = hit if cached else await self._call(role_name, role.endpoint, ep, request)
+            except BaseException as err:
+                future.set_exception(err)
+                future.exception()  # retrieved: nobody may be waiting
+                raise
+            finally:
+                del self._in_flight[key]
+            future.set_result(answer)
         if usage:
-            usage.count(role_name, cached=False)
-        return ChatResult(answer[0], key, False, answer[1])
-
-    def _cached(self, key: str, with_logprobs: bool) -> tuple[str, list | None] | None:
-        """(text, logprobs) of a stored call; only a call that asked for them reads the whole
-        stored reply (the text alone is what almost every hit needs)."""
-        if not with_logprobs:
-            text = self.cache.text(key)
-            return None if text is None else (text, None)
-        call = self.cache.get(key)
-        if call is None:
-            return None
-        return call["text"], choice_logprobs((call["response"].get("choices") or [{}])[0])
+            usage.count(role_name, cached=cached)
+        return ChatResult(answer[0], key, cached, answer[1])
 
     async def embed(self, role_name: str, texts: list[str]) -> np.ndarray:
         """One /v1/embeddings request for a role: the texts' vectors, L2-normalised, in
