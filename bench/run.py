@@ -13,6 +13,7 @@ Figures (see bench/README.md for what each measures and the numbers we got):
 1 endpoint saturation  2 orchestration overhead  3 embedding  4 near-duplicate search
 5 warm rebuild and one-category regeneration  6 growth  7 validation
 8 evaluating two models on the cold snapshot (answers, grades; a re-grade alone)
+9 the request cache in PostgreSQL against SQLite (hit and miss cost, a cold build's saturation)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pipeline.llm.embedded import free_port
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(1, str(REPO))  # tests/postgres.py: the PostgreSQL server of figure 9
 CATEGORY_TO_REGENERATE = "drug_abuse"
 
 SIZES = {
@@ -175,9 +177,10 @@ def synth_seeds(dest: Path, per_category: int) -> Path:
 
 def write_config(path: Path, seeds: Path, outputs: Path, base_url: str, rewrites: int,
                  concurrency: int, exact_max: int | None = None, grader_model: str = "bench-grader",
-                 embedder: int | None = None) -> Path:
+                 embedder: int | None = None, cache_url: str | None = None) -> Path:
     """A bench build's config; `embedder`: embed through the endpoint's /v1/embeddings with
-    this many requests in flight (default: the local model)."""
+    this many requests in flight (default: the local model); `cache_url`: the caches in
+    that PostgreSQL database (default: SQLite under outputs/cache/)."""
     judges = ["harm_definition.j2", "asker_intent.j2", "contrast.j2"]
     cfg = {
         "seeds_dir": str(seeds), "templates_dir": str(REPO / "prompts_templates"),
@@ -205,6 +208,8 @@ def write_config(path: Path, seeds: Path, outputs: Path, base_url: str, rewrites
                                            "max_retries": 2, "timeout_s": 60}
         cfg["roles"]["embedder"] = {"endpoint": "bench-embed", "model": "bench-embedder"}
         cfg["dedup"] = {**cfg.get("dedup", {}), "embedder": "embedder"}
+    if cache_url:
+        cfg["cache"] = {"url": cache_url}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path
@@ -363,36 +368,76 @@ class Bench:
                 "nominal_texts_per_s": round(self.embed_slots / (self.embed_ms_per_text / 1000), 1),
                 "texts_per_s": round(len(texts) / wall, 1), "ratio": round(len(texts) / wall / rate, 3)}
 
-    def gateway_cpu(self) -> dict:
-        """CPU per model call in the gateway (request and cache key, the openai client over
-        aiohttp, validating the reply, the cache write), from this process's CPU clock over
-        distinct juror calls at full concurrency against the fake endpoint."""
+    def juror_bursts(self, config: Path) -> dict:
+        """Distinct juror calls at full concurrency against the fake endpoint through a
+        Gateway, each burst timed on this process's CPU clock and the wall clock: first
+        every call a cache miss (request and cache key, the openai client over aiohttp,
+        validating the reply, the cache write), then the same calls again, every one a hit."""
         from pipeline.config import load_config
         from pipeline.jury import VERDICT_SCHEMA
         from pipeline.llm import Gateway
 
         calls = self.size["capacity_calls"]
-        work = self.work / "gateway"
-        cfg = write_config(work / "config.yaml", REPO / "seeds", work / "outputs", self.base_url, 1,
-                           2 * self.slots)
-        gw = Gateway(load_config(cfg))
+        gw = Gateway(load_config(config))
 
         async def burst(start: int, n: int):
             return await asyncio.gather(*[
                 gw.chat("judge_1", [{"role": "user", "content": f"Is question {i} safe?"}], VERDICT_SCHEMA)
                 for i in range(start, start + n)])
 
+        out = {"calls": calls}
         try:
-            gw.run(burst(0, 2 * self.slots))  # connections and the loop warmed up
+            gw.run(burst(calls, 2 * self.slots))  # connections and the loop warmed up
             self.calls_log()
-            cpu, wall = time.process_time(), time.perf_counter()
-            gw.run(burst(2 * self.slots, calls))
-            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            for what in ("miss", "hit"):
+                cpu, wall = time.process_time(), time.perf_counter()
+                gw.run(burst(0, calls))
+                cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+                out[what] = {"cpu_us_per_call": round(1e6 * cpu / calls, 1),
+                             "wall_us_per_call": round(1e6 * wall / calls, 1),
+                             "calls_per_s": round(calls / wall, 1)}
         finally:
             gw.close()
-            self.calls_log()
-        return {"calls": calls, "client": "openai.AsyncOpenAI over openai.DefaultAioHttpClient (post)",
-                "cpu_ms_per_call": round(1000 * cpu / calls, 3), "calls_per_s": round(calls / wall, 1)}
+            out["endpoint_calls"] = len(self.calls_log())
+        return out
+
+    def gateway_cpu(self) -> dict:
+        """CPU per model call in the gateway: `juror_bursts`' misses, SQLite cache."""
+        work = self.work / "gateway"
+        bursts = self.juror_bursts(write_config(work / "config.yaml", REPO / "seeds", work / "outputs",
+                                                self.base_url, 1, 2 * self.slots))
+        return {"calls": bursts["calls"],
+                "client": "openai.AsyncOpenAI over openai.DefaultAioHttpClient (post)",
+                "cpu_ms_per_call": round(bursts["miss"]["cpu_us_per_call"] / 1000, 3),
+                "calls_per_s": bursts["miss"]["calls_per_s"], "sqlite_bursts": bursts}
+
+    def cache_backends(self, seeds: Path, sqlite_build: dict, capacity: float) -> dict:
+        """The request cache in PostgreSQL against SQLite: `juror_bursts` with the cache in
+        a PostgreSQL server on this host (tests/postgres.py), and a cold build with it,
+        embedding through the endpoint, beside the same build on SQLite (`sqlite_build`)."""
+        try:
+            from tests.postgres import PostgresServer, new_database
+
+            server = PostgresServer()
+        except RuntimeError as err:
+            return {"skipped": str(err)}
+        s = self.size
+        try:
+            work = self.work / "gateway-pg"
+            bursts = self.juror_bursts(write_config(work / "config.yaml", REPO / "seeds", work / "outputs",
+                                                    self.base_url, 1, 2 * self.slots,
+                                                    cache_url=new_database(server)))
+            config = write_config(self.work / "paper-pg" / "config.yaml", seeds,
+                                  self.work / "paper-pg" / "outputs", self.base_url, s["rewrites"],
+                                  2 * self.slots, s["exact_max"], embedder=2 * self.embed_slots,
+                                  cache_url=new_database(server))
+            build = self.build(config, "cold-postgres")
+        finally:
+            server.remove()
+        return {"postgres_bursts": bursts,
+                "builds": {name: {**saturation(b, capacity), "flow_wall_s": round(b["flow_wall_s"], 1),
+                                  "peak_rss_mb": round(b["peak_rss_mb"])}
+                           for name, b in (("sqlite", sqlite_build), ("postgres", build))}}
 
     def evaluation_figure(self, config: Path, snapshot: Path, seeds: Path, capacity: float) -> dict:
         """`orsc evaluate`'s flow on the cold snapshot with two models: the panel's answers and
@@ -448,7 +493,9 @@ class Bench:
         ecfg = write_config(self.work / "paper-embedder" / "config.yaml", seeds,
                             self.work / "paper-embedder" / "outputs", self.base_url, s["rewrites"],
                             2 * self.slots, s["exact_max"], embedder=2 * self.embed_slots)
-        results["embedder_build"] = embedder_build(self.build(ecfg, "cold-embedder"), cold)
+        sqlite_build = self.build(ecfg, "cold-embedder")
+        results["embedder_build"] = embedder_build(sqlite_build, cold)
+        results["cache_backends"] = self.cache_backends(seeds, sqlite_build, capacity)
         results["search"] = {"real": search_real(vectors, s["exact_max"]),
                              "synthetic": search_synthetic(s["synthetic_vectors"], s["exact_max"])}
 
@@ -787,6 +834,24 @@ def table(r: dict) -> str:
                      f" {st['calls_per_s']:.0f} calls/s | {cap:.0f} calls/s | {st['ratio']:.3f} | >= 0.9 |")
     lines.append(f"| 8 | evaluation metrics, difficulty, report and files ({ev['tasks']} tasks) |"
                  f" {ev['write_s']} s, peak RSS {ev['peak_rss_mb']} MB | | | |")
+    cb = r["cache_backends"]
+    if "skipped" in cb:
+        lines.append(f"| 9 | request cache in PostgreSQL | skipped: {cb['skipped']} | | | |")
+    else:
+        sq, pg = r["gateway"]["sqlite_bursts"], cb["postgres_bursts"]
+        for what in ("hit", "miss"):
+            a, b = pg[what], sq[what]
+            lines.append(f"| 9 | cache {what}, {sq['calls']} juror calls: PostgreSQL |"
+                         f" {a['wall_us_per_call']} us/call ({a['cpu_us_per_call']} us CPU),"
+                         f" {a['calls_per_s']:.0f} calls/s | SQLite {b['wall_us_per_call']} us/call"
+                         f" ({b['cpu_us_per_call']} us CPU),"
+                         f" {b['calls_per_s']:.0f} calls/s | {a['calls_per_s'] / b['calls_per_s']:.3f} | |")
+        for stage in ("generate", "jury"):
+            a, b = cb["builds"]["postgres"][stage], cb["builds"]["sqlite"][stage]
+            lines.append(f"| 9 | cold build, cache in PostgreSQL: {stage} {a['calls']} calls in"
+                         f" {a['wall_s']} s |"
+                         f" {a['calls_per_s']:.0f} calls/s ({a['ratio']:.3f} of capacity) | SQLite:"
+                         f" {b['calls_per_s']:.0f} calls/s ({b['ratio']:.3f}) | {a['ratio']:.3f} | >= 0.9 |")
     for g in gr["builds"]:
         lines.append(f"| 6 | growth {g['factor']}x: {g['candidates']} candidates | {g['flow_wall_s']} s,"
                      f" {g['peak_rss_mb']} MB | | {g['ms_per_candidate']} ms/candidate | linear |")

@@ -31,6 +31,7 @@ FIGURES = {
     "evaluation": ["prompts", "first", "regrade", "write_s", "peak_rss_mb"],
     "embedding_endpoint": ["texts_per_s", "capacity_texts_per_s", "ratio", "requests"],
     "embedder_build": ["flow_wall_s", "dedup_s", "embed_requests", "embed_tail_s"],
+    "cache_backends": ["postgres_bursts", "builds"],
 }
 
 
@@ -66,10 +67,18 @@ def test_bench_tiny_reports_every_figure(tmp_path):
     assert search["synthetic"]["planted_recall"] >= 0.95
     assert [b["factor"] for b in results["growth"]["builds"]] == [1, 2, 4]
     assert all(isinstance(b["peak_rss_mb"], numbers.Number) for b in results["growth"]["builds"])
+    cache = results["cache_backends"]
+    for bursts in (results["gateway"]["sqlite_bursts"], cache["postgres_bursts"]):
+        # the second burst repeats the first one's calls: every one a hit, none sent again
+        assert bursts["endpoint_calls"] == bursts["calls"] and bursts["hit"]["calls_per_s"] > 0
+    on_pg, on_sqlite = cache["builds"]["postgres"], cache["builds"]["sqlite"]
+    assert on_pg["candidates"] == on_sqlite["candidates"] > 0
+    assert on_pg["jury"]["calls"] == on_sqlite["jury"]["calls"] > 0
     # the markdown table is printed, one row per figure
     assert 0 < results["gateway"]["cpu_ms_per_call"] < 50
     for label in ("endpoint capacity", "gateway CPU per call", "generate:", "jury:", "Prefect + bookkeeping",
                   "embedding", "search", "warm rebuild", "regenerate", "growth 4x", "orsc validate",
                   "models (answers + grades)", "grader stage alone", "through /v1/embeddings",
-                  "cold build embedding through the endpoint"):
+                  "cold build embedding through the endpoint", "cache hit", "cache miss",
+                  "cold build, cache in PostgreSQL: jury"):
         assert label in proc.stdout, label
