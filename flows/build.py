@@ -237,6 +237,14 @@ def task_runner_for(cfg: TaskRunnerConfig):
     return ThreadPoolTaskRunner(max_workers=16)
 
 
+def run_on(runner: TaskRunnerConfig, fn, subflow: str, *args):
+    """`fn(*args)`, which submits tasks: in the calling flow (the thread runner), or as a
+    subflow named `subflow` on the configured task runner (Dask)."""
+    if runner.name == "thread":
+        return fn(*args)
+    return flow(fn, name=subflow, log_prints=True, task_runner=task_runner_for(runner))(*args)
+
+
 def run_stages(config_path: str, cats: list[str], fps: dict[str, dict[str, str]], name: str,
                base: str | None, carry: list[str], carried_fps: list[str], started_at: str) -> dict:
     """generate (-> embed) -> dedup -> jury -> export for the categories being (re)built.
@@ -301,12 +309,7 @@ def build_benchmark(config_path: str, categories: list[str] | None = None,
     args = (config_path, plan.rebuild, fps, name, str(base_snap.path) if base_snap else None,
             plan.carry, carried_fps, started_at)
     try:
-        if cfg.task_runner.name == "thread":
-            result = run_stages(*args)
-        else:
-            stages = flow(run_stages, name=f"{FLOW_NAME}-stages", log_prints=True,
-                          task_runner=task_runner_for(cfg.task_runner))
-            result = stages(*args)
+        result = run_on(cfg.task_runner, run_stages, f"{FLOW_NAME}-stages", *args)
     finally:
         close_gateways()
     return {**result, "plan": plan.reasons, "task_runner": cfg.task_runner.name}

@@ -2,7 +2,8 @@
 (answers and grades) and pipeline/scores.py (metrics and the run's files).
 
 The flow reads the snapshot's prompts once and writes each category's items to a stage
-file. Tasks are (model x category). Each answers and grades its prompts through the process's
+file. Tasks are (model x category); with `task_runner: dask` in the config they run as a
+subflow on Dask, as the build's stages do. Each answers and grades its prompts through the process's
 shared gateway, so every call is in the request cache: a run killed half-way resumes from
 it, and adding a model to the panel calls only that model and the grader for its answers.
 """
@@ -19,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.build import close_gateways, gateway_for
+from flows.build import close_gateways, gateway_for, run_on
 from pipeline.base import open_base
 from pipeline.config import load_config
 from pipeline.evaluate import EvalItem, Response, answer_category, eval_items, load_evaluation, planned_calls
@@ -55,6 +56,15 @@ def evaluate_task(config_path: str, snapshot: str, models: list[str], model: str
     return {"path": str(out), **usage.as_dict()}
 
 
+def run_tasks(config_path: str, snapshot: str, models: list[str], cats: list[str], items: dict[str, str],
+              run: str) -> list[dict]:
+    """One evaluate task per (model x category); their results."""
+    futures = [evaluate_task.submit(config_path, snapshot, models, m, c, items[c], run)
+               for m in models for c in cats]
+    wait(futures)  # every task ends before one's failure is raised: they share the gateway
+    return [f.result() for f in futures]
+
+
 @flow(name=FLOW_NAME, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=16))
 def evaluate_benchmark(config_path: str, snapshot: str, models: list[str] | None = None,
                        name: str | None = None) -> dict:
@@ -73,11 +83,9 @@ def evaluate_benchmark(config_path: str, snapshot: str, models: list[str] | None
     for cat, cat_items in eval_items(base.path, cats, config).items():
         items[cat] = stage_path(config.outputs_dir, "evaluate", f"{name}-items-{content_id([cat])}")
         write_jsonl(items[cat], cat_items)
+    args = (config_path, str(base.path), inputs.models, cats, {c: str(p) for c, p in items.items()}, name)
     try:
-        futures = [evaluate_task.submit(config_path, str(base.path), inputs.models, m, c, str(items[c]), name)
-                   for m in inputs.models for c in cats]
-        wait(futures)  # every task ends before one's failure is raised: they share the gateway
-        results = [f.result() for f in futures]
+        results = run_on(config.task_runner, run_tasks, f"{FLOW_NAME}-tasks", *args)
     finally:
         close_gateways()
     ended = time.monotonic()

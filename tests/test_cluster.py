@@ -1,13 +1,16 @@
 """A real Dask cluster: `dask scheduler` and two `dask worker` processes on loopback,
 started and stopped by the test, with the caches in a PostgreSQL server the test starts.
-The snapshot must be byte-identical to the thread runner's."""
+The snapshot must be byte-identical to the thread runner's, and an evaluation of it on the
+cluster must grade the same answers as one on threads."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -16,7 +19,8 @@ from pipeline.llm.embedded import free_port
 from tests.conftest import fake_config, stop_process_group
 from tests.fake_openai import FakeOpenAI
 from tests.postgres import new_database
-from tests.test_build import reply, snapshot_files
+from tests.test_build import snapshot_files
+from tests.test_evaluate import reply
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +31,18 @@ def _start(args: list[str], log) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def test_a_dask_cluster_with_a_postgres_cache_builds_the_thread_runners_snapshot(pg, tmp_path):
+def _with_panel(cfg: Path, **extra) -> Path:
+    """Two models under test and a grader (tests/test_evaluate.py's scripts), and `extra`."""
+    raw = yaml.safe_load(cfg.read_text())
+    raw["roles"].update({"refuser": {"endpoint": "fake", "model": "refuse-model"},
+                         "complier": {"endpoint": "fake", "model": "comply-model"},
+                         "grader": {"endpoint": "fake", "model": "grader-model", "prompt": "xstest.j2"}})
+    raw.update(evaluation={"models": ["refuser", "complier"], "grader": "grader"}, **extra)
+    cfg.write_text(yaml.safe_dump(raw))
+    return cfg
+
+
+def test_a_dask_cluster_with_a_postgres_cache_builds_and_evaluates_as_threads_do(pg, tmp_path):
     from distributed import Client
 
     port = free_port()
@@ -51,26 +66,31 @@ def test_a_dask_cluster_with_a_postgres_cache_builds_the_thread_runners_snapshot
                 time.sleep(1)
         assert len(workers) == 2
 
-        thread_cfg = fake_config(tmp_path / "thread", server.base_url)
+        thread_cfg = _with_panel(fake_config(tmp_path / "thread", server.base_url))
         assert main(["build", "--config", str(thread_cfg), "--name", "t"]) == 0
         thread_calls = server.chat_count
-        cluster_cfg = fake_config(tmp_path / "cluster", server.base_url,
-                                  task_runner={"name": "dask", "address": address})
-        raw = yaml.safe_load(cluster_cfg.read_text())
-        raw["cache"] = {"url": new_database(pg)}
-        cluster_cfg.write_text(yaml.safe_dump(raw))
+        cluster_cfg = _with_panel(fake_config(tmp_path / "cluster", server.base_url,
+                                              task_runner={"name": "dask", "address": address}),
+                                  cache={"url": new_database(pg)})
         assert main(["build", "--config", str(cluster_cfg), "--name", "c"]) == 0
         cluster_calls = server.chat_count - thread_calls
+        # the thread runner's snapshot, evaluated on threads and on the cluster
+        thread_snap = tmp_path / "thread" / "outputs" / "snapshots" / "t"
+        for cfg in (thread_cfg, cluster_cfg):
+            assert main(["evaluate", str(thread_snap), "--config", str(cfg), "--name", "e"]) == 0
     finally:
         server.stop()
         for proc in reversed(procs):
             stop_process_group(proc)
         log.close()
     assert cluster_calls == thread_calls  # its own cache (the database): every call again
-    thread_snap = tmp_path / "thread" / "outputs" / "snapshots" / "t"
     cluster_snap = tmp_path / "cluster" / "outputs" / "snapshots" / "c"
     assert snapshot_files(cluster_snap) == snapshot_files(thread_snap)
     # the caches are in the database, not under outputs/
     assert not list((tmp_path / "cluster" / "outputs").glob("cache/*.sqlite"))
     assert main(["verify", str(cluster_snap)]) == 0
+    runs = [tmp_path / d / "outputs" / "evaluations" / "e" for d in ("thread", "cluster")]
+    graded = [pq.read_table(run / "responses.parquet").to_pylist() for run in runs]
+    assert len(graded[0]) > 0 and graded[0] == graded[1]
+    assert (runs[0] / "leaderboard.csv").read_bytes() == (runs[1] / "leaderboard.csv").read_bytes()
     assert all(p.poll() is not None for p in procs)
