@@ -2,6 +2,7 @@
 
     python bench/run.py                  # paper scale (31,920 candidates), ~20 min on 2 cores
     python bench/run.py --size tiny      # seconds-scale smoke run (tests/test_bench.py)
+    python bench/run.py scale            # per-candidate costs at 4 sizes, for estimates beyond
 
 Writes bench/results.json (or --out) and prints a markdown table. Everything runs
 in this process tree, offline: a fake OpenAI-compatible endpoint with a fixed
@@ -30,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from datetime import UTC, datetime
@@ -217,18 +219,43 @@ def write_config(path: Path, seeds: Path, outputs: Path, base_url: str, rewrites
 
 # -- one build in a child process ----------------------------------------------------------
 
+class RssSampler:
+    """This process's RSS every 0.2 s on the monotonic clock (the clock of the flows'
+    stage timings), to find which stage holds the peak."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.samples.append((time.monotonic(), rss_mb()))
+
+    def by_stage(self, stages: dict) -> dict[str, float]:
+        """Peak RSS (MB) sampled within each stage's clock."""
+        self._stop.set()
+        self._thread.join()
+        return {name: round(max((mb for t, mb in self.samples if st["clock"][0] <= t <= st["clock"][1]),
+                                default=0.0))
+                for name, st in stages.items()}
+
+
 def build_once(args: argparse.Namespace) -> None:
-    """(child) Run the build-benchmark flow once; write its result, wall time and peak RSS."""
+    """(child) Run the build-benchmark flow once; write its result, wall time and peak RSS
+    (also per stage)."""
     started = time.perf_counter()
     from flows.build import build_benchmark
 
+    sampler = RssSampler()
     flow_started = time.perf_counter()
     result = build_benchmark(args.config, [args.categories] if args.categories else None,
                              args.name, args.base)
     done = time.perf_counter()
     Path(args.result).write_text(json.dumps({
         "result": result, "flow_wall_s": done - flow_started, "import_s": flow_started - started,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "rss_mb_by_stage": sampler.by_stage(result["stages"]),
     }))
 
 
@@ -244,6 +271,14 @@ def evaluate_once(args: argparse.Namespace) -> None:
         "result": result, "flow_wall_s": done - flow_started, "import_s": flow_started - started,
         "peak_rss_mb": peak_rss_mb(),
     }))
+
+
+def rss_mb() -> float:
+    """This process's resident set now (VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def peak_rss_mb() -> float:
@@ -770,6 +805,58 @@ def growth_figure(builds: list[tuple[int, dict]]) -> dict:
             "per_candidate_cost_4x_over_1x": round(last["ms_per_candidate"] / first["ms_per_candidate"], 3)}
 
 
+def size_mb(path: Path) -> float:
+    """A directory's files, or a file with its SQLite journal (-wal) if any."""
+    files = list(path.rglob("*")) if path.is_dir() else [path, path.with_name(path.name + "-wal")]
+    return round(sum(f.stat().st_size for f in files if f.is_file()) / 2**20, 1)
+
+
+def scale_probe(args: argparse.Namespace) -> dict:
+    """Per-candidate costs for extrapolating beyond paper scale: cold builds at growing
+    sizes, embedding through the fake endpoint (so the local model's fixed ~0.7 GB does
+    not blur the slope). Per build: calls, wall, peak RSS per stage, and the bytes of the
+    request cache, the embedding cache, the stage files and the snapshot; then each
+    one's growth per 1,000 candidates (least squares over the builds)."""
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="orsc-probe-"))
+    work.mkdir(parents=True, exist_ok=True)
+    bench = Bench("paper", work.resolve(), args.service_ms, args.slots)
+    rows = []
+    try:
+        bench.start()
+        for n in args.seeds:
+            seeds = synth_seeds(bench.work / f"seeds-{n}", n)
+            out = bench.work / f"probe-{n}" / "outputs"
+            cfg = write_config(out.parent / "config.yaml", seeds, out, bench.base_url, 4, 2 * bench.slots,
+                               embedder=2 * bench.embed_slots)
+            b = bench.build(cfg, f"probe-{n}")
+            rows.append({"seeds_per_category": n,
+                         "candidates": sum(r["generated"] for r in b["result"]["summary"]),
+                         "model_calls": sum(1 for c in b["calls_log"] if c[3] != "embed"),
+                         "flow_wall_s": round(b["flow_wall_s"], 1), "peak_rss_mb": round(b["peak_rss_mb"]),
+                         "rss_mb_by_stage": b["rss_mb_by_stage"],
+                         "request_cache_mb": size_mb(out / "cache" / "llm.sqlite"),
+                         "embedding_cache_mb": size_mb(out / "cache" / "embeddings.sqlite"),
+                         "stage_files_mb": size_mb(out / "stages"),
+                         "snapshot_mb": size_mb(out / "snapshots" / f"probe-{n}")})
+    finally:
+        bench.stop()
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    x = np.array([r["candidates"] for r in rows], dtype=float) / 1000
+
+    def per_1k(values: list[float]) -> float:
+        return round(float(np.polyfit(x, np.array(values, dtype=float), 1)[0]), 2)
+
+    stages = rows[-1]["rss_mb_by_stage"]
+    return {"builds": rows, "per_1k_candidates": {
+        "model_calls": per_1k([r["model_calls"] for r in rows]),
+        "flow_wall_s": per_1k([r["flow_wall_s"] for r in rows]),
+        "peak_rss_mb": per_1k([r["peak_rss_mb"] for r in rows]),
+        "rss_mb_by_stage": {st: per_1k([r["rss_mb_by_stage"][st] for r in rows]) for st in stages},
+        **{k: per_1k([r[k] for r in rows])
+           for k in ("request_cache_mb", "embedding_cache_mb", "stage_files_mb", "snapshot_mb")}}}
+
+
 # -- report ---------------------------------------------------------------------------------
 
 def table(r: dict) -> str:
@@ -870,6 +957,19 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--categories")
         ap.add_argument("--snapshot")
         (build_once if argv[0] == "build-once" else evaluate_once)(ap.parse_args(argv[1:]))
+        return 0
+    if argv[:1] == ["scale"]:
+        ap = argparse.ArgumentParser(prog="bench/run.py scale", description=scale_probe.__doc__)
+        ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[40, 160, 380, 760],
+                        help="seeds per category, one cold build each (default 40,160,380,760)")
+        ap.add_argument("--out", type=Path, default=BENCH / "scale.json")
+        ap.add_argument("--workdir", type=Path)
+        ap.add_argument("--service-ms", type=float, default=50.0)
+        ap.add_argument("--slots", type=int, default=64)
+        args = ap.parse_args(argv[1:])
+        results = scale_probe(args)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results["per_1k_candidates"], indent=2))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="paper")
