@@ -143,7 +143,8 @@ def test_losing_the_database_mid_build_exits_1_and_the_next_build_resumes(pg, tm
     def reply(request: dict) -> str:
         if request["model"].startswith("judge-"):
             jurors["asked"] += 1
-            if jurors["asked"] == 10:  # the database goes away while the jury is at work
+            if jurors["asked"] == 10:  # the database goes away while the jury is at work,
+                _wait_for_a_verdict(url)  # once some verdicts are committed
                 jurors["stopped"] = True
                 pg.stop("immediate")
             return json.dumps({"label": "benign", "rationale": "scripted"})
@@ -178,6 +179,18 @@ def test_losing_the_database_mid_build_exits_1_and_the_next_build_resumes(pg, tm
     assert 0 < kept < len(judged_before) and len(judged_after) == len(needed) - kept
     assert not [r for r in server.requests[first:] if not r["model"].startswith("judge-")]
     assert (tmp_path / "outputs" / "snapshots" / "v1" / "MANIFEST.json").is_file()
+
+
+def _wait_for_a_verdict(url: str, timeout_s: float = 60) -> None:
+    import time
+
+    import psycopg
+
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(url, autocommit=True) as conn:
+        while not conn.execute("SELECT 1 FROM calls WHERE role LIKE 'judge%' LIMIT 1").fetchone():
+            assert time.monotonic() < deadline, "no verdict was committed"
+            time.sleep(0.05)
 
 
 def _up(pg) -> bool:
