@@ -40,7 +40,7 @@ from pipeline.config import BuildConfig, TaskRunnerConfig, load_config
 from pipeline.fingerprint import fingerprint_components, stage_fingerprint
 from pipeline.inputs import BuildInputs, load_inputs
 from pipeline.llm import Gateway, Usage
-from pipeline.llm.cache import open_request_cache
+from pipeline.llm.cache import RequestCache
 from pipeline.progress import note, tracked
 from pipeline.records import StageCounts, content_id
 from pipeline.store import check_snapshot_name, default_snapshot_name, load_manifest, remove_stale_temp_dirs
@@ -291,7 +291,7 @@ def build_benchmark(config_path: str, categories: list[str] | None = None,
     name = check_snapshot_name(cfg.outputs_dir, name or default_snapshot_name())
     remove_stale_temp_dirs(cfg.outputs_dir)
     base_snap = open_base(Path(base)) if base else None
-    cache = open_request_cache(cfg)  # an unreachable cache.url stops here: exit 2, no call made
+    cache = RequestCache.open(cfg)  # an unreachable cache.url stops here: exit 2, no call made
     try:
         plan = plan_rebuild(inputs, base_snap, named=bool(categories), cache=cache)
         epoch = cache.epoch()  # evictions re-run every stage task (their calls come from the cache)

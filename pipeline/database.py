@@ -8,7 +8,7 @@ keyed, and inserts skip a key that is already there, so concurrent writers neith
 nor duplicate a row.
 
 Example:
-    db = open_database(config.cache, config.outputs_dir, "llm", REQUEST_SCHEMA, config.source)
+    db = open_database(config.cache, config.outputs_dir, "llm", SCHEMA, config.source)
     rows = db.query("SELECT key FROM calls WHERE role = ?", ("judge_1",))
 """
 

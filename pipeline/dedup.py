@@ -32,7 +32,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pipeline.config import BuildConfig, DedupConfig
+from pipeline.config import BuildConfig, CacheConfig, DedupConfig
 from pipeline.database import Database, open_database, open_sqlite
 from pipeline.files import default_embedding_model, model_identity
 from pipeline.llm import Gateway, Usage
@@ -60,9 +60,16 @@ class EmbeddingCache:
         self.db = db if isinstance(db, Database) else open_sqlite(db, self.SCHEMA["sqlite"])
 
     @classmethod
+    def at(cls, cache: CacheConfig, outputs_dir: Path, source: Path | None = None,
+           readonly: bool = False) -> EmbeddingCache:
+        """The embedding cache of a cache setting: outputs_dir/cache/embeddings.sqlite, or
+        the `cache.url` database."""
+        return cls(open_database(cache, outputs_dir, "embeddings", cls.SCHEMA, source, readonly))
+
+    @classmethod
     def open(cls, config: BuildConfig) -> EmbeddingCache:
-        """The config's embedding cache: outputs/cache/embeddings.sqlite, or the `cache.url` database."""
-        return cls(open_database(config.cache, config.outputs_dir, "embeddings", cls.SCHEMA, config.source))
+        """The config's embedding cache."""
+        return cls.at(config.cache, config.outputs_dir, config.source)
 
     def get_many(self, keys: list[str]) -> dict[str, bytes]:
         return {k: bytes(v) for k, v in self.db.query_keys(

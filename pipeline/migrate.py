@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import CacheConfig, check_cache
-from pipeline.database import cache_exists, open_database
+from pipeline.database import cache_exists
 from pipeline.dedup import EmbeddingCache
 from pipeline.errors import InputError
-from pipeline.llm.cache import SCHEMA, RequestCache
+from pipeline.llm.cache import RequestCache
 
 PAGE = 2000
 
@@ -90,8 +90,8 @@ def _copy_pages(read: Callable[[str, int], list[tuple]],
 
 
 def _copy_calls(src: CacheLocation, dst: CacheLocation, report: MigrationReport) -> None:
-    source = RequestCache(open_database(src.cache, src.outputs_dir, "llm", SCHEMA, readonly=True))
-    target = RequestCache(open_database(dst.cache, dst.outputs_dir, "llm", SCHEMA))
+    source = RequestCache.at(src.cache, src.outputs_dir, readonly=True)
+    target = RequestCache.at(dst.cache, dst.outputs_dir)
     try:
         report.calls, report.calls_new = _copy_pages(source.rows, target.put_rows)
         evictions = source.db.query("SELECT key, evicted_at FROM evictions ORDER BY key")
@@ -106,9 +106,8 @@ def _copy_calls(src: CacheLocation, dst: CacheLocation, report: MigrationReport)
 
 
 def _copy_vectors(src: CacheLocation, dst: CacheLocation, report: MigrationReport) -> None:
-    schema = EmbeddingCache.SCHEMA
-    source = EmbeddingCache(open_database(src.cache, src.outputs_dir, "embeddings", schema, readonly=True))
-    target = EmbeddingCache(open_database(dst.cache, dst.outputs_dir, "embeddings", schema))
+    source = EmbeddingCache.at(src.cache, src.outputs_dir, readonly=True)
+    target = EmbeddingCache.at(dst.cache, dst.outputs_dir)
     try:
         report.vectors, report.vectors_new = _copy_pages(source.rows, target.put_many)
     finally:

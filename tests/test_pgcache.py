@@ -12,10 +12,9 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.config import CacheConfig, load_config
-from pipeline.database import open_database
 from pipeline.dedup import EmbeddingCache
 from pipeline.errors import InputError
-from pipeline.llm.cache import SCHEMA, CachedCall, RequestCache
+from pipeline.llm.cache import CachedCall, RequestCache
 from tests.conftest import fake_config
 from tests.fake_openai import FakeOpenAI
 from tests.postgres import new_database
@@ -30,10 +29,10 @@ def _call(key: str, role: str = "judge_1", text: str = "benign") -> CachedCall:
 @pytest.fixture(params=["sqlite", "postgres"])
 def cache(request, tmp_path):
     if request.param == "sqlite":
-        c = RequestCache(open_database(CacheConfig(), tmp_path, "llm", SCHEMA))
+        c = RequestCache.at(CacheConfig(), tmp_path)
     else:
         url = new_database(request.getfixturevalue("pg"))
-        c = RequestCache(open_database(CacheConfig(url=url), tmp_path, "llm", SCHEMA))
+        c = RequestCache.at(CacheConfig(url=url), tmp_path)
     yield c
     c.close()
 
@@ -54,7 +53,7 @@ def test_both_backends_store_find_and_evict_calls_alike(cache):
 
 
 def _writer(url: str, worker: int) -> None:
-    cache = RequestCache(open_database(CacheConfig(url=url), None, "llm", SCHEMA))
+    cache = RequestCache.at(CacheConfig(url=url), None)
     try:
         for start in range(0, 400, 50):  # overlapping keys: every worker writes 0..399
             cache.put_many([_call(f"key-{i:04d}", text=f"worker {worker}") for i in range(start, start + 50)])
@@ -71,7 +70,7 @@ def test_many_processes_write_one_database_at_once_without_losing_or_doubling_a_
     for w in workers:
         w.join(timeout=120)
     assert [w.exitcode for w in workers] == [0, 0, 0, 0]
-    cache = RequestCache(open_database(CacheConfig(url=url), None, "llm", SCHEMA))
+    cache = RequestCache.at(CacheConfig(url=url), None)
     try:
         keys = cache.find()
         assert keys == [f"key-{i:04d}" for i in range(400)]  # each once, none lost
@@ -114,7 +113,7 @@ def test_a_build_on_postgres_matches_one_on_sqlite_and_provenance_reads_it(pg, t
                 == (tmp_path / "sqlite" / "outputs" / "snapshots" / "v1" / name).read_bytes())
     calls = [report["generation_call"], *(c for v in report["votes"] for c in v["calls"])]
     assert len(calls) == 4 and all(c["found"] and c["raw_response"] and c["made_at"] for c in calls)
-    vectors = EmbeddingCache(open_database(CacheConfig(url=url), None, "embeddings", EmbeddingCache.SCHEMA))
+    vectors = EmbeddingCache.at(CacheConfig(url=url), None)
     try:
         assert len(vectors.rows(limit=10_000)) > 0
     finally:
@@ -157,7 +156,7 @@ def test_losing_the_database_mid_build_exits_1_and_the_next_build_resumes(pg, tm
         err = capsys.readouterr().err
         first = server.chat_count
         pg.start()
-        stored = RequestCache(open_database(CacheConfig(url=url), None, "llm", SCHEMA))
+        stored = RequestCache.at(CacheConfig(url=url), None)
         try:  # the verdicts written before the database went away
             kept = sum(len(stored.find(role=f"judge_{i}")) for i in (1, 2, 3))
         finally:

@@ -81,6 +81,18 @@ class RequestCache:
                 self._fields = _FIELDS.replace("role", "NULL")
         self._evictions_pending = not readonly and self.has_evictions()
 
+    @classmethod
+    def at(cls, cache: CacheConfig, outputs_dir: Path, source: Path | None = None,
+           readonly: bool = False) -> RequestCache:
+        """The request cache of a cache setting: outputs_dir/cache/llm.sqlite, or the
+        `cache.url` database."""
+        return cls(open_database(cache, outputs_dir, "llm", SCHEMA, source, readonly))
+
+    @classmethod
+    def open(cls, config: BuildConfig) -> RequestCache:
+        """The config's request cache."""
+        return cls.at(config.cache, config.outputs_dir, config.source)
+
     def get(self, key: str) -> dict[str, Any] | None:
         row = self.db.one(f"SELECT {self._fields} FROM calls WHERE key = ?", (key,))
         if row is None:
@@ -172,15 +184,10 @@ class RequestCache:
         self.db.close()
 
 
-def open_request_cache(config: BuildConfig) -> RequestCache:
-    """The config's request cache: outputs/cache/llm.sqlite, or the `cache.url` database."""
-    return RequestCache(open_database(config.cache, config.outputs_dir, "llm", SCHEMA, config.source))
-
-
 def existing_request_cache(cache: CacheConfig, outputs_dir: Path,
                            readonly: bool = False) -> RequestCache | None:
     """The request cache builds with this cache setting and outputs dir wrote, or None if
     there is no SQLite file yet (a database at cache.url always exists)."""
     if not cache_exists(cache, outputs_dir, "llm"):
         return None
-    return RequestCache(open_database(cache, outputs_dir, "llm", SCHEMA, readonly=readonly))
+    return RequestCache.at(cache, outputs_dir, readonly=readonly)

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.config import BuildConfig, EndpointConfig
 from pipeline.errors import shorten
-from pipeline.llm.cache import CachedCall, RequestCache, open_request_cache
+from pipeline.llm.cache import CachedCall, RequestCache
 from pipeline.llm.embedded import EmbeddedServer
 from pipeline.llm.request import ChatRequest, response_format
 from pipeline.progress import TaskProgress, note
@@ -263,7 +263,7 @@ class Gateway:
 
     def __init__(self, config: BuildConfig, cache: RequestCache | None = None):
         self.config = config
-        self.cache = cache or open_request_cache(config)
+        self.cache = cache or RequestCache.open(config)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="llm-gateway",
                                         daemon=True)
