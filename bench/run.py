@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -273,21 +274,23 @@ def evaluate_once(args: argparse.Namespace) -> None:
     }))
 
 
+def _status_mb(field: str) -> float | None:
+    """A kB field of /proc/self/status (VmRSS, VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
 def rss_mb() -> float:
     """This process's resident set now (VmRSS)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return _status_mb("VmRSS") or 0.0
 
 
 def peak_rss_mb() -> float:
     """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries
     ru_maxrss over exec, so a child would report its parent's peak if that was higher."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Bench:
@@ -811,37 +814,43 @@ def size_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in files if f.is_file()) / 2**20, 1)
 
 
-def scale_probe(args: argparse.Namespace) -> dict:
+@contextlib.contextmanager
+def bench_in(args: argparse.Namespace, size: str):
+    """A Bench in --workdir (kept) or a temp dir (removed), its servers stopped at the end."""
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="orsc-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    bench = Bench(size, work.resolve(), args.service_ms, args.slots)
+    try:
+        yield bench
+    finally:
+        bench.stop()
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def scale_probe(bench: Bench, seeds_per_category: list[int]) -> dict:
     """Per-candidate costs for extrapolating beyond paper scale: cold builds at growing
     sizes, embedding through the fake endpoint (so the local model's fixed ~0.7 GB does
     not blur the slope). Per build: calls, wall, peak RSS per stage, and the bytes of the
     request cache, the embedding cache, the stage files and the snapshot; then each
     one's growth per 1,000 candidates (least squares over the builds)."""
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="orsc-probe-"))
-    work.mkdir(parents=True, exist_ok=True)
-    bench = Bench("paper", work.resolve(), args.service_ms, args.slots)
     rows = []
-    try:
-        bench.start()
-        for n in args.seeds:
-            seeds = synth_seeds(bench.work / f"seeds-{n}", n)
-            out = bench.work / f"probe-{n}" / "outputs"
-            cfg = write_config(out.parent / "config.yaml", seeds, out, bench.base_url, 4, 2 * bench.slots,
-                               embedder=2 * bench.embed_slots)
-            b = bench.build(cfg, f"probe-{n}")
-            rows.append({"seeds_per_category": n,
-                         "candidates": sum(r["generated"] for r in b["result"]["summary"]),
-                         "model_calls": sum(1 for c in b["calls_log"] if c[3] != "embed"),
-                         "flow_wall_s": round(b["flow_wall_s"], 1), "peak_rss_mb": round(b["peak_rss_mb"]),
-                         "rss_mb_by_stage": b["rss_mb_by_stage"],
-                         "request_cache_mb": size_mb(out / "cache" / "llm.sqlite"),
-                         "embedding_cache_mb": size_mb(out / "cache" / "embeddings.sqlite"),
-                         "stage_files_mb": size_mb(out / "stages"),
-                         "snapshot_mb": size_mb(out / "snapshots" / f"probe-{n}")})
-    finally:
-        bench.stop()
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    bench.start()
+    for n in seeds_per_category:
+        seeds = synth_seeds(bench.work / f"seeds-{n}", n)
+        out = bench.work / f"probe-{n}" / "outputs"
+        cfg = write_config(out.parent / "config.yaml", seeds, out, bench.base_url, 4, 2 * bench.slots,
+                           embedder=2 * bench.embed_slots)
+        b = bench.build(cfg, f"probe-{n}")
+        rows.append({"seeds_per_category": n,
+                     "candidates": sum(r["generated"] for r in b["result"]["summary"]),
+                     "model_calls": sum(1 for c in b["calls_log"] if c[3] != "embed"),
+                     "flow_wall_s": round(b["flow_wall_s"], 1), "peak_rss_mb": round(b["peak_rss_mb"]),
+                     "rss_mb_by_stage": b["rss_mb_by_stage"],
+                     "request_cache_mb": size_mb(out / "cache" / "llm.sqlite"),
+                     "embedding_cache_mb": size_mb(out / "cache" / "embeddings.sqlite"),
+                     "stage_files_mb": size_mb(out / "stages"),
+                     "snapshot_mb": size_mb(out / "snapshots" / f"probe-{n}")})
     x = np.array([r["candidates"] for r in rows], dtype=float) / 1000
 
     def per_1k(values: list[float]) -> float:
@@ -958,36 +967,28 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--snapshot")
         (build_once if argv[0] == "build-once" else evaluate_once)(ap.parse_args(argv[1:]))
         return 0
-    if argv[:1] == ["scale"]:
+    scale = argv[:1] == ["scale"]
+    if scale:
         ap = argparse.ArgumentParser(prog="bench/run.py scale", description=scale_probe.__doc__)
         ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[40, 160, 380, 760],
                         help="seeds per category, one cold build each (default 40,160,380,760)")
         ap.add_argument("--out", type=Path, default=BENCH / "scale.json")
-        ap.add_argument("--workdir", type=Path)
-        ap.add_argument("--service-ms", type=float, default=50.0)
-        ap.add_argument("--slots", type=int, default=64)
-        args = ap.parse_args(argv[1:])
-        results = scale_probe(args)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-        print(json.dumps(results["per_1k_candidates"], indent=2))
-        return 0
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", choices=sorted(SIZES), default="paper")
-    ap.add_argument("--out", type=Path, default=BENCH / "results.json")
+    else:
+        ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        ap.add_argument("--size", choices=sorted(SIZES), default="paper")
+        ap.add_argument("--out", type=Path, default=BENCH / "results.json")
     ap.add_argument("--workdir", type=Path, help="where builds go (default: a temp dir, removed)")
     ap.add_argument("--service-ms", type=float, default=50.0)
     ap.add_argument("--slots", type=int, default=64)
-    args = ap.parse_args(argv)
-    keep = args.workdir is not None
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="orsc-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    bench = Bench(args.size, work.resolve(), args.service_ms, args.slots)
-    try:
+    args = ap.parse_args(argv[1:] if scale else argv)
+    if scale:
+        with bench_in(args, "paper") as bench:
+            results = scale_probe(bench, args.seeds)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results["per_1k_candidates"], indent=2))
+        return 0
+    with bench_in(args, args.size) as bench:
         results = bench.run()
-    finally:
-        bench.stop()
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
