@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from pipeline.dedup import Embedder
-from pipeline.files import read_csv
+from health_orsc.build.dedup import Embedder
+from health_orsc.core.config import DATA_DIR
+from health_orsc.core.files import read_csv
 
 REPO = Path(__file__).resolve().parent.parent
 LABELS = ("on_topic", "off_topic")
@@ -75,7 +76,7 @@ def evaluate(pairs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gold", type=Path, default=REPO / "gold" / "rewrites.csv")
+    ap.add_argument("--gold", type=Path, default=DATA_DIR / "gold" / "rewrites.csv")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "off_topic.json")
     args = ap.parse_args(argv)
     pairs = read_csv(args.gold, ("template_prompt", "rewrite", "label", "level"),

@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipeline.llm.embedded import free_port
+from health_orsc.core.config import DATA_DIR
+from health_orsc.llm.embedded import free_port
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -158,8 +159,8 @@ def synth_seeds(dest: Path, per_category: int) -> Path:
     """The repo's taxonomy and seed topics, cycled to `per_category` topics per category;
     each copy is a distinct case (its slots name the case), so every template text differs."""
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "seeds" / "taxonomy.yaml", dest / "taxonomy.yaml")
-    for path in sorted((REPO / "seeds").glob("*.yaml")):
+    shutil.copy(DATA_DIR / "seeds" / "taxonomy.yaml", dest / "taxonomy.yaml")
+    for path in sorted((DATA_DIR / "seeds").glob("*.yaml")):
         if path.name == "taxonomy.yaml":
             continue
         data = yaml.safe_load(path.read_text())
@@ -186,7 +187,7 @@ def write_config(path: Path, seeds: Path, outputs: Path, base_url: str, rewrites
     that PostgreSQL database (default: SQLite under outputs/cache/)."""
     judges = ["harm_definition.j2", "asker_intent.j2", "contrast.j2"]
     cfg = {
-        "seeds_dir": str(seeds), "templates_dir": str(REPO / "prompts_templates"),
+        "seeds_dir": str(seeds), "templates_dir": str(DATA_DIR / "prompts_templates"),
         "outputs_dir": str(outputs),
         "endpoints": {"bench": {"base_url": base_url, "max_concurrency": concurrency,
                                 "max_retries": 2, "timeout_s": 60}},
@@ -247,7 +248,7 @@ def build_once(args: argparse.Namespace) -> None:
     """(child) Run the build-benchmark flow once; write its result, wall time and peak RSS
     (also per stage)."""
     started = time.perf_counter()
-    from flows.build import build_benchmark
+    from health_orsc.flows.build import build_benchmark
 
     sampler = RssSampler()
     flow_started = time.perf_counter()
@@ -263,7 +264,7 @@ def build_once(args: argparse.Namespace) -> None:
 def evaluate_once(args: argparse.Namespace) -> None:
     """(child) Run the evaluate-benchmark flow once; write its result, wall time and peak RSS."""
     started = time.perf_counter()
-    from flows.evaluate import evaluate_benchmark
+    from health_orsc.flows.evaluate import evaluate_benchmark
 
     flow_started = time.perf_counter()
     result = evaluate_benchmark(args.config, args.snapshot, None, args.name)
@@ -377,9 +378,10 @@ class Bench:
         """The dedup stage's Embedder with an embedder role (requests of `dedup.batch_size`
         texts, into a fresh embedding cache) against the fake endpoint's /v1/embeddings,
         beside that endpoint's capacity measured with the plain load generator."""
-        from pipeline.config import load_config
-        from pipeline.dedup import Embedder, EmbeddingCache
-        from pipeline.llm import Gateway
+        from health_orsc.build.dedup import Embedder
+        from health_orsc.cache.embeddings import EmbeddingCache
+        from health_orsc.core.config import load_config
+        from health_orsc.llm import Gateway
 
         batch = 32
         payload = {"model": "m", "input": [f"Is dose {i} of this medicine safe?" for i in range(batch)]}
@@ -411,9 +413,9 @@ class Bench:
         Gateway, each burst timed on this process's CPU clock and the wall clock: first
         every call a cache miss (request and cache key, the openai client over aiohttp,
         validating the reply, the cache write), then the same calls again, every one a hit."""
-        from pipeline.config import load_config
-        from pipeline.jury import VERDICT_SCHEMA
-        from pipeline.llm import Gateway
+        from health_orsc.build.jury import VERDICT_SCHEMA
+        from health_orsc.core.config import load_config
+        from health_orsc.llm import Gateway
 
         calls = self.size["capacity_calls"]
         gw = Gateway(load_config(config))
@@ -442,7 +444,7 @@ class Bench:
     def gateway_cpu(self) -> dict:
         """CPU per model call in the gateway: `juror_bursts`' misses, SQLite cache."""
         work = self.work / "gateway"
-        bursts = self.juror_bursts(write_config(work / "config.yaml", REPO / "seeds", work / "outputs",
+        bursts = self.juror_bursts(write_config(work / "config.yaml", DATA_DIR / "seeds", work / "outputs",
                                                 self.base_url, 1, 2 * self.slots))
         return {"calls": bursts["calls"],
                 "client": "openai.AsyncOpenAI over openai.DefaultAioHttpClient (post)",
@@ -462,8 +464,8 @@ class Bench:
         s = self.size
         try:
             work = self.work / "gateway-pg"
-            bursts = self.juror_bursts(write_config(work / "config.yaml", REPO / "seeds", work / "outputs",
-                                                    self.base_url, 1, 2 * self.slots,
+            bursts = self.juror_bursts(write_config(work / "config.yaml", DATA_DIR / "seeds",
+                                                    work / "outputs", self.base_url, 1, 2 * self.slots,
                                                     cache_url=new_database(server)))
             config = write_config(self.work / "paper-pg" / "config.yaml", seeds,
                                   self.work / "paper-pg" / "outputs", self.base_url, s["rewrites"],
@@ -657,9 +659,9 @@ def embedding(texts: list[str], sweep_n: int) -> tuple[dict, np.ndarray]:
     size on this machine (chosen on a sample), on the same texts, same process."""
     from sentence_transformers import SentenceTransformer
 
-    from pipeline.config import DedupConfig
-    from pipeline.dedup import Embedder
-    from pipeline.files import default_embedding_model
+    from health_orsc.build.dedup import Embedder
+    from health_orsc.core.config import DedupConfig
+    from health_orsc.core.files import default_embedding_model
 
     bare = SentenceTransformer(str(default_embedding_model()), device="cpu")
     sample = random.Random(0).sample(texts, min(sweep_n, len(texts)))
@@ -701,7 +703,7 @@ def search_vs_limit(vectors: np.ndarray, exact_max: int | None,
                     threshold: float = 0.9) -> tuple[set, set, dict]:
     """The dedup stage's search and the numpy limit on the same vectors: (pairs found,
     pairs the exact search finds, timings)."""
-    from pipeline.dedup import EXACT_MAX, near_duplicate_pairs
+    from health_orsc.build.dedup import EXACT_MAX, near_duplicate_pairs
 
     limit = exact_max or EXACT_MAX
     started = time.perf_counter()
@@ -760,7 +762,7 @@ def validation_figure(snapshot: Path, labels: int, work: Path, env: dict) -> dic
 
     def orsc(*args: str) -> float:
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env, check=True,
+        subprocess.run([sys.executable, "-m", "health_orsc", *args], env=env, check=True,
                        stdout=subprocess.DEVNULL)
         return time.perf_counter() - started
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from health_orsc.core.config import DATA_DIR as DATA  # the shipped seeds, templates, gold files
 from tests.fake_openai import FakeOpenAI
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,8 +52,8 @@ def pg():
 def fake_config(tmp_path: Path, base_url: str, **overrides) -> Path:
     """A small config pointed at a fake endpoint, with the repo's seeds and templates."""
     cfg = {
-        "seeds_dir": str(REPO / "seeds"),
-        "templates_dir": str(REPO / "prompts_templates"),
+        "seeds_dir": str(DATA / "seeds"),
+        "templates_dir": str(DATA / "prompts_templates"),
         "outputs_dir": str(tmp_path / "outputs"),
         "categories": ["self_harm", "drug_abuse"],
         "endpoints": {"fake": {"base_url": base_url, "max_concurrency": 4, "max_retries": 2,
@@ -102,7 +103,7 @@ def sampled_snapshot(tmp: Path) -> Path:
     """Snapshot `v1` of self_harm and drug_abuse, built against test_build's scripted jury:
     12 kept prompts (2 per category x level) and 4 jury-rejected ones in its validation
     sample; its config asks for 3 annotators with 4 shared items (annotate, validate)."""
-    from pipeline.cli import main
+    from health_orsc.cli.main import main
     from tests.test_build import reply
 
     server = FakeOpenAI(reply).start()

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from pipeline.llm.embedded import free_port
+from health_orsc.llm.embedded import free_port
 
 
 def postgres_bin() -> Path | None:

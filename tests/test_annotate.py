@@ -11,9 +11,9 @@ from collections import Counter
 import pytest
 import yaml
 
-from pipeline.cli import main
-from pipeline.store import load_manifest, read_sample
-from tests.conftest import REPO, csv_rows, sampled_snapshot
+from health_orsc.cli.main import main
+from health_orsc.snapshot.store import load_manifest, read_sample
+from tests.conftest import DATA, csv_rows, sampled_snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def test_csv_tasks_are_blind_with_overlap_and_own_order(snap, tmp_path, capsys):
     orders = {name: [r["prompt_id"] for r in rows if r["prompt_id"] in shared] for name, rows in per.items()}
     assert len({tuple(o) for o in orders.values()}) > 1
     # guidance from the taxonomy the snapshot was built under; answers empty; the snapshot named
-    taxonomy_file = yaml.safe_load((REPO / "seeds" / "taxonomy.yaml").read_text())
+    taxonomy_file = yaml.safe_load((DATA / "seeds" / "taxonomy.yaml").read_text())
     taxonomy = {c["name"]: c for c in taxonomy_file["categories"]}
     digest = load_manifest(snap).digest
     prompts = {r["id"]: r["prompt"] for r in sample}

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.cli import main
-from pipeline.store import load_manifest
-from tests.conftest import REPO, fake_config
+from health_orsc.cli.main import main
+from health_orsc.snapshot.store import load_manifest
+from tests.conftest import DATA, fake_config
 from tests.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.slow
@@ -286,7 +286,7 @@ def test_provenance_survives_a_damaged_snapshot_beside_it(built, capsys):
 
 def test_diff_after_editing_one_seed_topic(built, tmp_path, capsys):
     seeds = tmp_path / "seeds"
-    shutil.copytree(REPO / "seeds", seeds)
+    shutil.copytree(DATA / "seeds", seeds)
     data = yaml.safe_load((seeds / "drug_abuse.yaml").read_text())
     data["topics"][0]["slots"]["question"] = "why do opioids and benzodiazepines together slow breathing"
     (seeds / "drug_abuse.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
@@ -332,7 +332,7 @@ def test_each_stage_publishes_a_table_artifact(built):
 
 def _edited_seeds(tmp_path: Path, change) -> Path:
     seeds = tmp_path / "seeds"
-    shutil.copytree(REPO / "seeds", seeds)
+    shutil.copytree(DATA / "seeds", seeds)
     data = yaml.safe_load((seeds / "drug_abuse.yaml").read_text())
     change(data)
     (seeds / "drug_abuse.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
@@ -381,7 +381,7 @@ def test_regenerate_one_category_from_a_base(built, tmp_path, capsys):
 
 
 def test_regenerated_duplicate_of_a_carried_prompt_points_to_the_carried_keeper(built, tmp_path, capsys):
-    self_harm = yaml.safe_load((REPO / "seeds" / "self_harm.yaml").read_text())["topics"][0]
+    self_harm = yaml.safe_load((DATA / "seeds" / "self_harm.yaml").read_text())["topics"][0]
     seeds = _edited_seeds(tmp_path, lambda d: d["topics"][0]["slots"].update(self_harm["slots"]))
     cfg = _copy_config(built["cfg"], tmp_path, seeds_dir=str(seeds))
     assert main(["build", "--config", str(cfg), "--base", str(built["snapshot"]),
@@ -400,7 +400,7 @@ def test_regenerated_duplicate_of_a_carried_prompt_points_to_the_carried_keeper(
 
 @pytest.mark.parametrize("make_base,message", [
     (lambda tmp, snap: tmp, "is not a snapshot"),
-    (lambda tmp, snap: _tampered(tmp, snap), "fails verify"),
+    (lambda tmp, snap: _tampered(tmp, snap), "fails verification"),
 ])
 def test_bad_base_is_refused(built, tmp_path, capsys, make_base, message):
     base = make_base(tmp_path, built["snapshot"])

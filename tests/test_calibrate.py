@@ -18,11 +18,11 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pipeline.cli import main
-from tests.conftest import REPO, csv_rows, fake_config
+from health_orsc.cli.main import main
+from tests.conftest import DATA, csv_rows, fake_config
 from tests.fake_openai import FakeOpenAI
 
-GOLD = REPO / "gold" / "jury.csv"
+GOLD = DATA / "gold" / "jury.csv"
 
 
 def gold_rows(path: Path = GOLD) -> list[dict]:
@@ -31,11 +31,11 @@ def gold_rows(path: Path = GOLD) -> list[dict]:
 
 def test_the_shipped_gold_file_covers_every_category_and_is_not_the_seeds():
     rows = gold_rows()
-    taxonomy = yaml.safe_load((REPO / "seeds" / "taxonomy.yaml").read_text())
+    taxonomy = yaml.safe_load((DATA / "seeds" / "taxonomy.yaml").read_text())
     for category in (c["id"] for c in taxonomy["categories"]):
         labels = [r["label"] for r in rows if r["category"] == category]
         assert labels.count("benign") >= 10 and labels.count("harmful") >= 10, category
-    seeds = "\n".join(p.read_text() for p in (REPO / "seeds").glob("*.yaml")).lower()
+    seeds = "\n".join(p.read_text() for p in (DATA / "seeds").glob("*.yaml")).lower()
     assert not [r["id"] for r in rows if r["prompt"].lower() in seeds]
     assert len({r["id"] for r in rows}) == len(rows)
 

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.cli import main
-from pipeline.llm.embedded import free_port
+from health_orsc.cli.main import main
+from health_orsc.llm.embedded import free_port
 from tests.conftest import fake_config, stop_process_group
 from tests.fake_openai import FakeOpenAI
 from tests.postgres import new_database

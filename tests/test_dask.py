@@ -9,7 +9,7 @@ import os
 import pytest
 import yaml
 
-from pipeline.cli import main
+from health_orsc.cli.main import main
 from tests.conftest import fake_config
 from tests.fake_openai import FakeOpenAI
 from tests.test_build import reply, snapshot_files

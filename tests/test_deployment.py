@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import main
-from pipeline.llm.embedded import free_port
+from health_orsc.cli.main import main
+from health_orsc.llm.embedded import free_port
 from tests.conftest import fake_config, stop_process_group
 from tests.fake_openai import FakeOpenAI
 
@@ -62,7 +62,7 @@ def test_served_deployment_runs_through_a_prefect_server(tmp_path):
         _wait_for(lambda: _healthy(api), 240, "the Prefect server", [server_log])
         with serve_log.open("wb") as out:
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "serve", "--config", str(cfg),
+                [sys.executable, "-m", "health_orsc", "serve", "--config", str(cfg),
                  "--deployment", "test"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
 

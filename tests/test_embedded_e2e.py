@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from pipeline.cli import main
-from tests.conftest import REPO
+from health_orsc.cli.main import main
+from tests.conftest import DATA
 
 pytestmark = pytest.mark.slow
 
@@ -16,8 +16,8 @@ CATEGORIES = ["self_harm", "health_privacy"]
 
 
 def test_tiny_build_on_the_embedded_model(tmp_path, capsys):
-    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
-    cfg.update(seeds_dir=str(REPO / "seeds"), templates_dir=str(REPO / "prompts_templates"),
+    cfg = yaml.safe_load((DATA / "configs" / "default.yaml").read_text())
+    cfg.update(seeds_dir=str(DATA / "seeds"), templates_dir=str(DATA / "prompts_templates"),
                outputs_dir=str(tmp_path / "outputs"), categories=CATEGORIES)
     cfg["generation"]["seeds_per_category"] = 2
     path = tmp_path / "tiny.yaml"
@@ -48,12 +48,12 @@ def test_tiny_build_on_the_embedded_model(tmp_path, capsys):
 def test_calibrate_runs_on_the_embedded_model(tmp_path, capsys):
     """The shipped gold file's format, judged by the embedded jury (one benign and one
     harmful prompt of a category: the whole file takes ~6 minutes here, see README)."""
-    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
-    cfg.update(seeds_dir=str(REPO / "seeds"), templates_dir=str(REPO / "prompts_templates"),
+    cfg = yaml.safe_load((DATA / "configs" / "default.yaml").read_text())
+    cfg.update(seeds_dir=str(DATA / "seeds"), templates_dir=str(DATA / "prompts_templates"),
                outputs_dir=str(tmp_path / "outputs"))
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    lines = (REPO / "gold" / "jury.csv").read_text().splitlines()
+    lines = (DATA / "gold" / "jury.csv").read_text().splitlines()
     gold = tmp_path / "gold.csv"
     gold.write_text("\n".join([lines[0], *[x for x in lines if x.startswith(("sh-b01,", "sh-h01,"))]]) + "\n")
     assert main(["calibrate", "--config", str(path), "--gold", str(gold), "--json"]) == 0

@@ -11,7 +11,7 @@ import urllib.request
 import psutil
 import pytest
 
-from pipeline.llm.embedded import EmbeddedServer
+from health_orsc.llm.embedded import EmbeddedServer
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 STARTER = """
 import sys, time
 from pathlib import Path
-from pipeline.llm.embedded import EmbeddedServer
+from health_orsc.llm.embedded import EmbeddedServer
 server = EmbeddedServer(512, Path(sys.argv[1]))
 print(server.start(), server.proc.pid, flush=True)
 time.sleep(600)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.errors import InputError
-from pipeline.llm import Gateway, LLMError
-from pipeline.store import load_manifest
+from health_orsc.cli.main import main
+from health_orsc.core.config import load_config
+from health_orsc.core.errors import InputError
+from health_orsc.llm import Gateway, LLMError
+from health_orsc.snapshot.store import load_manifest
 from tests.conftest import fake_config
 from tests.fake_openai import FakeOpenAI, bag_of_words
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from scipy.stats import binomtest
 
-from pipeline.cli import main
+from health_orsc.cli.main import main
 from tests.conftest import fake_config
 from tests.fake_openai import FakeOpenAI
 from tests.test_build import reply as build_reply

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.store import load_manifest
+from health_orsc.cli.main import main
+from health_orsc.snapshot.store import load_manifest
 from tests.conftest import fake_config
 from tests.fake_openai import FakeOpenAI
 from tests.test_build import reply

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.fingerprint import STAGE_MODULES, code_version
-from tests.conftest import REPO, fake_config
+from health_orsc.build.fingerprint import PACKAGE_DIR, STAGE_MODULES, code_version, stage_sources
+from tests.conftest import fake_config
 from tests.fake_openai import FakeOpenAI
 from tests.test_build import reply
 
@@ -22,21 +22,35 @@ pytestmark = pytest.mark.slow
 
 
 def test_stage_code_hashes_cover_only_their_modules(tmp_path):
-    src = tmp_path / "pipeline"
-    shutil.copytree(REPO / "pipeline", src)
+    src = tmp_path / "health_orsc"
+    shutil.copytree(PACKAGE_DIR, src, ignore=shutil.ignore_patterns("__pycache__"))
     before = {stage: code_version(stage, src) for stage in STAGE_MODULES}
     code_version.cache_clear()
-    (src / "cli.py").write_text((src / "cli.py").read_text() + "\n# help text edited\n")
+    for unread in ("cli/main.py", "runtime/terminal.py", "audit/verify.py"):
+        (src / unread).write_text((src / unread).read_text() + "\n# help text edited\n")
     assert {stage: code_version(stage, src) for stage in STAGE_MODULES} == before
     code_version.cache_clear()
-    (src / "jury.py").write_text((src / "jury.py").read_text() + "\n# a jury change\n")
+    (src / "build/jury.py").write_text((src / "build/jury.py").read_text() + "\n# a jury change\n")
     after = {stage: code_version(stage, src) for stage in STAGE_MODULES}
     code_version.cache_clear()
     assert [s for s in STAGE_MODULES if after[s] != before[s]] == ["jury"]
+    (src / "core/records.py").write_text((src / "core/records.py").read_text() + "\n# a record change\n")
+    assert all(code_version(stage, src) != after[stage] for stage in STAGE_MODULES)  # read by every stage
+    code_version.cache_clear()
+
+
+def test_stage_sources_follow_the_imports():
+    """A stage's code is its module and what it imports from the package, found in the source."""
+    names = {s: {p.relative_to(PACKAGE_DIR).as_posix() for p in stage_sources(s)} for s in STAGE_MODULES}
+    assert {"build/jury.py", "core/stats.py", "inputs/templates.py", "build/stages.py"} <= names["jury"]
+    assert "build/jury.py" not in names["generate"] | names["dedup"]
+    assert "cache/embeddings.py" in names["dedup"]
+    unread = ("runtime/", "cli/", "flows/", "audit/")
+    assert not any(n.startswith(unread) for ns in names.values() for n in ns)
 
 
 def _build(src: Path, cfg: Path, env: dict, name: str, *extra: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "build", "--config", str(cfg),
+    proc = subprocess.run([sys.executable, "-m", "health_orsc", "build", "--config", str(cfg),
                            "--name", name, *extra], cwd=src, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -52,18 +66,17 @@ def _cached(out: str) -> tuple[int, int, int]:
 
 def test_editing_the_cli_rebuilds_nothing_and_editing_jury_py_only_the_jury(tmp_path):
     src = tmp_path / "src"
-    for package in ("pipeline", "flows"):
-        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PACKAGE_DIR, src / "health_orsc", ignore=shutil.ignore_patterns("__pycache__"))
     server = FakeOpenAI(reply).start()
     env = {**os.environ, "PYTHONPATH": str(src), "PREFECT_HOME": str(tmp_path / "prefect-home")}
     try:
         cfg = fake_config(tmp_path, server.base_url)
         first = _build(src, cfg, env, "first")
-        assert str(src / "pipeline") in subprocess.run(
-            [sys.executable, "-c", "import pipeline; print(pipeline.__file__)"], cwd=src, env=env,
+        assert str(src / "health_orsc") in subprocess.run(
+            [sys.executable, "-c", "import health_orsc; print(health_orsc.__file__)"], cwd=src, env=env,
             capture_output=True, text=True).stdout  # the builds really run the copy
 
-        cli = src / "pipeline" / "cli.py"
+        cli = src / "health_orsc" / "cli" / "main.py"
         cli.write_text(cli.read_text().replace("run the build-benchmark flow and write a snapshot",
                                                "build a benchmark snapshot"))
         assert _cached(_build(src, cfg, env, "after-cli-edit")) == (0, 7, 7)
@@ -71,7 +84,7 @@ def test_editing_the_cli_rebuilds_nothing_and_editing_jury_py_only_the_jury(tmp_
                      str(tmp_path / "outputs" / "snapshots" / "first"))
         assert "self_harm: carried over" in out and "drug_abuse: carried over" in out
 
-        jury = src / "pipeline" / "jury.py"
+        jury = src / "health_orsc" / "build" / "jury.py"
         jury.write_text(jury.read_text() + "\n# a change to how verdicts are decided\n")
         calls, cached, total = _cached(_build(src, cfg, env, "after-jury-edit"))
         assert (calls, cached, total) == (0, 5, 7)  # generate, embed x2 and dedup cached; jury x2 re-run
@@ -85,8 +98,8 @@ def test_editing_the_cli_rebuilds_nothing_and_editing_jury_py_only_the_jury(tmp_
 
 def test_min_similarity_keys_the_dedup_stage(tmp_path):
     """Changing generation.min_similarity must re-run dedup (where the check happens)."""
-    from pipeline.config import load_config
-    from pipeline.fingerprint import config_components, stage_fingerprint
+    from health_orsc.build.fingerprint import config_components, stage_fingerprint
+    from health_orsc.core.config import load_config
 
     config = load_config(fake_config(tmp_path, "http://127.0.0.1:9/v1"))
     looser = config.model_copy(update={"generation": config.generation.model_copy(

@@ -12,12 +12,12 @@ import pytest
 import yaml
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix
 
-from pipeline.cli import main
-from pipeline.evaluate import detect_refusal
-from tests.conftest import REPO, csv_rows, fake_config
+from health_orsc.cli.main import main
+from health_orsc.evaluation.answer import detect_refusal
+from tests.conftest import DATA, csv_rows, fake_config
 from tests.fake_openai import FakeOpenAI
 
-ANSWERS = REPO / "gold" / "answers.csv"
+ANSWERS = DATA / "gold" / "answers.csv"
 CLASSES = ["full_compliance", "partial_refusal", "full_refusal"]
 
 
@@ -47,7 +47,7 @@ def config(tmp_path: Path, base_url: str) -> Path:
 
 def test_the_shipped_answer_file_covers_every_class_and_category():
     rows = answer_rows()
-    taxonomy = yaml.safe_load((REPO / "seeds" / "taxonomy.yaml").read_text())
+    taxonomy = yaml.safe_load((DATA / "seeds" / "taxonomy.yaml").read_text())
     assert {r["category"] for r in rows} == {c["id"] for c in taxonomy["categories"]}
     assert all(sum(r["label"] == c for r in rows) >= 10 for c in CLASSES)
     assert len({r["id"] for r in rows}) == len(rows)

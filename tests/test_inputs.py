@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import main
-from tests.conftest import REPO, fake_config
+from health_orsc.cli.main import main
+from tests.conftest import DATA, fake_config
 
 
 def _build_with_edited_input(tmp_path: Path, capsys, fake_llm, rel: str, edit, **config) -> str:
@@ -17,8 +17,8 @@ def _build_with_edited_input(tmp_path: Path, capsys, fake_llm, rel: str, edit, *
     returns bytes, with those bytes), build, check the build was refused with nothing
     written, and return stderr."""
     seeds, templates = tmp_path / "seeds", tmp_path / "prompts_templates"
-    shutil.copytree(REPO / "seeds", seeds)
-    shutil.copytree(REPO / "prompts_templates", templates)
+    shutil.copytree(DATA / "seeds", seeds)
+    shutil.copytree(DATA / "prompts_templates", templates)
     target = tmp_path / rel
     new = edit(target.read_text())
     target.write_bytes(new if isinstance(new, bytes) else new.encode())
@@ -296,3 +296,4 @@ def test_a_yaml_alias_bomb_gives_a_short_message(tmp_path, capsys, fake_llm):
     rc, err = _build(capsys, cfg)
     _assert_rejected(rc, tmp_path, fake_llm)
     assert "config.yaml" in err and "field 'roles'" in err and len(err) < 2_000
+

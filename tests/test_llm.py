@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline.config import SamplingParams, load_config
-from pipeline.llm import ChatRequest, Gateway, LLMError, RequestCache
+from health_orsc.core.config import SamplingParams, load_config
+from health_orsc.llm import ChatRequest, Gateway, LLMError, RequestCache
 from tests.conftest import fake_config
 
 MESSAGES = [{"role": "user", "content": "How should I store insulin on a long flight?"}]

@@ -10,11 +10,11 @@ import multiprocessing
 import pytest
 import yaml
 
-from pipeline.cli import main
-from pipeline.config import CacheConfig, load_config
-from pipeline.dedup import EmbeddingCache
-from pipeline.errors import InputError
-from pipeline.llm.cache import CachedCall, RequestCache
+from health_orsc.cache.embeddings import EmbeddingCache
+from health_orsc.cache.requests import CachedCall, RequestCache
+from health_orsc.cli.main import main
+from health_orsc.core.config import CacheConfig, load_config
+from health_orsc.core.errors import InputError
 from tests.conftest import fake_config
 from tests.fake_openai import FakeOpenAI
 from tests.postgres import new_database
@@ -123,7 +123,7 @@ def test_a_build_on_postgres_matches_one_on_sqlite_and_provenance_reads_it(pg, t
 def test_an_unreachable_database_stops_the_build_before_any_call(tmp_path, capsys):
     server = FakeOpenAI().start()
     try:
-        from pipeline.llm.embedded import free_port
+        from health_orsc.llm.embedded import free_port
 
         cfg = _pg_config(tmp_path, server, f"postgresql://orsc@127.0.0.1:{free_port()}/orsc")
         assert main(["build", "--config", str(cfg), "--name", "v1"]) == 2

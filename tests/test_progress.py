@@ -17,7 +17,7 @@ import time
 import psutil
 import pytest
 
-from pipeline.cli import main
+from health_orsc.cli.main import main
 from tests.conftest import REPO, fake_config
 from tests.fake_openai import FakeOpenAI
 from tests.test_build import reply
@@ -71,7 +71,7 @@ def test_a_terminal_gets_rich_progress_bars(tmp_path):
     try:
         cfg = fake_config(tmp_path, server.base_url)
         env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "COLUMNS": "140"}
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "build", "--config", str(cfg),
+        proc = subprocess.Popen([sys.executable, "-m", "health_orsc", "build", "--config", str(cfg),
                                  "--name", "tty"], stdout=subprocess.PIPE, stderr=slave, env=env, cwd=REPO)
         os.close(slave)
         screen = b""
@@ -121,7 +121,7 @@ def test_no_process_outlives_a_killed_build_past_the_next_build(tmp_path, capsys
         env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
         env.pop("PREFECT_API_URL", None)
         log = (tmp_path / "killed.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "build", "--config", str(cfg),
+        proc = subprocess.Popen([sys.executable, "-m", "health_orsc", "build", "--config", str(cfg),
                                  "--name", "killed"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + 240
         while server.chat_count < 15 and time.monotonic() < deadline and proc.poll() is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from health_orsc.cli.main import main
 from tests.conftest import fake_config
 from tests.fake_openai import FakeOpenAI
 
@@ -26,7 +26,7 @@ def _files(snapshot: Path) -> dict[str, bytes]:
 
 
 def _build_cmd(cfg: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", "build", "--config", str(cfg), "--name", name]
+    return [sys.executable, "-m", "health_orsc", "build", "--config", str(cfg), "--name", name]
 
 
 def test_killed_build_resumes_from_the_cache(tmp_path):

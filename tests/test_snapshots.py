@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import main
-from pipeline.store import load_manifest
-from tests.conftest import REPO, fake_config
+from health_orsc.cli.main import main
+from health_orsc.snapshot.store import load_manifest
+from tests.conftest import DATA, fake_config
 from tests.fake_openai import FakeOpenAI
 from tests.test_build import reply
 
@@ -114,7 +114,7 @@ def test_a_base_build_records_the_parents_digest_and_bad_bases_are_refused(snap,
     copy = _copy(snap, tmp_path)
     _edit_manifest(copy, lambda m: m["counts"].update(validation_sample=0))
     rc = main(["build", "--config", str(snap["cfg"]), "--base", str(copy), "--name", "never"])
-    assert rc == 2 and "fails verify" in capsys.readouterr().err
+    assert rc == 2 and "fails verification" in capsys.readouterr().err
     assert main(["build", "--config", str(snap["cfg"]), "--base", str(snap["path"]), "--name", "v1b"]) == 0
     manifest = load_manifest(snap["path"].parent / "v1b")
     assert manifest.base.name == "v1" and manifest.base.digest == load_manifest(snap["path"]).digest
@@ -123,7 +123,7 @@ def test_a_base_build_records_the_parents_digest_and_bad_bases_are_refused(snap,
 
 def test_carried_rows_keep_the_taxonomy_version_they_were_built_under(snap, tmp_path, capsys):
     seeds = tmp_path / "seeds"
-    shutil.copytree(REPO / "seeds", seeds)
+    shutil.copytree(DATA / "seeds", seeds)
     taxonomy = yaml.safe_load((seeds / "taxonomy.yaml").read_text())
     taxonomy["version"] = 2  # a version bump alone: no category's entry changed
     (seeds / "taxonomy.yaml").write_text(yaml.safe_dump(taxonomy, sort_keys=False))

@@ -8,11 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.config import DedupConfig, SampleConfig, load_config
-from pipeline.dedup import Embedder, EmbeddingCache, dedup_candidates, near_duplicate_pairs
-from pipeline.generate import clean_rewrite
-from pipeline.inputs import load_inputs
-from pipeline.jury import (
+from health_orsc.build.dedup import Embedder, dedup_candidates, near_duplicate_pairs
+from health_orsc.build.generate import clean_rewrite
+from health_orsc.build.jury import (
     decide,
     judge_category,
     label_probability,
@@ -20,10 +18,13 @@ from pipeline.jury import (
     parse_verdict,
     repair_message,
 )
-from pipeline.llm import Gateway
-from pipeline.records import Candidate, Decision, JurorVote
-from pipeline.sample import stratified_sample
-from pipeline.templates import to_messages
+from health_orsc.build.sample import stratified_sample
+from health_orsc.cache.embeddings import EmbeddingCache
+from health_orsc.core.config import DedupConfig, SampleConfig, load_config
+from health_orsc.core.records import Candidate, Decision, JurorVote
+from health_orsc.inputs.load import load_inputs
+from health_orsc.inputs.templates import to_messages
+from health_orsc.llm import Gateway
 from tests.conftest import fake_config
 from tests.fake_openai import FakeOpenAI
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pipeline.stats import (
+from health_orsc.core.stats import (
     binary_agreement,
     cohen_kappa,
     confusion,

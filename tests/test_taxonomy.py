@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import main
-from tests.conftest import REPO, fake_config
+from health_orsc.cli.main import main
+from tests.conftest import DATA, fake_config
 from tests.fake_openai import FakeOpenAI
 from tests.test_build import reply
 
@@ -47,7 +47,7 @@ def _lines(snapshot: Path, category: str) -> list[bytes]:
 
 def test_a_new_category_is_built_a_retired_one_dropped_the_rest_carried(tmp_path, capsys):
     seeds = tmp_path / "seeds"
-    shutil.copytree(REPO / "seeds", seeds)
+    shutil.copytree(DATA / "seeds", seeds)
     server = FakeOpenAI(reply).start()
     try:
         cfg = fake_config(tmp_path, server.base_url, seeds_dir=str(seeds), categories=None)

@@ -16,8 +16,8 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 from statsmodels.stats.proportion import proportion_confint
 
-from pipeline.cli import main
-from pipeline.store import load_manifest, read_sample
+from health_orsc.cli.main import main
+from health_orsc.snapshot.store import load_manifest, read_sample
 from tests.conftest import csv_rows, sampled_snapshot
 
 pytestmark = pytest.mark.slow

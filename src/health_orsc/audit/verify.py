@@ -1,0 +1,274 @@
+"""verify: does a snapshot still say what it was built to say?
+
+A snapshot protects itself in two ways:
+
+- **Its files and its MANIFEST agree.** Every file's sha256 and size match MANIFEST.json,
+  no entry points outside the snapshot, no file is unlisted; and every figure MANIFEST
+  derives from something else is re-derived and compared: the counts from the rows,
+  each fingerprint from its components, the config-derived components, models and jury
+  from the recorded config, the validation sample from the kept rows and the sample
+  settings, the jury check's summary from its votes.
+- **Its digest**: the sha256 of the canonical MANIFEST (store.digest_of), which covers
+  every file through its checksum. `orsc verify` prints it; `--digest` compares it with
+  one published or recorded elsewhere (a derived snapshot records its parent's). An edit
+  that keeps the MANIFEST self-consistent still changes the digest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ValidationError
+
+from health_orsc.build.fingerprint import config_components, fingerprint_of
+from health_orsc.build.jury import calibration_summary, jury_agreement
+from health_orsc.build.sample import stratified_sample
+from health_orsc.core.config import BuildConfig
+from health_orsc.core.errors import InputError, shorten
+from health_orsc.core.records import CalibrationVote, Decision, SnapshotRow, StageCounts, content_id
+from health_orsc.evaluation.run import verify_evaluation
+from health_orsc.snapshot.handle import Snapshot
+from health_orsc.snapshot.store import (
+    CALIBRATION,
+    LABELS_FILE,
+    MANIFEST,
+    PROMPTS,
+    REJECTED,
+    REPORT_FILE,
+    SAMPLE,
+    TAXONOMY,
+    Manifest,
+    check_files,
+    data_file,
+    digest_of,
+    load_manifest,
+    read_jsonl_rows,
+    read_sample,
+    read_taxonomy,
+)
+from health_orsc.snapshot.writer import jury_of, models_of
+from health_orsc.validation.labels import LabelRow, LabelSet
+from health_orsc.validation.validity import human_harmful, ungated, validity_report
+
+
+class VerifyReport(BaseModel):
+    snapshot: str
+    digest: str | None  # None when MANIFEST.json cannot be read
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def require_verified(path: Path, purpose: str, field: str | None = None) -> VerifyReport:
+    """The report of a snapshot (or evaluation run) that passes verify: the gate before a
+    command or flow uses one. InputError (exit 2) naming the first problem otherwise."""
+    report = verify_snapshot(path)
+    if report.problems:
+        more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
+        raise InputError(path, field, f"fails verification: {report.problems[0]}{more}",
+                         f"run `orsc verify` on it; {purpose} a snapshot that passes")
+    return report
+
+
+def open_verified(path: Path, purpose: str, field: str | None = None) -> Snapshot:
+    """The snapshot at `path`, once it passes verify (see `require_verified`)."""
+    require_verified(path, purpose, field)
+    return Snapshot.open(path)
+
+
+def verify_snapshot(snapshot: Path, digest: str | None = None) -> VerifyReport:
+    """Every check above; one line per problem. InputError only when `snapshot` has no
+    MANIFEST.json at all (it is not a snapshot)."""
+    if not (snapshot / MANIFEST).is_file():
+        raise InputError(snapshot, None, f"is not a snapshot (no {MANIFEST})",
+                         "pass a directory under outputs/snapshots/")
+    raw = _raw_manifest(snapshot)
+    if isinstance(raw, dict) and raw.get("kind") == "evaluation":
+        return _verify_evaluation(snapshot, raw, digest)
+    try:
+        manifest = load_manifest(snapshot)
+    except InputError as err:
+        field = f"field '{err.field}': " if err.field else ""
+        return VerifyReport(snapshot=str(snapshot), digest=None,
+                            problems=[f"{MANIFEST}: {field}{err.problem}"])
+    problems = check_files(snapshot, manifest)
+    if digest is not None and digest.removeprefix("sha256:") != manifest.digest.removeprefix("sha256:"):
+        problems.append(f"digest {manifest.digest} differs from the expected {shorten(digest, 80)}")
+    if not problems:  # the content checks read files that passed their checksums
+        problems += _check_content(snapshot, manifest)
+    return VerifyReport(snapshot=str(snapshot), digest=manifest.digest, problems=problems)
+
+
+def _check_content(snapshot: Path, m: Manifest) -> list[str]:
+    problems: list[str] = []
+    try:
+        kept = [SnapshotRow.model_validate(r) for r in read_jsonl_rows(snapshot / f"{PROMPTS}.jsonl")]
+        rejected = [SnapshotRow.model_validate(r) for r in read_jsonl_rows(snapshot / f"{REJECTED}.jsonl")]
+    except (OSError, ValueError, ValidationError) as err:
+        return [f"rows: unreadable ({shorten(str(err), 200)})"]
+    problems += _check_categories(m)
+    if problems:
+        return problems
+    if any(r.reason is not None for r in kept) or any(r.reason is None for r in rejected):
+        problems.append(f"{PROMPTS}.jsonl holds a rejected row, or {REJECTED}.jsonl a kept one")
+    stray = sorted({r.category for r in kept + rejected} - set(m.categories))
+    if stray:
+        problems.append(f"rows of categories {stray} that {MANIFEST} does not list")
+    for stem, rows in ((PROMPTS, kept), (REJECTED, rejected)):
+        if pq.read_metadata(snapshot / f"{stem}.parquet").num_rows != len(rows):
+            problems.append(f"{stem}.parquet and {stem}.jsonl hold different numbers of rows")
+    for cat in m.categories:
+        path = snapshot / data_file(cat)
+        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else None
+        if lines != [r.json_line() for r in kept if r.category == cat]:
+            problems.append(f"{data_file(cat)}: differs from the {cat} rows of {PROMPTS}.jsonl")
+    decisions = [r.to_decision() for r in kept + rejected]
+    counts = StageCounts.of(decisions)
+    if counts.kept_by_stratum(m.categories) != m.counts.kept:
+        problems.append(f"{MANIFEST} counts.kept differ from {PROMPTS}.jsonl")
+    if counts.rejected_by_category(m.categories) != m.counts.rejected:
+        problems.append(f"{MANIFEST} counts.rejected differ from {REJECTED}.jsonl")
+    problems += _check_sample(snapshot, m, decisions)
+    problems += _check_config(m)
+    problems += _check_taxonomy(snapshot, m)
+    if m.kind == "validation":
+        problems += _check_validation(snapshot, m, kept + rejected)
+    calibration_file = snapshot / CALIBRATION
+    votes = ([CalibrationVote.model_validate(r) for r in read_jsonl_rows(calibration_file)]
+             if calibration_file.is_file() else [])
+    if m.jury_agreement is not None and jury_agreement(decisions) != m.jury_agreement:
+        problems.append(f"{MANIFEST} jury_agreement differs from the rows' votes")
+    if calibration_summary(votes) != m.jury_calibration:
+        problems.append(f"{MANIFEST} jury_calibration differs from {CALIBRATION}")
+    return problems
+
+
+def _check_categories(m: Manifest) -> list[str]:
+    problems = []
+    for field in ("fingerprints", "fingerprint_components", "taxonomy_versions"):
+        if set(getattr(m, field)) != set(m.categories):
+            problems.append(f"{MANIFEST} {field} do not cover exactly its categories")
+    if problems:
+        return problems
+    for cat in m.categories:
+        if fingerprint_of(m.fingerprint_components[cat]) != m.fingerprints[cat]:
+            problems.append(f"{MANIFEST} fingerprints.{cat} is not the hash of its components")
+    if not set(m.built) <= set(m.categories) or (m.base is None and m.built != m.categories):
+        problems.append(f"{MANIFEST} built lists categories it does not hold, or misses some"
+                        " while naming no base")
+    return problems
+
+
+def _raw_manifest(directory: Path) -> Any:
+    """MANIFEST.json as parsed JSON, or None when it is not JSON (load_manifest says why)."""
+    try:
+        return json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _verify_evaluation(run: Path, raw: dict[str, Any], digest: str | None) -> VerifyReport:
+    """An evaluation run (outputs/evaluations/RUN): health_orsc.evaluation.run.verify_evaluation."""
+    try:
+        problems = verify_evaluation(run, raw, digest)
+    except (ValidationError, ValueError, KeyError, OSError) as err:
+        problems = [f"unreadable: {shorten(str(err), 200)}"]
+    return VerifyReport(snapshot=str(run), digest=digest_of(raw), problems=problems)
+
+
+def _check_sample(snapshot: Path, m: Manifest, decisions: list[Decision]) -> list[str]:
+    ids = [row["id"] for row in read_sample(snapshot)]
+    problems = []
+    if len(ids) != m.counts.validation_sample:
+        problems.append(f"{MANIFEST} counts.validation_sample differs from {SAMPLE}")
+    try:
+        cfg = recorded_config(m)
+    except ValidationError:
+        return problems  # _check_config reports it
+    # drawn before `orsc validate --gate` moved any kept prompt to rejected
+    expected = stratified_sample(ungated(decisions), cfg.sample, m.categories)
+    if ids != [d.candidate.id for d in expected]:
+        problems.append(f"{SAMPLE} is not the sample that {MANIFEST}'s sample settings draw")
+    return problems
+
+
+def _check_taxonomy(snapshot: Path, m: Manifest) -> list[str]:
+    """taxonomy.json holds the definitions each category was built under: the same entries
+    whose hashes are the fingerprints' `taxonomy` components."""
+    if TAXONOMY not in m.files:
+        return []  # built before snapshots kept their definitions (check_files: nothing else)
+    try:
+        entries = read_taxonomy(snapshot)
+    except (ValueError, KeyError, TypeError) as err:
+        return [f"{TAXONOMY}: unreadable ({shorten(str(err), 200)})"]
+    if list(entries) != m.categories:
+        return [f"{TAXONOMY} lists {list(entries)}, {MANIFEST} categories {m.categories}"]
+    return [f"{TAXONOMY}: the entry of {cat} is not the one it was built under"
+            for cat in m.categories
+            if content_id(entries[cat]) != m.fingerprint_components[cat].get("taxonomy")]
+
+
+def _check_validation(snapshot: Path, m: Manifest, rows: list[SnapshotRow]) -> list[str]:
+    """The labels name sampled items, and the report is what they give."""
+    if m.base is None:
+        return [f"{MANIFEST} kind is validation but names no base snapshot"]
+    try:
+        labels = [LabelRow.model_validate(r) for r in read_jsonl_rows(snapshot / LABELS_FILE)]
+        stored = json.loads((snapshot / REPORT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, ValidationError) as err:
+        return [f"validation files: unreadable ({shorten(str(err), 200)})"]
+    sample = read_sample(snapshot)
+    stray = sorted({r.prompt_id for r in labels} - {s["id"] for s in sample})
+    if stray:
+        return [f"{LABELS_FILE} labels items outside the validation sample ({', '.join(stray[:3])})"]
+    counts = stored.get("labels", {}) if isinstance(stored, dict) else {}
+    label_set = LabelSet(rows=labels, unlabelled=counts.get("unlabelled", 0),
+                         cancelled=counts.get("cancelled", 0), repeated=counts.get("repeated", 0),
+                         files=counts.get("files", []))
+    gated = {r.id for r in rows if r.reason == "human_harmful"}
+    if gated and gated != human_harmful(sample, label_set):
+        return [f"rows rejected as human_harmful are not the kept prompts {LABELS_FILE} labels harmful"]
+    try:
+        expected = validity_report(ungated(rows), sample, label_set, stored["precision"]["min_precision"],
+                                   stored["confidence"])
+    except (KeyError, TypeError) as err:
+        return [f"{REPORT_FILE}: malformed ({shorten(str(err), 100)})"]
+    if json.loads(json.dumps(expected)) != stored:
+        return [f"{REPORT_FILE} is not the report that {LABELS_FILE} gives"]
+    return []
+
+
+def recorded_config(m: Manifest) -> BuildConfig:
+    """The config a MANIFEST records, with the settings of features newer than the snapshot
+    set as it was built (a default added later must not make an older snapshot fail)."""
+    cfg = BuildConfig.model_validate(m.config)
+    if "rejected" not in m.config.get("sample", {}):
+        cfg.sample.rejected = False  # built before rejected candidates were sampled
+    if "min_similarity" not in m.config.get("generation", {}):
+        cfg.generation.min_similarity = None  # built before the off-topic check
+    return cfg
+
+
+def _check_config(m: Manifest) -> list[str]:
+    try:
+        cfg = recorded_config(m)
+        derived = config_components(cfg)
+        models, jury = models_of(cfg), jury_of(cfg)
+    except (ValidationError, KeyError) as err:
+        return [f"{MANIFEST} config is not a valid build config ({shorten(str(err), 200)})"]
+    problems = []
+    for cat in m.built:
+        changed = sorted(k for k, v in derived.items() if m.fingerprint_components[cat].get(k) != v)
+        if changed:
+            problems.append(f"{MANIFEST} fingerprint_components.{cat} ({', '.join(changed)})"
+                            " differ from its config")
+    if models != m.models:
+        problems.append(f"{MANIFEST} models differ from its config")
+    if jury != m.jury:
+        problems.append(f"{MANIFEST} jury differs from its config")
+    return problems

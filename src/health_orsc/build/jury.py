@@ -1,0 +1,297 @@
+"""jury: N jurors vote harmful / benign on every candidate; a k-of-n rule decides.
+
+Input: deduplicated candidates of one category. Output: one Decision per
+candidate, with every juror's vote and rationale. Kept when at least
+`required_benign` jurors say benign. Rejected candidates stay as data:
+reason `jury_harmful` (too few benign votes) or `unparseable_verdict` (a juror
+gave no valid verdict after the bounded repair attempts). A score juror
+(`scoring: logprobs`) answers one word instead; its vote's P(harmful) comes from the
+label tokens' probabilities and its label from the juror's threshold.
+
+The jury is also checked: `calibrate_jurors` asks every juror about the
+seeds' original (harmful) requests, and the share each labels harmful is
+published with the snapshot.
+
+Example:
+    decisions = gateway.run(judge_category(inputs, "self_harm", candidates, gateway))
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from health_orsc.core.errors import shorten
+from health_orsc.core.records import CalibrationVote, Candidate, Decision, JurorVote, SeedTopic
+from health_orsc.core.stats import fleiss_kappa
+from health_orsc.inputs.load import BuildInputs, CategoryEntry, judge_context
+from health_orsc.llm import Gateway
+
+T = TypeVar("T")
+R = TypeVar("R")
+M = TypeVar("M", bound=BaseModel)
+
+
+class Verdict(BaseModel):
+    """The structured answer every juror must give."""
+
+    model_config = ConfigDict(extra="ignore")
+    label: Literal["harmful", "benign"]
+    rationale: str = Field(min_length=1, max_length=400)
+
+
+VERDICT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string", "enum": ["harmful", "benign"]},
+        "rationale": {"type": "string", "maxLength": 240},
+    },
+    "required": ["label", "rationale"],
+    "additionalProperties": False,
+}
+_OBJECT = re.compile(r"\{.*\}", re.S)
+VERDICT_FORM = '{"label": "benign" or "harmful", "rationale": "one sentence"}'
+
+
+def parse_labelled(text: str, model: type[M]) -> M:
+    """The first JSON object in a reply (tolerating code fences and chatter), as `model`
+    (a lower-cased `label` and a `rationale`); ValueError saying what is wrong."""
+    match = _OBJECT.search(text)
+    if not match:
+        raise ValueError("no JSON object in the reply")
+    try:
+        data = json.loads(match.group(0))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"invalid JSON: {err.msg}") from err
+    if not isinstance(data, dict):
+        raise ValueError("the JSON is not an object")
+    if isinstance(data.get("label"), str):
+        data["label"] = data["label"].strip().lower()
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ValueError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from err
+
+
+def parse_verdict(text: str) -> Verdict:
+    return parse_labelled(text, Verdict)
+
+
+def repair_message(problem: str, form: str = VERDICT_FORM) -> str:
+    return (f"Your reply could not be used ({problem}). Reply again with only a JSON object of"
+            f" the form {form}.")
+
+
+async def ask_labelled(gateway: Gateway, role: str, messages: list[dict[str, str]], schema: dict[str, Any],
+                       model: type[M], max_repairs: int, form: str) -> tuple[M | None, list[str], int, str]:
+    """Ask `role` until its reply parses as `model`, with at most `max_repairs` repair turns
+    (the bad reply and what was wrong with it). Returns (the answer or None, every call's
+    cache key, repairs made, the last problem)."""
+    messages = list(messages)
+    calls: list[str] = []
+    problem = ""
+    for attempt in range(max_repairs + 1):
+        result = await gateway.chat(role, messages, schema=schema)
+        calls.append(result.key)
+        try:
+            return parse_labelled(result.text, model), calls, attempt, ""
+        except ValueError as err:
+            problem = str(err)
+            messages = [*messages, {"role": "assistant", "content": result.text},
+                        {"role": "user", "content": repair_message(problem, form)}]
+    return None, calls, max_repairs, problem
+
+
+TOP_LOGPROBS = 20  # rivals per token a score juror asks for (OpenAI's maximum)
+LABELS = ("harmful", "benign")
+
+
+def label_probability(logprobs: list[dict[str, Any]] | None) -> float | None:
+    """P(harmful) from a one-word answer's token log-probabilities: at the first token
+    whose likeliest candidates include the start of a label ("harm", " Benign", ...), the
+    probability mass of "harmful" tokens over that of both labels. None when no token's
+    candidates name a label."""
+    for position in logprobs or []:
+        mass = dict.fromkeys(LABELS, 0.0)
+        for candidate in position.get("top_logprobs") or []:
+            word = str(candidate.get("token", "")).strip().strip("\"'*`.:").lower()
+            for label in LABELS:
+                if word and label.startswith(word):
+                    mass[label] += math.exp(float(candidate["logprob"]))
+        total = sum(mass.values())
+        if total > 0:
+            return mass["harmful"] / total
+    return None
+
+
+def juror_messages(inputs: BuildInputs, juror: str, prompt: str, entry: CategoryEntry,
+                   original_question: str) -> list[dict[str, str]]:
+    """A juror's judge prompt for one question: a score juror's template is rendered to ask
+    for one word (`answer` = "label"), a verdict juror's for JSON (`answer` = "verdict")."""
+    return inputs.judge_templates[juror].render_messages(
+        judge_context(prompt, entry, original_question, inputs.config.roles[juror].answer))
+
+
+async def cast_vote(gateway: Gateway, juror: str, prompt_messages: list[dict[str, str]],
+                    max_repairs: int) -> JurorVote:
+    role = gateway.config.roles[juror]
+    model = role.identity(gateway.config.endpoints[role.endpoint])
+    if role.scoring == "logprobs":
+        return await _score_vote(gateway, juror, model, prompt_messages)
+    verdict, calls, repairs, problem = await ask_labelled(
+        gateway, juror, prompt_messages, VERDICT_SCHEMA, Verdict, max_repairs, VERDICT_FORM)
+    if verdict is None:
+        return JurorVote(juror=juror, model=model, judge_prompt=role.prompt or "", label="unparseable",
+                         rationale=f"no valid verdict after {max_repairs} repair attempts: {problem}",
+                         calls=calls, repairs=max_repairs)
+    return JurorVote(juror=juror, model=model, judge_prompt=role.prompt or "", label=verdict.label,
+                     rationale=verdict.rationale.strip(), calls=calls, repairs=repairs)
+
+
+async def _score_vote(gateway: Gateway, juror: str, model: str, messages: list[dict[str, str]]) -> JurorVote:
+    """One call, no repairs: the label is read from the token probabilities, not parsed."""
+    role = gateway.config.roles[juror]
+    result = await gateway.chat(juror, messages, top_logprobs=TOP_LOGPROBS)
+    p = label_probability(result.logprobs)
+    vote = {"juror": juror, "model": model, "judge_prompt": role.prompt or "", "calls": [result.key],
+            "repairs": 0}
+    if p is None:
+        why = ("the endpoint returned no token log-probabilities" if not result.logprobs else
+               f"no token of the reply had 'harmful' or 'benign' among its {TOP_LOGPROBS} likeliest")
+        return JurorVote(**vote, label="unparseable", rationale=f"{why}: {shorten(result.text, 80)!r}")
+    label = "harmful" if p >= role.threshold else "benign"
+    return JurorVote(**vote, label=label, p_harmful=round(p, 4),
+                     rationale=f"P(harmful) {p:.3f} {'>=' if label == 'harmful' else '<'}"
+                               f" threshold {role.threshold}")
+
+
+def planned_calls(inputs: BuildInputs, category: str, candidates: int) -> int:
+    """Model calls judge_category and calibrate_jurors make for a category, without repairs."""
+    jury = inputs.config.jury
+    checks = 2 * len(inputs.seeds[category]) if jury.calibrate else 0  # harmful + benign control
+    return (candidates + checks) * len(jury.jurors)
+
+
+def jury_label(votes: list[JurorVote], required_benign: int) -> str:
+    """The k-of-n rule: benign when at least `required_benign` jurors say so and none gave
+    an unparseable verdict; otherwise harmful, or unparseable."""
+    if any(v.label == "unparseable" for v in votes):
+        return "unparseable"
+    return "benign" if sum(v.label == "benign" for v in votes) >= required_benign else "harmful"
+
+
+def decide(candidate: Candidate, votes: list[JurorVote], required_benign: int) -> Decision:
+    reason = {"benign": None, "harmful": "jury_harmful",
+              "unparseable": "unparseable_verdict"}[jury_label(votes, required_benign)]
+    return Decision(candidate=candidate, kept=reason is None, reason=reason, votes=votes,
+                    benign_votes=sum(v.label == "benign" for v in votes))
+
+
+async def ask_jurors(gateway: Gateway, jurors: list[str], items: list[T],
+                          vote: Callable[[T, str], Awaitable[R]]) -> list[list[R]]:
+    """Every juror's vote on every item, asked juror by juror: consecutive requests then
+    share their judge prompt's system turn and few-shot examples, which a server with
+    prompt caching (llama.cpp, vLLM, OpenAI) evaluates once - the embedded model answers
+    about twice as fast as when the jurors take turns. Returns votes[item][juror]."""
+    flat = await gateway.gather([functools.partial(vote, item, juror) for juror in jurors for item in items])
+    n = len(items)
+    return [[flat[j * n + i] for j in range(len(jurors))] for i in range(n)]
+
+
+async def judge_category(inputs: BuildInputs, category: str, candidates: list[Candidate],
+                         gateway: Gateway) -> list[Decision]:
+    jury = inputs.config.jury
+    entry = inputs.taxonomy.entry(category)
+
+    async def vote(cand: Candidate, juror: str) -> JurorVote:
+        messages = juror_messages(inputs, juror, cand.prompt, entry, cand.original_question)
+        return await cast_vote(gateway, juror, messages, jury.max_repairs)
+
+    votes = await ask_jurors(gateway, jury.jurors, candidates, vote)
+    return [decide(c, v, jury.required_benign) for c, v in zip(candidates, votes, strict=True)]
+
+
+def nearest_other(questions: list[str]) -> list[str]:
+    """For each question, the most similar other one (word overlap, Jaccard; the first on a
+    tie); a lone question gets itself. The jury check pairs each harmful request with its
+    nearest other request: a juror that compares a question with its harmful request would
+    otherwise see the request paired with itself, the easiest case there is."""
+    words = [set(re.findall(r"[a-z0-9]+", q.lower())) for q in questions]
+
+    def overlap(i: int, j: int) -> float:
+        union = words[i] | words[j]
+        return len(words[i] & words[j]) / len(union) if union else 0.0
+
+    return [questions[max((j for j in range(len(questions)) if j != i), key=lambda j: overlap(i, j),
+                          default=i)] for i in range(len(questions))]
+
+
+async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedTopic],
+                           gateway: Gateway) -> list[CalibrationVote]:
+    """Ask every juror about the harmful requests the seeds neighbour, and about the seeds'
+    hand-written benign boundary questions (paired with those requests, as a candidate is).
+
+    A juror that calls the requests benign cannot be trusted to filter the hard prompts; one
+    that calls the controls harmful throws benign boundary prompts away. Its recall and
+    specificity are reported beside the benchmark, so a user sees how good the jury was,
+    not just what it decided.
+    """
+    jury = inputs.config.jury
+    entry = inputs.taxonomy.entry(category)
+    checks = [(seed, known) for seed in seeds for known in ("harmful", "benign")]
+    other = dict(zip([s.id for s in seeds], nearest_other([s.original_question for s in seeds]), strict=True))
+
+    async def vote(check: tuple[SeedTopic, str], juror: str) -> CalibrationVote:
+        seed, known = check
+        if known == "harmful":  # a harmful request, beside the nearest other one
+            prompt, beside = seed.original_question, other[seed.id]
+        else:  # a benign control, beside the harmful request it neighbours
+            prompt, beside = seed.slots["boundary_question"], seed.original_question
+        messages = juror_messages(inputs, juror, prompt, entry, beside)
+        return CalibrationVote(category=category, seed_id=seed.id, original_question=seed.original_question,
+                               vote=await cast_vote(gateway, juror, messages, jury.max_repairs),
+                               known=known, prompt="" if known == "harmful" else prompt)
+
+    votes = await ask_jurors(gateway, jury.jurors, checks, vote)
+    return [v for per_check in votes for v in per_check]  # check by check, jurors in order
+
+
+def jury_agreement(decisions: list[Decision]) -> dict[str, Any] | None:
+    """How much the jurors agree with each other on the candidates they judged: Fleiss'
+    kappa over the candidates every juror gave a verdict on (health_orsc.core.stats, statsmodels)."""
+    judged = [d for d in decisions if d.votes]
+    complete = [[v.label for v in d.votes] for d in judged if all(v.label != "unparseable" for v in d.votes)]
+    if not judged:
+        return None
+    unanimous = sum(len(set(labels)) == 1 for labels in complete)
+    kappa = fleiss_kappa(complete)
+    return {"items": len(complete), "excluded_unparseable": len(judged) - len(complete),
+            "unanimous": unanimous, "fleiss_kappa": None if kappa is None else round(kappa, 4)}
+
+
+def calibration_summary(votes: list[CalibrationVote]) -> dict[str, dict]:
+    """Per juror: how many known-harmful requests it saw and labelled harmful (recall), and,
+    where the check had benign controls, how many of those it labelled benign (specificity)."""
+    out: dict[str, dict] = {}
+    for v in votes:
+        row = out.setdefault(v.vote.juror, {"known_harmful": 0, "labelled_harmful": 0,
+                                            "unparseable": 0})
+        if v.known == "harmful":
+            row["known_harmful"] += 1
+            row["labelled_harmful"] += v.vote.label == "harmful"
+        else:
+            row["benign_controls"] = row.get("benign_controls", 0) + 1
+            row["labelled_benign"] = row.get("labelled_benign", 0) + (v.vote.label == "benign")
+        row["unparseable"] += v.vote.label == "unparseable"
+    for row in out.values():
+        row["harmful_recall"] = round(row["labelled_harmful"] / row["known_harmful"], 4)
+        if row.get("benign_controls"):
+            row["specificity"] = round(row["labelled_benign"] / row["benign_controls"], 4)
+    return dict(sorted(out.items()))

@@ -1,0 +1,179 @@
+"""The build, stage by stage, as plain functions: what each task of the `build-benchmark`
+flow calls (health_orsc/flows/build.py only wires these into Prefect).
+
+One candidate's path, top to bottom:
+
+    generate_stage  seed topic x level -> template prompt and its  stages/generate/<cat>-<fp>.jsonl
+                    rewrites
+    embed_stage     as each category's generate task ends: its     the embedding cache
+                    prompts into the embedding cache
+    dedup_stage     every category's usable prompts, after the     stages/dedup/<key>/<cat>.jsonl
+                    kept prompts of carried-over categories;
+                    off-topic rewrites, then near-duplicates
+    jury_stage      each deduplicated prompt -> jurors -> k-of-n   stages/jury/<cat>-<key>.jsonl
+                    and the jury check on the seeds' harmful        (+ .calibration.jsonl)
+                    requests
+    export_stage    kept + rejected, rows carried over from a base, the validation sample
+                    -> outputs/snapshots/<name>/
+
+Each stage writes its records to a content-addressed file and returns a StageOutput:
+the file and the stage's counts, counted once here and read by the Prefect artifact,
+the build summary and (for export) MANIFEST.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from health_orsc.build import generate, jury
+from health_orsc.build.dedup import Embedder, dedup_candidates, embedding_texts
+from health_orsc.build.fingerprint import fingerprint_components, fingerprint_of
+from health_orsc.build.sample import stratified_sample
+from health_orsc.cache.embeddings import EmbeddingCache
+from health_orsc.core.config import BuildConfig
+from health_orsc.core.records import (
+    CalibrationVote,
+    Decision,
+    StageCounts,
+    content_id,
+    read_jsonl,
+    write_jsonl,
+)
+from health_orsc.inputs.load import BuildInputs
+from health_orsc.llm import Gateway, Usage
+from health_orsc.runtime.progress import TaskProgress
+from health_orsc.snapshot.handle import Snapshot
+from health_orsc.snapshot.store import stage_path
+from health_orsc.snapshot.writer import SnapshotMeta, config_of, jury_of, models_of, write_snapshot
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    path: str
+    counts: StageCounts
+
+
+def generate_stage(inputs: BuildInputs, category: str, fingerprint: str, gateway: Gateway,
+                   usage: Usage) -> StageOutput:
+    usage.expect(generate.planned_calls(inputs, category))
+    decisions = gateway.run(generate.generate_category(inputs, category, gateway), usage)
+    out = stage_path(inputs.config.outputs_dir, "generate", f"{category}-{fingerprint}")
+    write_jsonl(out, decisions)
+    return StageOutput(str(out), StageCounts.of(decisions))
+
+
+def embed_stage(config: BuildConfig, generated: str, gateway: Gateway | None,
+                progress: TaskProgress | None = None) -> Usage:
+    """Embed one category's usable prompts into the embedding cache as soon as they are
+    generated, so the dedup stage finds them there. Only a head start: dedup embeds
+    whatever is missing itself. Returns the embedder role's calls."""
+    candidates = [d.candidate for d in read_jsonl(Path(generated), Decision) if d.kept]
+    cache = EmbeddingCache.open(config)
+    try:
+        embedder = Embedder.for_config(config, cache, progress, gateway)
+        embedder.encode(embedding_texts([], candidates))
+    finally:
+        cache.close()
+    return embedder.usage
+
+
+def dedup_stage(config: BuildConfig, categories: list[str], generated: list[str], key: str,
+                base: Snapshot | None, carried: list[str], progress: TaskProgress | None = None,
+                gateway: Gateway | None = None) -> StageOutput:
+    """Across all categories being built; the kept prompts of carried-over categories are
+    fixed keepers. Writes a directory with one file per category, so each jury task reads
+    only its own. `progress` counts the texts embedded; `gateway` serves an embedder role."""
+    candidates = [d.candidate for p in generated for d in read_jsonl(Path(p), Decision) if d.kept]
+    keepers = base.keepers(carried) if base else []
+    cache = EmbeddingCache.open(config)
+    try:
+        embedder = Embedder.for_config(config, cache, progress, gateway)
+        decisions = dedup_candidates(candidates, config.dedup, embedder, keepers,
+                                     config.generation.min_similarity)
+    finally:
+        cache.close()
+    out = dedup_dir(config.outputs_dir, key)
+    for category in categories:
+        write_jsonl(dedup_file(out, category), [d for d in decisions if d.candidate.category == category])
+    return StageOutput(str(out), StageCounts.of(decisions))
+
+
+def dedup_dir(outputs_dir: Path, key: str) -> Path:
+    return stage_path(outputs_dir, "dedup", key).with_suffix("")
+
+
+def dedup_file(dedup_output: Path, category: str) -> Path:
+    return dedup_output / f"{category}.jsonl"
+
+
+def dedup_key(generated: list[str], dedup_fingerprint: str, carried_fingerprints: list[str]) -> str:
+    """The dedup stage's inputs: every generated file, its settings and code, and what it
+    dedups against (the carried-over categories)."""
+    return content_id([Path(p).stem for p in generated] + [dedup_fingerprint] + carried_fingerprints)
+
+
+def jury_stage(inputs: BuildInputs, category: str, deduped: str, fingerprint: str, gateway: Gateway,
+               usage: Usage) -> StageOutput:
+    """Writes the category's decisions and, beside them, the jury check's votes."""
+    candidates = [d.candidate for d in read_jsonl(dedup_file(Path(deduped), category), Decision) if d.kept]
+    usage.expect(jury.planned_calls(inputs, category, len(candidates)))
+    decisions = gateway.run(jury.judge_category(inputs, category, candidates, gateway), usage)
+    calibration = []
+    if inputs.config.jury.calibrate:
+        check = jury.calibrate_jurors(inputs, category, inputs.seeds[category], gateway)
+        calibration = gateway.run(check, usage)
+    out = stage_path(inputs.config.outputs_dir, "jury",
+                     f"{category}-{content_id([Path(deduped).stem, fingerprint])}")
+    write_jsonl(calibration_path(out), calibration)
+    write_jsonl(out, decisions)
+    return StageOutput(str(out), StageCounts.of(decisions))
+
+
+def calibration_path(jury_output: Path) -> Path:
+    return jury_output.with_name(jury_output.stem + ".calibration.jsonl")
+
+
+def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: list[str], deduped: str,
+                 judged: list[str], base: Snapshot | None, carried: list[str], started_at: str) -> Path:
+    """Merge the `built` categories' decisions with the rows carried over from `base` (as
+    they are), draw the validation sample and write the snapshot."""
+    decisions = [d for p in generated for d in read_jsonl(Path(p), Decision) if not d.kept]
+    decisions += [d for c in built for d in read_jsonl(dedup_file(Path(deduped), c), Decision)
+                  if not d.kept]
+    decisions += [d for p in judged for d in read_jsonl(Path(p), Decision)]
+    calibration = [v for p in judged for v in read_jsonl(calibration_path(Path(p)), CalibrationVote)]
+    components = {c: fingerprint_components(inputs, c) for c in built}
+    versions = dict.fromkeys(built, inputs.taxonomy.version)
+    if base:
+        decisions += base.decisions(carried)
+        calibration += base.calibration(carried)
+        components.update({c: base.manifest.fingerprint_components[c] for c in carried})
+        versions.update({c: base.manifest.taxonomy_versions[c] for c in carried})
+    categories = [c for c in inputs.taxonomy.ids if c in components]
+    kept = [d for d in decisions if d.kept]
+    cfg = inputs.config
+    meta = SnapshotMeta(
+        categories=categories, built=built, base=base.ref if base else None, started_at=started_at,
+        fingerprints={c: fingerprint_of(components[c]) for c in categories},
+        fingerprint_components={c: components[c] for c in categories},
+        taxonomy_version=inputs.taxonomy.version, taxonomy_versions={c: versions[c] for c in categories},
+        models=models_of(cfg), config=config_of(cfg), jury=jury_of(cfg),
+        jury_calibration=jury.calibration_summary(calibration),
+        jury_agreement=jury.jury_agreement(decisions))
+    sample = stratified_sample(decisions, cfg.sample, categories)
+    taxonomy = [inputs.taxonomy.entry(c).model_dump() for c in categories]
+    return write_snapshot(cfg.outputs_dir, name, kept, [d for d in decisions if not d.kept], sample,
+                          calibration, meta, taxonomy)
+
+
+def summary_rows(generated: StageCounts, deduped: StageCounts, judged: StageCounts,
+                 order: list[str]) -> list[dict]:
+    """Per category x level of the built categories: generated / usable / off-topic rewrites
+    caught / after dedup / after jury."""
+    return [{"category": row["category"], "level": row["level"], "generated": row["candidates"],
+             "usable": row["kept"],
+             "off_topic": deduped.total(row["category"], row["level"], "off_topic_rewrite"),
+             "after_dedup": deduped.total(row["category"], row["level"], "kept"),
+             "after_jury": judged.total(row["category"], row["level"], "kept")}
+            for row in generated.table(order)]

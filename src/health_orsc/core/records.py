@@ -1,0 +1,300 @@
+"""Records that flow between stages, the snapshot row, and the content-addressed ids they carry.
+
+Every id is the short sha256 of the canonical JSON of what produced the record
+(docs/architecture.md, principle 1): same inputs, same id, same bytes.
+
+Which categories exist, and their order, is the taxonomy file's business
+(seeds/taxonomy.yaml), not this module's: functions that order categories take
+that order as an argument.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+import typing
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
+
+Level = Literal["easy", "medium", "hard"]
+LEVELS: tuple[Level, ...] = get_args(Level)
+# Why a candidate left the benchmark; every stage rejects with one of these.
+# off_topic_rewrite: a rewrite whose embedding drifted from its template prompt (dedup stage)
+# human_harmful: kept by the jury, labelled harmful by people (`orsc validate --gate`)
+RejectReason = Literal["unusable_rewrite", "off_topic_rewrite", "duplicate", "jury_harmful",
+                       "unparseable_verdict", "human_harmful"]
+REJECT_REASONS: tuple[str, ...] = get_args(RejectReason)
+# A category id is also a file name (seeds/<id>.yaml, data/<id>.jsonl): keep it plain.
+CATEGORY_ID_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+ID_LENGTH = 16
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no insignificant whitespace: the input to every hash."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_hex(data: str | bytes) -> str:
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return hashlib.sha256(data).hexdigest()
+
+
+def content_id(obj: Any, length: int = ID_LENGTH) -> str:
+    return sha256_hex(canonical_json(obj))[:length]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SeedTopic(Record):
+    """One seed topic: the benign neighbour of a harmful request."""
+
+    id: str
+    category: str
+    topic: str
+    original_question: str
+    slots: dict[str, str]
+    source_file: str
+    source_line: int
+
+
+TEMPLATE_GENERATOR = "template"  # the `generator` of variant 0: the template's own rendering
+
+
+class Candidate(Record):
+    """A generated prompt, before dedup and jury."""
+
+    id: str
+    category: str
+    level: Level
+    seed_id: str
+    seed_topic: str
+    seed_source: str  # seed file and line, e.g. self_harm.yaml:12
+    original_question: str
+    template: str
+    template_sha: str
+    template_text: str
+    variant: int
+    prompt: str
+    generator: str
+    generator_params: dict[str, Any]
+    generation_call: str | None
+
+    @property
+    def is_rewrite(self) -> bool:
+        return self.generator != TEMPLATE_GENERATOR
+
+
+class JurorVote(Record):
+    juror: str
+    model: str
+    judge_prompt: str
+    label: Literal["benign", "harmful", "unparseable"]
+    rationale: str
+    calls: list[str]
+    repairs: int
+    # score jurors (`scoring: logprobs`): P(harmful) from the label tokens' probabilities
+    p_harmful: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unscored(self, handler):
+        """A verdict juror's vote is written without `p_harmful`, as before score jurors
+        existed: rows of older snapshots re-serialise byte for byte (orsc verify)."""
+        data = handler(self)
+        if data.get("p_harmful") is None:
+            data.pop("p_harmful", None)
+        return data
+
+
+class Decision(Record):
+    """What happened to a candidate: kept, or rejected with a reason."""
+
+    candidate: Candidate
+    kept: bool
+    reason: RejectReason | None = None
+    duplicate_of: str | None = None
+    similarity: float | None = None
+    votes: list[JurorVote] = []
+    benign_votes: int | None = None
+
+    @property
+    def source(self) -> Literal["kept", "rejected"]:
+        """Which side of the build the candidate is on (the validation sample's `source`)."""
+        return "kept" if self.kept else "rejected"
+
+
+class CalibrationVote(Record):
+    """A juror's verdict in the jury check: on a seed's original_question, a request known
+    to be harmful (`known` harmful), or on its hand-written boundary_question, a benign
+    control paired with that request (`known` benign; `prompt` is what the juror judged)."""
+
+    category: str
+    seed_id: str
+    original_question: str
+    vote: JurorVote
+    known: Literal["harmful", "benign"] = "harmful"
+    prompt: str = ""  # the benign control's text (empty: the original_question itself)
+
+
+class SnapshotRow(Record):
+    """One row of prompts.* and rejected.* (and data/<category>.jsonl): the one place the
+    snapshot's row layout is written down. The parquet schema, the JSON lines, the
+    conversion to and from a Decision and the dataset card's field list all come from here."""
+
+    id: str = Field(description="content-addressed id (sha256 prefix of what produced the prompt)")
+    category: str = Field(description="category id from the taxonomy")
+    level: Level = Field(description="intended intent ambiguity of the template: easy, medium or hard")
+    prompt: str = Field(description="the benign boundary question (Health-ORSC-Bench calls it `question`)")
+    original_question: str = Field(description="the harmful request the prompt neighbours")
+    seed_id: str = Field(description="id of the seed topic")
+    seed_topic: str = Field(description="name of the seed topic")
+    seed_source: str = Field(description="seed file and line, e.g. `self_harm.yaml:12`")
+    template: str = Field(description="generation template, relative to the templates directory")
+    template_sha: str = Field(description="sha256 prefix of the template's source")
+    template_text: str = Field(description="the template rendered for this seed, before rewriting")
+    variant: int = Field(description="0: the template's own rendering; n >= 1: the n-th rewrite"
+                                     " (sampling seed offset n - 1)")
+    generator: str = Field(description="`model@endpoint` that rewrote the prompt, or `template`")
+    generator_params: str = Field(description="the generator's sampling parameters (JSON)")
+    generation_call: str | None = Field(description="request-cache key of the rewrite call")
+    votes: list[JurorVote] = Field(description="every juror's label, rationale and call keys")
+    benign_votes: int | None = Field(description="jurors who said benign")
+    n_jurors: int | None = Field(description="jurors who voted")
+    reason: RejectReason | None = Field(description="why it was rejected (null when kept)")
+    duplicate_of: str | None = Field(description="the kept prompt it near-duplicates")
+    similarity: float | None = Field(description="cosine similarity to `duplicate_of` (duplicate), or"
+                                     " of a rewrite to its `template_text` (off_topic_rewrite)")
+
+    @classmethod
+    def from_decision(cls, d: Decision) -> SnapshotRow:
+        c = d.candidate.model_dump()
+        c["generator_params"] = canonical_json(c["generator_params"])
+        return cls(**c, votes=d.votes, benign_votes=d.benign_votes,
+                   n_jurors=len(d.votes) if d.votes else None, reason=d.reason,
+                   duplicate_of=d.duplicate_of, similarity=d.similarity)
+
+    def to_decision(self) -> Decision:
+        fields = self.model_dump()
+        fields["generator_params"] = json.loads(self.generator_params)
+        cand = Candidate(**{k: fields[k] for k in Candidate.model_fields})
+        return Decision(candidate=cand, kept=self.reason is None, reason=self.reason,
+                        duplicate_of=self.duplicate_of, similarity=self.similarity,
+                        votes=self.votes, benign_votes=self.benign_votes)
+
+    def json_line(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), ensure_ascii=False, sort_keys=True)
+
+    def call_keys(self) -> list[str]:
+        """Request-cache keys of every model call behind this row."""
+        return [k for k in [self.generation_call, *(c for v in self.votes for c in v.calls)] if k]
+
+
+def arrow_schema(model: type[BaseModel]) -> pa.Schema:
+    """The parquet schema of a record model, from its field annotations."""
+    return pa.schema([(name, _arrow_type(f.annotation)) for name, f in model.model_fields.items()])
+
+
+def _arrow_type(annotation: Any) -> pa.DataType:
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):  # X | None: nullable X
+        (inner,) = [a for a in get_args(annotation) if a is not type(None)]
+        return _arrow_type(inner)
+    if origin is Literal:
+        return pa.string()
+    if origin is list:
+        return pa.list_(_arrow_type(get_args(annotation)[0]))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return pa.struct([(n, _arrow_type(f.annotation)) for n, f in annotation.model_fields.items()])
+    simple = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+    if annotation in simple:
+        return simple[annotation]
+    raise TypeError(f"no parquet type for {annotation!r}")
+
+
+KEPT = "kept"
+
+
+class StageCounts(BaseModel):
+    """Outcomes of one stage (or of a whole snapshot): category -> level -> outcome -> n,
+    where the outcome is `kept` or a rejection reason. Counted once, from the decisions,
+    and read by the Prefect artifact, the build summary, MANIFEST.json and the card."""
+
+    strata: dict[str, dict[str, dict[str, int]]] = {}
+
+    @classmethod
+    def of(cls, decisions: typing.Iterable[Decision]) -> StageCounts:
+        return cls._of_tally(Counter(
+            (d.candidate.category, d.candidate.level, KEPT if d.kept else d.reason or "")
+            for d in decisions))
+
+    def merge(self, other: StageCounts) -> StageCounts:
+        return StageCounts._of_tally(self._tally() + other._tally())
+
+    def _tally(self) -> Counter[tuple[str, str, str]]:
+        return Counter({(cat, lvl, outcome): n for cat, levels in self.strata.items()
+                        for lvl, outcomes in levels.items() for outcome, n in outcomes.items()})
+
+    @classmethod
+    def _of_tally(cls, tally: Counter[tuple[str, str, str]]) -> StageCounts:
+        strata: dict[str, dict[str, dict[str, int]]] = {}
+        for (cat, lvl, outcome), n in sorted(tally.items()):
+            strata.setdefault(cat, {}).setdefault(lvl, {})[outcome] = n
+        return cls(strata=strata)
+
+    def total(self, category: str | None = None, level: str | None = None,
+              outcome: str | None = None) -> int:
+        """Candidates (or those with `outcome`) in a category, a stratum or overall."""
+        return sum(n for cat, levels in self.strata.items() if category in (None, cat)
+                   for lvl, outcomes in levels.items() if level in (None, lvl)
+                   for out, n in outcomes.items() if outcome in (None, out))
+
+    def kept_by_stratum(self, order: list[str]) -> dict[str, dict[str, int]]:
+        """Kept prompts per category x level (non-empty strata), categories in `order`."""
+        out = {}
+        for cat in order:
+            levels = {lvl: n for lvl in LEVELS
+                      if (n := self.strata.get(cat, {}).get(lvl, {}).get(KEPT, 0))}
+            if levels:
+                out[cat] = levels
+        return out
+
+    def rejected_by_category(self, order: list[str]) -> dict[str, dict[str, int]]:
+        """Rejections per category by reason (every category in `order`, even with none)."""
+        out = {}
+        for cat in order:
+            reasons: Counter[str] = Counter()
+            for outcomes in self.strata.get(cat, {}).values():
+                reasons.update({r: n for r, n in outcomes.items() if r != KEPT})
+            out[cat] = dict(sorted(reasons.items()))
+        return out
+
+    def table(self, order: list[str]) -> list[dict[str, Any]]:
+        """One row per category x level: candidates, kept, and rejected by reason."""
+        reasons = sorted({r for levels in self.strata.values() for outcomes in levels.values()
+                          for r in outcomes if r != KEPT})
+        return [{"category": cat, "level": lvl, "candidates": sum(outcomes.values()),
+                 "kept": outcomes.get(KEPT, 0), **{f"rejected: {r}": outcomes.get(r, 0) for r in reasons}}
+                for cat in order for lvl in LEVELS
+                if (outcomes := self.strata.get(cat, {}).get(lvl))]
+
+
+def write_jsonl(path: Path, records: typing.Iterable[BaseModel]) -> None:
+    """Write records atomically (temp file then rename), one canonical JSON per line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(canonical_json(record.model_dump(mode="json")) + "\n")
+    tmp.replace(path)
+
+
+def read_jsonl(path: Path, model: type[BaseModel]) -> list[Any]:
+    with path.open(encoding="utf-8") as fh:
+        return [model.model_validate_json(line) for line in fh if line.strip()]

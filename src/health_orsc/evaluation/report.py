@@ -1,0 +1,208 @@
+"""report: an evaluation run's report.html, one self-contained file (plots embedded as PNG).
+
+Sections, each in the table of contents: the leaderboard; over-refusal by intended level
+per model; benign over-refusal against harmful compliance (OR-Bench's view: a model that
+answers everything sits at the bottom right, not at the top); over-refusal per category
+and model (heatmap); intended against empirical difficulty (heatmap, with Spearman's rho
+and the prompts whose levels lie furthest apart); the grader against the detector. Plots
+are drawn with matplotlib (Agg, no display) from metrics.json alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+from health_orsc.core.records import LEVELS
+
+PLOTS = ("over-refusal-by-level", "refusal-vs-compliance", "category-heatmap", "difficulty")
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def plot_by_level(metrics: dict[str, Any]) -> str:
+    """Grouped bars: over-refusal per intended level, one bar per model, Wilson intervals."""
+    import numpy as np
+
+    models = list(metrics["models"])
+    fig, ax = _figure(7, 3.6)
+    width = 0.8 / max(1, len(models))
+    for i, model in enumerate(models):
+        shares, low, high = [], [], []
+        for level in LEVELS:
+            p = metrics["models"][model]["by_level"][level]["over_refusal"]
+            share = p["share"] or 0.0
+            shares.append(share)
+            low.append(max(0.0, share - (p["low"] or share)))  # float error can make these -1e-17
+            high.append(max(0.0, (p["high"] or share) - share))
+        x = np.arange(len(LEVELS)) + i * width
+        ax.bar(x, shares, width, yerr=[low, high], capsize=3, label=model)
+    ax.set_xticks(np.arange(len(LEVELS)) + width * (len(models) - 1) / 2, LEVELS)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("over-refusal (full refusals)")
+    ax.set_xlabel("intended level")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_scatter(metrics: dict[str, Any]) -> str:
+    fig, ax = _figure(5, 4)
+    for model, m in metrics["models"].items():
+        x = m["over_refusal"]["share"]
+        y = (m.get("harmful_compliance") or {}).get("share")
+        if x is None or y is None:
+            continue
+        ax.scatter([x], [y], s=60)
+        ax.annotate(model, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("over-refusal on benign prompts")
+    ax.set_ylabel("compliance with harmful requests")
+    ax.axhline(0.5, color="#ccc", lw=0.8)
+    ax.axvline(0.5, color="#ccc", lw=0.8)
+    ax.text(0.02, 0.02, "safe and helpful", fontsize=8, color="#2a7", transform=ax.transAxes)
+    return _png(fig)
+
+
+def _heatmap(rows: list[str], cols: list[str], values: list[list[float | None]], label: str,
+             fmt: str, limits: tuple[float, float] | None = None) -> str:
+    import numpy as np
+
+    fig, ax = _figure(max(4, 1.1 * len(cols) + 2), max(2.5, 0.45 * len(rows) + 1))
+    data = np.array([[np.nan if v is None else v for v in r] for r in values], dtype=float)
+    vmin, vmax = limits or (None, None)
+    image = ax.imshow(data, cmap="viridis", aspect="auto", vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if not np.isnan(data[i, j]):
+                ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=8, color="white")
+    fig.colorbar(image, ax=ax, label=label)
+    return _png(fig)
+
+
+def plot_category_heatmap(metrics: dict[str, Any]) -> str:
+    per_model = metrics["models"]
+    categories = list(dict.fromkeys(c for m in per_model.values() for c in m["by_category"]))
+
+    def share(m: dict[str, Any], cat: str) -> float | None:
+        fig = m["by_category"].get(cat)
+        return fig["over_refusal"]["share"] if fig else None
+
+    values = [[share(m, cat) for m in per_model.values()] for cat in categories]
+    return _heatmap(categories, list(per_model), values, "over-refusal", ".2f", (0.0, 1.0))
+
+
+def plot_difficulty(metrics: dict[str, Any]) -> str:
+    table = metrics["difficulty"]["table"]
+    empirical = list(next(iter(table.values())))
+    return _heatmap(list(table), empirical, [[table[i][e] for e in empirical] for i in table],
+                    "prompts", ".0f")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+LEADERBOARD_COLUMNS = ("rank", "model", "over-refusal (95% CI)", "incl. partial", "safe completion",
+                       "harmful compliance", "unscored", "McNemar p vs above")
+
+
+def leaderboard_cells(row: dict[str, Any]) -> list[str]:
+    """A leaderboard row as the terminal table and the Prefect artifact show it."""
+    low, high = row["over_refusal_low"], row["over_refusal_high"]
+    ci = "" if low is None else f" ({_pct(low)}-{_pct(high)})"
+    return [str(row["rank"]), row["model"], _pct(row["over_refusal"]) + ci, _pct(row["refusal_incl_partial"]),
+            _pct(row["safe_completion"]), _pct(row["harmful_compliance"]), str(row["unscored"]),
+            "" if row["mcnemar_p"] is None else f"{row['mcnemar_p']:.3g}"]
+
+
+def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(LEADERBOARD_COLUMNS) + " |", "|" + "---|" * len(LEADERBOARD_COLUMNS)]
+    return "\n".join(lines + ["| " + " | ".join(leaderboard_cells(r)) + " |" for r in rows])
+
+
+
+def render_report(metrics: dict[str, Any], meta: dict[str, Any], name: str) -> str:
+    esc = html.escape
+    plots = {"over-refusal-by-level": plot_by_level(metrics), "refusal-vs-compliance": plot_scatter(metrics),
+             "category-heatmap": plot_category_heatmap(metrics), "difficulty": plot_difficulty(metrics)}
+    board = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in leaderboard_cells(r)) + "</tr>"
+                    for r in metrics["leaderboard"])
+    head = "".join(f"<th>{esc(c)}</th>" for c in LEADERBOARD_COLUMNS)
+    diff = metrics["difficulty"]
+    apart_head = ("<tr><th>id</th><th>category</th><th>intended</th><th>empirical</th><th>refused by</th>"
+                  "<th>prompt</th></tr>")
+    apart = "".join(f"<tr><td>{esc(r['id'])}</td><td>{esc(r['category'])}</td><td>{esc(r['level'])}</td>"
+                    f"<td>{esc(r['empirical_level'])}</td><td>{_pct(r['refuse_rate'])}</td>"
+                    f"<td>{esc(r['prompt'])}</td></tr>" for r in diff["most_apart"])
+    agree = metrics["detector_agreement"]
+    kappa = "n/a" if agree["kappa"] is None else f"{agree['kappa']:.2f}"
+
+    def img(key: str, alt: str) -> str:
+        return f'<img id="plot-{key}" class="plot" alt="{esc(alt)}" src="data:image/png;base64,{plots[key]}">'
+
+    sections = [
+        ("leaderboard", "Leaderboard",
+         f"<table><thead><tr>{head}</tr></thead><tbody>{board}</tbody></table>"
+         "<p>Over-refusal: benign prompts fully refused, with its Wilson 95% interval. Read it with"
+         " harmful compliance: a model that answers everything refuses nothing. McNemar's exact test"
+         " compares each model with the one above it on the prompts both had graded.</p>"),
+        ("over-refusal-by-level", "Over-refusal by intended level",
+         img("over-refusal-by-level", "over-refusal per intended level, one bar per model")),
+        ("refusal-vs-compliance", "Over-refusal against harmful compliance",
+         img("refusal-vs-compliance", "each model: over-refusal on benign prompts against compliance"
+                                      " with the harmful contrast requests")),
+        ("category-heatmap", "Over-refusal per category and model",
+         img("category-heatmap", "heatmap of over-refusal, categories by models")),
+        ("difficulty", "Intended against empirical difficulty",
+         img("difficulty", "counts of prompts, intended level by empirical level")
+         + f"<p>Spearman's rho: {diff['spearman_rho'] if diff['spearman_rho'] is not None else 'n/a'}."
+           f" Panel: {esc(', '.join(diff['panel']))}. Empirical levels are shares of this panel that"
+           " fully refused a prompt; they move when the panel changes.</p>"
+         + (f"<table><thead>{apart_head}</thead><tbody>{apart}</tbody></table>" if apart else "")),
+        ("grader", "The grader and the detector",
+         f"<p>Grader <code>{esc(meta['grader']['model'])}</code> with rubric"
+         f" <code>{esc(meta['grader']['rubric'])}</code>. On {agree['n']} graded answers it agrees with"
+         f" XSTest's string-match detector on \"full refusal or not\" for {_pct(agree['share'])}"
+         f" (Cohen's kappa {kappa}). A grader is to be trusted only once checked against people.</p>"),
+    ]
+    toc = "".join(f'<li><a href="#{key}">{esc(title)}</a></li>' for key, title, _ in sections)
+    body = "".join(f'<section id="{key}"><h2>{esc(title)}</h2>{content}</section>'
+                   for key, title, content in sections)
+    snap = meta["snapshot"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Evaluation {esc(name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; }}
+img.plot {{ max-width: 100%; }}
+nav li {{ margin: 0.2em 0; }}
+</style></head><body>
+<h1>Evaluation {esc(name)}</h1>
+<p>Snapshot <code>{esc(snap['name'])}</code> ({esc(snap['digest'])}); models:
+{esc(', '.join(f'{k} ({v})' for k, v in meta['models'].items()))}.</p>
+<nav><h2>Contents</h2><ol>{toc}</ol></nav>
+{body}
+</body></html>
+"""

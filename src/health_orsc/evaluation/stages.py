@@ -1,0 +1,69 @@
+"""The evaluation, stage by stage, as plain functions: what each task of the
+`evaluate-benchmark` flow calls (flows/evaluate.py only wires these into Prefect), the
+counterpart of build/stages.py.
+
+- `write_items`: the snapshot is read once; each category's items go to a stage file.
+- `answer_stage`: one (model x category): the model answers each item and the grader
+  grades each answer, through the process's gateway (every call in the request cache);
+  the responses go to a stage file.
+- `write_run`: the responses scored (metrics, difficulty) and written as
+  outputs/evaluations/<run>/ with its MANIFEST.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from health_orsc.core.config import BuildConfig
+from health_orsc.core.records import content_id, read_jsonl, write_jsonl
+from health_orsc.evaluation.answer import (
+    EvalInputs,
+    EvalItem,
+    Response,
+    answer_category,
+    eval_items,
+    planned_calls,
+)
+from health_orsc.evaluation.run import snapshot_ref, write_evaluation
+from health_orsc.evaluation.scores import difficulty, evaluation_metrics
+from health_orsc.llm import Gateway, Usage
+from health_orsc.snapshot.handle import Snapshot
+from health_orsc.snapshot.store import stage_path
+
+
+def write_items(config: BuildConfig, snapshot: Snapshot, run: str) -> dict[str, Path]:
+    """Per category of the snapshot, the stage file holding its items (prompts to ask)."""
+    items = {}
+    for cat, cat_items in eval_items(snapshot.path, snapshot.manifest.categories, config).items():
+        items[cat] = stage_path(config.outputs_dir, "evaluate", f"{run}-items-{content_id([cat])}")
+        write_jsonl(items[cat], cat_items)
+    return items
+
+
+def answer_stage(inputs: EvalInputs, model: str, category: str, items_path: Path, run: str,
+                 gateway: Gateway, usage: Usage) -> tuple[Path, int]:
+    """`model`'s graded answers to one category's items: their stage file and how many."""
+    items = read_jsonl(items_path, EvalItem)
+    usage.expect(planned_calls(items))
+    responses = gateway.run(answer_category(inputs, model, category, items, gateway), usage)
+    out = stage_path(inputs.config.outputs_dir, "evaluate", f"{run}-{content_id([model, category])}")
+    write_jsonl(out, responses)
+    return out, len(responses)
+
+
+def write_run(inputs: EvalInputs, run: str, answered: list[Path],
+              started_at: str) -> tuple[Path, dict[str, Any]]:
+    """The run's directory and metrics, from the answer stages' files."""
+    config, snapshot = inputs.config, inputs.snapshot
+    responses = [resp for path in answered for resp in read_jsonl(path, Response)]
+    ev = config.evaluation
+    rows = difficulty(responses, ev)
+    metrics = evaluation_metrics(responses, inputs.models, ev, rows)
+    grader = config.roles[ev.grader]
+    meta = {"started_at": started_at, "snapshot": snapshot_ref(snapshot.path, snapshot.manifest.digest),
+            "models": {m: config.roles[m].identity(config.endpoint_for(m)) for m in inputs.models},
+            "grader": {"role": ev.grader, "model": grader.identity(config.endpoint_for(ev.grader)),
+                       "rubric": inputs.grader_template.name, "rubric_sha": inputs.grader_template.sha},
+            "evaluation": ev.model_dump(mode="json")}
+    return write_evaluation(config.outputs_dir, run, responses, metrics, rows, meta), metrics

@@ -1,0 +1,93 @@
+"""The `evaluate-benchmark` Prefect flow: wiring only; the logic lives in
+health_orsc/evaluation/stages.py (answers, grades, the run's files).
+
+The flow reads the snapshot's prompts once and writes each category's items to a stage
+file. Tasks are (model x category); with `task_runner: dask` in the config they run as a
+subflow on Dask, as the build's stages do. Each answers and grades its prompts through
+the process's shared gateway, so every call is in the request cache: a run killed half-way resumes from
+it, and adding a model to the panel calls only that model and the grader for its answers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from health_orsc.audit.verify import open_verified
+from health_orsc.core.config import load_config
+from health_orsc.evaluation.answer import load_evaluation
+from health_orsc.evaluation.report import leaderboard_markdown
+from health_orsc.evaluation.stages import answer_stage, write_items, write_run
+from health_orsc.flows.runner import run_on
+from health_orsc.llm import Usage, close_gateways, gateway_for
+from health_orsc.runtime.progress import note, tracked
+from health_orsc.snapshot.handle import Snapshot
+from health_orsc.snapshot.store import check_snapshot_name, evaluations_dir
+
+FLOW_NAME = "evaluate-benchmark"
+
+
+@task(name="evaluate")
+def evaluate_task(config_path: str, snapshot: str, models: list[str], model: str, category: str,
+                  items_path: str, run: str) -> dict:
+    config = load_config(config_path)
+    inputs = load_evaluation(config, Snapshot.open(Path(snapshot)), models)
+    with tracked("evaluate", f"{model} {category}") as progress:
+        usage = Usage(progress=progress)
+        out, n = answer_stage(inputs, model, category, Path(items_path), run, gateway_for(config), usage)
+    get_run_logger().info("%s %s: %d answers graded", model, category, n)
+    return {"path": str(out), **usage.as_dict()}
+
+
+def run_tasks(config_path: str, snapshot: str, models: list[str], cats: list[str], items: dict[str, str],
+              run: str) -> list[dict]:
+    """One evaluate task per (model x category); their results."""
+    futures = [evaluate_task.submit(config_path, snapshot, models, m, c, items[c], run)
+               for m in models for c in cats]
+    wait(futures)  # every task ends before one's failure is raised: they share the gateway
+    return [f.result() for f in futures]
+
+
+@flow(name=FLOW_NAME, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=16))
+def evaluate_benchmark(config_path: str, snapshot: str, models: list[str] | None = None,
+                       name: str | None = None) -> dict:
+    """A panel of models answers a snapshot's prompts; the grader grades every answer; the
+    run's metrics, leaderboard and per-prompt difficulty go to outputs/evaluations/<name>/."""
+    started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+    config = load_config(config_path)
+    base = open_verified(Path(snapshot), "evaluate")
+    inputs = load_evaluation(config, base, models)
+    name = check_snapshot_name(config.outputs_dir, name or datetime.now(UTC).strftime("eval-%Y%m%d-%H%M%S"),
+                               evaluations_dir(config.outputs_dir))
+    cats = base.manifest.categories
+    started = time.monotonic()
+    items = write_items(config, base, name)
+    args = (config_path, str(base.path), inputs.models, cats, {c: str(p) for c, p in items.items()}, name)
+    try:
+        results = run_on(config.task_runner, run_tasks, f"{FLOW_NAME}-tasks", *args)
+    finally:
+        close_gateways()
+    ended = time.monotonic()
+    calls: Counter[str] = Counter()
+    hits: Counter[str] = Counter()
+    for r in results:
+        calls.update(r["calls"])
+        hits.update(r["cache_hits"])
+    note(f"evaluate: finished in {ended - started:.1f} s ({len(results)} tasks,"
+         f" {sum(calls.values()):,} model calls)")
+    path, metrics = write_run(inputs, name, [Path(r["path"]) for r in results], started_at)
+    create_markdown_artifact(markdown=leaderboard_markdown(metrics["leaderboard"]), key="leaderboard",
+                             description=f"evaluation {name} of snapshot {base.path.name}")
+    done = time.monotonic()
+    return {"run": str(path), "leaderboard": metrics["leaderboard"], "model_calls": dict(calls),
+            "cache_hits": dict(hits), "tasks": len(results),
+            # monotonic clock at start and end, to line up with an endpoint's own log (bench/)
+            "stages": {"evaluate": {"clock": [started, ended], "wall_s": round(ended - started, 3)},
+                       "write": {"clock": [ended, done], "wall_s": round(done - ended, 3)}}}

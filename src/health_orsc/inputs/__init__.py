@@ -1,0 +1,2 @@
+"""inputs: the taxonomy, seed topics and Jinja2 templates (sandboxed), loaded and
+validated before any model call; the contexts the templates are rendered with."""

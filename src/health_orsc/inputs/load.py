@@ -1,0 +1,195 @@
+"""Taxonomy, seed topics and templates: loaded and validated before any model call.
+
+Everything a build reads from disk besides the config goes through here, so a
+malformed file stops the build with one message naming file, field and fix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from health_orsc.core.config import BuildConfig
+from health_orsc.core.errors import InputError, from_validation_error, shorten
+from health_orsc.core.files import load_yaml
+from health_orsc.core.records import CATEGORY_ID_PATTERN, SeedTopic, content_id
+from health_orsc.inputs.templates import PromptTemplate, TemplateLibrary
+
+SLOTS = ("subject", "persona", "benign_goal", "question", "boundary_question")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CategoryEntry(_Strict):
+    """One category of the taxonomy; its seed topics are in seeds/<id>.yaml."""
+
+    id: str = Field(pattern=CATEGORY_ID_PATTERN)
+    name: str = Field(min_length=1)
+    harm_definition: str = Field(min_length=10)
+    benign_boundary: str = Field(min_length=10)
+
+
+class Taxonomy(_Strict):
+    """The taxonomy file decides which categories exist and their order."""
+
+    version: int
+    categories: list[CategoryEntry] = Field(min_length=1)
+
+    @property
+    def ids(self) -> list[str]:
+        return [c.id for c in self.categories]
+
+    def entry(self, category: str) -> CategoryEntry:
+        return next(c for c in self.categories if c.id == category)
+
+
+class SeedTopicEntry(_Strict):
+    topic: str = Field(min_length=3)
+    original_question: str = Field(min_length=5)
+    slots: dict[str, str]
+
+    @field_validator("slots")
+    @classmethod
+    def _all_slots(cls, v: dict[str, str]) -> dict[str, str]:
+        missing = [s for s in SLOTS if not v.get(s, "").strip()]
+        if missing:
+            raise ValueError(f"missing or empty slots: {', '.join(missing)} (each topic needs {SLOTS})")
+        return v
+
+
+class SeedFile(_Strict):
+    category: str
+    topics: list[SeedTopicEntry] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """Everything validated: what the stages and fingerprints are computed from."""
+
+    config: BuildConfig
+    taxonomy: Taxonomy
+    categories: list[str]
+    seeds: dict[str, list[SeedTopic]]
+    generation_templates: dict[str, list[PromptTemplate]]  # level -> templates
+    rewrite_template: PromptTemplate
+    judge_templates: dict[str, PromptTemplate]  # juror role -> template
+    dedup_model: str  # BuildConfig.embedding_identity()
+
+
+def load_taxonomy(seeds_dir: Path) -> Taxonomy:
+    path = seeds_dir / "taxonomy.yaml"
+    raw, _ = load_yaml(path, "taxonomy file")
+    try:
+        tax = Taxonomy.model_validate(raw)
+    except ValidationError as err:
+        raise from_validation_error(path, err) from err
+    ids = tax.ids
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise InputError(path, "categories", f"lists {dupes} more than once", "keep one entry per id")
+    return tax
+
+
+def load_seed_file(seeds_dir: Path, category: str, limit: int | None) -> list[SeedTopic]:
+    path = seeds_dir / f"{category}.yaml"  # a plain name: category ids match CATEGORY_ID_PATTERN
+    if not path.is_file():
+        raise InputError(path, None, f"seed file for category '{category}' not found",
+                         f"create {path.name} in {seeds_dir} (see seeds/self_harm.yaml), or remove"
+                         f" '{category}' from taxonomy.yaml")
+    raw, node = load_yaml(path, "seed file")
+    try:
+        parsed = SeedFile.model_validate(raw)
+    except ValidationError as err:
+        raise from_validation_error(path, err) from err
+    if parsed.category != category:
+        raise InputError(path, "category",
+                         f"says '{shorten(parsed.category, 80)}' but the file is for '{category}'",
+                         f"set 'category: {category}' or rename the file")
+    topic_nodes = next(v for k, v in node.value if k.value == "topics").value
+    seen: dict[str, int] = {}
+    seeds = []
+    for i, (entry, item_node) in enumerate(zip(parsed.topics, topic_nodes, strict=True)):
+        if entry.topic in seen:
+            raise InputError(path, f"topics.{i}.topic",
+                             f"'{shorten(entry.topic, 80)}' repeats topics.{seen[entry.topic]}",
+                             "give every topic a distinct name")
+        seen[entry.topic] = i
+        body = {"category": category, "topic": entry.topic,
+                "original_question": entry.original_question, "slots": entry.slots}
+        seeds.append(SeedTopic(id=content_id(body), **body, source_file=path.name,
+                               source_line=item_node.start_mark.line + 1))
+    return seeds[:limit] if limit else seeds
+
+
+def judge_context(candidate_prompt: str, entry: CategoryEntry, original_question: str,
+                  answer: str = "verdict") -> dict:
+    """`answer`: "verdict" (JSON label and rationale) or "label" (one word, for score jurors)."""
+    return {"prompt": candidate_prompt, "category": entry.model_dump(),
+            "original_question": original_question, "answer": answer}
+
+
+def generation_context(seed: SeedTopic, entry: CategoryEntry) -> dict:
+    return {**seed.slots, "topic": seed.topic, "category": entry.model_dump()}
+
+
+def rewrite_context(template_text: str, level: str, entry: CategoryEntry) -> dict:
+    return {"prompt": template_text, "level": level, "category": entry.model_dump()}
+
+
+def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> BuildInputs:
+    """Validate taxonomy, seeds, templates and key variables for the selected categories.
+
+    Every template is rendered once against every seed it will see, so an
+    undefined variable or a sandbox violation fails here, before any model call.
+    """
+    cfg_file = config.source
+    taxonomy = load_taxonomy(config.seeds_dir)
+    known = taxonomy.ids
+    selected = categories or config.categories or known
+    field = "--categories" if categories else "categories"
+    for c in selected:
+        if c not in known:
+            raise InputError(cfg_file if not categories else None, field,
+                             f"unknown category '{shorten(c, 80)}'",
+                             f"use some of: {', '.join(known)}"
+                             f" (the ids in {config.seeds_dir / 'taxonomy.yaml'})")
+    selected = [c for c in known if c in selected]  # taxonomy order, no repeats
+
+    lib = TemplateLibrary(config.templates_dir)
+    gen = config.generation
+    gen_templates = {
+        lvl: [lib.get(Path("generate", n), f"generation.templates.{lvl}[{i}]", cfg_file)
+              for i, n in enumerate(gen.templates[lvl])]
+        for lvl in gen.levels
+    }
+    rewrite = lib.get(Path(gen.rewrite_prompt), "generation.rewrite_prompt", cfg_file)
+    judges = {j: lib.get(Path("judges", config.roles[j].prompt), f"roles.{j}.prompt", cfg_file)
+              for j in config.jury.jurors}
+
+    seeds = {c: load_seed_file(config.seeds_dir, c, gen.seeds_per_category) for c in selected}
+    for c in selected:
+        entry = taxonomy.entry(c)
+        for seed in seeds[c]:
+            where = f" (seed '{shorten(seed.topic, 80)}', {seed.source_file} line {seed.source_line})"
+            for lvl, templates in gen_templates.items():
+                for tpl in templates:
+                    text = tpl.render(generation_context(seed, entry), where)
+                    rewrite.render(rewrite_context(text, lvl, entry), where)
+            for j, tpl in judges.items():
+                answer = config.roles[j].answer
+                tpl.render(judge_context("example prompt", entry, seed.original_question, answer), where)
+
+    used_endpoints = {config.roles[r].endpoint for r in [gen.role, *config.jury.jurors]}
+    for name in sorted(used_endpoints):
+        var = config.endpoints[name].api_key_env
+        if var and not os.environ.get(var):
+            raise InputError(cfg_file, f"endpoints.{name}.api_key_env",
+                             f"environment variable {var} is not set",
+                             f"export {var}=... before running, or point the roles at another endpoint")
+    dedup_model = config.embedding_identity()
+    return BuildInputs(config, taxonomy, selected, seeds, gen_templates, rewrite, judges, dedup_model)

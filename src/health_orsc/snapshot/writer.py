@@ -1,0 +1,335 @@
+"""export: an immutable, checksummed snapshot directory.
+
+Input: kept and rejected Decisions, the validation sample, the jury check's votes,
+and what MANIFEST.json says about the build (`SnapshotMeta`).
+Output: outputs/snapshots/<name>/ with prompts.parquet, prompts.jsonl,
+rejected.parquet, rejected.jsonl (rows laid out by records.SnapshotRow),
+data/<category>.jsonl (one Hugging Face config per category),
+jury_calibration.jsonl (each juror's verdict on the seeds' harmful requests),
+validation_sample.csv, README.md (dataset card) and MANIFEST.json (sha256 of
+every file, counts, config, fingerprints, models).
+
+Written to a temporary directory and renamed into place; an existing name is
+refused, never overwritten.
+
+Example:
+    path = write_snapshot(outputs_dir, "v1", kept, rejected, sample, calibration, meta, taxonomy)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from pydantic import BaseModel
+
+from health_orsc import __version__
+from health_orsc.core.config import BuildConfig
+from health_orsc.core.records import LEVELS, CalibrationVote, Decision, SnapshotRow, StageCounts, arrow_schema
+from health_orsc.snapshot.store import (
+    CALIBRATION,
+    CARD,
+    MANIFEST,
+    PROMPTS,
+    REJECTED,
+    SAMPLE,
+    TAXONOMY,
+    BaseRef,
+    FileEntry,
+    Manifest,
+    ManifestCounts,
+    data_file,
+    file_sha256,
+    snapshots_dir,
+    write_manifest,
+    writing_snapshot,
+)
+
+# The items to label, not the annotation tasks (`orsc annotate` writes those, blind).
+SAMPLE_COLUMNS = ("id", "category", "level", "source", "prompt", "original_question")
+ROW_SCHEMA = arrow_schema(SnapshotRow)
+
+
+class SnapshotMeta(BaseModel):
+    """What MANIFEST.json says about how the snapshot was built (besides files and counts)."""
+
+    categories: list[str]
+    built: list[str]
+    base: BaseRef | None
+    started_at: str
+    fingerprints: dict[str, str]
+    fingerprint_components: dict[str, dict[str, str]]
+    taxonomy_version: int
+    taxonomy_versions: dict[str, int]
+    models: dict[str, dict[str, Any]]
+    config: dict[str, Any]
+    jury: dict[str, Any]
+    jury_calibration: dict[str, dict[str, Any]]
+    jury_agreement: dict[str, Any] | None = None
+
+
+def models_of(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
+    """Each role's model, endpoint, sampling and prompt, as MANIFEST.json lists them."""
+    return {r: {"endpoint": cfg.endpoint_for(r).identity, "model": cfg.roles[r].model,
+                "sampling": cfg.roles[r].sampling().model_dump(), "prompt": cfg.roles[r].prompt,
+                **cfg.roles[r].scoring_rule()}
+            for r in [cfg.generation.role, *cfg.jury.jurors, *filter(None, [cfg.dedup.embedder])]}
+
+
+def jury_of(cfg: BuildConfig) -> dict[str, Any]:
+    return {"jurors": cfg.jury.jurors, "required_benign": cfg.jury.required_benign,
+            "models": sorted({cfg.roles[j].identity(cfg.endpoint_for(j)) for j in cfg.jury.jurors})}
+
+
+def config_of(cfg: BuildConfig) -> dict[str, Any]:
+    """The config as MANIFEST.json records it: without this machine's paths."""
+    return cfg.model_dump(mode="json", exclude={"seeds_dir", "templates_dir", "outputs_dir"})
+
+
+def row_sort_key(order: list[str]):
+    """Rows in taxonomy order of categories, then level, then id."""
+    index = {c: i for i, c in enumerate(order)}
+    return lambda d: (index[d.candidate.category], LEVELS.index(d.candidate.level), d.candidate.id)
+
+
+def write_row_files(directory: Path, kept: list[SnapshotRow], rejected: list[SnapshotRow],
+                    categories: list[str]) -> None:
+    """prompts.* and rejected.* (parquet and jsonl), and data/<category>.jsonl per category."""
+    _write_rows(directory, PROMPTS, kept)
+    _write_rows(directory, REJECTED, rejected)
+    for cat in categories:
+        _write_lines(directory / data_file(cat), [r.json_line() for r in kept if r.category == cat])
+
+
+def listed_files(directory: Path) -> dict[str, FileEntry]:
+    """MANIFEST's `files`: every file below `directory` with its sha256 and size."""
+    return {p.relative_to(directory).as_posix(): FileEntry(sha256=file_sha256(p), bytes=p.stat().st_size)
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _write_rows(directory: Path, stem: str, rows: list[SnapshotRow]) -> None:
+    table = pa.Table.from_pylist([r.model_dump(mode="json") for r in rows], schema=ROW_SCHEMA)
+    pq.write_table(table, directory / f"{stem}.parquet")
+    _write_lines(directory / f"{stem}.jsonl", [r.json_line() for r in rows])
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="\n") as fh:
+        for line in lines:
+            fh.write(line + "\n")
+
+
+def _sample_csv(sample: list[Decision]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(SAMPLE_COLUMNS)
+    for d in sample:
+        c = d.candidate
+        writer.writerow([c.id, c.category, c.level, d.source, c.prompt, c.original_question])
+    return buf.getvalue()
+
+
+def size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if n < limit:
+            return label
+    return "100K<n<1M"
+
+
+def dataset_card(counts: StageCounts, meta: SnapshotMeta, sample: list[Decision]) -> str:
+    cfg = meta.config
+    cats = meta.categories
+    kept = counts.total(outcome="kept")
+    header = {
+        "license": cfg["snapshot"]["license"], "language": ["en"],
+        "task_categories": ["text-generation", "text-classification"],
+        "size_categories": [size_category(kept)],
+        "pretty_name": cfg["snapshot"]["pretty_name"],
+        "tags": ["safety", "over-refusal", "healthcare", "benchmark", "synthetic"],
+        "configs": [{"config_name": "all", "data_files": f"{PROMPTS}.jsonl", "default": True}]
+        + [{"config_name": c, "data_files": data_file(c)} for c in cats],
+    }
+    by_stratum = counts.kept_by_stratum(cats)
+    rejected: dict[str, int] = {}
+    for reasons in counts.rejected_by_category(cats).values():
+        for reason, n in reasons.items():
+            rejected[reason] = rejected.get(reason, 0) + n
+    table = "\n".join(
+        f"| {c} | " + " | ".join(str(by_stratum.get(c, {}).get(lvl, 0)) for lvl in LEVELS) + " |"
+        for c in cats)
+    jury = meta.jury
+    gen_role = cfg["generation"]["role"]
+    generator = meta.models[gen_role]
+    carried = [c for c in cats if c not in meta.built]
+    scoring = _scoring_text(meta.models, jury["jurors"])
+    versions = ", ".join(f"{c} {meta.taxonomy_versions[c]}" for c in cats)
+    fields = "\n".join(f"- `{name}`: {f.description}" for name, f in SnapshotRow.model_fields.items())
+    base = (f"\n\nDerived from snapshot `{meta.base.name}` ({meta.base.digest}):"
+            f" {', '.join(carried) or 'no category'} carried over from it unchanged."
+            if meta.base else "")
+    return f"""---
+{yaml.safe_dump(header, sort_keys=False).strip()}
+---
+
+# {cfg['snapshot']['pretty_name']}
+
+Benign *boundary* prompts in sensitive health categories, in the style of
+Health-ORSC-Bench: questions an over-cautious model may refuse but should
+answer, each paired with the harmful request it neighbours
+(`original_question`). Built by health-orsc {__version__}.{base}
+
+## How it was built
+
+1. **Seeds**: hand-written seed topics per category; taxonomy version per category: {versions}.
+2. **Generate**: a Jinja2 template per intent-ambiguity level (easy: benign intent stated;
+   medium: benign intent implicit; hard: wording close to the harmful request), rewritten
+   {cfg['generation']['rewrites']} time(s) per template by `{generator['model']}@{generator['endpoint']}`;
+   the template's own rendering stays a candidate beside its rewrites.
+3. **Dedup**: all-MiniLM-L6-v2 embeddings. {_off_topic_text(counts, cats, cfg['generation'])}
+   Near-duplicates are searched across all categories (exactly up to
+   {cfg['dedup']['exact_max']:,} prompts, with a FAISS IVF index beyond),
+   cosine threshold {cfg['dedup']['threshold']}; the earliest prompt of a group is kept.
+4. **Jury**: {len(jury['jurors'])} jurors ({', '.join(jury['models'])}); a prompt is kept
+   when at least {jury['required_benign']} of {len(jury['jurors'])} say benign.{scoring}
+5. **Sample**: `{SAMPLE}`, a stratified sample for human validation: {_sample_text(cfg["sample"], sample)}
+   `orsc annotate` turns it into blind annotation tasks.
+
+Rejected candidates are in `{REJECTED}.parquet` with their reason
+({', '.join(f'{r}: {n}' for r, n in sorted(rejected.items())) or 'none'}).
+`{MANIFEST}` lists the sha256 of every file; `orsc verify <dir>` re-checks them and
+prints the snapshot's digest.
+
+## How good was the jury?
+
+{_calibration_text(meta.jury_calibration)}
+
+{_agreement_text(meta.jury_agreement)}
+
+## Counts (kept prompts)
+
+| category | easy | medium | hard |
+|---|---|---|---|
+{table}
+
+## Fields
+
+{fields}
+
+`orsc provenance <id>` prints the full chain for any row.
+
+## Limitations
+
+- `level` is the template's intended ambiguity, not a measured refusal rate.
+- The jurors' verdicts are model judgements; an audit of a benchmark of this kind
+  found about a third of its "benign" hard prompts still carried harmful intent.
+  Treat every prompt as unvalidated until the validation sample has been annotated.
+- With the embedded default model (SmolLM2-135M-Instruct) the rewrites and
+  verdicts are for plumbing and demos only; use strong models for a real benchmark.
+"""
+
+
+def _sample_text(rule: dict, sample: list[Decision]) -> str:
+    kept = sum(d.kept for d in sample)
+    if rule.get("target_halfwidth") is not None:
+        size = (f"each stratum sized for a {rule['confidence']:.0%} interval of half-width"
+                f" {rule['target_halfwidth']} on its benign share (expected {rule['expected_benign']},"
+                " finite-population corrected)")
+    else:
+        size = f"{rule['per_stratum']} per stratum"
+    rejected = (f" and {len(sample) - kept} jury-rejected candidates (to measure the jury's false"
+                " rejections)" if rule.get("rejected") else "")
+    return f"{kept} kept prompts{rejected}, per category x level, {size}."
+
+
+def _scoring_text(models: dict[str, dict[str, Any]], jurors: list[str]) -> str:
+    scored = [f"{j} (harmful when P(harmful) >= {models[j]['threshold']})" for j in jurors
+              if models[j].get("scoring") == "logprobs"]
+    if not scored:
+        return ""
+    return (f" Score jurors answer one word; their P(harmful) is read from the label tokens'"
+            f" probabilities (`votes[].p_harmful`): {', '.join(scored)}.")
+
+
+def _off_topic_text(counts: StageCounts, cats: list[str], generation: dict[str, Any]) -> str:
+    threshold = generation.get("min_similarity")
+    if threshold is None or not generation["rewrites"]:
+        return "Rewrites were not checked for drifting off their template prompt."
+    caught = [(c, [counts.total(c, lvl, "off_topic_rewrite") for lvl in LEVELS]) for c in cats]
+    rows = "\n".join(f"   | {c} | " + " | ".join(map(str, n)) + " |" for c, n in caught if any(n))
+    table = (f" Caught, per category x level:\n\n   | category | {' | '.join(LEVELS)} |\n"
+             f"   |---|{'---|' * len(LEVELS)}\n{rows}\n" if rows else " None was caught.")
+    return (f"A rewrite whose cosine similarity to its template prompt is below {threshold} has"
+            f" drifted off its seed and is rejected as `off_topic_rewrite`.{table}")
+
+
+def _agreement_text(agreement: dict[str, Any] | None) -> str:
+    if not agreement or agreement["fleiss_kappa"] is None:
+        return "Agreement among the jurors: not measurable on this snapshot's candidates."
+    return (f"Agreement among the jurors on the {agreement['items']} candidates they all judged:"
+            f" Fleiss' kappa {agreement['fleiss_kappa']:.2f}; unanimous on {agreement['unanimous']}"
+            f" ({agreement['excluded_unparseable']} left out for an unparseable verdict). Kappa near 0"
+            " means the jurors agree no more than chance would.")
+
+
+def _calibration_text(calibration: dict[str, dict]) -> str:
+    if not calibration:
+        return "The jury was not checked for this snapshot (`jury.calibrate: false`)."
+    def control(c: dict) -> str:
+        if not c.get("benign_controls"):
+            return "not checked | -"
+        return f"{c['labelled_benign']} of {c['benign_controls']} | {c['specificity']:.0%}"
+
+    lines = "\n".join(
+        f"| {juror} | {c['labelled_harmful']} of {c['known_harmful']} | {c['harmful_recall']:.0%} |"
+        f" {control(c)} |" for juror, c in calibration.items())
+    return f"""Each juror was also asked about the harmful requests the seeds neighbour
+(`original_question`, all known to be harmful) and, as benign controls, about the
+seeds' hand-written boundary questions paired with those requests. A juror that
+calls the requests benign cannot be relied on to catch harmful intent left in the
+hard prompts; one that calls the controls harmful throws benign boundary prompts
+away (`{CALIBRATION}` holds every vote). A juror whose prompt compares a
+question with its harmful request sees each harmful request beside the most
+similar other request of its category (word overlap), not beside itself.
+`orsc calibrate` measures the jury on a gold file.
+
+| juror | labelled harmful | recall on known-harmful requests | controls labelled benign | specificity |
+|---|---|---|---|---|
+{lines}"""
+
+
+def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected: list[Decision],
+                   sample: list[Decision], calibration: list[CalibrationVote], meta: SnapshotMeta,
+                   taxonomy: list[dict[str, str]]) -> Path:
+    """Write the snapshot atomically and return its directory."""
+    with writing_snapshot(outputs_dir, name) as tmp:
+        tmp.mkdir()
+        key = row_sort_key(meta.categories)
+        kept = sorted(kept, key=key)
+        rejected = sorted(rejected, key=key)
+        write_row_files(tmp, [SnapshotRow.from_decision(d) for d in kept],
+                        [SnapshotRow.from_decision(d) for d in rejected], meta.categories)
+        if calibration:
+            _write_lines(tmp / CALIBRATION, [json.dumps(v.model_dump(), ensure_ascii=False, sort_keys=True)
+                                             for v in calibration])
+        (tmp / SAMPLE).write_text(_sample_csv(sample), encoding="utf-8")
+        (tmp / TAXONOMY).write_text(json.dumps(taxonomy, indent=2, ensure_ascii=False) + "\n",
+                                    encoding="utf-8")
+        counts = StageCounts.of([*kept, *rejected])
+        (tmp / CARD).write_text(dataset_card(counts, meta, sample), encoding="utf-8")
+        manifest = Manifest(
+            name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            package={"name": "health-orsc", "version": __version__}, files=listed_files(tmp),
+            counts=ManifestCounts(kept=counts.kept_by_stratum(meta.categories),
+                                  rejected=counts.rejected_by_category(meta.categories),
+                                  validation_sample=len(sample)),
+            **meta.model_dump())
+        write_manifest(tmp, manifest.model_dump(mode="json"))
+    return snapshots_dir(outputs_dir) / name

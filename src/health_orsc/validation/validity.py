@@ -1,0 +1,329 @@
+"""validity: what people's labels say about a snapshot, and the snapshot that records them.
+
+`validity_report` measures, from the labels (health_orsc.validation.labels) and the snapshot's rows:
+- benign precision per category x level, per category and overall: the share of labelled
+  kept prompts whose majority label is benign, with its Wilson interval, and the harmful
+  prompts it implies are left in the stratum;
+- the jury against people on the sampled kept and rejected items: Cohen's kappa per juror
+  and for the k-of-n decision, its precision and recall on "benign", a confusion matrix;
+- agreement between annotators: Krippendorff's alpha (nominal) with a bootstrap interval,
+  Cohen's kappa per pair, Fleiss' kappa over the items everyone labelled (3+ annotators),
+  and the items they disagree on;
+- the intended level against people's ambiguity ratings: a table and Spearman's rho.
+
+An item's majority label is benign (or harmful) when more of its labels say so than the
+other; `unsure` labels do not vote, and a tie leaves it undecided (counted, not used).
+Every statistic comes from health_orsc.core.stats (statsmodels, scikit-learn, krippendorff, scipy).
+
+`write_validation_snapshot` writes a new immutable snapshot: the base's data files byte for
+byte, `validation/labels.jsonl`, `validation/report.json`, the card with a Validation section,
+and a MANIFEST naming the base and its digest. `orsc verify` recomputes the report.
+
+Example:
+    report = validity_report(rows, sample, labels, min_precision=0.9)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from health_orsc.core.records import LEVELS, Decision, SnapshotRow, StageCounts
+from health_orsc.core.stats import (
+    cohen_kappa,
+    confusion,
+    fleiss_kappa,
+    krippendorff_alpha,
+    krippendorff_interval,
+    spearman,
+    wilson,
+)
+from health_orsc.snapshot.store import (
+    CARD,
+    LABELS_FILE,
+    MANIFEST,
+    REPORT_FILE,
+    BaseRef,
+    Manifest,
+    snapshots_dir,
+    write_manifest,
+    writing_snapshot,
+)
+from health_orsc.snapshot.writer import (
+    SnapshotMeta,
+    dataset_card,
+    listed_files,
+    row_sort_key,
+    write_row_files,
+)
+from health_orsc.validation.labels import LabelRow, LabelSet
+
+DECISIONS = ("benign", "harmful")
+R = TypeVar("R", SnapshotRow, Decision)
+MAJORITY_RULE = ("majority of benign/harmful labels; unsure labels do not vote; a tie leaves the"
+                 " item undecided")
+
+
+def majority(labels: list[str]) -> str | None:
+    votes = Counter(label for label in labels if label in DECISIONS)
+    if votes["benign"] == votes["harmful"]:
+        return None
+    return "benign" if votes["benign"] > votes["harmful"] else "harmful"
+
+
+def by_item(labels: LabelSet) -> dict[str, list[LabelRow]]:
+    per_item: dict[str, list[LabelRow]] = defaultdict(list)
+    for row in labels.rows:
+        per_item[row.prompt_id].append(row)
+    return per_item
+
+
+def majorities_of(per_item: dict[str, list[LabelRow]]) -> dict[str, str | None]:
+    """Each labelled item's majority label (None: undecided)."""
+    return {pid: majority([r.label for r in rows]) for pid, rows in per_item.items()}
+
+
+def _p(count: int, n: int, confidence: float) -> dict[str, Any]:
+    return wilson(count, n, confidence).model_dump()
+
+
+def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], labels: LabelSet,
+                    min_precision: float, confidence: float = 0.95) -> dict[str, Any]:
+    by_id = {r.id: r for r in rows}
+    items = {s["id"]: s for s in sample}
+    per_item = by_item(labels)
+    majorities = majorities_of(per_item)
+    categories = list(dict.fromkeys(r.category for r in rows))
+    population = Counter((r.category, r.level) for r in rows if r.reason is None)
+    return {
+        "confidence": confidence,
+        "majority_rule": MAJORITY_RULE,
+        "labels": {"rows": len(labels.rows), "items": len(per_item), "sample_items": len(items),
+                   "annotators": sorted({r.annotator for r in labels.rows}), "files": labels.files,
+                   "unlabelled": labels.unlabelled, "cancelled": labels.cancelled,
+                   "repeated": labels.repeated,
+                   "undecided": sum(1 for v in majorities.values() if v is None)},
+        "precision": _precision(items, majorities, population, categories, min_precision, confidence),
+        "jury": _jury(items, by_id, majorities, confidence),
+        "agreement": _agreement(per_item),
+        "ambiguity": _ambiguity(items, labels.rows),
+    }
+
+
+def _precision(items, decided, population, categories, min_precision, confidence) -> dict[str, Any]:
+    """Benign precision of the kept prompts, per stratum, per category and overall."""
+    def figure(keys: list[tuple[str, str]]) -> dict[str, Any]:
+        ids = [pid for pid, item in items.items()
+               if item["source"] == "kept" and (item["category"], item["level"]) in keys]
+        labelled = [pid for pid in ids if pid in decided]
+        votes = Counter(decided[pid] for pid in labelled)
+        n = votes["benign"] + votes["harmful"]
+        p = wilson(votes["benign"], n, confidence)
+        size = sum(population[k] for k in keys)
+        left = None
+        if p.n:
+            left = {"estimate": round(size * (1 - p.share), 1), "low": round(size * (1 - p.high), 1),
+                    "high": round(size * (1 - p.low), 1)}
+        return {"kept": size, "sampled": len(ids), "labelled": len(labelled), "benign": votes["benign"],
+                "harmful": votes["harmful"], "undecided": len(labelled) - n,
+                "precision": p.model_dump(), "harmful_left": left}
+
+    strata = [{"category": c, "level": lvl, **figure([(c, lvl)])}
+              for c in categories for lvl in LEVELS if (c, lvl) in population]
+    per_category = [{"category": c, **figure([(c, lvl) for lvl in LEVELS])} for c in categories]
+    overall = figure(list(population))
+    below = [{"category": s["category"], "level": s["level"], "low": s["precision"]["low"]}
+             for s in strata if s["precision"]["low"] is not None and s["precision"]["low"] < min_precision]
+    unmeasured = [{"category": s["category"], "level": s["level"]}
+                  for s in strata if s["precision"]["n"] == 0]
+    return {"strata": strata, "categories": per_category, "overall": overall,
+            "min_precision": min_precision, "below_min_precision": below, "unmeasured": unmeasured,
+            "note": "category and overall figures pool their labelled items unweighted; strata"
+                    " sampled at different rates weigh by their sample, not their size"}
+
+
+def _jury(items, by_id, decided, confidence) -> dict[str, Any]:
+    """The jury's decisions (kept = benign) and each juror's vote against the majority label."""
+    ids = [pid for pid in items if decided.get(pid) is not None]
+    people = [decided[pid] for pid in ids]
+    jury = ["benign" if items[pid]["source"] == "kept" else "harmful" for pid in ids]
+    kappas: dict[str, Any] = {"decision": cohen_kappa(people, jury)}
+    jurors = sorted({v.juror for pid in ids for v in by_id[pid].votes})
+    for juror in jurors:
+        pairs = [(decided[pid], v.label) for pid in ids for v in by_id[pid].votes
+                 if v.juror == juror and v.label in DECISIONS]
+        kappas[juror] = cohen_kappa([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
+    kept_benign = sum(1 for p, j in zip(people, jury, strict=True) if p == j == "benign")
+    return {"items": len(ids), "kappa": kappas,
+            "benign_precision": _p(kept_benign, jury.count("benign"), confidence),
+            "benign_recall": _p(kept_benign, people.count("benign"), confidence),
+            "confusion": {"labels": list(DECISIONS), "rows": "people (majority)", "columns": "jury",
+                          "matrix": confusion(people, jury, DECISIONS)},
+            "note": "on the sample: kept and rejected items are sampled at different rates, so"
+                    " these describe the sampled items, not the whole candidate pool"}
+
+
+def _agreement(per_item: dict[str, list[LabelRow]]) -> dict[str, Any]:
+    annotators = sorted({r.annotator for rs in per_item.values() for r in rs})
+    shared = {pid: {r.annotator: r.label for r in rs} for pid, rs in per_item.items() if len(rs) >= 2}
+    units = sorted(shared)
+    data = [[shared[u].get(a) for u in units] for a in annotators]
+    alpha = krippendorff_alpha(data) if units else None
+    interval = krippendorff_interval(data) if alpha is not None else None
+    pairs = []
+    for a, b in itertools.combinations(annotators, 2):
+        common = [u for u in units if a in shared[u] and b in shared[u]]
+        if common:
+            kappa = cohen_kappa([shared[u][a] for u in common], [shared[u][b] for u in common])
+            pairs.append({"annotators": [a, b], "items": len(common), "kappa": kappa})
+    everyone = [u for u in units if len(shared[u]) == len(annotators)]
+    fleiss = None
+    if len(annotators) >= 3 and everyone:
+        fleiss = {"items": len(everyone), "kappa": fleiss_kappa([[shared[u][a] for a in annotators]
+                                                                  for u in everyone])}
+    disagree = [{"prompt_id": u, "labels": shared[u]} for u in units if len(set(shared[u].values())) > 1]
+    return {"annotators": len(annotators), "items_labelled_twice_or_more": len(units),
+            "raw_agreement": round(1 - len(disagree) / len(units), 4) if units else None,
+            "krippendorff_alpha": alpha, "alpha_interval": list(interval) if interval else None,
+            "cohen_kappa_pairs": pairs, "fleiss_kappa": fleiss, "disagreements": disagree}
+
+
+def _ambiguity(items, rows: list[LabelRow]) -> dict[str, Any]:
+    rated = [(LEVELS.index(items[r.prompt_id]["level"]) + 1, r.ambiguity) for r in rows if r.ambiguity]
+    table = {lvl: {str(k): sum(1 for lv, a in rated if lv == i + 1 and a == k) for k in (1, 2, 3)}
+             for i, lvl in enumerate(LEVELS)}
+    rho = spearman([lv for lv, _ in rated], [a for _, a in rated]) if rated else None
+    return {"ratings": len(rated), "table": table,
+            "spearman": {"rho": rho[0], "p_value": rho[1]} if rho else None}
+
+
+# -- the snapshot ---------------------------------------------------------------------
+
+def validation_card(report: dict[str, Any], base: BaseRef, gated: int | None) -> str:
+    p = report["precision"]
+    conf = f"{report['confidence']:.0%}"
+
+    def pct(fig: dict[str, Any]) -> str:
+        q = fig["precision"]
+        if not q["n"]:
+            return "not measured"
+        return f"{q['share']:.1%} ({conf} CI {q['low']:.1%}-{q['high']:.1%}, n={q['n']})"
+
+    def left(fig: dict[str, Any]) -> str:
+        h = fig["harmful_left"]
+        return "-" if h is None else f"{h['estimate']:g} ({h['low']:g}-{h['high']:g})"
+
+    def line(fig: dict[str, Any], category: str, level: str) -> str:
+        return f"| {category} | {level} | {fig['kept']} | {fig['labelled']} | {pct(fig)} | {left(fig)} |"
+
+    rows = "\n".join(line(s, s["category"], s["level"]) for s in p["strata"])
+    cats = "\n".join(line(c, c["category"], "all") for c in p["categories"])
+    o = p["overall"]
+    lab, jury, agree = report["labels"], report["jury"], report["agreement"]
+    below = ", ".join(f"{b['category']}/{b['level']} ({b['low']:.1%})" for b in p["below_min_precision"])
+    kappa = ", ".join(f"{k}: {_num(v)}" for k, v in jury["kappa"].items())
+    alpha = _num(agree["krippendorff_alpha"])
+    if agree["alpha_interval"]:
+        alpha += f" ({conf} bootstrap CI {agree['alpha_interval'][0]:.2f}-{agree['alpha_interval'][1]:.2f})"
+    rho = report["ambiguity"]["spearman"]
+    gate = ("Not gated: prompts people labelled harmful are still in the data." if gated is None else
+            f"Gated: {gated} kept prompts that people labelled harmful (by majority) moved to"
+            " rejected with reason `human_harmful`; the counts above are after the gate, the"
+            " figures below before it.")
+    return f"""
+
+## Validation
+
+People labelled this snapshot's validation sample: {lab['rows']} labels of {lab['items']} items by
+{len(lab['annotators'])} annotators, blind to the jury's votes and to each item's level
+(derived from `{base.name}`, digest `{base.digest}`; every label is in `{LABELS_FILE}`,
+every figure in `{REPORT_FILE}`). An item's label is the {MAJORITY_RULE}.
+
+Benign precision of the kept prompts (share labelled benign, Wilson {conf} interval) and the
+harmful prompts that implies are left:
+
+| category | level | kept | labelled | benign precision | harmful left (CI) |
+|---|---|---|---|---|---|
+{rows}
+{cats}
+{line(o, "**overall**", "")}
+
+Strata whose lower bound is below {p['min_precision']:.0%}: {below or 'none'}. {gate}
+
+- Jury against people ({jury['items']} sampled items, kept and rejected): Cohen's kappa {kappa};
+  precision on benign {_share(jury['benign_precision'])}, recall {_share(jury['benign_recall'])}.
+- Agreement between annotators ({agree['items_labelled_twice_or_more']} items labelled more than
+  once): Krippendorff's alpha {alpha}; raw agreement {_num(agree['raw_agreement'])};
+  {len(agree['disagreements'])} items disagreed on.
+- Intended level against people's ambiguity rating ({report['ambiguity']['ratings']} ratings):
+  Spearman's rho {_num(rho['rho']) if rho else 'not measured'}.
+"""
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _share(p: dict[str, Any]) -> str:
+    return "n/a" if not p["n"] else f"{p['share']:.1%} ({p['low']:.1%}-{p['high']:.1%})"
+
+
+def human_harmful(sample: list[dict[str, str]], labels: LabelSet) -> set[str]:
+    """Kept prompts whose majority label is harmful: what `--gate` moves to rejected."""
+    majorities = majorities_of(by_item(labels))
+    return {s["id"] for s in sample if s["source"] == "kept" and majorities.get(s["id"]) == "harmful"}
+
+
+def ungated(records: list[R]) -> list[R]:
+    """Rows or decisions as they were before `--gate` (what the sample and the report were
+    drawn from): a `human_harmful` one was kept."""
+    def before(r: R) -> R:
+        if r.reason != "human_harmful":
+            return r
+        return r.model_copy(update={"reason": None, **({"kept": True} if isinstance(r, Decision) else {})})
+
+    return [before(r) for r in records]
+
+
+def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: list[SnapshotRow],
+                              sample: list[dict[str, str]], labels: LabelSet, report: dict[str, Any],
+                              gate: bool) -> Path:
+    """A new snapshot beside the base: the base's files, plus the labels and the report. With
+    `gate`, kept prompts people labelled harmful move to rejected (`human_harmful`); otherwise
+    every data file is the base's, byte for byte."""
+    outputs_dir = base_path.parent.parent
+    ref = BaseRef(name=base_path.name, digest=base.digest)
+    moved = human_harmful(sample, labels) if gate else set()
+    raw = base.model_dump(mode="json")
+    with writing_snapshot(outputs_dir, name) as tmp:
+        shutil.copytree(base_path, tmp, ignore=shutil.ignore_patterns(MANIFEST, "validation"))
+        rows = [r.model_copy(update={"reason": "human_harmful"}) if r.id in moved else r for r in rows]
+        decisions = [r.to_decision() for r in rows]  # once: the costly part at paper scale
+        if moved:
+            key = row_sort_key(base.categories)
+            order = sorted(range(len(rows)), key=lambda i: key(decisions[i]))
+            write_row_files(tmp, [rows[i] for i in order if rows[i].reason is None],
+                            [rows[i] for i in order if rows[i].reason is not None], base.categories)
+        counts = StageCounts.of(decisions)
+        raw["counts"].update(kept=counts.kept_by_stratum(base.categories),
+                             rejected=counts.rejected_by_category(base.categories))
+        by_id = {d.candidate.id: d for d in decisions}
+        sampled = [by_id[s["id"]].model_copy(update={"kept": s["source"] == "kept"}) for s in sample]
+        meta = SnapshotMeta.model_validate({k: raw[k] for k in SnapshotMeta.model_fields})
+        (tmp / "validation").mkdir()
+        (tmp / LABELS_FILE).write_text("".join(json.dumps(r.model_dump(), ensure_ascii=False, sort_keys=True)
+                                               + "\n" for r in labels.rows), encoding="utf-8")
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / CARD).write_text(dataset_card(counts, meta, sampled).rstrip("\n")
+                                + validation_card(report, ref, len(moved) if gate else None),
+                                encoding="utf-8")
+        raw.update(name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+                   files={k: v.model_dump() for k, v in listed_files(tmp).items()}, built=[],
+                   base=ref.model_dump(), kind="validation")
+        write_manifest(tmp, raw)
+    return snapshots_dir(outputs_dir) / name
