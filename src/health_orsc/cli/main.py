@@ -618,10 +618,24 @@ def cmd_cache_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from health_orsc.inputs.project import CONFIG, init_project
+
+    out = Path(args.dir)
+    files = init_project(out)
+    console.print(f"wrote {len(files)} files to {out}: {CONFIG}, seeds/, prompts_templates/")
+    console.print(f"edit them, then: orsc build --config {out / CONFIG}", soft_wrap=True)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orsc", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+
+    i = sub.add_parser("init", help="write a project of your own: the default config, seeds and templates")
+    i.add_argument("dir", help="a new (or empty) directory")
+    i.set_defaults(func=cmd_init)
 
     b = sub.add_parser("build", help="run the build-benchmark flow and write a snapshot")
     b.add_argument("--config", default=str(DEFAULT_CONFIG), help="config YAML (default: %(default)s)")

@@ -326,7 +326,7 @@ def load_config(path: str | Path) -> BuildConfig:
     raw, _ = load_yaml(path, "config file")
     if not isinstance(raw, dict):
         raise InputError(path, None, "must be a YAML mapping",
-                         "see the default config, health_orsc/data/configs/default.yaml")
+                         "start from the default config: `orsc init DIR` writes one")
     try:
         cfg = BuildConfig.model_validate(raw)
     except ValidationError as err:

@@ -114,7 +114,7 @@ def model_identity(model_dir: str | Path) -> str:
 
 
 def write_new_dir(out: Path, files: dict[str, str], field: str | None, fix: str) -> list[Path]:
-    """Write `files` (name -> text) as directory `out`, which must not exist yet or be an
+    """Write `files` (relative name -> text) as directory `out`, which must not exist yet or be an
     empty directory: written to a temp dir beside it and renamed, so a failure leaves
     nothing behind and nothing is ever overwritten (InputError naming `field` and `fix`)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -124,6 +124,7 @@ def write_new_dir(out: Path, files: dict[str, str], field: str | None, fix: str)
     try:
         tmp.mkdir(parents=True)
         for name, text in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_text(text, encoding="utf-8")
         if out.exists():
             out.rmdir()

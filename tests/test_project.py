@@ -1,0 +1,43 @@
+"""`orsc init` and the packaged defaults: a project of one's own, and where outputs go."""
+
+from __future__ import annotations
+
+from health_orsc.cli.main import main
+from health_orsc.core.config import DATA_DIR, DEFAULT_CONFIG, load_config
+from health_orsc.inputs.load import load_inputs
+
+
+def test_init_writes_a_project_that_loads_from_its_own_files(tmp_path, capsys):
+    assert main(["init", str(tmp_path / "demo")]) == 0
+    demo = tmp_path / "demo"
+    assert "orsc build --config" in capsys.readouterr().out
+    cfg = load_config(demo / "config.yaml")
+    assert (cfg.seeds_dir, cfg.templates_dir, cfg.outputs_dir) == (
+        demo / "seeds", demo / "prompts_templates", demo / "outputs")
+    inputs = load_inputs(cfg, None)
+    assert len(inputs.categories) == 7
+    shipped = DATA_DIR / "seeds" / "self_harm.yaml"
+    assert (demo / "seeds" / "self_harm.yaml").read_bytes() == shipped.read_bytes()
+    # the same settings as the default config, but for the three paths
+    default = load_config(DEFAULT_CONFIG)
+    assert cfg.model_dump(exclude={"seeds_dir", "templates_dir", "outputs_dir"}) == default.model_dump(
+        exclude={"seeds_dir", "templates_dir", "outputs_dir"})
+
+
+def test_init_never_overwrites(tmp_path, capsys):
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "config.yaml").write_text("mine\n")
+    assert main(["init", str(demo)]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not an empty directory" in err and str(demo) in err
+    assert [p.name for p in demo.iterdir()] == ["config.yaml"]
+    assert (demo / "config.yaml").read_text() == "mine\n"
+
+
+def test_the_default_config_writes_to_the_current_directory(tmp_path, monkeypatch):
+    """The default config lives in the package, where nothing may be written."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(DEFAULT_CONFIG)
+    assert cfg.outputs_dir == tmp_path / "outputs"
+    assert cfg.seeds_dir == DATA_DIR / "seeds"
