@@ -297,3 +297,20 @@ def test_a_yaml_alias_bomb_gives_a_short_message(tmp_path, capsys, fake_llm):
     _assert_rejected(rc, tmp_path, fake_llm)
     assert "config.yaml" in err and "field 'roles'" in err and len(err) < 2_000
 
+
+@pytest.mark.parametrize("rel", ["prompts_templates/generate/medium.j2",
+                                 "prompts_templates/judges/contrast.j2", "seeds/drug_abuse.yaml"])
+def test_a_file_that_is_a_symlink_loop(tmp_path, capsys, fake_llm, rel):
+    """A link to itself (through a second link): one message naming the file, exit 2."""
+    seeds, templates = tmp_path / "seeds", tmp_path / "prompts_templates"
+    shutil.copytree(DATA / "seeds", seeds)
+    shutil.copytree(DATA / "prompts_templates", templates)
+    target = tmp_path / rel
+    target.unlink()
+    target.symlink_to(target.with_name("loop"))
+    target.with_name("loop").symlink_to(target.name)
+    cfg = fake_config(tmp_path, fake_llm.base_url, seeds_dir=str(seeds), templates_dir=str(templates))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2  # the error and its fix
+    assert target.name in err

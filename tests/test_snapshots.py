@@ -110,6 +110,18 @@ def test_a_malformed_manifest_is_a_clear_failure(snap, tmp_path, capsys, change,
     assert len(out.splitlines()) <= 4
 
 
+@pytest.mark.parametrize("rel", ["validation_sample.csv", "prompts.parquet", "rejected.jsonl", "README.md",
+                                 "data/drug_abuse.jsonl"])
+def test_a_file_removed_with_its_manifest_entry_is_reported(snap, tmp_path, capsys, rel):
+    """Both the file and its entry gone: the checksums agree, yet the snapshot is not whole."""
+    copy = _copy(snap, tmp_path)
+    (copy / rel).unlink()
+    _edit_manifest(copy, lambda m: m["files"].pop(rel) and None)
+    rc, out = _verify(capsys, copy)
+    assert rc == 1 and f"{rel}: missing, and not listed in MANIFEST.json" in out, out
+    assert "Traceback" not in out
+
+
 def test_a_base_build_records_the_parents_digest_and_bad_bases_are_refused(snap, tmp_path, capsys):
     copy = _copy(snap, tmp_path)
     _edit_manifest(copy, lambda m: m["counts"].update(validation_sample=0))

@@ -33,6 +33,7 @@ from health_orsc.evaluation.run import verify_evaluation
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import (
     CALIBRATION,
+    CARD,
     LABELS_FILE,
     MANIFEST,
     PROMPTS,
@@ -96,12 +97,22 @@ def verify_snapshot(snapshot: Path, digest: str | None = None) -> VerifyReport:
         field = f"field '{err.field}': " if err.field else ""
         return VerifyReport(snapshot=str(snapshot), digest=None,
                             problems=[f"{MANIFEST}: {field}{err.problem}"])
-    problems = check_files(snapshot, manifest)
+    problems = check_files(snapshot, manifest) + _check_required(manifest)
     if digest is not None and digest.removeprefix("sha256:") != manifest.digest.removeprefix("sha256:"):
         problems.append(f"digest {manifest.digest} differs from the expected {shorten(digest, 80)}")
     if not problems:  # the content checks read files that passed their checksums
         problems += _check_content(snapshot, manifest)
     return VerifyReport(snapshot=str(snapshot), digest=manifest.digest, problems=problems)
+
+
+def _check_required(m: Manifest) -> list[str]:
+    """Files every snapshot of its kind holds: one removed together with its MANIFEST entry
+    passes the checksums, so it is named here (and the content checks never read it)."""
+    required = [f"{stem}.{ext}" for stem in (PROMPTS, REJECTED) for ext in ("jsonl", "parquet")]
+    required += [SAMPLE, CARD, *(data_file(c) for c in m.categories)]
+    if m.kind == "validation":
+        required += [LABELS_FILE, REPORT_FILE]
+    return [f"{rel}: missing, and not listed in {MANIFEST}" for rel in required if rel not in m.files]
 
 
 def _check_content(snapshot: Path, m: Manifest) -> list[str]:

@@ -86,7 +86,12 @@ def inside(root: Path, name: str | Path, field: str, config_file: Path | None) -
     names, no symlink out of it)."""
     path = root / name
     try:
-        path.resolve().relative_to(root.resolve())
+        resolved = path.resolve()
+    except (RuntimeError, OSError) as err:  # a symlink loop (RuntimeError up to Python 3.12)
+        raise InputError(path, field, f"cannot be resolved ({shorten(str(err), 200)})",
+                         "replace the link with the file itself, or a link to an existing file") from None
+    try:
+        resolved.relative_to(root.resolve())
     except ValueError:
         raise InputError(config_file, field, f"'{shorten(str(name), 200)}' points outside {root}",
                          f"name a file under {root} without '..' or an absolute path") from None
