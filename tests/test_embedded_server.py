@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 
 import psutil
@@ -26,15 +27,36 @@ time.sleep(600)
 """
 
 
-def test_a_server_left_by_a_killed_build_is_stopped_by_the_next(tmp_path):
-    outputs = tmp_path / "outputs"
+def _killable_build(outputs) -> tuple[subprocess.Popen, psutil.Process, psutil.Process]:
+    """A process that starts the server and sleeps: (it, its server, its watchdog)."""
     build = subprocess.Popen([sys.executable, "-c", STARTER, str(outputs)], stdout=subprocess.PIPE,
                              text=True, cwd=REPO)
     url, pid = build.stdout.readline().split()
-    orphan = psutil.Process(int(pid))
     with urllib.request.urlopen(f"{url}/models", timeout=5) as resp:
         assert resp.status == 200
+    [watchdog] = [p for p in psutil.Process(build.pid).children()
+                  if "health_orsc.runtime.watchdog" in p.cmdline()]
+    return build, psutil.Process(int(pid)), watchdog
+
+
+def test_a_killed_builds_server_is_stopped_by_its_watchdog_within_two_seconds(tmp_path):
+    build, server, watchdog = _killable_build(tmp_path / "outputs")
     build.kill()  # the build dies without stopping its server
+    build.wait(timeout=10)
+    server.wait(timeout=2)
+    watchdog.wait(timeout=2)
+    assert list((tmp_path / "outputs" / "run").glob("*.json")) == []
+
+
+def test_a_server_left_by_a_killed_build_is_stopped_by_the_next(tmp_path):
+    """The build and its watchdog both killed (the whole tree, say): the next build stops it."""
+    outputs = tmp_path / "outputs"
+    build, orphan, watchdog = _killable_build(outputs)
+    watchdog.kill()
+    deadline = time.monotonic() + 10
+    while watchdog.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)  # dead, not yet reaped by its parent, the build
+    build.kill()
     build.wait(timeout=10)
     assert orphan.is_running()
 

@@ -5,7 +5,6 @@ that the next build does not stop."""
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import re
@@ -114,7 +113,9 @@ def _children(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
-def test_no_process_outlives_a_killed_build_past_the_next_build(tmp_path, capsys):
+def test_no_process_outlives_a_killed_build_by_more_than_two_seconds(tmp_path, capsys):
+    """kill -9 of `orsc build` alone: its watchdog stops Prefect's temporary server (and
+    itself) within 2 s; the next build finds nothing left to stop."""
     server = FakeOpenAI(reply, delay_s=0.2).start()
     try:
         cfg = fake_config(tmp_path, server.base_url)
@@ -128,20 +129,29 @@ def test_no_process_outlives_a_killed_build_past_the_next_build(tmp_path, capsys
             time.sleep(0.05)
         assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
         left = _children(proc.pid)
-        assert left  # Prefect's temporary server, at least
-        proc.send_signal(signal.SIGKILL)  # kill -9 of `orsc build` alone
-        proc.wait(timeout=10)
-        time.sleep(1)
-        orphans = [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        assert orphans, "SIGKILL should have left the temporary server running"
+        assert len(left) >= 2  # Prefect's temporary server and the watchdog, at least
         records = sorted(p.name for p in (tmp_path / "outputs" / "run").glob("*.json"))
         assert any(name.startswith("prefect-server-") for name in records)
+        proc.send_signal(signal.SIGKILL)  # kill -9 of `orsc build` alone
+        proc.wait(timeout=10)
+        killed = time.monotonic()
+        while time.monotonic() - killed < 2 and _alive(left):
+            time.sleep(0.05)
+        assert not _alive(left), [p.cmdline() for p in _alive(left)]
+        assert not list((tmp_path / "outputs" / "run").glob("*.json"))
 
         assert main(["build", "--config", str(cfg), "--name", "next"]) == 0
     finally:
         server.stop()
-    assert "left running by a build that was killed" in capsys.readouterr().err
-    for p in orphans:
-        assert not p.is_running() or p.status() == psutil.STATUS_ZOMBIE, p
-    remaining = [json.loads(p.read_text())["owner"] for p in (tmp_path / "outputs" / "run").glob("*.json")]
-    assert proc.pid not in remaining
+    assert "left running by a build that was killed" not in capsys.readouterr().err
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive

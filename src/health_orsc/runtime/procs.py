@@ -1,8 +1,10 @@
 """Processes a build starts - the embedded llama.cpp server, Prefect's temporary API
 server - are recorded under outputs/run/ while they live. A build killed outright
-(SIGKILL leaves it no chance to clean up) leaves its records behind, and the next build
-stops what they name: only when the build that started the process is gone, and only
-if the process is still the one it started (same PID and start time).
+(SIGKILL leaves it no chance to clean up) leaves its records behind. A watchdog process,
+started with the first record, notices within a fraction of a second and stops what they
+name; should the watchdog be gone too, the next build does. Either stops a process only
+when the build that started it is gone, and only if the process is still the one it
+started (same PID and start time).
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psutil
 
 STOP_WAIT_S = 10.0
+WATCH_INTERVAL_S = 0.2     # how often the watchdog looks at its build
+WATCHDOG_STOP_WAIT_S = 1.0  # a killed build's children get this long to exit on SIGTERM
 
 
 def run_dir(outputs_dir: Path) -> Path:
@@ -33,29 +40,70 @@ def _identity(pid: int) -> float | None:
 
 
 def record_child(outputs_dir: Path, kind: str, pid: int) -> Path:
-    """Note that this process started `pid`; forget_child() when it is stopped."""
+    """Note that this process started `pid`; forget_child() when it is stopped. The first
+    record in an outputs dir starts this process's watchdog there."""
     path = run_dir(outputs_dir) / f"{kind}-{pid}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     owner = os.getpid()
     path.write_text(json.dumps({"kind": kind, "pid": pid, "started": _identity(pid),
                                 "owner": owner, "owner_started": _identity(owner)}))
+    _start_watchdog(outputs_dir)
     return path
 
 
+_watchdogs: dict[Path, subprocess.Popen] = {}
+
+
+def _start_watchdog(outputs_dir: Path) -> None:
+    """One watchdog per outputs dir per process: `python -m health_orsc.runtime.watchdog`,
+    in a session of its own so a signal to the build's process group does not reach it."""
+    key = outputs_dir.resolve()
+    if key in _watchdogs and _watchdogs[key].poll() is None:
+        return
+    owner = os.getpid()
+    _watchdogs[key] = subprocess.Popen(
+        [sys.executable, "-m", "health_orsc.runtime.watchdog", str(owner), repr(_identity(owner)), str(key)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True)
+
+
+def watch(owner: int, owner_started: float, outputs_dir: Path) -> list[str]:
+    """Wait until the process `owner` is gone, then stop the children it recorded (and any
+    other dead build's). Returns what was stopped."""
+    while _identity(owner) == owner_started:
+        time.sleep(WATCH_INTERVAL_S)
+    return reap_orphans(outputs_dir, WATCHDOG_STOP_WAIT_S)
+
+
 def forget_child(path: Path | None) -> None:
-    if path is not None:
-        path.unlink(missing_ok=True)
+    """The child at `path` was stopped; with no other child recorded by this process in
+    that outputs dir, its watchdog is stopped too."""
+    if path is None:
+        return
+    path.unlink(missing_ok=True)
+    owner = os.getpid()
+    for other in path.parent.glob("*.json"):
+        try:
+            if json.loads(other.read_text())["owner"] == owner:
+                return
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    watchdog = _watchdogs.pop(path.parent.parent.resolve(), None)
+    if watchdog is not None:
+        watchdog.terminate()
+        watchdog.wait()
 
 
-def stop_process(pid: int, started: float | None) -> bool:
-    """SIGTERM, then SIGKILL, a process - if it is still the one that started at `started`."""
+def stop_process(pid: int, started: float | None, wait_s: float = STOP_WAIT_S) -> bool:
+    """SIGTERM, then SIGKILL after `wait_s`, a process - if it is still the one that
+    started at `started`."""
     if started is None or _identity(pid) != started:
         return False
     try:
         proc = psutil.Process(pid)
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=STOP_WAIT_S)
+            proc.wait(timeout=wait_s)
         except psutil.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=STOP_WAIT_S)
@@ -64,7 +112,7 @@ def stop_process(pid: int, started: float | None) -> bool:
     return True
 
 
-def reap_orphans(outputs_dir: Path) -> list[str]:
+def reap_orphans(outputs_dir: Path, wait_s: float = STOP_WAIT_S) -> list[str]:
     """Stop the recorded children of builds that are gone; returns what was stopped."""
     stopped = []
     for path in sorted(run_dir(outputs_dir).glob("*.json")):
@@ -76,7 +124,7 @@ def reap_orphans(outputs_dir: Path) -> list[str]:
             continue
         if owner_alive:
             continue  # a build still running (here, or concurrently in the same outputs/)
-        if stop_process(rec["pid"], rec["started"]):
+        if stop_process(rec["pid"], rec["started"], wait_s):
             stopped.append(f"{rec['kind']} (pid {rec['pid']})")
         path.unlink(missing_ok=True)
     return stopped
