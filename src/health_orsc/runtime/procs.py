@@ -102,14 +102,28 @@ def stop_process(pid: int, started: float | None, wait_s: float = STOP_WAIT_S) -
     try:
         proc = psutil.Process(pid)
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=wait_s)
-        except psutil.TimeoutExpired:
+        if not _ended(proc, wait_s):
             proc.kill()
-            proc.wait(timeout=STOP_WAIT_S)
+            _ended(proc, STOP_WAIT_S)
     except psutil.NoSuchProcess:
         pass
     return True
+
+
+def _ended(proc: psutil.Process, timeout: float) -> bool:
+    """Whether `proc` ends within `timeout`. A zombie has ended: the process that reaps it
+    may not be ours (a killed build's children are reaped by init, in its own time), so
+    psutil's wait, which waits for the PID to vanish, could wait for init instead."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def reap_orphans(outputs_dir: Path, wait_s: float = STOP_WAIT_S) -> list[str]:
