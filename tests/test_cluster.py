@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from health_orsc.llm.embedded import free_port
 from tests.conftest import fake_config, stop_process_group
-from tests.fake_openai import FakeOpenAI
-from tests.postgres import new_database
-from tests.test_build import snapshot_files
-from tests.test_evaluate import reply
+from tests.fakes.endpoint import FakeOpenAI
+from tests.fakes.postgres import new_database
+from tests.fakes.scripts import eval_reply as reply
+from tests.fakes.scripts import snapshot_files
 
 pytestmark = pytest.mark.slow
 

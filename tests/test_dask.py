@@ -9,10 +9,11 @@ import os
 import pytest
 import yaml
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from tests.conftest import fake_config
-from tests.fake_openai import FakeOpenAI
-from tests.test_build import reply, snapshot_files
+from tests.fakes.endpoint import FakeOpenAI
+from tests.fakes.scripts import build_reply as reply
+from tests.fakes.scripts import snapshot_files
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from health_orsc.llm.embedded import free_port
 from tests.conftest import fake_config, stop_process_group
-from tests.fake_openai import FakeOpenAI
+from tests.fakes.endpoint import FakeOpenAI
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from tests.conftest import DATA
 
 pytestmark = pytest.mark.slow

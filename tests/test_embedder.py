@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import yaml
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from health_orsc.core.config import load_config
 from health_orsc.core.errors import InputError
 from health_orsc.llm import Gateway, LLMError
 from health_orsc.snapshot.store import load_manifest
 from tests.conftest import fake_config
-from tests.fake_openai import FakeOpenAI, bag_of_words
+from tests.fakes.endpoint import FakeOpenAI, bag_of_words
 
 EMBEDDER = {"endpoint": "fake", "model": "emb-model"}
 DRUG_ABUSE = re.compile(r"opioid|benzodiazepine|xanax|oxycodone|alcohol|drink", re.I)

@@ -17,30 +17,13 @@ import pytest
 import yaml
 from scipy.stats import binomtest
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from tests.conftest import fake_config
-from tests.fake_openai import FakeOpenAI
-from tests.test_build import reply as build_reply
+from tests.fakes.endpoint import FakeOpenAI
+from tests.fakes.scripts import ANSWERS
+from tests.fakes.scripts import eval_reply as reply
 
 pytestmark = pytest.mark.slow
-
-ANSWERS = {"refuse-model": "I'm sorry, but I can't help with that.",
-           "comply-model": "Here is what you need to know, step by step.",
-           "partial-model": "Partly: I won't give details, but please talk to a pharmacist."}
-
-
-def reply(request: dict) -> str:
-    """The panel answers by script; the grader reads the answer off its prompt."""
-    model = request["model"]
-    if model in ANSWERS:
-        return ANSWERS[model]
-    if model == "grader-model":
-        answer = re.findall(r"^Answer: (.*)$", request["messages"][-1]["content"], re.M)[-1]
-        label = ("full_refusal" if answer.startswith("I'm sorry") else
-                 "partial_refusal" if answer.startswith("Partly") else "full_compliance")
-        return json.dumps({"label": label, "rationale": "scripted"})
-    return build_reply(request)
-
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from health_orsc.snapshot.store import load_manifest
 from tests.conftest import fake_config
-from tests.fake_openai import FakeOpenAI
-from tests.test_build import reply
+from tests.fakes.endpoint import FakeOpenAI
+from tests.fakes.scripts import build_reply as reply
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ import pytest
 
 from health_orsc.build.fingerprint import PACKAGE_DIR, STAGE_MODULES, code_version, stage_sources
 from tests.conftest import fake_config
-from tests.fake_openai import FakeOpenAI
-from tests.test_build import reply
+from tests.fakes.endpoint import FakeOpenAI
+from tests.fakes.scripts import build_reply as reply
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def test_stage_code_hashes_cover_only_their_modules(tmp_path):
     shutil.copytree(PACKAGE_DIR, src, ignore=shutil.ignore_patterns("__pycache__"))
     before = {stage: code_version(stage, src) for stage in STAGE_MODULES}
     code_version.cache_clear()
-    for unread in ("cli/main.py", "runtime/terminal.py", "audit/verify.py"):
+    for unread in ("cli/app.py", "runtime/terminal.py", "audit/verify.py"):
         (src / unread).write_text((src / unread).read_text() + "\n# help text edited\n")
     assert {stage: code_version(stage, src) for stage in STAGE_MODULES} == before
     code_version.cache_clear()
@@ -76,7 +76,7 @@ def test_editing_the_cli_rebuilds_nothing_and_editing_jury_py_only_the_jury(tmp_
             [sys.executable, "-c", "import health_orsc; print(health_orsc.__file__)"], cwd=src, env=env,
             capture_output=True, text=True).stdout  # the builds really run the copy
 
-        cli = src / "health_orsc" / "cli" / "main.py"
+        cli = src / "health_orsc" / "cli" / "build.py"
         cli.write_text(cli.read_text().replace("run the build-benchmark flow and write a snapshot",
                                                "build a benchmark snapshot"))
         assert _cached(_build(src, cfg, env, "after-cli-edit")) == (0, 7, 7)

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from health_orsc.evaluation.answer import detect_refusal
 from tests.conftest import DATA, csv_rows, fake_config
-from tests.fake_openai import FakeOpenAI
+from tests.fakes.endpoint import FakeOpenAI
 
 ANSWERS = DATA / "gold" / "answers.csv"
 CLASSES = ["full_compliance", "partial_refusal", "full_refusal"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from tests.conftest import DATA, fake_config
 
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.fake_openai import FakeOpenAI
-from tests.test_build import reply
+from tests.fakes.endpoint import FakeOpenAI
+from tests.fakes.scripts import build_reply as reply
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
 """The request cache and the embedding cache in PostgreSQL (`cache.url`), against a real
-server the tests start (tests/postgres.py): the same behaviour as SQLite, many writers at
+server the tests start (tests/fakes/postgres.py): the same behaviour as SQLite, many writers at
 once, a build on it, an unreachable or lost database, and `orsc cache migrate`."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import yaml
 
 from health_orsc.cache.embeddings import EmbeddingCache
 from health_orsc.cache.requests import CachedCall, RequestCache
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from health_orsc.core.config import CacheConfig, load_config
 from health_orsc.core.errors import InputError
 from tests.conftest import fake_config
-from tests.fake_openai import FakeOpenAI
-from tests.postgres import new_database
+from tests.fakes.endpoint import FakeOpenAI
+from tests.fakes.postgres import new_database
 
 
 def _call(key: str, role: str = "judge_1", text: str = "benign") -> CachedCall:

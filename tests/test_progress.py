@@ -16,10 +16,10 @@ import time
 import psutil
 import pytest
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from tests.conftest import REPO, fake_config
-from tests.fake_openai import FakeOpenAI
-from tests.test_build import reply
+from tests.fakes.endpoint import FakeOpenAI
+from tests.fakes.scripts import build_reply as reply
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from health_orsc.core.config import DATA_DIR, DEFAULT_CONFIG, load_config
 from health_orsc.inputs.load import load_inputs
 

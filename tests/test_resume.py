@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from tests.conftest import fake_config
-from tests.fake_openai import FakeOpenAI
+from tests.fakes.endpoint import FakeOpenAI
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,7 @@ from health_orsc.inputs.load import load_inputs
 from health_orsc.inputs.templates import to_messages
 from health_orsc.llm import Gateway
 from tests.conftest import fake_config
-from tests.fake_openai import FakeOpenAI
+from tests.fakes.endpoint import FakeOpenAI
 
 
 def cand(i: int, prompt: str, category: str = "self_harm", level: str = "easy") -> Candidate:

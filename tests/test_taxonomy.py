@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from tests.conftest import DATA, fake_config
-from tests.fake_openai import FakeOpenAI
-from tests.test_build import reply
+from tests.fakes.endpoint import FakeOpenAI
+from tests.fakes.scripts import build_reply as reply
 
 pytestmark = pytest.mark.slow
 

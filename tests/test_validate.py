@@ -16,7 +16,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 from statsmodels.stats.proportion import proportion_confint
 
-from health_orsc.cli.main import main
+from health_orsc.cli import main
 from health_orsc.snapshot.store import load_manifest, read_sample
 from tests.conftest import csv_rows, sampled_snapshot
 

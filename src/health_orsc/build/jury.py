@@ -23,15 +23,24 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from health_orsc.core.errors import shorten
-from health_orsc.core.records import CalibrationVote, Candidate, Decision, JurorVote, SeedTopic
+from health_orsc.core.records import (
+    HARM_LABELS,
+    CalibrationVote,
+    Candidate,
+    Decision,
+    HarmLabel,
+    JurorVote,
+    SeedTopic,
+)
 from health_orsc.core.stats import fleiss_kappa
 from health_orsc.inputs.load import BuildInputs, CategoryEntry, judge_context
 from health_orsc.llm import Gateway
+from health_orsc.llm.request import reply_schema
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -42,19 +51,11 @@ class Verdict(BaseModel):
     """The structured answer every juror must give."""
 
     model_config = ConfigDict(extra="ignore")
-    label: Literal["harmful", "benign"]
+    label: HarmLabel
     rationale: str = Field(min_length=1, max_length=400)
 
 
-VERDICT_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "label": {"type": "string", "enum": ["harmful", "benign"]},
-        "rationale": {"type": "string", "maxLength": 240},
-    },
-    "required": ["label", "rationale"],
-    "additionalProperties": False,
-}
+VERDICT_SCHEMA = reply_schema(Verdict)
 _OBJECT = re.compile(r"\{.*\}", re.S)
 VERDICT_FORM = '{"label": "benign" or "harmful", "rationale": "one sentence"}'
 
@@ -110,7 +111,6 @@ async def ask_labelled(gateway: Gateway, role: str, messages: list[dict[str, str
 
 
 TOP_LOGPROBS = 20  # rivals per token a score juror asks for (OpenAI's maximum)
-LABELS = ("harmful", "benign")
 
 
 def label_probability(logprobs: list[dict[str, Any]] | None) -> float | None:
@@ -119,10 +119,10 @@ def label_probability(logprobs: list[dict[str, Any]] | None) -> float | None:
     probability mass of "harmful" tokens over that of both labels. None when no token's
     candidates name a label."""
     for position in logprobs or []:
-        mass = dict.fromkeys(LABELS, 0.0)
+        mass = dict.fromkeys(HARM_LABELS, 0.0)
         for candidate in position.get("top_logprobs") or []:
             word = str(candidate.get("token", "")).strip().strip("\"'*`.:").lower()
-            for label in LABELS:
+            for label in HARM_LABELS:
                 if word and label.startswith(word):
                     mass[label] += math.exp(float(candidate["logprob"]))
         total = sum(mass.values())

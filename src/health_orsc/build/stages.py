@@ -25,6 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from health_orsc.build import generate, jury
 from health_orsc.build.dedup import Embedder, dedup_candidates, embedding_texts
@@ -35,6 +38,7 @@ from health_orsc.core.config import BuildConfig
 from health_orsc.core.records import (
     CalibrationVote,
     Decision,
+    StageClock,
     StageCounts,
     content_id,
     read_jsonl,
@@ -44,8 +48,8 @@ from health_orsc.inputs.load import BuildInputs
 from health_orsc.llm import Gateway, Usage
 from health_orsc.runtime.progress import TaskProgress
 from health_orsc.snapshot.handle import Snapshot
-from health_orsc.snapshot.store import stage_path
-from health_orsc.snapshot.writer import SnapshotMeta, config_of, jury_of, models_of, write_snapshot
+from health_orsc.snapshot.store import SnapshotMeta, stage_path
+from health_orsc.snapshot.writer import config_of, jury_of, models_of, write_snapshot
 
 
 @dataclass(frozen=True)
@@ -167,13 +171,43 @@ def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: li
                           calibration, meta, taxonomy)
 
 
+class SummaryRow(BaseModel):
+    """One category x level of a build: candidates generated, usable after the rewrite
+    checks, rewrites caught off topic, left after dedup and after the jury."""
+
+    category: str
+    level: str
+    generated: int
+    usable: int
+    off_topic: int
+    after_dedup: int
+    after_jury: int
+
+
+class BuildResult(BaseModel):
+    """What `build-benchmark` returns (and `orsc build --json` prints)."""
+
+    snapshot: str
+    digest: str
+    plan: dict[str, str]                   # category -> rebuilt / carried over / dropped, and why
+    summary: list[SummaryRow]              # the built categories
+    jury_calibration: dict[str, dict[str, Any]]  # juror -> the jury check (MANIFEST.json's)
+    model_calls: dict[str, int]            # role -> calls made
+    cache_hits: dict[str, int]             # role -> calls served by the request cache
+    calls_by_category: dict[str, int]
+    stages: dict[str, StageClock]
+    stage_tasks: int
+    stage_tasks_cached: int                # of those, from Prefect's cache
+    task_runner: str
+
+
 def summary_rows(generated: StageCounts, deduped: StageCounts, judged: StageCounts,
-                 order: list[str]) -> list[dict]:
+                 order: list[str]) -> list[SummaryRow]:
     """Per category x level of the built categories: generated / usable / off-topic rewrites
     caught / after dedup / after jury."""
-    return [{"category": row["category"], "level": row["level"], "generated": row["candidates"],
-             "usable": row["kept"],
-             "off_topic": deduped.total(row["category"], row["level"], "off_topic_rewrite"),
-             "after_dedup": deduped.total(row["category"], row["level"], "kept"),
-             "after_jury": judged.total(row["category"], row["level"], "kept")}
+    return [SummaryRow(category=row["category"], level=row["level"], generated=row["candidates"],
+                       usable=row["kept"],
+                       off_topic=deduped.total(row["category"], row["level"], "off_topic_rewrite"),
+                       after_dedup=deduped.total(row["category"], row["level"], "kept"),
+                       after_jury=judged.total(row["category"], row["level"], "kept"))
             for row in generated.table(order)]

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from health_orsc.cache.database import cache_exists
 from health_orsc.cache.embeddings import EmbeddingCache
 from health_orsc.cache.requests import RequestCache
@@ -52,8 +54,12 @@ class CacheLocation:
         return self.outputs_dir.resolve() == other.outputs_dir.resolve()
 
 
-@dataclass
-class MigrationReport:
+class MigrationReport(BaseModel):
+    """What `orsc cache migrate` copied (and `--json` prints)."""
+
+    src: str = ""
+    dst: str = ""
+    seconds: float = 0.0
     calls: int = 0
     calls_new: int = 0
     evictions: int = 0

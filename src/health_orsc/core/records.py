@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 Level = Literal["easy", "medium", "hard"]
 LEVELS: tuple[Level, ...] = get_args(Level)
+# What a juror, a gold file and a person say of a prompt (people may also say "unsure").
+HarmLabel = Literal["benign", "harmful"]
+HARM_LABELS: tuple[HarmLabel, ...] = get_args(HarmLabel)
 # Why a candidate left the benchmark; every stage rejects with one of these.
 # off_topic_rewrite: a rewrite whose embedding drifted from its template prompt (dedup stage)
 # human_harmful: kept by the jury, labelled harmful by people (`orsc validate --gate`)
@@ -96,7 +99,7 @@ class JurorVote(Record):
     juror: str
     model: str
     judge_prompt: str
-    label: Literal["benign", "harmful", "unparseable"]
+    label: Literal[HarmLabel, "unparseable"]
     rationale: str
     calls: list[str]
     repairs: int
@@ -139,7 +142,7 @@ class CalibrationVote(Record):
     seed_id: str
     original_question: str
     vote: JurorVote
-    known: Literal["harmful", "benign"] = "harmful"
+    known: HarmLabel = "harmful"
     prompt: str = ""  # the benign control's text (empty: the original_question itself)
 
 
@@ -219,6 +222,18 @@ def _arrow_type(annotation: Any) -> pa.DataType:
 
 
 KEPT = "kept"
+
+
+class StageClock(BaseModel):
+    """One stage of a flow run: its monotonic clock at start and end (to line up with an
+    endpoint's own log), wall time, tasks, and the model calls and request-cache hits it made."""
+
+    clock: list[float]
+    wall_s: float
+    tasks: int = 1
+    tasks_cached: int = 0
+    model_calls: dict[str, int] = {}
+    cache_hits: dict[str, int] = {}
 
 
 class StageCounts(BaseModel):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel
 
@@ -81,20 +80,58 @@ async def grade_answers(config: BuildConfig, template: PromptTemplate, items: li
     return await gateway.gather([functools.partial(one, item) for item in items])
 
 
-def grade_report(items: list[AnswerItem], results: list[GradeResult]) -> dict[str, Any]:
+class GradedAnswer(BaseModel):
+    id: str
+    label: str | None       # people's label, when the file has one
+    grade: str | None       # the grader's (None: it could not grade it)
+    detector: str           # XSTest's string match
+    rationale: str
+
+
+class ClassScores(BaseModel):
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    support: int
+
+
+class ClassAgreement(BaseModel):
+    """The grader or the detector against people's labels. The confusion matrix's rows are
+    people's labels, its columns the grader's (or detector's), in `labels` order."""
+
+    n: int
+    labels: list[str]
+    confusion: list[list[int]]
+    accuracy: float | None
+    kappa: float | None
+    per_class: dict[str, ClassScores]
+
+
+class GradeReport(BaseModel):
+    """What `orsc grade` measures (and `--json` prints)."""
+
+    items: int
+    ungraded: int
+    answers: list[GradedAnswer]
+    labelled: int
+    grader: ClassAgreement | None = None     # None: no `label` column
+    detector: ClassAgreement | None = None
+    model_calls: int = 0
+    cache_hits: int = 0
+
+
+def grade_report(items: list[AnswerItem], results: list[GradeResult]) -> GradeReport:
     """Per answer its grades; with people's labels, the grader's and the detector's agreement."""
     detector = [detect_refusal(i.answer) for i in items]
-    out: dict[str, Any] = {
-        "items": len(items), "ungraded": sum(r.grade is None for r in results),
-        "answers": [{"id": i.id, "label": i.label, "grade": r.grade, "detector": d, "rationale": r.rationale}
-                    for i, r, d in zip(items, results, detector, strict=True)],
-    }
     labelled = [k for k, i in enumerate(items) if i.label is not None]
-    out["labelled"] = len(labelled)
+    report = GradeReport(
+        items=len(items), ungraded=sum(r.grade is None for r in results), labelled=len(labelled),
+        answers=[GradedAnswer(id=i.id, label=i.label, grade=r.grade, detector=d, rationale=r.rationale)
+                 for i, r, d in zip(items, results, detector, strict=True)])
     if labelled:
         graded = [k for k in labelled if results[k].grade is not None]
-        out["grader"] = multiclass_agreement([items[k].label for k in graded],
-                                             [results[k].grade for k in graded], GRADES)
-        out["detector"] = multiclass_agreement([items[k].label for k in labelled],
-                                               [detector[k] for k in labelled], GRADES)
-    return out
+        report.grader = ClassAgreement(**multiclass_agreement(
+            [items[k].label for k in graded], [results[k].grade for k in graded], GRADES))
+        report.detector = ClassAgreement(**multiclass_agreement(
+            [items[k].label for k in labelled], [detector[k] for k in labelled], GRADES))
+    return report

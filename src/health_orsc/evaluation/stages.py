@@ -15,8 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from health_orsc.core.config import BuildConfig
-from health_orsc.core.records import content_id, read_jsonl, write_jsonl
+from health_orsc.core.records import StageClock, content_id, read_jsonl, write_jsonl
 from health_orsc.evaluation.answer import (
     EvalInputs,
     EvalItem,
@@ -30,6 +32,17 @@ from health_orsc.evaluation.scores import difficulty, evaluation_metrics
 from health_orsc.llm import Gateway, Usage
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import stage_path
+
+
+class EvaluationResult(BaseModel):
+    """What `evaluate-benchmark` returns (and `orsc evaluate --json` prints)."""
+
+    run: str                                # outputs/evaluations/<run>/
+    leaderboard: list[dict[str, Any]]       # leaderboard.csv's rows (evaluation.scores.leaderboard)
+    model_calls: dict[str, int]             # role -> calls made
+    cache_hits: dict[str, int]
+    tasks: int
+    stages: dict[str, StageClock]           # evaluate (answers and grades), write (the run's files)
 
 
 def write_items(config: BuildConfig, snapshot: Snapshot, run: str) -> dict[str, Path]:

@@ -27,6 +27,7 @@ from health_orsc.audit.verify import open_verified
 from health_orsc.build.fingerprint import stage_keys
 from health_orsc.build.plan import plan_rebuild
 from health_orsc.build.stages import (
+    BuildResult,
     StageOutput,
     dedup_key,
     dedup_stage,
@@ -38,7 +39,7 @@ from health_orsc.build.stages import (
 )
 from health_orsc.cache.requests import RequestCache
 from health_orsc.core.config import load_config
-from health_orsc.core.records import StageCounts, content_id
+from health_orsc.core.records import StageClock, StageCounts, content_id
 from health_orsc.flows.runner import run_on
 from health_orsc.inputs.load import BuildInputs, load_inputs
 from health_orsc.llm import Usage, close_gateways, gateway_for
@@ -143,7 +144,7 @@ class StageStats:
     and request-cache hits made by this build, and the stage's counts."""
 
     def __init__(self):
-        self.stages: dict[str, dict] = {}
+        self.stages: dict[str, StageClock] = {}
         self.counts: dict[str, StageCounts] = {}
         self.calls_by_category: Counter[str] = Counter()
 
@@ -188,10 +189,9 @@ class StageStats:
     def record(self, stage: str, started: float, tasks: int, cached: int = 0,
                calls: Counter | None = None, hits: Counter | None = None) -> None:
         ended = time.monotonic()
-        self.stages[stage] = {
-            # monotonic clock at start and end, to line up with an endpoint's own log (bench/)
-            "clock": [started, ended], "wall_s": round(ended - started, 3), "tasks": tasks,
-            "tasks_cached": cached, "model_calls": dict(calls or {}), "cache_hits": dict(hits or {})}
+        self.stages[stage] = StageClock(
+            clock=[started, ended], wall_s=round(ended - started, 3), tasks=tasks, tasks_cached=cached,
+            model_calls=dict(calls or {}), cache_hits=dict(hits or {}))
         from_cache = f", {cached} of {tasks} from Prefect's cache" if cached else ""
         made = sum((calls or {}).values())
         note(f"{stage}: finished in {ended - started:.1f} s ({tasks} task{'s' * (tasks != 1)}"
@@ -200,7 +200,7 @@ class StageStats:
     def total(self, field: str) -> dict[str, int]:
         out: Counter[str] = Counter()
         for stage in self.stages.values():
-            out.update(stage[field])
+            out.update(getattr(stage, field))
         return dict(out)
 
 
@@ -231,13 +231,13 @@ def run_stages(config_path: str, cats: list[str], fps: dict[str, dict[str, str]]
     return {**result, "summary": summary, "model_calls": stats.total("model_calls"),
             "cache_hits": stats.total("cache_hits"), "stages": stats.stages,
             "calls_by_category": dict(stats.calls_by_category),
-            "stage_tasks": sum(s["tasks"] for s in tasks),
-            "stage_tasks_cached": sum(s["tasks_cached"] for s in tasks)}
+            "stage_tasks": sum(s.tasks for s in tasks),
+            "stage_tasks_cached": sum(s.tasks_cached for s in tasks)}
 
 
 @flow(name=FLOW_NAME, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=16))
 def build_benchmark(config_path: str, categories: list[str] | None = None,
-                    name: str | None = None, base: str | None = None) -> dict:
+                    name: str | None = None, base: str | None = None) -> BuildResult:
     """seeds -> generate -> dedup -> jury -> sample -> export, on one config.
 
     With `base` (a snapshot directory), only the categories named in `categories`,
@@ -267,4 +267,4 @@ def build_benchmark(config_path: str, categories: list[str] | None = None,
         result = run_on(cfg.task_runner, run_stages, f"{FLOW_NAME}-stages", *args)
     finally:
         close_gateways()
-    return {**result, "plan": plan.reasons, "task_runner": cfg.task_runner.name}
+    return BuildResult.model_validate({**result, "plan": plan.reasons, "task_runner": cfg.task_runner.name})

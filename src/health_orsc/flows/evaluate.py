@@ -22,9 +22,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from health_orsc.audit.verify import open_verified
 from health_orsc.core.config import load_config
+from health_orsc.core.records import StageClock
 from health_orsc.evaluation.answer import load_evaluation
 from health_orsc.evaluation.report import leaderboard_markdown
-from health_orsc.evaluation.stages import answer_stage, write_items, write_run
+from health_orsc.evaluation.stages import EvaluationResult, answer_stage, write_items, write_run
 from health_orsc.flows.runner import run_on
 from health_orsc.llm import Usage, close_gateways, gateway_for
 from health_orsc.runtime.progress import note, tracked
@@ -57,7 +58,7 @@ def run_tasks(config_path: str, snapshot: str, models: list[str], cats: list[str
 
 @flow(name=FLOW_NAME, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=16))
 def evaluate_benchmark(config_path: str, snapshot: str, models: list[str] | None = None,
-                       name: str | None = None) -> dict:
+                       name: str | None = None) -> EvaluationResult:
     """A panel of models answers a snapshot's prompts; the grader grades every answer; the
     run's metrics, leaderboard and per-prompt difficulty go to outputs/evaluations/<name>/."""
     started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -86,8 +87,9 @@ def evaluate_benchmark(config_path: str, snapshot: str, models: list[str] | None
     create_markdown_artifact(markdown=leaderboard_markdown(metrics["leaderboard"]), key="leaderboard",
                              description=f"evaluation {name} of snapshot {base.path.name}")
     done = time.monotonic()
-    return {"run": str(path), "leaderboard": metrics["leaderboard"], "model_calls": dict(calls),
-            "cache_hits": dict(hits), "tasks": len(results),
-            # monotonic clock at start and end, to line up with an endpoint's own log (bench/)
-            "stages": {"evaluate": {"clock": [started, ended], "wall_s": round(ended - started, 3)},
-                       "write": {"clock": [ended, done], "wall_s": round(done - ended, 3)}}}
+    return EvaluationResult(
+        run=str(path), leaderboard=metrics["leaderboard"], model_calls=dict(calls), cache_hits=dict(hits),
+        tasks=len(results),
+        stages={"evaluate": StageClock(clock=[started, ended], wall_s=round(ended - started, 3),
+                                       tasks=len(results), model_calls=dict(calls), cache_hits=dict(hits)),
+                "write": StageClock(clock=[ended, done], wall_s=round(done - ended, 3))})

@@ -14,8 +14,22 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from health_orsc.core.config import EndpointConfig, SamplingParams
 from health_orsc.core.records import canonical_json, sha256_hex
+
+
+def reply_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema sent with a structured request, derived from the pydantic model that
+    validates the reply, so the two cannot disagree: each field's type, enum and maximum
+    length (keywords strict-mode endpoints accept), every field required, nothing else."""
+    full = model.model_json_schema()
+    keep = ("type", "enum", "maxLength")
+    return {"type": "object",
+            "properties": {name: {k: spec[k] for k in keep if k in spec}
+                           for name, spec in full["properties"].items()},
+            "required": list(full["properties"]), "additionalProperties": False}
 
 
 def response_format(ep: EndpointConfig, schema: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -171,18 +171,14 @@ class ManifestCounts(_Strict):
     validation_sample: int
 
 
-class Manifest(_Strict):
-    """What MANIFEST.json holds. `digest` (not stored in it) is the sha256 of its canonical JSON."""
+class SnapshotMeta(_Strict):
+    """What MANIFEST.json says about how the snapshot was built: what the build knows
+    before it writes a file (the writer adds the rest, see Manifest)."""
 
-    name: str
-    started_at: str
-    created_at: str
-    package: dict[str, str]
-    files: dict[str, FileEntry]
-    counts: ManifestCounts
     categories: list[str]         # taxonomy order
     built: list[str]              # built by this build; the others were carried over from `base`
     base: BaseRef | None
+    started_at: str
     fingerprints: dict[str, str]
     fingerprint_components: dict[str, dict[str, str]]
     taxonomy_version: int         # of the taxonomy file this build read
@@ -192,6 +188,17 @@ class Manifest(_Strict):
     jury: dict[str, Any]
     jury_calibration: dict[str, dict[str, Any]]
     jury_agreement: dict[str, Any] | None = None  # Fleiss' kappa among the jurors (health_orsc.build.jury)
+
+
+class Manifest(SnapshotMeta):
+    """What MANIFEST.json holds: the build's SnapshotMeta and what writing it added. `digest`
+    (not stored in it) is the sha256 of its canonical JSON."""
+
+    name: str
+    created_at: str
+    package: dict[str, str]
+    files: dict[str, FileEntry]
+    counts: ManifestCounts
     # "validation": derived from `base` by `orsc validate` (its rows are the base's, plus
     # validation/labels.jsonl and validation/report.json)
     kind: Literal["build", "validation"] = "build"

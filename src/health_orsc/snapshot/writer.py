@@ -28,7 +28,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel
 
 from health_orsc import __version__
 from health_orsc.core.config import BuildConfig
@@ -41,10 +40,10 @@ from health_orsc.snapshot.store import (
     REJECTED,
     SAMPLE,
     TAXONOMY,
-    BaseRef,
     FileEntry,
     Manifest,
     ManifestCounts,
+    SnapshotMeta,
     data_file,
     file_sha256,
     snapshots_dir,
@@ -55,24 +54,6 @@ from health_orsc.snapshot.store import (
 # The items to label, not the annotation tasks (`orsc annotate` writes those, blind).
 SAMPLE_COLUMNS = ("id", "category", "level", "source", "prompt", "original_question")
 ROW_SCHEMA = arrow_schema(SnapshotRow)
-
-
-class SnapshotMeta(BaseModel):
-    """What MANIFEST.json says about how the snapshot was built (besides files and counts)."""
-
-    categories: list[str]
-    built: list[str]
-    base: BaseRef | None
-    started_at: str
-    fingerprints: dict[str, str]
-    fingerprint_components: dict[str, dict[str, str]]
-    taxonomy_version: int
-    taxonomy_versions: dict[str, int]
-    models: dict[str, dict[str, Any]]
-    config: dict[str, Any]
-    jury: dict[str, Any]
-    jury_calibration: dict[str, dict[str, Any]]
-    jury_agreement: dict[str, Any] | None = None
 
 
 def models_of(cfg: BuildConfig) -> dict[str, dict[str, Any]]:

@@ -26,11 +26,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from health_orsc.core.errors import InputError
 from health_orsc.core.files import write_new_dir
+from health_orsc.core.records import HARM_LABELS
 from health_orsc.snapshot.store import load_manifest, read_sample, read_taxonomy
 
-LABELS = ("benign", "harmful", "unsure")
+LABELS = (*HARM_LABELS, "unsure")  # what a person may answer
 AMBIGUITY = {"1": "1 - intent plainly benign", "2": "2 - takes a moment to see",
              "3": "3 - intent hard to tell"}
 FORMATS = ("csv", "label-studio")
@@ -49,6 +52,19 @@ class Tasks:
     @property
     def labels(self) -> int:
         return sum(len(items) for items in self.annotators.values())
+
+
+
+class AnnotationResult(BaseModel):
+    """What `orsc annotate` wrote (and `--json` prints)."""
+
+    out: str
+    format: str
+    items: int                # in the validation sample
+    annotators: int
+    shared: int               # items every annotator labels
+    labels: int               # labels asked for in all
+    files: list[str]
 
 
 def annotator_names(n: int) -> list[str]:

@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel
 
@@ -32,13 +31,13 @@ from health_orsc.build.jury import ask_jurors, cast_vote, juror_messages, jury_l
 from health_orsc.core.config import BuildConfig
 from health_orsc.core.errors import InputError, shorten
 from health_orsc.core.files import read_id_csv
-from health_orsc.core.records import JurorVote
-from health_orsc.core.stats import binary_agreement, operating_point
+from health_orsc.core.records import HARM_LABELS, JurorVote
+from health_orsc.core.stats import OperatingPoint, binary_agreement, operating_point
 from health_orsc.inputs.load import BuildInputs, Taxonomy
 from health_orsc.llm import Gateway
 
 GOLD_COLUMNS = ("id", "category", "label", "prompt")
-GOLD_LABELS = ("benign", "harmful")
+GOLD_LABELS = HARM_LABELS
 RULE = "rule"
 
 
@@ -82,19 +81,55 @@ async def judge_gold(inputs: BuildInputs, gold: list[GoldItem], gateway: Gateway
     return await ask_jurors(gateway, jury.jurors, gold, vote)
 
 
+class JurorAgreement(BaseModel):
+    """A juror (or the k-of-n rule) against the gold labels; positive class: harmful. The
+    confusion matrix's rows are the gold labels, its columns the juror's, `labels` order."""
+
+    n: int
+    labels: list[str]
+    confusion: list[list[int]]
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    specificity: float | None
+    kappa: float | None
+    unparseable: int          # gold prompts the juror gave no label for (left out of the above)
+
+
+class ScoreFit(OperatingPoint):
+    """A score juror's threshold fitted on the gold file, and its config line."""
+
+    unscored: int             # gold prompts without a P(harmful)
+    config_line: str | None   # None: its scored prompts are all of one label
+
+
+class CalibrationReport(BaseModel):
+    """What `orsc calibrate` measures (and `--json` prints)."""
+
+    items: int
+    benign: int
+    harmful: int
+    required_benign: int
+    positive: str
+    jurors: dict[str, JurorAgreement]   # each juror, then "rule": the k-of-n rule
+    model_calls: int = 0
+    cache_hits: int = 0
+    fit: dict[str, ScoreFit] | None = None  # with --fit: per score juror
+
+
 def calibration_report(gold: list[GoldItem], votes: list[list[JurorVote]], jurors: list[str],
-                       required_benign: int) -> dict[str, Any]:
+                       required_benign: int) -> CalibrationReport:
     truth = [g.label for g in gold]
-    out: dict[str, Any] = {"items": len(gold), "benign": truth.count("benign"),
-                           "harmful": truth.count("harmful"), "required_benign": required_benign,
-                           "positive": "harmful", "jurors": {}}
+    agreement: dict[str, JurorAgreement] = {}
     for j, juror in enumerate(jurors):
         pairs = [(t, v[j].label) for t, v in zip(truth, votes, strict=True) if v[j].label != "unparseable"]
-        out["jurors"][juror] = {**binary_agreement([t for t, _ in pairs], [p for _, p in pairs], "harmful"),
-                                "unparseable": len(gold) - len(pairs)}
+        agreement[juror] = JurorAgreement(
+            **binary_agreement([t for t, _ in pairs], [p for _, p in pairs], "harmful"),
+            unparseable=len(gold) - len(pairs))
     decided = ["benign" if jury_label(v, required_benign) == "benign" else "harmful" for v in votes]
-    out["jurors"][RULE] = {**binary_agreement(truth, decided, "harmful"), "unparseable": 0}
-    return out
+    agreement[RULE] = JurorAgreement(**binary_agreement(truth, decided, "harmful"), unparseable=0)
+    return CalibrationReport(items=len(gold), benign=truth.count("benign"), harmful=truth.count("harmful"),
+                             required_benign=required_benign, positive="harmful", jurors=agreement)
 
 
 def score_jurors(config: BuildConfig) -> list[str]:
@@ -102,7 +137,7 @@ def score_jurors(config: BuildConfig) -> list[str]:
 
 
 def fit_thresholds(gold: list[GoldItem], votes: list[list[JurorVote]], config: BuildConfig,
-                   target_recall: float) -> dict[str, dict[str, Any]]:
+                   target_recall: float) -> dict[str, ScoreFit]:
     """Per score juror: its operating point at `target_recall` of "harmful" on the gold
     prompts it scored, and the role's config line with that threshold."""
     out = {}
@@ -120,5 +155,5 @@ def fit_thresholds(gold: list[GoldItem], votes: list[list[JurorVote]], config: B
                                                        **set_fields, "scoring": "logprobs",
                                                        "threshold": point.threshold}.items())
             line = f"{juror}: {{{fields}}}"
-        out[juror] = {**point.model_dump(), "unscored": len(gold) - len(scored), "config_line": line}
+        out[juror] = ScoreFit(**point.model_dump(), unscored=len(gold) - len(scored), config_line=line)
     return out

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from health_orsc.core.errors import InputError, shorten
 from health_orsc.core.files import read_csv
+from health_orsc.core.records import HarmLabel
 from health_orsc.validation.annotate import AMBIGUITY, LABELS
 
 
@@ -37,7 +38,7 @@ class LabelRow(BaseModel):
 
     prompt_id: str
     annotator: str
-    label: Literal["benign", "harmful", "unsure"]
+    label: Literal[HarmLabel, "unsure"]
     ambiguity: int | None
     notes: str
     file: str          # the file it came from (its name)

@@ -33,7 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from health_orsc.core.records import LEVELS, Decision, SnapshotRow, StageCounts
+from pydantic import BaseModel
+
+from health_orsc.core.records import HARM_LABELS, LEVELS, Decision, SnapshotRow, StageCounts
 from health_orsc.core.stats import (
     cohen_kappa,
     confusion,
@@ -50,12 +52,12 @@ from health_orsc.snapshot.store import (
     REPORT_FILE,
     BaseRef,
     Manifest,
+    SnapshotMeta,
     snapshots_dir,
     write_manifest,
     writing_snapshot,
 )
 from health_orsc.snapshot.writer import (
-    SnapshotMeta,
     dataset_card,
     listed_files,
     row_sort_key,
@@ -63,7 +65,7 @@ from health_orsc.snapshot.writer import (
 )
 from health_orsc.validation.labels import LabelRow, LabelSet
 
-DECISIONS = ("benign", "harmful")
+DECISIONS = HARM_LABELS
 R = TypeVar("R", SnapshotRow, Decision)
 MAJORITY_RULE = ("majority of benign/harmful labels; unsure labels do not vote; a tie leaves the"
                  " item undecided")
@@ -90,6 +92,43 @@ def majorities_of(per_item: dict[str, list[LabelRow]]) -> dict[str, str | None]:
 
 def _p(count: int, n: int, confidence: float) -> dict[str, Any]:
     return wilson(count, n, confidence).model_dump()
+
+
+
+class LabelCounts(BaseModel):
+    rows: int                 # labels read (one per annotator and item)
+    items: int                # items with at least one label
+    sample_items: int
+    annotators: list[str]
+    files: list[str]
+    unlabelled: int
+    cancelled: int
+    repeated: int
+    undecided: int            # items whose labels have no majority
+
+
+class ValidityReport(BaseModel):
+    """validation/report.json, as `validity_report` computes it: the labels read, benign
+    precision per stratum, category and overall (with intervals), the jury against people,
+    agreement among people, and the ambiguity ratings."""
+
+    confidence: float
+    majority_rule: str
+    labels: LabelCounts
+    precision: dict[str, Any]
+    jury: dict[str, Any]
+    agreement: dict[str, Any]
+    ambiguity: dict[str, Any]
+
+
+class ValidationResult(BaseModel):
+    """What `orsc validate` wrote (and `--json` prints)."""
+
+    snapshot: str             # the new validation snapshot
+    digest: str
+    report_file: str
+    gated: int | None         # with --gate: kept prompts moved to rejected as human_harmful
+    report: ValidityReport
 
 
 def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], labels: LabelSet,

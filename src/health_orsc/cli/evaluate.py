@@ -1,0 +1,127 @@
+"""`orsc evaluate`, `orsc grade` and `orsc export`: a panel of models on a snapshot, the
+grader against people, and Health-ORSC-Bench's field layout."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from health_orsc.cli import render
+from health_orsc.cli.common import (
+    DEFAULT_ANSWERS,
+    RESUMABLE,
+    CommandFailed,
+    add_config,
+    add_json,
+    check_cache_reachable,
+    comma_list,
+    command,
+    console,
+    emit,
+    model_calls,
+    prefect_env,
+    verified,
+)
+from health_orsc.core.config import load_config
+from health_orsc.core.errors import InputError
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from health_orsc.audit.verify import open_verified
+    from health_orsc.evaluation.answer import load_evaluation
+    from health_orsc.snapshot.store import check_snapshot_name, evaluations_dir
+
+    config = load_config(args.config)
+    models = comma_list(args.models, "--models", "role")
+    base = open_verified(Path(args.snapshot), "evaluate")  # a snapshot that fails verify stops here
+    inputs = load_evaluation(config, base, models)  # every input checked before any call
+    if args.name is not None:
+        check_snapshot_name(config.outputs_dir, args.name, evaluations_dir(config.outputs_dir))
+    check_cache_reachable(config)
+    prefect_env(config.outputs_dir)
+    from health_orsc.flows.evaluate import evaluate_benchmark
+    from health_orsc.runtime.procs import start_prefect_server
+    from health_orsc.runtime.progress import note
+    from health_orsc.runtime.terminal import build_console
+
+    log_path = config.outputs_dir / "logs" / "evaluations" / f"{args.name or 'evaluate'}.log"
+    with build_console(log_path):
+        note(f"evaluating snapshot '{base.path.name}' with {', '.join(inputs.models)}; log: {log_path}")
+        try:
+            start_prefect_server(config.outputs_dir)
+            result = evaluate_benchmark(str(config.source), str(base.path), inputs.models, args.name)
+        except InputError:
+            raise
+        except Exception as err:
+            logging.getLogger("orsc").error("evaluation failed", exc_info=True)
+            message = str(err) if isinstance(err, RESUMABLE) else f"{type(err).__name__}: {err}"
+            raise CommandFailed(message, log_path, resumable=isinstance(err, RESUMABLE)) from err
+    emit(args, result, render.evaluation)
+    return 0
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from health_orsc.evaluation.answer import load_grader
+    from health_orsc.evaluation.grade import GENERIC, grade_answers, grade_report, read_answers
+    from health_orsc.inputs.load import load_taxonomy
+
+    config = load_config(args.config)
+    taxonomy = load_taxonomy(config.seeds_dir)
+    items = read_answers(Path(args.answers), taxonomy)
+    entries = {c: taxonomy.entry(c).model_dump() for c in {i.category for i in items if i.category}}
+    template = load_grader(config, {**entries, "(none)": GENERIC})
+    results, calls, hits = model_calls(
+        config, "grade", "answers", sum(bool(i.answer.strip()) for i in items),
+        lambda gateway: grade_answers(config, template, items, entries, gateway))
+    report = grade_report(items, results)
+    report.model_calls, report.cache_hits = calls, hits
+    emit(args, report, render.grade)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from health_orsc.evaluation.exports import check_pair, write_health_orsc
+
+    snapshot, run = Path(args.snapshot), Path(args.evaluation)
+    digest = verified(snapshot, "export")
+    verified(run, "export")
+    check_pair(snapshot, digest, run)
+    counts = write_health_orsc(snapshot, run, Path(args.out))
+    console.print(f"wrote {args.out}: " + ", ".join(f"{name}.jsonl {n}" for name, n in counts.items()))
+    return 0
+
+
+def register(sub) -> None:
+    e = command(sub, "evaluate", cmd_evaluate, "run the evaluate-benchmark flow: a panel of models answers a"
+                " snapshot's prompts, a grader grades them",
+                "Each model of the panel answers every kept prompt of SNAPSHOT (and, with"
+                " evaluation.contrast, the seeds' harmful requests); the grader classifies each answer."
+                " Writes outputs/evaluations/NAME/ (metrics, leaderboard, difficulty, report.html)."
+                " --json prints an EvaluationResult.",
+                "orsc evaluate outputs/snapshots/v1 --models model_a,model_b --name eval-1")
+    e.add_argument("snapshot", help="snapshot directory (it must verify)")
+    add_config(e)
+    e.add_argument("--models", help="comma-separated roles that answer (default: evaluation.models)")
+    e.add_argument("--name", help="run name (default: eval-<UTC timestamp>)")
+    add_json(e)
+
+    g = command(sub, "grade", cmd_grade, "grade (prompt, answer) pairs with the evaluation's grader and"
+                " detector; with people's labels, measure both",
+                "Grade a CSV of answers with the config's grader and XSTest's string-match detector; with"
+                " a `label` column, each against people's labels. --json prints a GradeReport.",
+                "orsc grade --answers my-answers.csv --json")
+    add_config(g)
+    g.add_argument("--answers", default=str(DEFAULT_ANSWERS),
+                   help="CSV: id, prompt, answer[, category][, label] (default: the project's answers.csv)")
+    add_json(g)
+
+    x = command(sub, "export", cmd_export,
+                "a snapshot with an evaluation's difficulty, in Health-ORSC-Bench's field layout",
+                "Write the kept prompts of SNAPSHOT with the refusal counts of an evaluation run of it,"
+                " as Health-ORSC-Bench's files (all, easy, medium, hard).",
+                "orsc export outputs/snapshots/v1 --evaluation outputs/evaluations/eval-1 --out release")
+    x.add_argument("snapshot", help="snapshot directory")
+    x.add_argument("--evaluation", required=True, help="an evaluation run of that snapshot")
+    x.add_argument("--format", choices=["health-orsc"], default="health-orsc", help="(default: %(default)s)")
+    x.add_argument("--out", required=True, help="a new directory for the files")

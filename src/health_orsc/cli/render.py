@@ -1,0 +1,252 @@
+"""How each command's result reads on a terminal: one renderer per result model. `--json`
+prints the same models instead (cli.common.emit)."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.table import Table
+
+from health_orsc.cli.common import console
+
+
+def _num(x: float | None, spec: str = ".2f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def build(result, budget: str) -> None:
+    table = Table(title="build-benchmark: candidates per category x level")
+    for col in ("category", "level", "generated", "usable", "off topic", "after dedup", "after jury"):
+        table.add_column(col, justify="left" if col in ("category", "level") else "right")
+    totals = [0, 0, 0, 0, 0]
+    for row in result.summary:
+        nums = [row.generated, row.usable, row.off_topic, row.after_dedup, row.after_jury]
+        totals = [a + b for a, b in zip(totals, nums, strict=True)]
+        table.add_row(row.category, row.level, *map(str, nums))
+    table.add_row("total", "", *map(str, totals), style="bold")
+    console.print(table)
+    console.print(f"model calls: {sum(result.model_calls.values())} (request cache hits:"
+                  f" {sum(result.cache_hits.values())}; stage tasks from Prefect's cache:"
+                  f" {result.stage_tasks_cached} of {result.stage_tasks})")
+    for juror, c in result.jury_calibration.items():
+        controls = (f"; {c['labelled_benign']} of {c['benign_controls']} benign controls benign"
+                    f" ({c['specificity']:.0%})" if c.get("benign_controls") else "")
+        console.print(f"jury check: {juror} labelled {c['labelled_harmful']} of {c['known_harmful']}"
+                      f" known-harmful seed requests harmful ({c['harmful_recall']:.0%}){controls}")
+    console.print(budget)
+    console.print(f"snapshot: {result.snapshot} ({result.digest})")
+
+
+def evaluation(result) -> None:
+    from health_orsc.evaluation.report import LEADERBOARD_COLUMNS, leaderboard_cells
+
+    table = Table(title="leaderboard (benign prompts: over-refusal; contrast set: harmful compliance)")
+    for col in LEADERBOARD_COLUMNS:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in result.leaderboard:
+        table.add_row(*leaderboard_cells(row))
+    console.print(table)
+    console.print(f"model calls: {sum(result.model_calls.values())} (request cache hits:"
+                  f" {sum(result.cache_hits.values())})")
+    console.print(f"evaluation: {result.run}")
+
+
+def grade(report) -> None:
+    console.print(f"graded {report.items} answers ({report.ungraded} the grader could not grade);"
+                  f" model calls: {report.model_calls} (request cache hits: {report.cache_hits})")
+    if not report.labelled:
+        console.print("no `label` column: nothing to compare with"
+                      " (add people's labels to measure the grader)")
+        return
+    for who in ("grader", "detector"):
+        m = getattr(report, who)
+        table = Table(title=f"{who} against {m.n} people's labels: accuracy {_num(m.accuracy)},"
+                            f" Cohen's kappa {_num(m.kappa)}")
+        for col in ("people \\ " + who, *m.labels, "precision", "recall", "F1", "support"):
+            table.add_column(col, justify="left" if col.startswith("people") else "right")
+        for label, row in zip(m.labels, m.confusion, strict=True):
+            c = m.per_class[label]
+            table.add_row(label, *map(str, row), *(_num(x) for x in (c.precision, c.recall, c.f1)),
+                          str(c.support))
+        console.print(table)
+
+
+def verify(report, expected_digest: bool) -> None:
+    if report.problems:  # on stderr, as a failure is
+        print(f"FAILED {report.snapshot}" + (f" (digest {report.digest})" if report.digest else ""),
+              file=sys.stderr)
+        for p in report.problems:
+            print(f"  {p}", file=sys.stderr)
+        return
+    console.print(f"OK {report.snapshot}: every checksum and count in MANIFEST.json matches"
+                  + (" the expected digest" if expected_digest else ""))
+    console.print(f"digest: {report.digest}")
+
+
+def annotation(result) -> None:
+    console.print(f"{result.items} items for {result.annotators} annotators: {result.shared} labelled by"
+                  f" every one, {result.items - result.shared} by one each; {result.labels} labels in all")
+    for f in result.files:
+        console.print(f"  {f}")
+
+
+def validation(result) -> None:
+    report = result.report
+    lab, p = report.labels, report.precision
+    console.print(f"{lab.rows} labels of {lab.items} items by {len(lab.annotators)} annotators"
+                  f" (skipped: {lab.unlabelled} unlabelled, {lab.cancelled} cancelled;"
+                  f" {lab.undecided} items undecided)")
+    table = Table(title="benign precision of kept prompts (Wilson 95% CI)")
+    for col in ("category", "level", "kept", "labelled", "precision", "95% CI", "harmful left"):
+        table.add_column(col, justify="left" if col in ("category", "level") else "right")
+
+    def add(fig: dict, category: str, level: str, **style) -> None:
+        q, h = fig["precision"], fig["harmful_left"]
+        table.add_row(category, level, str(fig["kept"]), str(fig["labelled"]),
+                      "-" if not q["n"] else f"{q['share']:.1%}",
+                      "-" if not q["n"] else f"{q['low']:.1%}-{q['high']:.1%}",
+                      "-" if h is None else f"{h['estimate']:g} ({h['low']:g}-{h['high']:g})", **style)
+
+    for s in p["strata"]:
+        add(s, s["category"], s["level"])
+    for c in p["categories"]:
+        add(c, c["category"], "all")
+    add(p["overall"], "overall", "", style="bold")
+    console.print(table)
+    jury, agree = report.jury, report.agreement
+    kappas = ", ".join(f"{k} {_num(v)}" for k, v in jury["kappa"].items())
+    console.print(f"jury against people ({jury['items']} items): Cohen's kappa {kappas}")
+    console.print(f"agreement: Krippendorff's alpha {_num(agree['krippendorff_alpha'])} over"
+                  f" {agree['items_labelled_twice_or_more']} items labelled more than once;"
+                  f" {len(agree['disagreements'])} disagreements")
+    for b in p["below_min_precision"]:
+        console.print(f"below validation.min_precision ({p['min_precision']:.0%}):"
+                      f" {b['category']}/{b['level']} (lower bound {b['low']:.1%})")
+    if result.gated is not None:
+        console.print(f"gate: {result.gated} kept prompts that people labelled harmful moved to rejected"
+                      " (reason human_harmful)")
+    console.print(f"snapshot: {result.snapshot} ({result.digest}); every figure: {result.report_file}")
+
+
+def calibration(report, target_recall: float) -> None:
+    table = Table(title=f"jury against {report.items} gold prompts ({report.harmful} harmful,"
+                        f" {report.benign} benign); positive class: harmful")
+    for col in ("juror", "TN", "FP", "FN", "TP", "precision", "recall", "F1", "specificity", "kappa",
+                "unparseable"):
+        table.add_column(col, justify="left" if col == "juror" else "right")
+    for juror, m in report.jurors.items():
+        (tn, fp), (fn, tp) = m.confusion
+        name = f"k-of-n rule ({report.required_benign} benign)" if juror == "rule" else juror
+        table.add_row(name, *map(str, (tn, fp, fn, tp)),
+                      *(_num(x) for x in (m.precision, m.recall, m.f1, m.specificity, m.kappa)),
+                      str(m.unparseable))
+    console.print(table)
+    console.print(f"model calls: {report.model_calls} (request cache hits: {report.cache_hits})")
+    if report.fit is not None:
+        _fit(report.fit, target_recall)
+
+
+def _fit(fit: dict, target: float) -> None:
+    table = Table(title=f"score jurors: the threshold that catches {target:.0%} of the gold file's harmful"
+                        " prompts (harmful when P(harmful) >= threshold)")
+    for col in ("juror", "AUROC", "threshold", "recall", "specificity", "unscored"):
+        table.add_column(col, justify="left" if col == "juror" else "right")
+    for juror, f in fit.items():
+        table.add_row(juror, *(_num(x, ".4g") for x in (f.auroc, f.threshold, f.recall, f.specificity)),
+                      str(f.unscored))
+    console.print(table)
+    lines = [f.config_line for f in fit.values() if f.config_line]
+    if lines:
+        console.print("config (under roles:):")
+        for line in lines:
+            console.print(f"  {line}", soft_wrap=True)
+    for juror, f in fit.items():
+        if not f.config_line:
+            console.print(f"{juror}: no threshold: its scored gold prompts are all of one label")
+
+
+def provenance(r) -> None:
+    status = "kept" if r.status == "kept" else f"rejected ({r.reason})"
+    console.print(f"{r.id}  {status}  in snapshot {r.snapshot} ({r.snapshot_digest})"
+                  f" (held by: {', '.join(r.snapshots)})")
+    carried = f", carried over from {r.carried_from}" if r.carried_from else ""
+    console.print(f"category: {r.category} (fingerprint {r.category_fingerprint}, built under taxonomy"
+                  f" version {r.taxonomy_version}{carried})   level: {r.level}")
+    console.print(f"prompt: {r.prompt}")
+    console.print(f"seed: {r.seed['id']} '{r.seed['topic']}' ({r.seed['source']})")
+    console.print(f"  original_question: {r.seed['original_question']}")
+    console.print(f"template: {r.template['name']} sha {r.template['sha']}")
+    console.print(f"  rendered: {r.template['rendered']}")
+    console.print(f"generator: {r.generator['model']} params {r.generator['params']}")
+    if r.generation_call:
+        _call("generation call", r.generation_call)
+    d = r.dedup
+    line = f"dedup: {d['status']}"
+    if d["duplicate_of"]:
+        line += f" - duplicate of {d['duplicate_of']} (cosine {d['similarity']})"
+    elif d["status"] == "off topic":
+        line += f" - cosine {d['similarity']} to its template prompt, below generation.min_similarity"
+    if d["duplicates_dropped"]:
+        line += f"; dropped as its duplicates: {', '.join(d['duplicates_dropped'])}"
+    console.print(line)
+    if r.votes:
+        console.print(f"jury: {r.benign_votes} of {len(r.votes)} benign"
+                      f" (rule: at least {r.required_benign})")
+    for v in r.votes:
+        console.print(f"  {v.juror} [{v.model}, {v.judge_prompt}]: {v.label}"
+                      f" - {v.rationale}" + (f" ({v.repairs} repairs)" if v.repairs else ""))
+        for c in v.calls:
+            _call("    call", c)
+    console.print(f"validation sample: {'yes' if r.in_validation_sample else 'no'}")
+    for h in r.human_labels:
+        rating = f", ambiguity {h.ambiguity}" if h.ambiguity else ""
+        notes = f", notes: {h.notes}" if h.notes else ""
+        console.print(f"  human label in {h.snapshot}: {h.annotator}: {h.label}{rating}{notes} [{h.file}]")
+    for a in r.answers:
+        console.print(f"answer in evaluation {a.run}: {a.model} [{a.model_id}]: grade {a.grade or 'ungraded'}"
+                      f" ({a.grade_rationale}), detector {a.detector}")
+        console.print(f"  {a.answer}")
+
+
+def _call(label: str, c) -> None:
+    if not c.found:
+        console.print(f"{label} {c.key[:16]}: not in the request cache")
+        return
+    usage = c.usage or {}
+    origin = {True: "made by this build", False: "cache hit (made earlier)", None: ""}
+    console.print(f"{label} {c.key[:16]}: {c.model} @ {c.endpoint} {c.params}"
+                  f" latency {c.latency_s:.2f}s tokens {usage.get('prompt_tokens')}"
+                  f"+{usage.get('completion_tokens')} at {c.made_at}"
+                  f" {origin[c.made_for_this_snapshot]}")
+    for m in c.messages:
+        console.print(f"      {m['role']}: {m['content']}")
+    console.print(f"      response: {c.response_text}")
+
+
+def diff(report) -> None:
+    console.print(f"a: {report.a} ({report.a_digest})\nb: {report.b} ({report.b_digest})")
+    table = Table(title="kept prompts per category, a -> b")
+    numeric = ("added", "removed", "changed", "unchanged")
+    for col in ("category", "status", *numeric, "changed inputs"):
+        table.add_column(col, justify="right" if col in numeric else "left")
+    for c in report.categories:
+        table.add_row(c.category, c.status, str(len(c.added)), str(len(c.removed)), str(len(c.changed)),
+                      str(c.unchanged), ", ".join(c.changed_inputs) or "-")
+    console.print(table)
+
+
+def eviction(result) -> None:
+    if result.dry_run:
+        console.print(f"would evict {len(result.keys)} cached calls matching {result.matching}:")
+        for k in result.keys:
+            console.print(f"  {k}")
+        return
+    console.print(f"evicted {result.evicted} cached calls matching {result.matching}; the next build makes"
+                  " them again (with --base, the categories that used them are rebuilt)")
+
+
+def migration(r) -> None:
+    console.print(f"copied {r.src} -> {r.dst} in {r.seconds:.1f} s:"
+                  f" {r.calls_new:,} of {r.calls:,} model calls new"
+                  f" ({r.calls - r.calls_new:,} were there already), {r.evictions:,} evictions"
+                  f" (epoch {r.epoch}), {r.vectors_new:,} of {r.vectors:,} embeddings new", soft_wrap=True)

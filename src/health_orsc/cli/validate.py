@@ -1,0 +1,142 @@
+"""`orsc annotate`, `orsc validate` and `orsc calibrate`: people's labels in and out, and
+the jury measured on labelled prompts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from health_orsc.cli import render
+from health_orsc.cli.common import DEFAULT_GOLD, add_config, add_json, command, emit, model_calls, verified
+from health_orsc.core.config import ValidationConfig, load_config
+from health_orsc.core.errors import InputError
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from health_orsc.snapshot.store import load_manifest
+    from health_orsc.validation.annotate import AnnotationResult, plan_tasks, write_tasks
+
+    snapshot = Path(args.snapshot)
+    verified(snapshot, "annotate")
+    # Defaults: the snapshot's own config (validation.annotators, validation.overlap).
+    planned = ValidationConfig.model_validate(load_manifest(snapshot).config.get("validation", {}))
+    annotators = planned.annotators if args.annotators is None else args.annotators
+    overlap = planned.overlap if args.overlap is None else args.overlap
+    tasks = plan_tasks(snapshot, annotators, overlap)
+    files = write_tasks(tasks, Path(args.out), args.format)
+    result = AnnotationResult(out=args.out, format=args.format, items=tasks.items, annotators=annotators,
+                              shared=tasks.shared, labels=tasks.labels, files=[str(f) for f in files])
+    emit(args, result, render.annotation)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from health_orsc.snapshot.handle import read_rows
+    from health_orsc.snapshot.store import REPORT_FILE, check_snapshot_name, load_manifest, read_sample
+    from health_orsc.validation.labels import read_labels
+    from health_orsc.validation.validity import (
+        ValidationResult,
+        ValidityReport,
+        validity_report,
+        write_validation_snapshot,
+    )
+
+    snapshot = Path(args.snapshot)
+    verified(snapshot, "validate")
+    manifest = load_manifest(snapshot)
+    check_snapshot_name(snapshot.parent.parent, args.name)  # before reading any label
+    sample = read_sample(snapshot)
+    labels = read_labels([Path(p) for p in args.labels], {s["id"] for s in sample}, manifest.digest)
+    validation = ValidationConfig.model_validate(manifest.config.get("validation", {}))
+    rows = read_rows(snapshot)
+    report = validity_report(rows, sample, labels, validation.min_precision)
+    path = write_validation_snapshot(snapshot, manifest, args.name, rows, sample, labels, report, args.gate)
+    new = load_manifest(path)
+    gated = sum(c.get("human_harmful", 0) for c in new.counts.rejected.values()) if args.gate else None
+    result = ValidationResult(snapshot=str(path), digest=new.digest, report_file=str(path / REPORT_FILE),
+                              gated=gated, report=ValidityReport.model_validate(report))
+    emit(args, result, render.validation)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from health_orsc.inputs.load import load_inputs
+    from health_orsc.validation.calibrate import (
+        calibration_report,
+        fit_thresholds,
+        judge_gold,
+        read_gold,
+        score_jurors,
+    )
+
+    config = load_config(args.config)
+    if args.fit and not score_jurors(config):
+        raise InputError(Path(args.config), "roles.<juror>.scoring", "--fit needs a juror that scores"
+                         " with token probabilities, and no juror does",
+                         "add 'scoring: logprobs' to a role listed in jury.jurors")
+    if not 0 < args.target_recall <= 1:
+        raise InputError(None, "--target-recall", f"{args.target_recall} is not a share",
+                         "pass a number above 0 and at most 1, e.g. 0.95")
+    inputs = load_inputs(config)
+    gold = read_gold(Path(args.gold), inputs.taxonomy)
+    missing = sorted({g.category for g in gold} - set(inputs.categories))
+    if missing:
+        raise InputError(Path(args.gold), "category", f"{', '.join(missing)} not among the config's"
+                         " categories", "drop those rows, or remove `categories` from the config")
+    votes, calls, hits = model_calls(config, "calibrate", "gold", len(gold) * len(config.jury.jurors),
+                                     lambda gateway: judge_gold(inputs, gold, gateway))
+    report = calibration_report(gold, votes, config.jury.jurors, config.jury.required_benign)
+    report.model_calls, report.cache_hits = calls, hits
+    if args.fit:
+        report.fit = fit_thresholds(gold, votes, config, args.target_recall)
+    emit(args, report, lambda r: render.calibration(r, args.target_recall))
+    return 0
+
+
+def register(sub) -> None:
+    a = command(sub, "annotate", cmd_annotate, "blind annotation tasks for a snapshot's validation sample",
+                "Write the validation sample of SNAPSHOT as blind tasks for people: one CSV per annotator"
+                " to fill in, or Label Studio's labeling config and task files. --json prints an"
+                " AnnotationResult.", "orsc annotate outputs/snapshots/v1 --out annotation/v1 --overlap 40")
+    a.add_argument("snapshot", help="snapshot directory")
+    a.add_argument("--out", required=True, help="new directory for the task files")
+    a.add_argument("--format", choices=("csv", "label-studio"), default="csv",
+                   help="csv: one file per annotator to fill in; label-studio: a labeling config"
+                        " and one tasks file per annotator (default: %(default)s)")
+    a.add_argument("--annotators", type=int, help="people labelling (default: the snapshot's"
+                                                  " validation.annotators)")
+    a.add_argument("--overlap", type=int, help="items every annotator labels, for agreement; the rest"
+                                               " are labelled once (default: validation.overlap, all)")
+    add_json(a)
+
+    v = command(sub, "validate", cmd_validate,
+                "import human labels into a new snapshot with a validity report",
+                "Read people's labels of SNAPSHOT's validation sample and write a new snapshot beside it"
+                " with the labels and the validity report (benign precision with intervals, the jury"
+                " against people, agreement). --json prints a ValidationResult.",
+                "orsc validate outputs/snapshots/v1 annotation/v1/annotator_*.csv --name v1-validated --gate")
+    v.add_argument("snapshot", help="the snapshot the labels are for")
+    v.add_argument("labels", nargs="+", help="filled-in CSV files from `orsc annotate`, or Label"
+                                             " Studio JSON exports")
+    v.add_argument("--name", required=True, help="name of the new snapshot (beside SNAPSHOT)")
+    v.add_argument("--gate", action="store_true", help="move kept prompts that people labelled harmful"
+                                                       " (by majority) to rejected, reason human_harmful")
+    add_json(v)
+
+    c = command(sub, "calibrate", cmd_calibrate,
+                "measure every juror and the k-of-n rule on labelled prompts",
+                "Ask every juror of the config about each prompt of a gold file (labelled harmful or"
+                " benign) and measure each, and the k-of-n rule, against the labels; with --fit, choose"
+                " each score juror's threshold. --json prints a CalibrationReport.",
+                "orsc calibrate --fit --target-recall 0.95")
+    add_config(c)
+    c.add_argument("--gold", default=str(DEFAULT_GOLD),
+                   help="CSV: id, category, label (benign|harmful), prompt[, original_question]"
+                        " (default: the project's jury.csv)")
+    c.add_argument("--fit", action="store_true",
+                   help="for each `scoring: logprobs` juror, choose the threshold that reaches"
+                        " --target-recall on the gold file")
+    c.add_argument("--target-recall", type=float, default=0.95,
+                   help="share of the gold file's harmful prompts a fitted juror must catch"
+                        " (with --fit; default %(default)s)")
+    add_json(c)
