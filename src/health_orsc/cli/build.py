@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from health_orsc.cli import render
 from health_orsc.cli.common import (
-    RESUMABLE,
-    CommandFailed,
     add_config,
     add_json,
     check_cache_reachable,
@@ -18,9 +15,9 @@ from health_orsc.cli.common import (
     console,
     emit,
     prefect_env,
+    run_logged,
 )
 from health_orsc.core.config import ValidationConfig, load_config
-from health_orsc.core.errors import InputError
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -48,16 +45,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         note(f"building snapshot '{name}' ({len(inputs.categories)} categories); log: {log_path}")
         for stopped in reap_orphans(config.outputs_dir):
             note(f"stopped {stopped}, left running by a build that was killed")
-        try:
-            note("starting Prefect's temporary API server (set PREFECT_API_URL to use a running one)")
+        note("starting Prefect's temporary API server (set PREFECT_API_URL to use a running one)")
+
+        def run():
             start_prefect_server(config.outputs_dir)
-            result = build_benchmark(str(config.source), named, name, base)
-        except InputError:
-            raise
-        except Exception as err:
-            logging.getLogger("orsc").error("build failed", exc_info=True)
-            message = str(err) if isinstance(err, RESUMABLE) else f"{type(err).__name__}: {err}"
-            raise CommandFailed(message, log_path, resumable=isinstance(err, RESUMABLE)) from err
+            return build_benchmark(str(config.source), named, name, base)
+
+        result = run_logged("build", log_path, run)
     emit(args, result, lambda r: render.build(r, _budget(Path(r.snapshot), config.validation)))
     return 0
 

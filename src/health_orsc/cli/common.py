@@ -4,18 +4,22 @@ JSON, the Prefect environment, and running model calls outside a flow."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from rich.console import Console
 
 from health_orsc.cache.database import CacheUnavailable, connect_postgres
 from health_orsc.core.config import DATA_DIR, DEFAULT_CONFIG, BuildConfig
+from health_orsc.core.errors import InputError
 from health_orsc.llm.embedded import EmbeddedModelError
 from health_orsc.llm.gateway import LLMError
+
+T = TypeVar("T")
 
 # failures after which the same command resumes from what the caches hold
 RESUMABLE = (LLMError, EmbeddedModelError, CacheUnavailable)
@@ -37,6 +41,19 @@ class CommandFailed(Exception):
         super().__init__(message)
         self.log_path = log_path
         self.resumable = resumable
+
+
+def run_logged(what: str, log_path: Path, run: Callable[[], T]) -> T:
+    """`run()` (a flow, in this process): bad input stays bad input; any other failure is
+    logged with its traceback and becomes one CommandFailed naming `log_path`."""
+    try:
+        return run()
+    except InputError:
+        raise
+    except Exception as err:
+        logging.getLogger("orsc").error("%s failed", what, exc_info=True)
+        message = str(err) if isinstance(err, RESUMABLE) else f"{type(err).__name__}: {err}"
+        raise CommandFailed(message, log_path, resumable=isinstance(err, RESUMABLE)) from err
 
 
 def add_config(p: argparse.ArgumentParser, help: str = "config YAML (default: the packaged default config)"
@@ -63,8 +80,6 @@ def comma_list(value: str | None, option: str, what: str) -> list[str] | None:
         return None
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
-        from health_orsc.core.errors import InputError
-
         raise InputError(None, option, f"{value!r} names no {what}",
                          f"pass comma-separated {what} names, or leave {option} out")
     return items

@@ -4,14 +4,11 @@ grader against people, and Health-ORSC-Bench's field layout."""
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from health_orsc.cli import render
 from health_orsc.cli.common import (
     DEFAULT_ANSWERS,
-    RESUMABLE,
-    CommandFailed,
     add_config,
     add_json,
     check_cache_reachable,
@@ -21,10 +18,10 @@ from health_orsc.cli.common import (
     emit,
     model_calls,
     prefect_env,
+    run_logged,
     verified,
 )
 from health_orsc.core.config import load_config
-from health_orsc.core.errors import InputError
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -48,15 +45,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     log_path = config.outputs_dir / "logs" / "evaluations" / f"{args.name or 'evaluate'}.log"
     with build_console(log_path):
         note(f"evaluating snapshot '{base.path.name}' with {', '.join(inputs.models)}; log: {log_path}")
-        try:
+
+        def run():
             start_prefect_server(config.outputs_dir)
-            result = evaluate_benchmark(str(config.source), str(base.path), inputs.models, args.name)
-        except InputError:
-            raise
-        except Exception as err:
-            logging.getLogger("orsc").error("evaluation failed", exc_info=True)
-            message = str(err) if isinstance(err, RESUMABLE) else f"{type(err).__name__}: {err}"
-            raise CommandFailed(message, log_path, resumable=isinstance(err, RESUMABLE)) from err
+            return evaluate_benchmark(str(config.source), str(base.path), inputs.models, args.name)
+
+        result = run_logged("evaluation", log_path, run)
     emit(args, result, render.evaluation)
     return 0
 
