@@ -283,6 +283,10 @@ class EvaluationConfig(Strict):
 
 
 class BuildConfig(Strict):
+    """One config file: where inputs and outputs live, the endpoints and the roles bound to
+    them, and each stage's settings (the sections below). Relative paths are resolved against
+    the file's directory; without `outputs_dir`, outputs go to ./outputs."""
+
     seeds_dir: Path = Path("seeds")
     templates_dir: Path = Path("prompts_templates")
     outputs_dir: Path = Path("outputs")
