@@ -111,7 +111,7 @@ def test_a_malformed_manifest_is_a_clear_failure(snap, tmp_path, capsys, change,
 
 
 @pytest.mark.parametrize("rel", ["validation_sample.csv", "prompts.parquet", "rejected.jsonl", "README.md",
-                                 "data/drug_abuse.jsonl"])
+                                 "data/drug_abuse.jsonl", "taxonomy.json"])
 def test_a_file_removed_with_its_manifest_entry_is_reported(snap, tmp_path, capsys, rel):
     """Both the file and its entry gone: the checksums agree, yet the snapshot is not whole."""
     copy = _copy(snap, tmp_path)
@@ -120,6 +120,11 @@ def test_a_file_removed_with_its_manifest_entry_is_reported(snap, tmp_path, caps
     rc, out = _verify(capsys, copy)
     assert rc == 1 and f"{rel}: missing, and not listed in MANIFEST.json" in out, out
     assert "Traceback" not in out
+
+
+def test_a_new_snapshot_records_its_schema_version(snap):
+    """snapshot.compat: version 2 snapshots must hold taxonomy.json (version 1 ones may lack it)."""
+    assert json.loads((snap["path"] / "MANIFEST.json").read_text())["schema_version"] == 2
 
 
 def test_a_base_build_records_the_parents_digest_and_bad_bases_are_refused(snap, tmp_path, capsys):

@@ -26,14 +26,13 @@ from pydantic import BaseModel, ValidationError
 from health_orsc.build.fingerprint import config_components, fingerprint_of
 from health_orsc.build.jury import calibration_summary, jury_agreement
 from health_orsc.build.sample import stratified_sample
-from health_orsc.core.config import BuildConfig
 from health_orsc.core.errors import InputError, shorten
 from health_orsc.core.records import CalibrationVote, Decision, SnapshotRow, StageCounts, content_id
 from health_orsc.evaluation.run import verify_evaluation
+from health_orsc.snapshot.compat import recorded_config, required_files
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import (
     CALIBRATION,
-    CARD,
     LABELS_FILE,
     MANIFEST,
     PROMPTS,
@@ -106,13 +105,10 @@ def verify_snapshot(snapshot: Path, digest: str | None = None) -> VerifyReport:
 
 
 def _check_required(m: Manifest) -> list[str]:
-    """Files every snapshot of its kind holds: one removed together with its MANIFEST entry
-    passes the checksums, so it is named here (and the content checks never read it)."""
-    required = [f"{stem}.{ext}" for stem in (PROMPTS, REJECTED) for ext in ("jsonl", "parquet")]
-    required += [SAMPLE, CARD, *(data_file(c) for c in m.categories)]
-    if m.kind == "validation":
-        required += [LABELS_FILE, REPORT_FILE]
-    return [f"{rel}: missing, and not listed in {MANIFEST}" for rel in required if rel not in m.files]
+    """Files every snapshot of its kind and version holds: one removed together with its
+    MANIFEST entry passes the checksums, so it is named here (the content checks never read it)."""
+    return [f"{rel}: missing, and not listed in {MANIFEST}"
+            for rel in required_files(m) if rel not in m.files]
 
 
 def _check_content(snapshot: Path, m: Manifest) -> list[str]:
@@ -212,7 +208,7 @@ def _check_taxonomy(snapshot: Path, m: Manifest) -> list[str]:
     """taxonomy.json holds the definitions each category was built under: the same entries
     whose hashes are the fingerprints' `taxonomy` components."""
     if TAXONOMY not in m.files:
-        return []  # built before snapshots kept their definitions (check_files: nothing else)
+        return []  # a schema_version 1 snapshot built before they did (_check_required)
     try:
         entries = read_taxonomy(snapshot)
     except (ValueError, KeyError, TypeError) as err:
@@ -252,17 +248,6 @@ def _check_validation(snapshot: Path, m: Manifest, rows: list[SnapshotRow]) -> l
     if json.loads(json.dumps(expected)) != stored:
         return [f"{REPORT_FILE} is not the report that {LABELS_FILE} gives"]
     return []
-
-
-def recorded_config(m: Manifest) -> BuildConfig:
-    """The config a MANIFEST records, with the settings of features newer than the snapshot
-    set as it was built (a default added later must not make an older snapshot fail)."""
-    cfg = BuildConfig.model_validate(m.config)
-    if "rejected" not in m.config.get("sample", {}):
-        cfg.sample.rejected = False  # built before rejected candidates were sampled
-    if "min_similarity" not in m.config.get("generation", {}):
-        cfg.generation.min_similarity = None  # built before the off-topic check
-    return cfg
 
 
 def _check_config(m: Manifest) -> list[str]:

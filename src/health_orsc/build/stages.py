@@ -47,6 +47,7 @@ from health_orsc.core.records import (
 from health_orsc.inputs.load import BuildInputs
 from health_orsc.llm import Gateway, Usage
 from health_orsc.runtime.progress import TaskProgress
+from health_orsc.snapshot.compat import SCHEMA_VERSION
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import SnapshotMeta, stage_path
 from health_orsc.snapshot.writer import config_of, jury_of, models_of, write_snapshot
@@ -164,7 +165,7 @@ def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: li
         taxonomy_version=inputs.taxonomy.version, taxonomy_versions={c: versions[c] for c in categories},
         models=models_of(cfg), config=config_of(cfg), jury=jury_of(cfg),
         jury_calibration=jury.calibration_summary(calibration),
-        jury_agreement=jury.jury_agreement(decisions))
+        jury_agreement=jury.jury_agreement(decisions), schema_version=SCHEMA_VERSION)
     sample = stratified_sample(decisions, cfg.sample, categories)
     taxonomy = [inputs.taxonomy.entry(c).model_dump() for c in categories]
     return write_snapshot(cfg.outputs_dir, name, kept, [d for d in decisions if not d.kept], sample,

@@ -188,6 +188,7 @@ class SnapshotMeta(_Strict):
     jury: dict[str, Any]
     jury_calibration: dict[str, dict[str, Any]]
     jury_agreement: dict[str, Any] | None = None  # Fleiss' kappa among the jurors (health_orsc.build.jury)
+    schema_version: int = 1       # absent in snapshots made before it was recorded (snapshot.compat)
 
 
 class Manifest(SnapshotMeta):

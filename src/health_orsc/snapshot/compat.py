@@ -1,0 +1,48 @@
+"""What older snapshots lack, in one place, keyed by the `schema_version` their MANIFEST
+records (absent: 1). verify asks here instead of special-casing each difference.
+
+    1  snapshots made before health_orsc was one package (before 2026-12-04): no
+       schema_version; taxonomy.json only since taxonomy definitions travelled with the
+       snapshot; config sections of later features missing (their recorded defaults
+       below)
+    2  schema_version recorded; taxonomy.json required
+"""
+
+from __future__ import annotations
+
+from health_orsc.core.config import BuildConfig
+from health_orsc.snapshot.store import (
+    CARD,
+    LABELS_FILE,
+    PROMPTS,
+    REJECTED,
+    REPORT_FILE,
+    SAMPLE,
+    TAXONOMY,
+    Manifest,
+    data_file,
+)
+
+SCHEMA_VERSION = 2  # what this code writes
+
+
+def required_files(m: Manifest) -> list[str]:
+    """The files a snapshot of its kind and version holds."""
+    required = [f"{stem}.{ext}" for stem in (PROMPTS, REJECTED) for ext in ("jsonl", "parquet")]
+    required += [SAMPLE, CARD, *(data_file(c) for c in m.categories)]
+    if m.schema_version >= 2:
+        required.append(TAXONOMY)
+    if m.kind == "validation":
+        required += [LABELS_FILE, REPORT_FILE]
+    return required
+
+
+def recorded_config(m: Manifest) -> BuildConfig:
+    """The config a MANIFEST records, with the settings of features newer than the snapshot
+    set as it was built (a default added later must not make an older snapshot fail)."""
+    cfg = BuildConfig.model_validate(m.config)
+    if "rejected" not in m.config.get("sample", {}):
+        cfg.sample.rejected = False  # built before rejected candidates were sampled
+    if "min_similarity" not in m.config.get("generation", {}):
+        cfg.generation.min_similarity = None  # built before the off-topic check
+    return cfg
