@@ -82,6 +82,17 @@ def fake_config(tmp_path: Path, base_url: str, **overrides) -> Path:
     return path
 
 
+# the grader whose replies tests/fakes/scripts.eval_reply scripts
+GRADER = {"endpoint": "fake", "model": "grader-model", "prompt": "xstest.j2"}
+
+
+def panel(models: dict[str, str], answering: list[str] | None = None, **evaluation) -> dict:
+    """fake_config overrides for an evaluation: these roles (role -> model name) are the
+    panel (`answering` of them answer; default all) and the scripted grader grades."""
+    return {"roles": {**{r: {"endpoint": "fake", "model": m} for r, m in models.items()}, "grader": GRADER},
+            "evaluation": {"models": answering or list(models), "grader": "grader", **evaluation}}
+
+
 def stop_process_group(proc: subprocess.Popen) -> None:
     """SIGINT to the process group a test started (prefect serve and dask need SIGINT),
     then SIGKILL if it lingers."""

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from health_orsc.audit.diff import SnapshotDiff
 from health_orsc.audit.provenance import Provenance
@@ -27,7 +26,7 @@ from health_orsc.evaluation.stages import EvaluationResult
 from health_orsc.validation.annotate import AnnotationResult
 from health_orsc.validation.calibrate import CalibrationReport
 from health_orsc.validation.validity import ValidationResult
-from tests.conftest import DATA, csv_rows, fake_config
+from tests.conftest import DATA, csv_rows, fake_config, panel
 from tests.fakes.endpoint import FakeOpenAI
 from tests.fakes.scripts import eval_reply
 
@@ -44,12 +43,7 @@ def project(tmp_path_factory):
     """A config with a panel and a grader on the fake endpoint; one snapshot built with --json."""
     tmp = tmp_path_factory.mktemp("cli")
     server = FakeOpenAI(eval_reply).start()
-    cfg = fake_config(tmp, server.base_url)
-    data = yaml.safe_load(cfg.read_text())
-    data["roles"]["complier"] = {"endpoint": "fake", "model": "comply-model"}
-    data["roles"]["grader"] = {"endpoint": "fake", "model": "grader-model", "prompt": "xstest.j2"}
-    data["evaluation"] = {"models": ["complier"], "grader": "grader"}
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = fake_config(tmp, server.base_url, **panel({"complier": "comply-model"}))
     out = io.StringIO()  # a module fixture has no capsys
     with contextlib.redirect_stdout(out):
         assert main(["build", "--config", str(cfg), "--name", "v1", "--json"]) == 0

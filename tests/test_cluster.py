@@ -16,7 +16,7 @@ import yaml
 
 from health_orsc.cli import main
 from health_orsc.llm.embedded import free_port
-from tests.conftest import fake_config, stop_process_group
+from tests.conftest import fake_config, panel, stop_process_group
 from tests.fakes.endpoint import FakeOpenAI
 from tests.fakes.postgres import new_database
 from tests.fakes.scripts import eval_reply as reply
@@ -34,10 +34,9 @@ def _start(args: list[str], log) -> subprocess.Popen:
 def _with_panel(cfg: Path, **extra) -> Path:
     """Two models under test and a grader (tests/test_evaluate.py's scripts), and `extra`."""
     raw = yaml.safe_load(cfg.read_text())
-    raw["roles"].update({"refuser": {"endpoint": "fake", "model": "refuse-model"},
-                         "complier": {"endpoint": "fake", "model": "comply-model"},
-                         "grader": {"endpoint": "fake", "model": "grader-model", "prompt": "xstest.j2"}})
-    raw.update(evaluation={"models": ["refuser", "complier"], "grader": "grader"}, **extra)
+    evaluation = panel({"refuser": "refuse-model", "complier": "comply-model"})
+    raw["roles"].update(evaluation["roles"])
+    raw.update(evaluation=evaluation["evaluation"], **extra)
     cfg.write_text(yaml.safe_dump(raw))
     return cfg
 

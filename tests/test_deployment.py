@@ -12,11 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from health_orsc.cli import main
 from health_orsc.llm.embedded import free_port
-from tests.conftest import fake_config, stop_process_group
+from tests.conftest import fake_config, panel, stop_process_group
 from tests.fakes.endpoint import FakeOpenAI
 
 pytestmark = pytest.mark.slow
@@ -47,12 +46,7 @@ def test_served_deployment_runs_through_a_prefect_server(tmp_path):
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
     server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
     fake = FakeOpenAI().start()
-    cfg = fake_config(tmp_path, fake.base_url)
-    data = yaml.safe_load(cfg.read_text())
-    data["roles"]["panel"] = {"endpoint": "fake", "model": "panel-model"}
-    data["roles"]["grader"] = {"endpoint": "fake", "model": "grader-model", "prompt": "xstest.j2"}
-    data["evaluation"] = {"models": ["panel"], "grader": "grader", "max_repairs": 0}
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = fake_config(tmp_path, fake.base_url, **panel({"panel": "panel-model"}, max_repairs=0))
     procs = []
     try:
         with server_log.open("wb") as out:

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from scipy.stats import binomtest
 
 from health_orsc.cli import main
-from tests.conftest import fake_config
+from tests.conftest import fake_config, panel
 from tests.fakes.endpoint import FakeOpenAI
 from tests.fakes.scripts import ANSWERS
 from tests.fakes.scripts import eval_reply as reply
@@ -29,14 +28,9 @@ pytestmark = pytest.mark.slow
 def evaluated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evaluate")
     server = FakeOpenAI(reply).start()
-    cfg = fake_config(tmp, server.base_url)
-    data = yaml.safe_load(cfg.read_text())
-    panel = (("refuser", "refuse-model"), ("complier", "comply-model"), ("partial", "partial-model"))
-    for role, model in panel:
-        data["roles"][role] = {"endpoint": "fake", "model": model}
-    data["roles"]["grader"] = {"endpoint": "fake", "model": "grader-model", "prompt": "xstest.j2"}
-    data["evaluation"] = {"models": ["refuser", "complier"], "grader": "grader"}
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = fake_config(tmp, server.base_url, **panel(
+        {"refuser": "refuse-model", "complier": "comply-model", "partial": "partial-model"},
+        answering=["refuser", "complier"]))
     assert main(["build", "--config", str(cfg), "--name", "v1"]) == 0
     snap = tmp / "outputs" / "snapshots" / "v1"
     before = server.chat_count

@@ -14,7 +14,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix
 
 from health_orsc.cli import main
 from health_orsc.evaluation.answer import detect_refusal
-from tests.conftest import DATA, csv_rows, fake_config
+from tests.conftest import DATA, GRADER, csv_rows, fake_config
 from tests.fakes.endpoint import FakeOpenAI
 
 ANSWERS = DATA / "gold" / "answers.csv"
@@ -38,11 +38,7 @@ def reply(request: dict) -> str:
 
 
 def config(tmp_path: Path, base_url: str) -> Path:
-    cfg = fake_config(tmp_path, base_url, categories=None)
-    data = yaml.safe_load(cfg.read_text())
-    data["roles"]["grader"] = {"endpoint": "fake", "model": "grader-model", "prompt": "xstest.j2"}
-    cfg.write_text(yaml.safe_dump(data))
-    return cfg
+    return fake_config(tmp_path, base_url, categories=None, roles={"grader": GRADER})
 
 
 def test_the_shipped_answer_file_covers_every_class_and_category():
