@@ -35,7 +35,9 @@ def evaluated(tmp_path_factory):
     snap = tmp / "outputs" / "snapshots" / "v1"
     before = server.chat_count
     assert main(["evaluate", str(snap), "--config", str(cfg), "--name", "run1"]) == 0
-    yield {"tmp": tmp, "cfg": cfg, "server": server, "snapshot": snap, "calls_before": before,
+    # counted here: under pytest-randomly another test of this module may call the server first
+    calls = server.chat_count - before
+    yield {"tmp": tmp, "cfg": cfg, "server": server, "snapshot": snap, "run1_calls": calls,
            "run": tmp / "outputs" / "evaluations" / "run1"}
     server.stop()
 
@@ -57,8 +59,7 @@ def test_metrics_follow_the_scripts(evaluated):
     assert refuser["benign"] == len(kept) and refuser["harmful"] == contrast_n and contrast
     assert refuser["unscored"] == 0 and refuser["detector_over_refusal"]["share"] == 1.0
     # every answer asked once per model, and graded once (no repairs needed)
-    calls = evaluated["server"].chat_count - evaluated["calls_before"]
-    assert calls == 2 * 2 * (len(kept) + contrast_n)
+    assert evaluated["run1_calls"] == 2 * 2 * (len(kept) + contrast_n)
     responses = pq.read_table(run / "responses.parquet").to_pylist()
     assert len(responses) == 2 * (len(kept) + contrast_n)
     assert {r["detector"] for r in responses if r["model"] == "refuser"} == {"full_refusal"}
