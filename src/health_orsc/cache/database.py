@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from health_orsc.core.config import CacheConfig
-from health_orsc.core.errors import InputError, shorten
+from health_orsc.core.errors import InputError, Resumable, shorten
 
 # SQLite file names under outputs/cache/, by cache
 SQLITE_FILES = {"llm": "llm.sqlite", "embeddings": "embeddings.sqlite"}
@@ -43,7 +43,7 @@ def open_cache_db(path: Path, schema: str) -> sqlite3.Connection:
     return db
 
 
-class CacheUnavailable(RuntimeError):
+class CacheUnavailable(Resumable):
     """The cache database stopped answering mid-run. What was committed stays: run again
     once it is back, and the run resumes from it."""
 

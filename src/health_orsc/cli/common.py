@@ -13,16 +13,12 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from rich.console import Console
 
-from health_orsc.cache.database import CacheUnavailable, connect_postgres
+from health_orsc.cache.database import connect_postgres
 from health_orsc.core.config import DATA_DIR, DEFAULT_CONFIG, BuildConfig
-from health_orsc.core.errors import InputError
-from health_orsc.llm.embedded import EmbeddedModelError
-from health_orsc.llm.gateway import LLMError
+from health_orsc.core.errors import InputError, Resumable
 
 T = TypeVar("T")
 
-# failures after which the same command resumes from what the caches hold
-RESUMABLE = (LLMError, EmbeddedModelError, CacheUnavailable)
 
 DEFAULT_GOLD = DATA_DIR / "gold" / "jury.csv"
 DEFAULT_ANSWERS = DATA_DIR / "gold" / "answers.csv"
@@ -52,8 +48,8 @@ def run_logged(what: str, log_path: Path, run: Callable[[], T]) -> T:
         raise
     except Exception as err:
         logging.getLogger("orsc").error("%s failed", what, exc_info=True)
-        message = str(err) if isinstance(err, RESUMABLE) else f"{type(err).__name__}: {err}"
-        raise CommandFailed(message, log_path, resumable=isinstance(err, RESUMABLE)) from err
+        message = str(err) if isinstance(err, Resumable) else f"{type(err).__name__}: {err}"
+        raise CommandFailed(message, log_path, resumable=isinstance(err, Resumable)) from err
 
 
 def add_config(p: argparse.ArgumentParser, help: str = "config YAML (default: the packaged default config)"

@@ -25,6 +25,12 @@ def shorten(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
+class Resumable(RuntimeError):
+    """A failure after which running the same command again resumes from what the caches
+    hold: an endpoint that failed for good, the embedded model server, the cache database.
+    Exit code 1, with a message that says so."""
+
+
 class InputError(Exception):
     """Bad input: config, taxonomy, seeds, templates, CLI arguments. Exit code 2."""
 

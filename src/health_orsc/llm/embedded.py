@@ -18,13 +18,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from health_orsc.core.errors import Resumable
 from health_orsc.runtime.procs import forget_child, reap_orphans, record_child
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class EmbeddedModelError(RuntimeError):
-    pass
+class EmbeddedModelError(Resumable):
+    """The embedded model server would not start or stopped answering."""
 
 
 def gguf_path() -> Path:

@@ -9,11 +9,9 @@ Requests go out through the `openai` package: `openai.AsyncOpenAI` (or
 transport (`openai.DefaultAioHttpClient`), so keys, headers, proxies (HTTPS_PROXY,
 NO_PROXY) and TLS behave as in every other openai-based tool. The client's own
 retries are off: the gateway keeps its cache, bounds, coalescing of identical
-requests and this retry policy - connection errors, timeouts, HTTP 408, 409, 429
-and 5xx, and replies that are not chat completions (a proxy's HTML page with
-status 200, a truncated body), with exponential backoff and jitter that honours
-`retry-after-ms` and `Retry-After` (seconds or an HTTP date). A reply is stored in
-the request cache only once it has been validated as a chat completion.
+requests and its own retry policy (`llm/retry.py`). A reply is stored in the request
+cache only once it has been validated (`llm/replies.py`); the cache is read and written
+off the loop (`llm/cache_io.py`); calls are counted per role (`llm/accounting.py`).
 
 Per-call CPU in this one loop is what caps a build against a fast endpoint
 (bench/, figure 1): requests use the client's low-level `post` (its typed
@@ -25,235 +23,30 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
-import contextvars
-import email.utils
 import gc
-import json
 import os
-import queue
-import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx2
 import numpy as np
 import openai
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from health_orsc.cache.requests import CachedCall, RequestCache
 from health_orsc.core.config import BuildConfig, EndpointConfig
-from health_orsc.core.errors import shorten
 from health_orsc.core.records import content_id
+from health_orsc.llm import accounting
+from health_orsc.llm.accounting import Usage
+from health_orsc.llm.cache_io import CacheReader, CacheWriter
 from health_orsc.llm.embedded import EmbeddedServer
+from health_orsc.llm.replies import ChatResult, choice_logprobs, parse_embeddings, parse_reply
 from health_orsc.llm.request import ChatRequest, response_format
-from health_orsc.runtime.progress import TaskProgress, note
+from health_orsc.llm.retry import LLMError, Retryable, backoff_s, post
+from health_orsc.runtime.progress import note
 
-RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx
 T = TypeVar("T")
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 30.0
-RETRY_AFTER_MAX_S = 120.0  # a server may ask for longer; we wait at most this between attempts
-
-
-@dataclass
-class Usage:
-    """Model calls made and request-cache hits, per role, for one stage task; with
-    `progress`, every answer also moves the task's live progress."""
-
-    calls: Counter[str] = field(default_factory=Counter)
-    cache_hits: Counter[str] = field(default_factory=Counter)
-    progress: TaskProgress | None = None
-
-    def as_dict(self) -> dict[str, dict[str, int]]:
-        return {"calls": dict(self.calls), "cache_hits": dict(self.cache_hits)}
-
-    def expect(self, calls: int) -> None:
-        if self.progress:
-            self.progress.expect(calls)
-
-    def count(self, role: str, cached: bool) -> None:
-        (self.cache_hits if cached else self.calls)[role] += 1
-        if self.progress:
-            self.progress.advance(cached=cached)
-
-
-# The Usage of the Gateway.run a coroutine belongs to (tasks it spawns inherit it).
-_usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("usage", default=None)
-
-
-class LLMError(RuntimeError):
-    """An endpoint failed for good: retries exhausted, or a non-retryable answer."""
-
-
-class _Retryable(Exception):
-    def __init__(self, problem: str, wait_s: float | None = None):
-        super().__init__(problem)
-        self.wait_s = wait_s  # what the server asked for (Retry-After), if anything
-
-
-@dataclass(frozen=True)
-class ChatResult:
-    text: str
-    key: str  # request cache key: the handle provenance uses to find the raw call
-    cached: bool
-    # asked for with top_logprobs: per generated token, {token, logprob, top_logprobs: [...]}
-    logprobs: list[dict[str, Any]] | None = None
-
-
-def choice_logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """A choice's token log-probabilities (OpenAI's `logprobs.content`), if any."""
-    logprobs = choice.get("logprobs") or {}
-    return logprobs.get("content") if isinstance(logprobs, dict) else None
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    content: str | None = None
-
-
-class _Choice(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    message: _Message
-
-
-class ChatCompletionReply(BaseModel):
-    """The part of a chat completion the gateway relies on: validated before it is cached."""
-
-    model_config = ConfigDict(extra="allow")
-    choices: list[_Choice] = Field(min_length=1)
-    usage: dict[str, Any] | None = None
-
-
-def retry_after_s(headers: httpx2.Headers) -> float | None:
-    """The wait a server asks for: `retry-after-ms`, or `retry-after` in seconds or as an
-    HTTP date; None if it names none (or nonsense)."""
-    for name, unit in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return max(0.0, float(value) * unit)
-            except ValueError:
-                pass
-    value = headers.get("retry-after")
-    if value:
-        try:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-    return None
-
-
-def backoff_s(attempt: int, asked_s: float | None = None) -> float:
-    """Exponential backoff with jitter, or what the server asked for (up to a bound)."""
-    if asked_s is not None:
-        return min(RETRY_AFTER_MAX_S, asked_s)
-    return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt) * (0.5 + random.random())
-
-
-class _Batches:
-    """A thread that takes (item, future) pairs, many at a time, off the gateway's loop:
-    `handle` gets a batch of items and returns their results (or raises: every future of
-    the batch gets the error). One query or commit per batch instead of one per call, and
-    the loop never waits on the database."""
-
-    MAX_BATCH = 500
-
-    def __init__(self, name: str, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    async def _ask(self, item: Any) -> Any:
-        done = self.loop.create_future()
-        self._queue.put((item, done))
-        return await done
-
-    def handle(self, items: list) -> list:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while (first := self._queue.get()) is not None:
-            batch = [first]
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)  # finish this batch, then stop
-                    break
-                batch.append(nxt)
-            try:
-                results, error = self.handle([item for item, _ in batch]), None
-            except Exception as err:  # a full disk, a dead database: each waiting call fails
-                results, error = [None] * len(batch), err
-            self.loop.call_soon_threadsafe(_settle, [done for _, done in batch], results, error)
-
-
-class CacheWriter(_Batches):
-    """Writes answered calls to the request cache, many per commit (a commit per call cost
-    the gateway's loop ~0.1 ms, as much as the call itself). `store` returns once the call
-    is committed, so a completed call survives a kill."""
-
-    def __init__(self, cache: RequestCache, loop: asyncio.AbstractEventLoop):
-        self.cache = cache
-        super().__init__("llm-cache-writer", loop)
-
-    async def store(self, call: CachedCall) -> None:
-        await self._ask(call)
-
-    def handle(self, items: list[CachedCall]) -> list:
-        self.cache.put_many(items)
-        return [None] * len(items)
-
-
-class CacheReader(_Batches):
-    """Looks calls up in the request cache, many keys per query: a lookup on the loop
-    would hold it for a round trip to a PostgreSQL server (bench/, figure 9)."""
-
-    def __init__(self, cache: RequestCache, loop: asyncio.AbstractEventLoop):
-        self.cache = cache
-        super().__init__("llm-cache-reader", loop)
-
-    async def lookup(self, key: str, with_logprobs: bool) -> tuple[str, list | None] | None:
-        """(text, logprobs) of a stored call, or None; only a call that asked for logprobs
-        reads the stored reply (the text alone is what almost every hit needs)."""
-        return await self._ask((key, with_logprobs))
-
-    def handle(self, items: list[tuple[str, bool]]) -> list:
-        found: dict[str, tuple[str, str | None]] = {}
-        for with_logprobs in (False, True):
-            keys = [key for key, wants in items if wants is with_logprobs]
-            if keys:
-                found.update(self.cache.answers(keys, with_response=with_logprobs))
-        results = []
-        for key, with_logprobs in items:
-            hit = found.get(key)
-            if hit is None or not with_logprobs:
-                results.append(hit and (hit[0], None))
-            else:
-                choice = (json.loads(hit[1]).get("choices") or [{}])[0]
-                results.append((hit[0], choice_logprobs(choice)))
-        return results
-
-
-def _settle(futures: list[asyncio.Future], results: list, error: BaseException | None) -> None:
-    for done, result in zip(futures, results, strict=True):
-        if not done.done():
-            if error is None:
-                done.set_result(result)
-            else:
-                done.set_exception(error)
-
 
 # objects allocated between young-generation collections while the gateway runs
 YOUNG_GC_THRESHOLD = 200_000
@@ -302,7 +95,7 @@ class Gateway:
             gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
 
         async def counted():
-            _usage.set(usage)
+            accounting.counting(usage)
             return await coro
 
         return asyncio.run_coroutine_threadsafe(counted(), self._loop)
@@ -354,7 +147,6 @@ class Gateway:
         request = ChatRequest(ep.identity, role.model, messages, role.sampling(seed_offset),
                               response_format(ep, schema), top_logprobs)
         key = request.key
-        usage = _usage.get()
         if key in self._in_flight:
             # The same request is already being looked up or sent: wait for it rather than
             # send it twice (counted as a cache hit: its answer is the one that lands in
@@ -373,8 +165,7 @@ class Gateway:
             finally:
                 del self._in_flight[key]
             future.set_result(answer)
-        if usage:
-            usage.count(role_name, cached=cached)
+        accounting.count(role_name, cached=cached)
         return ChatResult(answer[0], key, cached, answer[1])
 
     async def embed(self, role_name: str, texts: list[str]) -> np.ndarray:
@@ -385,10 +176,8 @@ class Gateway:
         ep = self.config.endpoints[role.endpoint]
         body = {"model": role.model, "input": texts, "encoding_format": "float"}
         _, reply, _ = await self._send(role.endpoint, ep, "/embeddings", body,
-                                       lambda raw: _parse_embeddings(raw, len(texts)))
-        usage = _usage.get()
-        if usage:
-            usage.count(role_name, cached=False)
+                                       lambda raw: parse_embeddings(raw, len(texts)))
+        accounting.count(role_name, cached=False)
         rows = sorted(reply.data, key=lambda d: d.index)
         vectors = np.asarray([d.embedding for d in rows], dtype="float32")
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -397,7 +186,7 @@ class Gateway:
     async def _send(self, ep_name: str, ep: EndpointConfig, path: str, body: dict[str, Any],
                     parse: Callable[[bytes], T]) -> tuple[bytes, T, float]:
         """POST `body` to the endpoint within its concurrency bound, with the retry policy:
-        the raw reply, `parse` of it (which raises _Retryable for a reply it cannot use) and
+        the raw reply, `parse` of it (which raises Retryable for a reply it cannot use) and
         the successful attempt's latency."""
         where = f"endpoint '{ep_name}' ({ep.identity})"
         async with self._semaphore(ep_name):
@@ -405,9 +194,9 @@ class Gateway:
             for attempt in range(ep.max_retries + 1):
                 started = time.monotonic()
                 try:
-                    raw = await self._post(client, path, body, where)
+                    raw = await post(client, path, body, where)
                     return raw, parse(raw), time.monotonic() - started
-                except _Retryable as err:
+                except Retryable as err:
                     if attempt == ep.max_retries:
                         raise LLMError(f"{where} failed after {attempt + 1} attempts: {err}") from err
                     await asyncio.sleep(backoff_s(attempt, err.wait_s))
@@ -415,7 +204,7 @@ class Gateway:
 
     async def _call(self, role_name: str, ep_name: str, ep: EndpointConfig,
                     request: ChatRequest) -> tuple[str, list | None]:
-        raw, reply, latency = await self._send(ep_name, ep, "/chat/completions", request.body(), _parse_reply)
+        raw, reply, latency = await self._send(ep_name, ep, "/chat/completions", request.body(), parse_reply)
         text = reply.choices[0].message.content or ""
         await self._writer.store(CachedCall(request.key, request.endpoint, request.model, request.record_json,
                                             raw.decode("utf-8", errors="replace"), text, reply.usage,
@@ -424,20 +213,6 @@ class Gateway:
             return text, None
         # logprobs is not a declared field of a choice: it is among its extra fields
         return text, choice_logprobs(reply.choices[0].model_extra or {})
-
-    @staticmethod
-    async def _post(client: openai.AsyncOpenAI, path: str, body: dict[str, Any], where: str) -> bytes:
-        try:
-            response = await client.post(path, body=body, cast_to=httpx2.Response)
-        except openai.APIConnectionError as err:  # timeouts included
-            raise _Retryable(_connection_problem(err)) from err
-        except openai.APIStatusError as err:
-            status = err.status_code
-            problem = f"HTTP {status}: {shorten(err.message, 200)}"
-            if status in RETRYABLE_STATUS or status >= 500:
-                raise _Retryable(problem, retry_after_s(err.response.headers)) from err
-            raise LLMError(f"{where} refused the request with {problem}") from err
-        return response.content
 
     def _semaphore(self, ep_name: str) -> asyncio.Semaphore:
         if ep_name not in self._semaphores:
@@ -475,58 +250,6 @@ def make_client(ep: EndpointConfig, base_url: str) -> openai.AsyncOpenAI:
     if ep.azure_api_version:
         return openai.AsyncAzureOpenAI(base_url=base_url, api_version=ep.azure_api_version, **common)
     return openai.AsyncOpenAI(base_url=base_url, **common)
-
-
-def _connection_problem(err: BaseException) -> str:
-    """What went wrong on the way to the endpoint, from the innermost cause: the aiohttp
-    transport reports a refused connection as a timeout."""
-    chain = []
-    while err is not None and len(chain) < 10:
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    refused = next((e for e in reversed(chain) if isinstance(e, OSError) and not isinstance(e, TimeoutError)),
-                   None)
-    if refused is not None:
-        return f"connection error: {shorten(str(refused), 200)}"
-    return "timed out"
-
-
-class _Embedding(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    index: int
-    embedding: list[float] = Field(min_length=1)
-
-
-class EmbeddingsReply(BaseModel):
-    """The part of a /v1/embeddings reply the gateway relies on."""
-
-    model_config = ConfigDict(extra="allow")
-    data: list[_Embedding]
-
-
-def _parse_embeddings(raw: bytes, n: int) -> EmbeddingsReply:
-    """A reply is used only when it holds one vector per text, all of one size; anything
-    else is retried."""
-    try:
-        reply = EmbeddingsReply.model_validate_json(raw)
-    except ValidationError as err:
-        text = raw[:200].decode(errors="replace")
-        raise _Retryable(f"the reply is not an embeddings list: {text!r}") from err
-    if sorted(d.index for d in reply.data) != list(range(n)):
-        raise _Retryable(f"the reply holds {len(reply.data)} embeddings for {n} texts")
-    if len({len(d.embedding) for d in reply.data}) > 1:
-        raise _Retryable("the reply's embeddings differ in size")
-    return reply
-
-
-def _parse_reply(raw: bytes) -> ChatCompletionReply:
-    """A reply is used (and cached) only when it is a chat completion; anything else -
-    an HTML error page sent with status 200, a cut-off body - is retried."""
-    try:
-        return ChatCompletionReply.model_validate_json(raw)
-    except ValidationError as err:
-        text = raw[:200].decode(errors="replace")
-        raise _Retryable(f"the reply is not a chat completion: {text!r}") from err
 
 
 _gateways: dict[str, Gateway] = {}
