@@ -12,7 +12,6 @@ build` puts PREFECT_HOME under outputs/ unless it is already set).
 from __future__ import annotations
 
 import time
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,10 +38,11 @@ from health_orsc.build.stages import (
 )
 from health_orsc.cache.requests import RequestCache
 from health_orsc.core.config import load_config
-from health_orsc.core.records import StageClock, StageCounts, content_id
+from health_orsc.core.records import content_id
 from health_orsc.flows.runner import run_on
 from health_orsc.inputs.load import BuildInputs, load_inputs
 from health_orsc.llm import Usage, close_gateways, gateway_for
+from health_orsc.llm.accounting import StageTally, TaskResult
 from health_orsc.runtime.progress import note, tracked
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import (
@@ -59,21 +59,21 @@ def _inputs(config_path: str, categories: list[str]) -> BuildInputs:
 
 
 def _finish(stage: str, out: StageOutput, order: list[str], usage: Usage | None = None,
-            category: str | None = None) -> dict:
+            category: str | None = None) -> TaskResult:
     """Publish a stage task's counts as a Prefect table artifact, log them, return its result."""
     key = "-".join(filter(None, [stage, category])).replace("_", "-")
     create_table_artifact(table=out.counts.table(order), key=key,
                           description=f"{stage}{' ' + category if category else ''}: kept and rejected")
     get_run_logger().info("%s%s: %d candidates, %d kept", stage, f" {category}" if category else "",
                           out.counts.total(), out.counts.total(outcome="kept"))
-    return {"path": out.path, "counts": out.counts.model_dump(), **(usage.as_dict() if usage else {})}
+    return TaskResult.of(out.path, out.counts, usage)
 
 
 # Every stage task takes `outputs_dir` although its config names it: as a task input it is
 # part of Prefect's cache key, so a cached result never points into another outputs dir.
 
 @task(name="generate", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint: str) -> dict:
+def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint: str) -> TaskResult:
     inputs = _inputs(config_path, [category])
     with tracked("generate", category) as progress:
         usage = Usage(progress=progress)
@@ -82,24 +82,25 @@ def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint
 
 
 @task(name="embed", cache_policy=(INPUTS - "generated") + TASK_SOURCE, persist_result=True)
-def embed_task(config_path: str, outputs_dir: str, category: str, key: str, generated: dict) -> dict:
+def embed_task(config_path: str, outputs_dir: str, category: str, key: str,
+               generated: TaskResult) -> TaskResult:
     """A category's prompts into the embedding cache, as soon as its generate task has
     returned (`generated`, its result): with an embedder endpoint this overlaps the other
     categories' model calls. `key`: the generate task's fingerprint and the embedding
     model (Prefect's cache key; `generated` differs between runs in its call counts)."""
     config = load_config(config_path)
-    out = {"path": generated["path"], "counts": StageCounts().model_dump()}  # it decides nothing
-    if not Path(generated["path"]).exists():  # a cached generate result whose file is gone:
-        return out                            # dedup embeds its prompts once it is rebuilt
+    generated = TaskResult.model_validate(generated)  # (a dict, from a run before TaskResult)
+    if generated.file_missing():  # a cached generate result whose file is gone:
+        return TaskResult.of(generated.path)  # dedup embeds its prompts once it is rebuilt
     gateway = gateway_for(config) if config.dedup.embedder else None
     with tracked("embed", category, unit="texts embedded") as progress:
-        usage = embed_stage(config, generated["path"], gateway, progress)
-    return {**out, **usage.as_dict()}
+        usage = embed_stage(config, generated.path, gateway, progress)
+    return TaskResult.of(generated.path, usage=usage)  # it decides nothing: no counts
 
 
 @task(name="dedup", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def dedup_task(config_path: str, outputs_dir: str, categories: list[str], generated: list[str], key: str,
-               base: str | None = None, carried: list[str] | None = None) -> dict:
+               base: str | None = None, carried: list[str] | None = None) -> TaskResult:
     base_snap = Snapshot.open(Path(base)) if base else None
     config = load_config(config_path)
     gateway = gateway_for(config) if config.dedup.embedder else None
@@ -109,7 +110,8 @@ def dedup_task(config_path: str, outputs_dir: str, categories: list[str], genera
 
 
 @task(name="jury", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def jury_task(config_path: str, outputs_dir: str, category: str, deduped: str, fingerprint: str) -> dict:
+def jury_task(config_path: str, outputs_dir: str, category: str, deduped: str,
+              fingerprint: str) -> TaskResult:
     inputs = _inputs(config_path, [category])
     with tracked("jury", category) as progress:
         usage = Usage(progress=progress)
@@ -139,90 +141,49 @@ class Submitted(NamedTuple):
     futures: list
 
 
-class StageStats:
-    """Per stage: wall time, tasks (and how many came from Prefect's cache), model calls
-    and request-cache hits made by this build, and the stage's counts."""
+def submit(stage_task, calls: list[tuple], categories: list[str] | None = None) -> Submitted:
+    """One task per argument tuple; `categories` names each task's category."""
+    return Submitted(stage_task, calls, categories, time.monotonic(),
+                     [stage_task.submit(*args) for args in calls])
 
-    def __init__(self):
-        self.stages: dict[str, StageClock] = {}
-        self.counts: dict[str, StageCounts] = {}
-        self.calls_by_category: Counter[str] = Counter()
 
-    def run(self, stage_task, calls: list[tuple], categories: list[str] | None = None) -> list[str]:
-        """Submit one task per argument tuple and return their output paths. A cached
-        result whose stage file was deleted is recomputed. `categories` names the
-        category of each task, to count model calls per category."""
-        return self.collect(self.submit(stage_task, calls, categories))
-
-    @staticmethod
-    def submit(stage_task, calls: list[tuple], categories: list[str] | None = None) -> Submitted:
-        return Submitted(stage_task, calls, categories, time.monotonic(),
-                         [stage_task.submit(*args) for args in calls])
-
-    def collect(self, submitted: Submitted) -> list[str]:
-        """Wait for a submitted stage's tasks; their output paths (see `run`)."""
-        stage_task, calls, categories, started, futures = submitted
-        # Let every task finish before raising for one that failed: the gateway they
-        # share is closed when the flow ends, and a task still using it would hang.
-        wait(futures)
-        paths, cached = [], 0
-        calls_made: Counter[str] = Counter()
-        hits: Counter[str] = Counter()
-        counts = StageCounts()
-        for i, (future, args) in enumerate(zip(futures, calls, strict=True)):
-            result = future.result()
-            if not Path(result["path"]).exists():
-                result = stage_task.with_options(refresh_cache=True)(*args)
-            elif future.state.name == "Cached":
-                cached += 1
-                result = {k: v for k, v in result.items() if k not in ("calls", "cache_hits")}
-            calls_made.update(result.get("calls", {}))
-            hits.update(result.get("cache_hits", {}))
-            if categories:
-                self.calls_by_category[categories[i]] += sum(result.get("calls", {}).values())
-            counts = counts.merge(StageCounts.model_validate(result["counts"]))
-            paths.append(result["path"])
-        self.counts[stage_task.name] = counts
-        self.record(stage_task.name, started, len(calls), cached, calls_made, hits)
-        return paths
-
-    def record(self, stage: str, started: float, tasks: int, cached: int = 0,
-               calls: Counter | None = None, hits: Counter | None = None) -> None:
-        ended = time.monotonic()
-        self.stages[stage] = StageClock(
-            clock=[started, ended], wall_s=round(ended - started, 3), tasks=tasks, tasks_cached=cached,
-            model_calls=dict(calls or {}), cache_hits=dict(hits or {}))
-        from_cache = f", {cached} of {tasks} from Prefect's cache" if cached else ""
-        made = sum((calls or {}).values())
-        note(f"{stage}: finished in {ended - started:.1f} s ({tasks} task{'s' * (tasks != 1)}"
-                   f"{from_cache}{f', {made:,} model calls' if made else ''})")
-
-    def total(self, field: str) -> dict[str, int]:
-        out: Counter[str] = Counter()
-        for stage in self.stages.values():
-            out.update(getattr(stage, field))
-        return dict(out)
+def collect(tally: StageTally, submitted: Submitted) -> list[str]:
+    """Wait for a submitted stage's tasks and add them to `tally`; their stage files. A
+    result from Prefect's cache whose stage file was deleted is computed again."""
+    stage_task, calls, categories, started, futures = submitted
+    # Let every task finish before raising for one that failed: the gateway they
+    # share is closed when the flow ends, and a task still using it would hang.
+    wait(futures)
+    results = []
+    for future, args in zip(futures, calls, strict=True):
+        result, cached = TaskResult.model_validate(future.result()), future.state.name == "Cached"
+        if result.file_missing():
+            again = stage_task.with_options(refresh_cache=True)(*args)
+            result, cached = TaskResult.model_validate(again), False
+        results.append((result, cached))
+    return tally.add(stage_task.name, started, results, categories)
 
 
 def run_stages(config_path: str, cats: list[str], fps: dict[str, dict[str, str]], name: str,
                base: str | None, carry: list[str], carried_fps: list[str], started_at: str) -> dict:
     """generate (-> embed) -> dedup -> jury -> export for the categories being (re)built.
     `fps`: per category, the fingerprint of each stage's inputs."""
-    stats = StageStats()
+    stats = StageTally()
     out = str(load_config(config_path).outputs_dir)
-    generating = stats.submit(generate_task, [(config_path, out, c, fps[c]["generate"]) for c in cats], cats)
+    generating = submit(generate_task, [(config_path, out, c, fps[c]["generate"]) for c in cats], cats)
     # each category's embedding starts as soon as its generate task returns
     model = load_config(config_path).embedding_identity()
-    embedding = stats.submit(embed_task, [(config_path, out, c, content_id([fps[c]["generate"], model]), f)
-                                          for c, f in zip(cats, generating.futures, strict=True)], cats)
+    embedding = submit(embed_task, [(config_path, out, c, content_id([fps[c]["generate"], model]), f)
+                                    for c, f in zip(cats, generating.futures, strict=True)], cats)
     try:
-        generated = stats.collect(generating)
+        generated = collect(stats, generating)
     finally:
         wait(embedding.futures)  # no embed task outlives the gateway, even if generate failed
-    stats.collect(embedding)
+    collect(stats, embedding)
     key = dedup_key(generated, fps[cats[0]]["dedup"], carried_fps) if cats else content_id(carried_fps)
-    [deduped] = stats.run(dedup_task, [(config_path, out, cats, generated, key, base, carry)])
-    judged = stats.run(jury_task, [(config_path, out, c, deduped, fps[c]["jury"]) for c in cats], cats)
+    [deduped] = collect(stats, submit(dedup_task, [(config_path, out, cats, generated, key, base, carry)]))
+    judged = collect(stats, submit(jury_task, [(config_path, out, c, deduped, fps[c]["jury"]) for c in cats],
+                                   cats))
     started = time.monotonic()
     result = export_task(config_path, cats, generated, deduped, judged, name, base, carry, started_at)
     stats.record("export", started, tasks=1)

@@ -11,7 +11,6 @@ it, and adding a model to the panel calls only that model and the grader for its
 from __future__ import annotations
 
 import time
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,13 +21,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from health_orsc.audit.verify import open_verified
 from health_orsc.core.config import load_config
-from health_orsc.core.records import StageClock
 from health_orsc.evaluation.answer import load_evaluation
 from health_orsc.evaluation.report import leaderboard_markdown
 from health_orsc.evaluation.stages import EvaluationResult, answer_stage, write_items, write_run
 from health_orsc.flows.runner import run_on
 from health_orsc.llm import Usage, close_gateways, gateway_for
-from health_orsc.runtime.progress import note, tracked
+from health_orsc.llm.accounting import StageTally, TaskResult
+from health_orsc.runtime.progress import tracked
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import check_snapshot_name, evaluations_dir
 
@@ -37,18 +36,18 @@ FLOW_NAME = "evaluate-benchmark"
 
 @task(name="evaluate")
 def evaluate_task(config_path: str, snapshot: str, models: list[str], model: str, category: str,
-                  items_path: str, run: str) -> dict:
+                  items_path: str, run: str) -> TaskResult:
     config = load_config(config_path)
     inputs = load_evaluation(config, Snapshot.open(Path(snapshot)), models)
     with tracked("evaluate", f"{model} {category}") as progress:
         usage = Usage(progress=progress)
         out, n = answer_stage(inputs, model, category, Path(items_path), run, gateway_for(config), usage)
     get_run_logger().info("%s %s: %d answers graded", model, category, n)
-    return {"path": str(out), **usage.as_dict()}
+    return TaskResult.of(out, usage=usage)
 
 
 def run_tasks(config_path: str, snapshot: str, models: list[str], cats: list[str], items: dict[str, str],
-              run: str) -> list[dict]:
+              run: str) -> list[TaskResult]:
     """One evaluate task per (model x category); their results."""
     futures = [evaluate_task.submit(config_path, snapshot, models, m, c, items[c], run)
                for m in models for c in cats]
@@ -75,21 +74,13 @@ def evaluate_benchmark(config_path: str, snapshot: str, models: list[str] | None
         results = run_on(config.task_runner, run_tasks, f"{FLOW_NAME}-tasks", *args)
     finally:
         close_gateways()
+    tally = StageTally()
+    paths = tally.add("evaluate", started, [(r, False) for r in results])
     ended = time.monotonic()
-    calls: Counter[str] = Counter()
-    hits: Counter[str] = Counter()
-    for r in results:
-        calls.update(r["calls"])
-        hits.update(r["cache_hits"])
-    note(f"evaluate: finished in {ended - started:.1f} s ({len(results)} tasks,"
-         f" {sum(calls.values()):,} model calls)")
-    path, metrics = write_run(inputs, name, [Path(r["path"]) for r in results], started_at)
+    path, metrics = write_run(inputs, name, [Path(p) for p in paths], started_at)
     create_markdown_artifact(markdown=leaderboard_markdown(metrics["leaderboard"]), key="leaderboard",
                              description=f"evaluation {name} of snapshot {base.path.name}")
-    done = time.monotonic()
-    return EvaluationResult(
-        run=str(path), leaderboard=metrics["leaderboard"], model_calls=dict(calls), cache_hits=dict(hits),
-        tasks=len(results),
-        stages={"evaluate": StageClock(clock=[started, ended], wall_s=round(ended - started, 3),
-                                       tasks=len(results), model_calls=dict(calls), cache_hits=dict(hits)),
-                "write": StageClock(clock=[ended, done], wall_s=round(done - ended, 3))})
+    tally.record("write", ended, tasks=1)
+    return EvaluationResult(run=str(path), leaderboard=metrics["leaderboard"],
+                            model_calls=tally.total("model_calls"), cache_hits=tally.total("cache_hits"),
+                            tasks=len(results), stages=tally.stages)
