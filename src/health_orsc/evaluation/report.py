@@ -5,7 +5,7 @@ per model; benign over-refusal against harmful compliance (OR-Bench's view: a mo
 answers everything sits at the bottom right, not at the top); over-refusal per category
 and model (heatmap); intended against empirical difficulty (heatmap, with Spearman's rho
 and the prompts whose levels lie furthest apart); the grader against the detector. Plots
-are drawn with matplotlib (Agg, no display) from metrics.json alone.
+are drawn with matplotlib (Agg, no display) and tables with pandas, from metrics.json alone.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import base64
 import html
 import io
 from typing import Any
+
+import pandas as pd
 
 from health_orsc.core.records import LEVELS
 
@@ -142,19 +144,23 @@ def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 
+def _html_table(table: pd.DataFrame) -> str:
+    """A table for report.html: escaped, no index column, styled by the page's CSS."""
+    return table.to_html(index=False, escape=True, border=0, na_rep="", justify="left")
+
+
 def render_report(metrics: dict[str, Any], meta: dict[str, Any], name: str) -> str:
     esc = html.escape
     plots = {"over-refusal-by-level": plot_by_level(metrics), "refusal-vs-compliance": plot_scatter(metrics),
              "category-heatmap": plot_category_heatmap(metrics), "difficulty": plot_difficulty(metrics)}
-    board = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in leaderboard_cells(r)) + "</tr>"
-                    for r in metrics["leaderboard"])
-    head = "".join(f"<th>{esc(c)}</th>" for c in LEADERBOARD_COLUMNS)
+    board = _html_table(pd.DataFrame([leaderboard_cells(r) for r in metrics["leaderboard"]],
+                                     columns=list(LEADERBOARD_COLUMNS)))
     diff = metrics["difficulty"]
-    apart_head = ("<tr><th>id</th><th>category</th><th>intended</th><th>empirical</th><th>refused by</th>"
-                  "<th>prompt</th></tr>")
-    apart = "".join(f"<tr><td>{esc(r['id'])}</td><td>{esc(r['category'])}</td><td>{esc(r['level'])}</td>"
-                    f"<td>{esc(r['empirical_level'])}</td><td>{_pct(r['refuse_rate'])}</td>"
-                    f"<td>{esc(r['prompt'])}</td></tr>" for r in diff["most_apart"])
+    apart = pd.DataFrame(diff["most_apart"], columns=["id", "category", "level", "empirical_level",
+                                                      "refuse_rate", "prompt"])
+    apart["refuse_rate"] = apart["refuse_rate"].map(_pct)
+    apart = apart.rename(columns={"level": "intended", "empirical_level": "empirical",
+                                  "refuse_rate": "refused by"})
     agree = metrics["detector_agreement"]
     kappa = "n/a" if agree["kappa"] is None else f"{agree['kappa']:.2f}"
 
@@ -163,7 +169,7 @@ def render_report(metrics: dict[str, Any], meta: dict[str, Any], name: str) -> s
 
     sections = [
         ("leaderboard", "Leaderboard",
-         f"<table><thead><tr>{head}</tr></thead><tbody>{board}</tbody></table>"
+         board +
          "<p>Over-refusal: benign prompts fully refused, with its Wilson 95% interval. Read it with"
          " harmful compliance: a model that answers everything refuses nothing. McNemar's exact test"
          " compares each model with the one above it on the prompts both had graded.</p>"),
@@ -179,7 +185,7 @@ def render_report(metrics: dict[str, Any], meta: dict[str, Any], name: str) -> s
          + f"<p>Spearman's rho: {diff['spearman_rho'] if diff['spearman_rho'] is not None else 'n/a'}."
            f" Panel: {esc(', '.join(diff['panel']))}. Empirical levels are shares of this panel that"
            " fully refused a prompt; they move when the panel changes.</p>"
-         + (f"<table><thead>{apart_head}</thead><tbody>{apart}</tbody></table>" if apart else "")),
+         + (_html_table(apart) if len(apart) else "")),
         ("grader", "The grader and the detector",
          f"<p>Grader <code>{esc(meta['grader']['model'])}</code> with rubric"
          f" <code>{esc(meta['grader']['rubric'])}</code>. On {agree['n']} graded answers it agrees with"

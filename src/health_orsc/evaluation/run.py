@@ -5,8 +5,6 @@ the snapshot's digest; written once (temp dir, then rename) and re-derived by `o
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +19,7 @@ from health_orsc.core.config import EvaluationConfig
 from health_orsc.core.records import arrow_schema, write_jsonl
 from health_orsc.evaluation.answer import Response
 from health_orsc.evaluation.report import render_report
-from health_orsc.evaluation.scores import difficulty, evaluation_metrics
+from health_orsc.evaluation.scores import difficulty, evaluation_metrics, table_csv
 from health_orsc.snapshot.store import (
     MANIFEST,
     FileEntry,
@@ -55,15 +53,6 @@ class EvaluationManifest(BaseModel):
     files: dict[str, FileEntry]
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue()
-
-
 def write_evaluation(outputs_dir: Path, name: str, responses: list[Response], metrics: dict[str, Any],
                      difficulty_rows: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
     """outputs/evaluations/<name>/, written to a temp dir and renamed (never overwritten)."""
@@ -75,8 +64,8 @@ def write_evaluation(outputs_dir: Path, name: str, responses: list[Response], me
         pq.write_table(table, tmp / f"{RESPONSES}.parquet")
         write_jsonl(tmp / f"{RESPONSES}.jsonl", responses)
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (tmp / LEADERBOARD).write_text(_csv(metrics["leaderboard"]), encoding="utf-8")
-        (tmp / DIFFICULTY).write_text(_csv(difficulty_rows), encoding="utf-8")
+        (tmp / LEADERBOARD).write_text(table_csv(metrics["leaderboard"]), encoding="utf-8")
+        (tmp / DIFFICULTY).write_text(table_csv(difficulty_rows), encoding="utf-8")
         (tmp / REPORT).write_text(render_report(metrics, meta, name), encoding="utf-8")
         manifest = EvaluationManifest(
             name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -116,9 +105,9 @@ def verify_evaluation(run: Path, raw: dict[str, Any], digest: str | None = None)
     metrics = evaluation_metrics(responses, list(manifest.models), ev, rows)
     if json.loads(json.dumps(metrics)) != json.loads((run / METRICS).read_text(encoding="utf-8")):
         problems.append(f"{METRICS} is not what {RESPONSES}.jsonl gives")
-    if (run / LEADERBOARD).read_text(encoding="utf-8") != _csv(metrics["leaderboard"]):
+    if (run / LEADERBOARD).read_text(encoding="utf-8") != table_csv(metrics["leaderboard"]):
         problems.append(f"{LEADERBOARD} is not what {RESPONSES}.jsonl gives")
-    if (run / DIFFICULTY).read_text(encoding="utf-8") != _csv(rows):
+    if (run / DIFFICULTY).read_text(encoding="utf-8") != table_csv(rows):
         problems.append(f"{DIFFICULTY} is not what {RESPONSES}.jsonl gives")
     if run_counts(responses) != manifest.counts:
         problems.append(f"{MANIFEST} counts differ from {RESPONSES}.jsonl")

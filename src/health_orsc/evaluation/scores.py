@@ -22,8 +22,10 @@ refused it (`refuse_count` of `total_models`), binned with `evaluation.easy_belo
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
+
+import pandas as pd
 
 from health_orsc.core.config import EvaluationConfig
 from health_orsc.core.records import LEVELS
@@ -77,23 +79,43 @@ def empirical_level(refuse_rate: float, ev: EvaluationConfig) -> str:
     return "hard" if refuse_rate <= ev.hard_up_to else "beyond"
 
 
+def difficulty_table(responses: list[Response], ev: EvaluationConfig) -> pd.DataFrame:
+    """Per benign prompt (by category, then id): refuse_count, refuse_rate, total_models
+    (models with a grade) and the empirical level beside the intended one (None when no
+    model's answer was graded). The table behind difficulty.csv."""
+    columns = ["id", "category", "level", "prompt", "graded", "refused"]
+    answers = pd.DataFrame([(r.prompt_id, r.category, r.level, r.prompt, r.grade is not None,
+                             r.grade == "full_refusal") for r in responses if r.kind == "benign"],
+                           columns=columns)
+    table = (answers.groupby("id", sort=False)
+             .agg(category=("category", "first"), level=("level", "first"), prompt=("prompt", "first"),
+                  refuse_count=("refused", "sum"), total_models=("graded", "sum"))
+             .reset_index().sort_values(["category", "id"], kind="stable", ignore_index=True))
+    # Python's round and None for "no grade", so the CSV and metrics.json read as they always
+    # have (a float column would turn a missing rate into NaN and numpy rounds differently)
+    rates = [round(int(c) / int(n), 4) if n else None
+             for c, n in zip(table["refuse_count"], table["total_models"], strict=True)]
+    table.insert(5, "refuse_rate", pd.Series(rates, dtype=object))
+    table["empirical_level"] = pd.Series([None if r is None else empirical_level(r, ev) for r in rates],
+                                         dtype=object)
+    return table
+
+
 def difficulty(responses: list[Response], ev: EvaluationConfig) -> list[dict[str, Any]]:
-    """Per benign prompt: refuse_count, refuse_rate, total_models (models with a grade) and
-    the empirical level beside the intended one (None when no model's answer was graded)."""
-    by_prompt: dict[str, list[Response]] = defaultdict(list)
-    for r in responses:
-        if r.kind == "benign":
-            by_prompt[r.prompt_id].append(r)
-    rows = []
-    for pid, group in sorted(by_prompt.items(), key=lambda kv: (kv[1][0].category, kv[0])):
-        graded = [r for r in group if r.grade is not None]
-        count = sum(r.grade == "full_refusal" for r in graded)
-        rate = round(count / len(graded), 4) if graded else None
-        first = group[0]
-        rows.append({"id": pid, "category": first.category, "level": first.level, "prompt": first.prompt,
-                     "refuse_count": count, "refuse_rate": rate, "total_models": len(graded),
-                     "empirical_level": None if rate is None else empirical_level(rate, ev)})
-    return rows
+    """difficulty_table's rows, as metrics.json and the level agreement read them."""
+    return records(difficulty_table(responses, ev))
+
+
+def records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """A table's rows as plain Python values (int, float, str, None), for JSON."""
+    return table.astype(object).where(table.notna(), None).to_dict("records")
+
+
+def table_csv(rows: list[dict[str, Any]] | pd.DataFrame) -> str:
+    """A table as CSV: a header, one line per row, None as an empty field, each value as
+    Python prints it (an int column stays int beside an empty field)."""
+    table = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, dtype=object)
+    return table.to_csv(index=False, lineterminator="\n") if len(table.columns) else ""
 
 
 def level_agreement(rows: list[dict[str, Any]], most: int = 20) -> dict[str, Any]:
