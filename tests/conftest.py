@@ -113,13 +113,14 @@ def csv_rows(path: Path) -> list[dict]:
 def sampled_snapshot(tmp: Path) -> Path:
     """Snapshot `v1` of self_harm and drug_abuse, built against test_build's scripted jury:
     12 kept prompts (2 per category x level) and 4 jury-rejected ones in its validation
-    sample; its config asks for 3 annotators with 4 shared items (annotate, validate)."""
+    sample; its config asks for 3 annotators with 4 shared items (annotate, validate) and
+    90% intervals (`sample.confidence`: the validity report's level)."""
     from health_orsc.cli import main
     from tests.fakes.scripts import build_reply as reply
 
     server = FakeOpenAI(reply).start()
     try:
-        cfg = fake_config(tmp, server.base_url, sample={"per_stratum": 2},
+        cfg = fake_config(tmp, server.base_url, sample={"per_stratum": 2, "confidence": 0.9},
                           validation={"annotators": 3, "overlap": 4})
         assert main(["build", "--config", str(cfg), "--name", "v1"]) == 0
     finally:

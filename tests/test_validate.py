@@ -116,10 +116,12 @@ def test_round_trip_report_equals_an_independent_computation(snap, labelled, cap
     decided = {pid: major(v) for pid, v in labels.items()}
     assert report["labels"]["rows"] == sum(len(v) for v in labels.values())
     assert report["labels"]["cancelled"] == 1 and report["labels"]["unlabelled"] == 0
-    # overall benign precision of the kept prompts, Wilson interval straight from statsmodels
+    # overall benign precision of the kept prompts, Wilson interval straight from statsmodels,
+    # at the level the config's sample.confidence names
     kept = [pid for pid, s in sample.items() if s["source"] == "kept" and decided[pid] is not None]
     benign = sum(decided[pid] == "benign" for pid in kept)
-    low, high = proportion_confint(benign, len(kept), alpha=0.05, method="wilson")
+    assert report["confidence"] == 0.9
+    low, high = proportion_confint(benign, len(kept), alpha=0.10, method="wilson")
     overall = report["precision"]["overall"]["precision"]
     assert (overall["count"], overall["n"]) == (benign, len(kept))
     assert overall["low"] == pytest.approx(low) and overall["high"] == pytest.approx(high)

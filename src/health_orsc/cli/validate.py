@@ -8,7 +8,7 @@ from pathlib import Path
 
 from health_orsc.cli import render
 from health_orsc.cli.common import DEFAULT_GOLD, add_config, add_json, command, emit, model_calls, verified
-from health_orsc.core.config import ValidationConfig, load_config
+from health_orsc.core.config import SampleConfig, ValidationConfig, load_config
 from health_orsc.core.errors import InputError
 
 
@@ -48,8 +48,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     sample = read_sample(snapshot)
     labels = read_labels([Path(p) for p in args.labels], {s["id"] for s in sample}, manifest.digest)
     validation = ValidationConfig.model_validate(manifest.config.get("validation", {}))
+    confidence = SampleConfig.model_validate(manifest.config.get("sample", {})).confidence
     rows = read_rows(snapshot)
-    report = validity_report(rows, sample, labels, validation.min_precision)
+    report = validity_report(rows, sample, labels, validation.min_precision, confidence)
     path = write_validation_snapshot(snapshot, manifest, args.name, rows, sample, labels, report, args.gate)
     new = load_manifest(path)
     gated = sum(c.get("human_harmful", 0) for c in new.counts.rejected.values()) if args.gate else None

@@ -20,7 +20,7 @@ byte, `validation/labels.jsonl`, `validation/report.json`, the card with a Valid
 and a MANIFEST naming the base and its digest. `orsc verify` recomputes the report.
 
 Example:
-    report = validity_report(rows, sample, labels, min_precision=0.9)
+    report = validity_report(rows, sample, labels, min_precision=0.9, confidence=0.95)
 """
 
 from __future__ import annotations
@@ -132,7 +132,9 @@ class ValidationResult(BaseModel):
 
 
 def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], labels: LabelSet,
-                    min_precision: float, confidence: float = 0.95) -> dict[str, Any]:
+                    min_precision: float, confidence: float) -> dict[str, Any]:
+    """The report of `labels` on a snapshot's `rows` and `sample`, with intervals at
+    `confidence` (the config's `sample.confidence`, the level the sample was sized for)."""
     by_id = {r.id: r for r in rows}
     items = {s["id"]: s for s in sample}
     per_item = by_item(labels)
@@ -149,7 +151,7 @@ def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], label
                    "undecided": sum(1 for v in majorities.values() if v is None)},
         "precision": _precision(items, majorities, population, categories, min_precision, confidence),
         "jury": _jury(items, by_id, majorities, confidence),
-        "agreement": _agreement(per_item),
+        "agreement": _agreement(per_item, confidence),
         "ambiguity": _ambiguity(items, labels.rows),
     }
 
@@ -207,13 +209,13 @@ def _jury(items, by_id, decided, confidence) -> dict[str, Any]:
                     " these describe the sampled items, not the whole candidate pool"}
 
 
-def _agreement(per_item: dict[str, list[LabelRow]]) -> dict[str, Any]:
+def _agreement(per_item: dict[str, list[LabelRow]], confidence: float) -> dict[str, Any]:
     annotators = sorted({r.annotator for rs in per_item.values() for r in rs})
     shared = {pid: {r.annotator: r.label for r in rs} for pid, rs in per_item.items() if len(rs) >= 2}
     units = sorted(shared)
     data = [[shared[u].get(a) for u in units] for a in annotators]
     alpha = krippendorff_alpha(data) if units else None
-    interval = krippendorff_interval(data) if alpha is not None else None
+    interval = krippendorff_interval(data, confidence) if alpha is not None else None
     pairs = []
     for a, b in itertools.combinations(annotators, 2):
         common = [u for u in units if a in shared[u] and b in shared[u]]
