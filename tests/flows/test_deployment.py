@@ -39,6 +39,7 @@ def _healthy(url: str) -> bool:
         return False
 
 
+@pytest.mark.long(minutes=1.4)
 def test_served_deployment_runs_through_a_prefect_server(tmp_path):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
