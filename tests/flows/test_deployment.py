@@ -39,6 +39,9 @@ def _healthy(url: str) -> bool:
         return False
 
 
+# through this interpreter: the suite also passes as `.venv/bin/python -m pytest`, no venv activated
+PREFECT = [sys.executable, "-m", "prefect"]
+
 @pytest.mark.long(minutes=1.4)
 def test_served_deployment_runs_through_a_prefect_server(tmp_path):
     port = free_port()
@@ -52,7 +55,7 @@ def test_served_deployment_runs_through_a_prefect_server(tmp_path):
     try:
         with server_log.open("wb") as out:
             procs.append(subprocess.Popen(
-                ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
         _wait_for(lambda: _healthy(api), 240, "the Prefect server", [server_log])
         with serve_log.open("wb") as out:
@@ -62,12 +65,12 @@ def test_served_deployment_runs_through_a_prefect_server(tmp_path):
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
 
         def deployment_exists() -> bool:
-            return subprocess.run(["prefect", "deployment", "inspect", "build-benchmark/test"],
+            return subprocess.run([*PREFECT, "deployment", "inspect", "build-benchmark/test"],
                                   env=env, capture_output=True, timeout=60).returncode == 0
 
         _wait_for(deployment_exists, 180, "the served deployment", [serve_log])
         run = subprocess.run(
-            ["prefect", "deployment", "run", "build-benchmark/test", "--param", "name=served",
+            [*PREFECT, "deployment", "run", "build-benchmark/test", "--param", "name=served",
              "--watch", "--watch-timeout", "300"],
             env=env, capture_output=True, text=True, timeout=360)
         snapshot = tmp_path / "outputs" / "snapshots" / "served"
@@ -78,7 +81,7 @@ def test_served_deployment_runs_through_a_prefect_server(tmp_path):
         # the evaluation flow is served beside it: the fake panel answers, its grades stay
         # unparseable (the default fake replies a juror's verdict), and the run is written
         run = subprocess.run(
-            ["prefect", "deployment", "run", "evaluate-benchmark/test", "--param", f"snapshot={snapshot}",
+            [*PREFECT, "deployment", "run", "evaluate-benchmark/test", "--param", f"snapshot={snapshot}",
              "--param", "name=served-eval", "--watch", "--watch-timeout", "300"],
             env=env, capture_output=True, text=True, timeout=360)
         assert run.returncode == 0, run.stdout + run.stderr + serve_log.read_text()[-3000:]
