@@ -15,30 +15,6 @@ from tests.fakes.endpoint import FakeOpenAI
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.hookimpl(trylast=True)  # after pytest-randomly has shuffled the items
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist, start every `long` test (a few minutes each) at once, one per
-    worker, instead of wherever the shuffle put them: the suite's wall time is then the
-    longest test, not two of them back to back. pytest-xdist hands each worker a first run
-    of `chunk` consecutive items (xdist/scheduler/load.py); each long test goes to the head
-    of one run, the longest first."""
-    workers = getattr(config, "workerinput", {}).get("workercount")
-    long = [item for item in items if item.get_closest_marker("long")]
-    if not workers or not long:
-        return
-    rest = [item for item in items if not item.get_closest_marker("long")]
-    chunk = max((len(items) // workers) // 4, 2)
-    long.sort(key=lambda item: -item.get_closest_marker("long").kwargs.get("minutes", 1))
-    heads = {(k % workers) * chunk + k // workers: item for k, item in enumerate(long)}
-    ordered = []
-    for item in rest:
-        while len(ordered) in heads:
-            ordered.append(heads.pop(len(ordered)))
-        ordered.append(item)
-    ordered.extend(heads[k] for k in sorted(heads))
-    items[:] = ordered
-
-
 @pytest.fixture(autouse=True, scope="session")
 def quiet_offline_prefect(tmp_path_factory):
     """Prefect in tests: a throwaway home, no analytics, patient ephemeral start-up."""

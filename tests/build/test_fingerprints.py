@@ -64,7 +64,6 @@ def _cached(out: str) -> tuple[int, int, int]:
     return calls, cached, total
 
 
-@pytest.mark.long(minutes=2)
 def test_editing_the_cli_rebuilds_nothing_and_editing_jury_py_only_the_jury(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(PACKAGE_DIR, src / "health_orsc", ignore=shutil.ignore_patterns("__pycache__"))

@@ -30,7 +30,6 @@ def _build_cmd(cfg: Path, name: str) -> list[str]:
     return [sys.executable, "-m", "health_orsc", "build", "--config", str(cfg), "--name", name]
 
 
-@pytest.mark.long(minutes=0.9)
 def test_killed_build_resumes_from_the_cache(tmp_path):
     fake = FakeOpenAI(delay_s=0.2).start()
     try:

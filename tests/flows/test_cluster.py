@@ -41,7 +41,6 @@ def _with_panel(cfg: Path, **extra) -> Path:
     return cfg
 
 
-@pytest.mark.long(minutes=1.2)
 def test_a_dask_cluster_with_a_postgres_cache_builds_and_evaluates_as_threads_do(pg, tmp_path):
     from distributed import Client
 

@@ -42,7 +42,6 @@ def _healthy(url: str) -> bool:
 # through this interpreter: the suite also passes as `.venv/bin/python -m pytest`, no venv activated
 PREFECT = [sys.executable, "-m", "prefect"]
 
-@pytest.mark.long(minutes=1.4)
 def test_served_deployment_runs_through_a_prefect_server(tmp_path):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"

@@ -35,7 +35,6 @@ FIGURES = {
 }
 
 
-@pytest.mark.long(minutes=3)
 def test_bench_tiny_reports_every_figure(tmp_path):
     out = tmp_path / "results.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--size", "tiny",

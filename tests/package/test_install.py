@@ -38,7 +38,6 @@ def _fake_project(config: dict, base_url: str) -> dict:
     return config
 
 
-@pytest.mark.long(minutes=0.85)
 def test_a_wheel_in_a_fresh_venv_inits_and_builds_a_project(tmp_path):
     src = tmp_path / "source"
     shutil.copytree(REPO / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

@@ -113,7 +113,6 @@ def _children(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
-@pytest.mark.long(minutes=0.7)
 def test_no_process_outlives_a_killed_build_by_more_than_two_seconds(tmp_path, capsys):
     """kill -9 of `orsc build` alone: its watchdog stops Prefect's temporary server (and
     itself) within 2 s; the next build finds nothing left to stop."""
