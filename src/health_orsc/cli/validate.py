@@ -8,18 +8,19 @@ from pathlib import Path
 
 from health_orsc.cli import render
 from health_orsc.cli.common import DEFAULT_GOLD, add_config, add_json, command, emit, model_calls, verified
-from health_orsc.core.config import SampleConfig, ValidationConfig, load_config
+from health_orsc.core.config import load_config
 from health_orsc.core.errors import InputError
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
+    from health_orsc.snapshot.compat import recorded_config
     from health_orsc.snapshot.store import load_manifest
     from health_orsc.validation.annotate import AnnotationResult, plan_tasks, write_tasks
 
     snapshot = Path(args.snapshot)
     verified(snapshot, "annotate")
     # Defaults: the snapshot's own config (validation.annotators, validation.overlap).
-    planned = ValidationConfig.model_validate(load_manifest(snapshot).config.get("validation", {}))
+    planned = recorded_config(load_manifest(snapshot)).validation
     annotators = planned.annotators if args.annotators is None else args.annotators
     overlap = planned.overlap if args.overlap is None else args.overlap
     tasks = plan_tasks(snapshot, annotators, overlap)
@@ -31,6 +32,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from health_orsc.snapshot.compat import recorded_config
     from health_orsc.snapshot.handle import read_rows
     from health_orsc.snapshot.store import REPORT_FILE, check_snapshot_name, load_manifest, read_sample
     from health_orsc.validation.labels import read_labels
@@ -47,10 +49,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_snapshot_name(snapshot.parent.parent, args.name)  # before reading any label
     sample = read_sample(snapshot)
     labels = read_labels([Path(p) for p in args.labels], {s["id"] for s in sample}, manifest.digest)
-    validation = ValidationConfig.model_validate(manifest.config.get("validation", {}))
-    confidence = SampleConfig.model_validate(manifest.config.get("sample", {})).confidence
+    built = recorded_config(manifest)  # the validation gate and the level the sample was sized for
     rows = read_rows(snapshot)
-    report = validity_report(rows, sample, labels, validation.min_precision, confidence)
+    report = validity_report(rows, sample, labels, built.validation.min_precision, built.sample.confidence)
     path = write_validation_snapshot(snapshot, manifest, args.name, rows, sample, labels, report, args.gate)
     new = load_manifest(path)
     gated = sum(c.get("human_harmful", 0) for c in new.counts.rejected.values()) if args.gate else None
