@@ -19,8 +19,8 @@ from pathlib import Path
 
 from health_orsc import __version__
 from health_orsc.cli import audit, build, cache, evaluate, project, validate
-from health_orsc.cli.common import CommandFailed
-from health_orsc.core.errors import InputError, Resumable
+from health_orsc.cli.common import CommandFailed, describe_failure
+from health_orsc.core.errors import InputError
 
 GROUPS = (project, build, evaluate, validate, audit, cache)
 
@@ -59,10 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except CommandFailed as err:
         log, resumable, message = err.log_path, err.resumable, str(err)
-    except Resumable as err:
-        log, resumable, message = crash_log(command), True, str(err)
-    except Exception as err:  # a defect, or a file the checks did not foresee: no traceback here
-        log, resumable, message = crash_log(command), False, f"{type(err).__name__}: {err}"
+    except Exception as err:  # a defect, a failed endpoint, a file the checks did not foresee:
+        log = crash_log(command)  # no traceback here
+        message, resumable = describe_failure(err)
     print(f"{command} failed: {message}", file=sys.stderr)
     if resumable:
         print("  completed model calls are cached; run the same command again to resume", file=sys.stderr)

@@ -39,6 +39,15 @@ class CommandFailed(Exception):
         self.resumable = resumable
 
 
+def describe_failure(err: BaseException) -> tuple[str, bool]:
+    """An exception as one line for the terminal, and whether running the same command
+    again resumes from the caches (a Resumable failure is its own message; anything else
+    is named by its type)."""
+    if isinstance(err, Resumable):
+        return str(err), True
+    return f"{type(err).__name__}: {err}", False
+
+
 def run_logged(what: str, log_path: Path, run: Callable[[], T]) -> T:
     """`run()` (a flow, in this process): bad input stays bad input; any other failure is
     logged with its traceback and becomes one CommandFailed naming `log_path`."""
@@ -48,8 +57,8 @@ def run_logged(what: str, log_path: Path, run: Callable[[], T]) -> T:
         raise
     except Exception as err:
         logging.getLogger("orsc").error("%s failed", what, exc_info=True)
-        message = str(err) if isinstance(err, Resumable) else f"{type(err).__name__}: {err}"
-        raise CommandFailed(message, log_path, resumable=isinstance(err, Resumable)) from err
+        message, resumable = describe_failure(err)
+        raise CommandFailed(message, log_path, resumable) from err
 
 
 def add_config(p: argparse.ArgumentParser, help: str = "config YAML (default: the packaged default config)"
