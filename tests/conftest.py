@@ -30,6 +30,18 @@ def quiet_offline_prefect(tmp_path_factory):
 
 
 @pytest.fixture
+def prefect_api() -> str:
+    """The URL of this process's temporary Prefect server (Prefect's singleton, which the
+    builds in this process use too), for Dask workers the test starts: docs/scaling.md
+    has workers report to the build's Prefect API through PREFECT_API_URL."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    return server.api_url
+
+
+@pytest.fixture
 def fake_llm():
     server = FakeOpenAI().start()
     yield server

@@ -5,11 +5,13 @@ cluster must grade the same answers as one on threads."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -25,10 +27,10 @@ from tests.fakes.scripts import snapshot_files
 pytestmark = pytest.mark.slow
 
 
-def _start(args: list[str], log) -> subprocess.Popen:
+def _start(args: list[str], log, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`dask scheduler ...` or `dask worker ...`, in its own process group."""
     return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **(env or {})})
 
 
 def _with_panel(cfg: Path, **extra) -> Path:
@@ -41,7 +43,7 @@ def _with_panel(cfg: Path, **extra) -> Path:
     return cfg
 
 
-def test_a_dask_cluster_with_a_postgres_cache_builds_and_evaluates_as_threads_do(pg, tmp_path):
+def test_a_dask_cluster_with_a_postgres_cache_builds_and_evaluates_as_threads_do(pg, prefect_api, tmp_path):
     from distributed import Client
 
     port = free_port()
@@ -51,7 +53,8 @@ def test_a_dask_cluster_with_a_postgres_cache_builds_and_evaluates_as_threads_do
     server = FakeOpenAI(reply).start()
     try:
         procs += [_start(["worker", address, "--nthreads", "2", "--no-dashboard", "--host", "127.0.0.1",
-                          "--name", f"worker-{i}"], log) for i in range(2)]
+                          "--name", f"worker-{i}"], log, {"PREFECT_API_URL": prefect_api})
+                  for i in range(2)]
         deadline = time.monotonic() + 120
         while True:  # the scheduler takes a moment to listen
             try:
@@ -77,6 +80,10 @@ def test_a_dask_cluster_with_a_postgres_cache_builds_and_evaluates_as_threads_do
         thread_snap = tmp_path / "thread" / "outputs" / "snapshots" / "t"
         for cfg in (thread_cfg, cluster_cfg):
             assert main(["evaluate", str(thread_snap), "--config", str(cfg), "--name", "e"]) == 0
+        # the workers reported to this process's Prefect server, none started its own
+        started = [c for p in procs for c in psutil.Process(p.pid).children(recursive=True)]
+        servers = [" ".join(c.cmdline()) for c in started if any("create_app" in a for a in c.cmdline())]
+        assert servers == []
     finally:
         server.stop()
         for proc in reversed(procs):

@@ -63,14 +63,15 @@ def _our_children() -> list[str]:
     return out
 
 
-def test_a_long_lived_worker_follows_an_edited_config(tmp_path):
+def test_a_long_lived_worker_follows_an_edited_config(prefect_api, tmp_path):
     """Two builds on one Dask cluster; between them the config file is edited to give
     judge_1 another model. The worker must call the new model (its gateway is keyed by
     the config's content, not its path), as MANIFEST says."""
     from distributed import LocalCluster
 
     server = FakeOpenAI(reply).start()
-    cluster = LocalCluster(n_workers=1, threads_per_worker=4, processes=True, dashboard_address=None)
+    cluster = LocalCluster(n_workers=1, threads_per_worker=4, processes=True, dashboard_address=None,
+                           env={"PREFECT_API_URL": prefect_api})
     try:
         cfg = fake_config(tmp_path, server.base_url, categories=["self_harm"],
                           task_runner={"name": "dask", "address": cluster.scheduler_address})

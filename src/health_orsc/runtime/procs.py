@@ -17,6 +17,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -170,3 +172,25 @@ def start_prefect_server(outputs_dir: Path) -> None:
 def _before_prefect_stops(record: Path) -> None:
     logging.getLogger("prefect").setLevel(logging.WARNING)
     forget_child(record)
+
+
+@contextmanager
+def prefect_api_for_workers() -> Iterator[str]:
+    """Yields the Prefect API's URL: the user's PREFECT_API_URL, or this process's temporary
+    server's, set as PREFECT_API_URL within, so that task runs sent to other processes on
+    this host (Dask workers) report to it. A worker process given no URL starts a temporary
+    server of its own (about 10 s each on 2 cores), and two processes that pick the same
+    port can share one server, whose owner's exit then fails the other's task runs with
+    "Connection refused" (seen in tests/flows). The workers' own threads (logs, events)
+    read their environment, so workers need PREFECT_API_URL there too."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield PREFECT_API_URL.value()
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # Prefect's own singleton, as in start_prefect_server
+    server.start()
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield server.api_url
