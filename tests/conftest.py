@@ -94,6 +94,12 @@ def fake_config(tmp_path: Path, base_url: str, **overrides) -> Path:
     return path
 
 
+# fake_config overrides: dedup's vectors from the fake endpoint's /v1/embeddings, for
+# builds in subprocesses whose test is not about the embedder: such a build then does not
+# import sentence-transformers and load its model (about 7 s of CPU each)
+ENDPOINT_EMBEDDER = {"roles": {"embedder": {"endpoint": "fake", "model": "emb-model"}},
+                     "dedup": {"embedder": "embedder"}}
+
 # the grader whose replies tests/fakes/scripts.eval_reply scripts
 GRADER = {"endpoint": "fake", "model": "grader-model", "prompt": "xstest.j2"}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from health_orsc.build.fingerprint import PACKAGE_DIR, STAGE_MODULES, code_version, stage_sources
-from tests.conftest import fake_config
+from tests.conftest import ENDPOINT_EMBEDDER, fake_config
 from tests.fakes.endpoint import FakeOpenAI
 from tests.fakes.scripts import build_reply as reply
 
@@ -64,13 +64,15 @@ def _cached(out: str) -> tuple[int, int, int]:
     return calls, cached, total
 
 
-def test_editing_the_cli_rebuilds_nothing_and_editing_jury_py_only_the_jury(tmp_path):
+def test_editing_the_cli_rebuilds_nothing_and_editing_jury_py_only_the_jury(prefect_api, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(PACKAGE_DIR, src / "health_orsc", ignore=shutil.ignore_patterns("__pycache__"))
     server = FakeOpenAI(reply).start()
-    env = {**os.environ, "PYTHONPATH": str(src), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    # one Prefect server for the five builds; each keeps its own results (Prefect's cache)
+    env = {**os.environ, "PYTHONPATH": str(src), "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_API_URL": prefect_api}
     try:
-        cfg = fake_config(tmp_path, server.base_url)
+        cfg = fake_config(tmp_path, server.base_url, **ENDPOINT_EMBEDDER)
         first = _build(src, cfg, env, "first")
         assert str(src / "health_orsc") in subprocess.run(
             [sys.executable, "-c", "import health_orsc; print(health_orsc.__file__)"], cwd=src, env=env,

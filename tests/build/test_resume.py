@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from health_orsc.cli import main
-from tests.conftest import fake_config
+from tests.conftest import ENDPOINT_EMBEDDER, fake_config
 from tests.fakes.endpoint import FakeOpenAI
 
 pytestmark = pytest.mark.slow
@@ -30,11 +30,11 @@ def _build_cmd(cfg: Path, name: str) -> list[str]:
     return [sys.executable, "-m", "health_orsc", "build", "--config", str(cfg), "--name", name]
 
 
-def test_killed_build_resumes_from_the_cache(tmp_path):
+def test_killed_build_resumes_from_the_cache(prefect_api, tmp_path):
     fake = FakeOpenAI(delay_s=0.2).start()
     try:
-        cfg = fake_config(tmp_path, fake.base_url)
-        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+        cfg = fake_config(tmp_path, fake.base_url, **ENDPOINT_EMBEDDER)
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": prefect_api}
         log = tmp_path / "killed.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(_build_cmd(cfg, "resumed"), env=env, stdout=out,
@@ -65,7 +65,7 @@ def test_killed_build_resumes_from_the_cache(tmp_path):
         # the same build, uninterrupted, into a fresh outputs dir against the same endpoint
         other = tmp_path / "uninterrupted"
         other.mkdir()
-        cfg2 = fake_config(other, fake.base_url)
+        cfg2 = fake_config(other, fake.base_url, **ENDPOINT_EMBEDDER)
         sent = fake.chat_count
         assert main(["build", "--config", str(cfg2), "--name", "resumed"]) == 0
         assert fake.chat_count - sent == total_distinct  # nothing was lost or added by resuming

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from health_orsc.cli import main
-from tests.conftest import REPO, fake_config
+from tests.conftest import ENDPOINT_EMBEDDER, REPO, fake_config
 from tests.fakes.endpoint import FakeOpenAI
 from tests.fakes.scripts import build_reply as reply
 
@@ -64,12 +64,13 @@ def test_each_stage_task_keeps_a_prefect_progress_artifact(tmp_path):
     assert "health_privacy: " in latest["progress-jury-health-privacy"].description
 
 
-def test_a_terminal_gets_rich_progress_bars(tmp_path):
+def test_a_terminal_gets_rich_progress_bars(prefect_api, tmp_path):
     server = FakeOpenAI(reply, delay_s=0.02).start()
     master, slave = pty.openpty()
     try:
         cfg = fake_config(tmp_path, server.base_url)
-        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "COLUMNS": "140"}
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "COLUMNS": "140",
+               "PREFECT_API_URL": prefect_api}
         proc = subprocess.Popen([sys.executable, "-m", "health_orsc", "build", "--config", str(cfg),
                                  "--name", "tty"], stdout=subprocess.PIPE, stderr=slave, env=env, cwd=REPO)
         os.close(slave)
@@ -118,7 +119,7 @@ def test_no_process_outlives_a_killed_build_by_more_than_two_seconds(tmp_path, c
     itself) within 2 s; the next build finds nothing left to stop."""
     server = FakeOpenAI(reply, delay_s=0.2).start()
     try:
-        cfg = fake_config(tmp_path, server.base_url)
+        cfg = fake_config(tmp_path, server.base_url, **ENDPOINT_EMBEDDER)
         env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
         env.pop("PREFECT_API_URL", None)
         log = (tmp_path / "killed.log").open("wb")
