@@ -163,6 +163,18 @@ def test_every_subcommand_describes_itself_with_an_example(capsys):
         assert "--json" in capsys.readouterr().out, name
 
 
+def test_format_choices_are_the_librarys_formats():
+    """The CLI names its --format choices without importing the writers (start-up time);
+    they must stay the formats the library writes."""
+    from health_orsc.evaluation.exports import FORMATS as EXPORTS
+    from health_orsc.validation.annotate import FORMATS as TASKS
+
+    commands = parser()._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no API
+    choices = {name: next(a.choices for a in commands[name]._actions if a.dest == "format")  # noqa: SLF001
+               for name in ("annotate", "export")}
+    assert (tuple(choices["annotate"]), tuple(choices["export"])) == (TASKS, EXPORTS)
+
+
 def test_version(capsys):
     from health_orsc import __version__
 
