@@ -123,8 +123,9 @@ def test_a_file_removed_with_its_manifest_entry_is_reported(snap, tmp_path, caps
 
 
 def test_a_new_snapshot_records_its_schema_version(snap):
-    """snapshot.compat: version 2 snapshots must hold taxonomy.json (version 1 ones may lack it)."""
-    assert json.loads((snap["path"] / "MANIFEST.json").read_text())["schema_version"] == 2
+    """snapshot.compat: version 2 snapshots must hold taxonomy.json (version 1 ones may lack
+    it); version 3 ones a rubric on every kept row."""
+    assert json.loads((snap["path"] / "MANIFEST.json").read_text())["schema_version"] == 3
 
 
 def test_a_base_build_records_the_parents_digest_and_bad_bases_are_refused(snap, tmp_path, capsys):

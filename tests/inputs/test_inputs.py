@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -314,3 +315,10 @@ def test_a_file_that_is_a_symlink_loop(tmp_path, capsys, fake_llm, rel):
     _assert_rejected(rc, tmp_path, fake_llm)
     assert "Traceback" not in err and len(err.strip().splitlines()) == 2  # the error and its fix
     assert target.name in err
+
+
+def test_a_bad_rubric_template_stops_the_build_before_any_call(tmp_path, capsys, fake_llm):
+    err = _build_with_edited_input(tmp_path, capsys, fake_llm, "prompts_templates/rubrics/drug_abuse.j2",
+                                   lambda text: text + "harm -20 worse: Something.\n")
+    assert re.search(r"rubrics/drug_abuse\.j2: field 'rendered line \d+': is not a valid criterion", err)
+    assert "(seed '" in err and "fix:" in err

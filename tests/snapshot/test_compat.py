@@ -39,8 +39,10 @@ def test_an_old_snapshot_is_a_base_annotates_and_traces(tmp_path, capsys):
     finally:
         server.stop()
     err = capsys.readouterr().err
-    # the move changed every stage's code component once (and this fake endpoint's port, roles)
-    assert "self_harm: rebuilt (changed: code_dedup, code_generate, code_jury, roles)" in err
+    # the move changed every stage's code component once (and this fake endpoint's port, roles);
+    # rubrics came after it: a snapshot without them records no rubric template
+    assert ("self_harm: rebuilt (changed: code_dedup, code_generate, code_jury, roles, rubric_prompt)"
+            in err)
     assert main(["diff", str(outputs / "pre-package"), str(outputs / "v2")]) == 0
     assert main(["annotate", str(outputs / "pre-package-validated"), "--out", str(tmp_path / "tasks")]) == 0
     prompt = (outputs / "pre-package-validated" / "validation_sample.csv").read_text().splitlines()[1]

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from health_orsc.cache.requests import RequestCache, existing_request_cache
 from health_orsc.core.config import CacheConfig, SamplingParams
 from health_orsc.core.errors import InputError
+from health_orsc.core.records import Rubric
 from health_orsc.evaluation.run import RESPONSES
 from health_orsc.snapshot.handle import read_rows
 from health_orsc.snapshot.store import (
@@ -79,6 +80,7 @@ class Provenance(BaseModel):
     votes: list[Vote]
     benign_votes: int | None
     required_benign: int | None
+    rubric: Rubric | None  # kept prompts of snapshots made since rubrics (schema_version 3)
     in_validation_sample: bool
     human_labels: list[HumanLabel]  # from every validation snapshot that labelled it
     answers: list[EvalAnswer] = []  # from every evaluation run (outputs/evaluations) that asked it
@@ -190,7 +192,7 @@ def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None,
                "duplicate_of": row.duplicate_of, "similarity": row.similarity,
                "duplicates_dropped": [r.id for r in rows if r.duplicate_of == row.id]},
         votes=votes, benign_votes=row.benign_votes,
-        required_benign=manifest.jury.get("required_benign"),
+        required_benign=manifest.jury.get("required_benign"), rubric=row.rubric,
         in_validation_sample=row.id in sampled, human_labels=human,
         answers=_answers(outputs_dir, prompt_id),
     )

@@ -27,9 +27,16 @@ from health_orsc.build.fingerprint import config_components, fingerprint_of
 from health_orsc.build.jury import calibration_summary, jury_agreement
 from health_orsc.build.sample import stratified_sample
 from health_orsc.core.errors import InputError, shorten
-from health_orsc.core.records import CalibrationVote, Decision, SnapshotRow, StageCounts, content_id
+from health_orsc.core.records import (
+    CalibrationVote,
+    Decision,
+    SnapshotRow,
+    StageCounts,
+    content_id,
+    rubric_problems,
+)
 from health_orsc.evaluation.run import verify_evaluation
-from health_orsc.snapshot.compat import recorded_config, required_files
+from health_orsc.snapshot.compat import recorded_config, required_files, rubrics_required
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import (
     CALIBRATION,
@@ -134,6 +141,7 @@ def _check_content(snapshot: Path, m: Manifest) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else None
         if lines != [r.json_line() for r in kept if r.category == cat]:
             problems.append(f"{data_file(cat)}: differs from the {cat} rows of {PROMPTS}.jsonl")
+    problems += _check_rubrics(m, kept)
     decisions = [r.to_decision() for r in kept + rejected]
     counts = StageCounts.of(decisions)
     if counts.kept_by_stratum(m.categories) != m.counts.kept:
@@ -153,6 +161,19 @@ def _check_content(snapshot: Path, m: Manifest) -> list[str]:
     if calibration_summary(votes) != m.jury_calibration:
         problems.append(f"{MANIFEST} jury_calibration differs from {CALIBRATION}")
     return problems
+
+
+def _check_rubrics(m: Manifest, kept: list[SnapshotRow]) -> list[str]:
+    """Every kept prompt of a category built with rubrics has a usable one (each criterion
+    was checked as the rows were read: kind, points, id)."""
+    problems = []
+    missing = sorted({r.category for r in kept if r.rubric is None and rubrics_required(m, r.category)})
+    if missing:
+        problems.append(f"{PROMPTS}.jsonl: kept rows of {missing} have no rubric")
+    for row in kept:
+        if row.rubric is not None and (why := rubric_problems(row.rubric.criteria)):
+            problems.append(f"{PROMPTS}.jsonl: the rubric of {row.id}: {'; '.join(why)}")
+    return problems[:20]
 
 
 def _check_categories(m: Manifest) -> list[str]:

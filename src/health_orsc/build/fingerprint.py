@@ -125,6 +125,8 @@ def fingerprint_parts(inputs: BuildInputs, category: str) -> dict:
                       for lvl, tpls in inputs.generation_templates.items()},
         "rewrite_prompt": [inputs.rewrite_template.name, inputs.rewrite_template.sha],
         "judge_prompts": {j: [t.name, t.sha] for j, t in inputs.judge_templates.items()},
+        # read by the export, which runs in every build: it keys the category, no stage task
+        "rubric_prompt": [inputs.rubric_templates[category].name, inputs.rubric_templates[category].sha],
         **config_parts(inputs.config),
         "dedup_model": inputs.dedup_model,
         **{f"code_{stage}": code_version(stage) for stage in STAGE_MODULES},

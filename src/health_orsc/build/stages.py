@@ -13,8 +13,8 @@ One candidate's path, top to bottom:
     jury_stage      each deduplicated prompt -> jurors -> k-of-n   stages/jury/<cat>-<key>.jsonl
                     and the jury check on the seeds' harmful        (+ .calibration.jsonl)
                     requests
-    export_stage    kept + rejected, rows carried over from a base, the validation sample
-                    -> outputs/snapshots/<name>/
+    export_stage    kept (each with its rubric) + rejected, rows carried over from a
+                    base, the validation sample -> outputs/snapshots/<name>/
 
 Each stage writes its records to a content-addressed file and returns a StageOutput:
 the file and the stage's counts, counted once here and read by the Prefect artifact,
@@ -45,6 +45,7 @@ from health_orsc.core.records import (
     write_jsonl,
 )
 from health_orsc.inputs.load import BuildInputs
+from health_orsc.inputs.rubrics import candidate_rubric
 from health_orsc.llm import Gateway, Usage
 from health_orsc.runtime.progress import TaskProgress
 from health_orsc.snapshot.compat import SCHEMA_VERSION
@@ -146,7 +147,7 @@ def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: li
     decisions = [d for p in generated for d in read_jsonl(Path(p), Decision) if not d.kept]
     decisions += [d for c in built for d in read_jsonl(dedup_file(Path(deduped), c), Decision)
                   if not d.kept]
-    decisions += [d for p in judged for d in read_jsonl(Path(p), Decision)]
+    decisions += with_rubrics(inputs, [d for p in judged for d in read_jsonl(Path(p), Decision)])
     calibration = [v for p in judged for v in read_jsonl(calibration_path(Path(p)), CalibrationVote)]
     components = {c: fingerprint_components(inputs, c) for c in built}
     versions = dict.fromkeys(built, inputs.taxonomy.version)
@@ -170,6 +171,17 @@ def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: li
     taxonomy = [inputs.taxonomy.entry(c).model_dump() for c in categories]
     return write_snapshot(cfg.outputs_dir, name, kept, [d for d in decisions if not d.kept], sample,
                           calibration, meta, taxonomy)
+
+
+def with_rubrics(inputs: BuildInputs, decisions: list[Decision]) -> list[Decision]:
+    """Each kept prompt with its rubric, rendered from its category's rubric template and
+    its seed (inputs/rubrics.py); rejected ones as they are."""
+    seeds = {s.id: s for c in inputs.categories for s in inputs.seeds[c]}
+    entries = {c: inputs.taxonomy.entry(c).model_dump() for c in inputs.categories}
+    return [d.model_copy(update={"rubric": candidate_rubric(
+                inputs.rubric_templates[d.candidate.category], seeds[d.candidate.seed_id],
+                entries[d.candidate.category], d.candidate)}) if d.kept else d
+            for d in decisions]
 
 
 class SummaryRow(BaseModel):

@@ -197,6 +197,12 @@ def provenance(r) -> None:
                       f" - {v.rationale}" + (f" ({v.repairs} repairs)" if v.repairs else ""))
         for c in v.calls:
             _call("    call", c)
+    if r.rubric:
+        positive = sum(c.points for c in r.rubric.criteria if c.points > 0)
+        console.print(f"rubric: {r.rubric.template} sha {r.rubric.template_sha}"
+                      f" ({len(r.rubric.criteria)} criteria, {positive} positive points)")
+        for c in r.rubric.criteria:
+            console.print(f"  {c.points:+d} {c.kind} {c.id}: {c.text}", soft_wrap=True)
     console.print(f"validation sample: {'yes' if r.in_validation_sample else 'no'}")
     for h in r.human_labels:
         rating = f", ambiguity {h.ambiguity}" if h.ambiguity else ""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 Level = Literal["easy", "medium", "hard"]
 LEVELS: tuple[Level, ...] = get_args(Level)
@@ -32,6 +32,12 @@ HARM_LABELS: tuple[HarmLabel, ...] = get_args(HarmLabel)
 RejectReason = Literal["unusable_rewrite", "off_topic_rewrite", "duplicate", "jury_harmful",
                        "unparseable_verdict", "human_harmful"]
 REJECT_REASONS: tuple[str, ...] = get_args(RejectReason)
+# A rubric criterion's kind: `helpful` earns positive points (what a helpful answer does),
+# `harm` negative ones (actionable detail that crosses into harm).
+CriterionKind = Literal["helpful", "harm"]
+CRITERION_KINDS: tuple[CriterionKind, ...] = get_args(CriterionKind)
+MAX_CRITERION_POINTS = 10  # HealthBench's range: points in [-10, 10]
+CRITERION_ID_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 # A category id is also a file name (seeds/<id>.yaml, data/<id>.jsonl): keep it plain.
 CATEGORY_ID_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 ID_LENGTH = 16
@@ -116,6 +122,47 @@ class JurorVote(Record):
         return data
 
 
+class Criterion(Record):
+    """One criterion of a prompt's rubric, graded met / not met on each answer. An answer's
+    safe-completion score is HealthBench's: points of the criteria it meets over the total
+    positive points, clipped to [0, 1]."""
+
+    id: str = Field(pattern=CRITERION_ID_PATTERN, description="unique within the rubric")
+    text: str = Field(min_length=1, description="what the grader checks the answer for")
+    points: int = Field(ge=-MAX_CRITERION_POINTS, le=MAX_CRITERION_POINTS,
+                        description="positive for `helpful`, negative for `harm`")
+    kind: CriterionKind
+
+    @model_validator(mode="after")
+    def _sign_follows_kind(self) -> Criterion:
+        if (self.kind == "helpful") != (self.points > 0) or self.points == 0:
+            want = "above 0" if self.kind == "helpful" else "below 0"
+            raise ValueError(f"criterion '{self.id}' is {self.kind} with {self.points} points;"
+                             f" a {self.kind} criterion's points are {want}")
+        return self
+
+
+class Rubric(Record):
+    """A kept prompt's rubric: its criteria and the template they were rendered from."""
+
+    criteria: list[Criterion]
+    template: str = Field(description="rubric template, relative to the templates directory")
+    template_sha: str = Field(description="sha256 prefix of the rubric template's source")
+
+
+def rubric_problems(criteria: list[Criterion]) -> list[str]:
+    """What makes a list of criteria unusable as a rubric (each criterion is valid alone)."""
+    problems = []
+    if not criteria:
+        return ["it has no criterion"]
+    ids = [c.id for c in criteria]
+    if dupes := sorted({i for i in ids if ids.count(i) > 1}):
+        problems.append(f"criterion ids {dupes} repeat")
+    if not any(c.points > 0 for c in criteria):
+        problems.append("its positive points total 0 (no helpful criterion), so no score can be computed")
+    return problems
+
+
 class Decision(Record):
     """What happened to a candidate: kept, or rejected with a reason."""
 
@@ -126,6 +173,7 @@ class Decision(Record):
     similarity: float | None = None
     votes: list[JurorVote] = []
     benign_votes: int | None = None
+    rubric: Rubric | None = None  # kept prompts, from the export on
 
     @property
     def source(self) -> Literal["kept", "rejected"]:
@@ -174,6 +222,19 @@ class SnapshotRow(Record):
     duplicate_of: str | None = Field(description="the kept prompt it near-duplicates")
     similarity: float | None = Field(description="cosine similarity to `duplicate_of` (duplicate), or"
                                      " of a rewrite to its `template_text` (off_topic_rewrite)")
+    rubric: Rubric | None = Field(
+        default=None, description="kept prompts: `criteria` an answer is graded against, each"
+        " `{id, text, points, kind}` (`helpful`: points earned when met; `harm`: points lost), and the"
+        " rubric `template` and `template_sha` they were rendered from")
+
+    @model_serializer(mode="wrap")
+    def _without_rubric(self, handler):
+        """A row without a rubric (rejected, or from a snapshot made before rubrics) is
+        written without the key: rows of older snapshots re-serialise byte for byte."""
+        data = handler(self)
+        if data.get("rubric") is None:
+            data.pop("rubric", None)
+        return data
 
     @classmethod
     def from_decision(cls, d: Decision) -> SnapshotRow:
@@ -181,7 +242,7 @@ class SnapshotRow(Record):
         c["generator_params"] = canonical_json(c["generator_params"])
         return cls(**c, votes=d.votes, benign_votes=d.benign_votes,
                    n_jurors=len(d.votes) if d.votes else None, reason=d.reason,
-                   duplicate_of=d.duplicate_of, similarity=d.similarity)
+                   duplicate_of=d.duplicate_of, similarity=d.similarity, rubric=d.rubric)
 
     def to_decision(self) -> Decision:
         fields = self.model_dump()
@@ -189,7 +250,7 @@ class SnapshotRow(Record):
         cand = Candidate(**{k: fields[k] for k in Candidate.model_fields})
         return Decision(candidate=cand, kept=self.reason is None, reason=self.reason,
                         duplicate_of=self.duplicate_of, similarity=self.similarity,
-                        votes=self.votes, benign_votes=self.benign_votes)
+                        votes=self.votes, benign_votes=self.benign_votes, rubric=self.rubric)
 
     def json_line(self) -> str:
         return json.dumps(self.model_dump(mode="json"), ensure_ascii=False, sort_keys=True)

@@ -16,6 +16,7 @@ from health_orsc.core.config import BuildConfig
 from health_orsc.core.errors import InputError, from_validation_error, shorten
 from health_orsc.core.files import load_yaml
 from health_orsc.core.records import CATEGORY_ID_PATTERN, SeedTopic, content_id
+from health_orsc.inputs.rubrics import render_rubric, rubric_context, rubric_template
 from health_orsc.inputs.templates import PromptTemplate, TemplateLibrary
 
 SLOTS = ("subject", "persona", "benign_goal", "question", "boundary_question")
@@ -79,6 +80,7 @@ class BuildInputs:
     rewrite_template: PromptTemplate
     judge_templates: dict[str, PromptTemplate]  # juror role -> template
     dedup_model: str  # BuildConfig.embedding_identity()
+    rubric_templates: dict[str, PromptTemplate]  # category -> rubrics/<category>.j2 or default.j2
 
 
 def load_taxonomy(seeds_dir: Path) -> Taxonomy:
@@ -171,11 +173,16 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> Bui
     judges = {j: lib.get(Path("judges", config.roles[j].prompt), f"roles.{j}.prompt", cfg_file)
               for j in config.jury.jurors}
 
+    rubrics = {c: rubric_template(lib, c, cfg_file) for c in selected}
+
     seeds = {c: load_seed_file(config.seeds_dir, c, gen.seeds_per_category) for c in selected}
     for c in selected:
         entry = taxonomy.entry(c)
         for seed in seeds[c]:
             where = f" (seed '{shorten(seed.topic, 80)}', {seed.source_file} line {seed.source_line})"
+            for lvl in gen.levels:  # with the seed's boundary question standing in for a prompt
+                context = rubric_context(seed, entry.model_dump(), seed.slots["boundary_question"], lvl)
+                render_rubric(rubrics[c], context, where)
             for lvl, templates in gen_templates.items():
                 for tpl in templates:
                     text = tpl.render(generation_context(seed, entry), where)
@@ -192,4 +199,5 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> Bui
                              f"environment variable {var} is not set",
                              f"export {var}=... before running, or point the roles at another endpoint")
     dedup_model = config.embedding_identity()
-    return BuildInputs(config, taxonomy, selected, seeds, gen_templates, rewrite, judges, dedup_model)
+    return BuildInputs(config, taxonomy, selected, seeds, gen_templates, rewrite, judges, dedup_model,
+                       rubrics)

@@ -6,6 +6,8 @@ records (absent: 1). verify asks here instead of special-casing each difference.
        snapshot; config sections of later features missing (their recorded defaults
        below)
     2  schema_version recorded; taxonomy.json required
+    3  every kept row of a built category carries its rubric (`rubric`); before, an
+       evaluation derives the rubrics from the templates (docs/evaluation.md)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from health_orsc.snapshot.store import (
     data_file,
 )
 
-SCHEMA_VERSION = 2  # what this code writes
+SCHEMA_VERSION = 3  # what this code writes
 
 
 def required_files(m: Manifest) -> list[str]:
@@ -35,6 +37,12 @@ def required_files(m: Manifest) -> list[str]:
     if m.kind == "validation":
         required += [LABELS_FILE, REPORT_FILE]
     return required
+
+
+def rubrics_required(m: Manifest, category: str) -> bool:
+    """Whether the kept rows of `category` must carry rubrics: built since they existed (a
+    category carried over from an older base keeps its rows as they were)."""
+    return m.schema_version >= 3 and category in m.built
 
 
 def recorded_config(m: Manifest) -> BuildConfig:

@@ -360,7 +360,8 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
         (tmp / LABELS_FILE).write_text("".join(json.dumps(r.model_dump(), ensure_ascii=False, sort_keys=True)
                                                + "\n" for r in labels.rows), encoding="utf-8")
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        (tmp / CARD).write_text(dataset_card(counts, meta, sampled).rstrip("\n")
+        card = dataset_card(counts, meta, sampled, [d for d in decisions if d.kept])
+        (tmp / CARD).write_text(card.rstrip("\n")
                                 + validation_card(report, ref, len(moved) if gate else None),
                                 encoding="utf-8")
         raw.update(name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
