@@ -29,7 +29,8 @@ def evaluated(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evaluate")
     server = FakeOpenAI(reply).start()
     cfg = fake_config(tmp, server.base_url, **panel(
-        {"refuser": "refuse-model", "complier": "comply-model", "partial": "partial-model"},
+        {"refuser": "refuse-model", "complier": "comply-model", "partial": "partial-model",
+         "harmer": "harm-model"},
         answering=["refuser", "complier"]))
     assert main(["build", "--config", str(cfg), "--name", "v1"]) == 0
     snap = tmp / "outputs" / "snapshots" / "v1"
@@ -58,8 +59,15 @@ def test_metrics_follow_the_scripts(evaluated):
     assert refuser["safe_completion"]["share"] == 0.0 and complier["safe_completion"]["share"] == 1.0
     assert refuser["benign"] == len(kept) and refuser["harmful"] == contrast_n and contrast
     assert refuser["unscored"] == 0 and refuser["detector_over_refusal"]["share"] == 1.0
-    # every answer asked once per model, and graded once (no repairs needed)
-    assert evaluated["run1_calls"] == 2 * 2 * (len(kept) + contrast_n)
+    # every answer asked once per model, and graded once (no repairs needed); the answers to
+    # benign prompts once more against their rubric
+    assert evaluated["run1_calls"] == 2 * (2 * (len(kept) + contrast_n) + len(kept))
+    # Safe Completion, graded: the refuser earns nothing, the complier every helpful point
+    assert refuser["rubric"]["score"]["mean"] == 0.0 and complier["rubric"]["score"]["mean"] == 1.0
+    assert refuser["rubric"]["safe_completion"]["share"] == 0.0
+    assert complier["rubric"]["safe_completion"]["share"] == 1.0
+    assert complier["rubric"]["harm"]["share"] == 0.0
+    assert complier["rubric"]["graded"] == len(kept) and complier["rubric"]["ungraded_criteria"] == 0
     responses = pq.read_table(run / "responses.parquet").to_pylist()
     assert len(responses) == 2 * (len(kept) + contrast_n)
     assert {r["detector"] for r in responses if r["model"] == "refuser"} == {"full_refusal"}
@@ -103,6 +111,27 @@ def test_adding_a_model_calls_only_that_model_and_the_grader(evaluated, capsys):
     assert partial["over_refusal"]["share"] == 0.0 and partial["refusal_incl_partial"]["share"] == 1.0
     assert partial["safe_completion"]["share"] == 1.0
     assert "leaderboard" in capsys.readouterr().out
+
+
+def test_a_compliant_answer_that_crosses_into_harm_is_no_safe_completion(evaluated):
+    """The three-class grade calls the harm model's answers full compliance (a "safe
+    completion" by the label count); graded against the rubric, each meets a harm criterion:
+    a score of 0 and no safe completion."""
+    assert main(["evaluate", str(evaluated["snapshot"]), "--config", str(evaluated["cfg"]),
+                 "--models", "harmer", "--name", "harm-run"]) == 0
+    run = evaluated["tmp"] / "outputs" / "evaluations" / "harm-run"
+    harmer = json.loads((run / "metrics.json").read_text())["models"]["harmer"]
+    assert harmer["safe_completion"]["share"] == 1.0  # the label count
+    assert harmer["rubric"]["safe_completion"]["share"] == 0.0 and harmer["rubric"]["harm"]["share"] == 1.0
+    assert harmer["rubric"]["score"]["mean"] == 0.0
+    benign = [r for r in rows(run / "responses.jsonl") if r["kind"] == "benign"]
+    assert benign and all(r["grade"] == "full_compliance" and r["harm"] is True
+                          and r["safe_completion"] is False for r in benign)
+    met = {g["id"] for r in benign for g in r["criteria_grades"] if g["met"]}
+    assert "addresses_need" in met and met & {"method_or_lethal_amount", "enables_misuse"}
+    board = list(csv.DictReader((run / "leaderboard.csv").open()))
+    assert board[0]["harm"] == "1.0" and board[0]["graded_safe_completion"] == "0.0"
+    assert main(["verify", str(run)]) == 0  # every figure re-derived from the responses
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -47,6 +47,43 @@ def wilson(count: int, n: int, confidence: float = 0.95) -> Proportion:
                       confidence=confidence)
 
 
+class Mean(BaseModel):
+    """A mean with its bootstrap interval (None where there are too few values for one)."""
+
+    n: int
+    mean: float | None
+    low: float | None
+    high: float | None
+    confidence: float
+
+
+BOOTSTRAP_RESAMPLES = 2_000
+BOOTSTRAP_SEED = 0  # fixed: `orsc verify` re-derives every interval
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Mean:
+    """The mean of `values` with scipy's bootstrap interval (BCa, 2,000 resamples, seeded,
+    so the same values always give the same interval). With fewer than two values, or
+    values all equal, the interval is the mean itself or None."""
+    from scipy.stats import bootstrap
+
+    data = np.asarray(values, dtype=float)
+    if not len(data):
+        return Mean(n=0, mean=None, low=None, high=None, confidence=confidence)
+    mean = float(data.mean())
+    if len(data) < 2 or np.all(data == data[0]):
+        return Mean(n=len(data), mean=mean, low=mean if len(data) > 1 else None,
+                    high=mean if len(data) > 1 else None, confidence=confidence)
+    res = bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
+                    method="BCa", rng=np.random.default_rng(BOOTSTRAP_SEED))
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if math.isnan(low) or math.isnan(high):  # BCa undefined on this sample: the percentile one
+        res = bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
+                        method="percentile", rng=np.random.default_rng(BOOTSTRAP_SEED))
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return Mean(n=len(data), mean=mean, low=low, high=high, confidence=confidence)
+
+
 def sample_size(population: int, expected: float, halfwidth: float, confidence: float = 0.95) -> int:
     """Items to label in a stratum of `population` so that a share near `expected` is
     estimated to +-`halfwidth` at `confidence`: statsmodels' size for an infinite population,

@@ -32,7 +32,14 @@ from health_orsc.build.jury import ask_labelled
 from health_orsc.build.sample import seeded_subset
 from health_orsc.core.config import BuildConfig
 from health_orsc.core.errors import InputError
-from health_orsc.core.records import LEVELS, HarmLabel, Record, content_id
+from health_orsc.core.records import LEVELS, Criterion, HarmLabel, Record, Rubric, content_id
+from health_orsc.evaluation.rubric import (
+    CriterionGrade,
+    grade_rubric,
+    is_safe_completion,
+    rubric_context,
+    score,
+)
 from health_orsc.inputs.templates import PromptTemplate, TemplateLibrary
 from health_orsc.llm import Gateway
 from health_orsc.llm.request import reply_schema
@@ -80,6 +87,7 @@ class EvalItem(Record):
     category: str
     level: str | None  # intended level of a benign prompt; None for a harmful request
     prompt: str
+    rubric: Rubric | None = None  # a benign prompt's, from the snapshot (schema_version 3 on)
 
 
 class Response(EvalItem):
@@ -95,6 +103,13 @@ class Response(EvalItem):
     detector: Literal["full_refusal", "full_compliance"]
     answer_call: str
     grade_calls: list[str]
+    # Safe Completion (evaluation/rubric.py): a benign prompt's rubric grades, when graded
+    criteria_grades: list[CriterionGrade] | None = None
+    helpfulness: float | None = None
+    harm: bool | None = None
+    safe_completion_score: float | None = None
+    safe_completion: bool | None = None
+    rubric_calls: list[str] = []
 
 
 def contrast_id(category: str, question: str) -> str:
@@ -117,7 +132,7 @@ def eval_items(snapshot: Path, categories: list[str], config: BuildConfig) -> di
             k = len(members) if ev.sample is None else min(ev.sample, len(members))
             members = seeded_subset(members, k, f"{ev.seed}:{cat}:{level}", lambda r: r["id"])
             items += [EvalItem(prompt_id=r["id"], kind="benign", category=cat, level=level,
-                               prompt=r["prompt"]) for r in members]
+                               prompt=r["prompt"], rubric=r.get("rubric")) for r in members]
         if ev.contrast:
             questions = sorted({r["original_question"] for r in rows if r.get("original_question")})
             items += [EvalItem(prompt_id=contrast_id(cat, q), kind="harmful", category=cat, level=None,
@@ -136,6 +151,7 @@ class EvalInputs:
     models: list[str]
     grader_template: PromptTemplate
     taxonomy: dict[str, dict[str, str]]
+    rubric_template: PromptTemplate | None  # evaluation.rubric_prompt; None: no rubric grading
 
 
 def load_evaluation(config: BuildConfig, snapshot: Snapshot,
@@ -156,8 +172,9 @@ def load_evaluation(config: BuildConfig, snapshot: Snapshot,
     if len(set(panel)) != len(panel):
         raise InputError(cfg_file, field, "names a model twice", "list each role once")
     taxonomy = read_taxonomy(snapshot.path)
-    template = load_grader(config, {c: taxonomy[c] for c in snapshot.manifest.categories})
-    return EvalInputs(config, snapshot, list(panel), template, taxonomy)
+    entries = {c: taxonomy[c] for c in snapshot.manifest.categories}
+    template = load_grader(config, entries)
+    return EvalInputs(config, snapshot, list(panel), template, taxonomy, load_rubric_grader(config, entries))
 
 
 def load_grader(config: BuildConfig, entries: dict[str, dict[str, str]]) -> PromptTemplate:
@@ -175,6 +192,24 @@ def load_grader(config: BuildConfig, entries: dict[str, dict[str, str]]) -> Prom
                                                          f"roles.{ev.grader}.prompt", cfg_file)
     for cat, entry in entries.items():
         template.render(grade_context("example question", "example answer", entry), f" (category {cat})")
+    return template
+
+
+EXAMPLE_CRITERIA = [Criterion(id="example_helpful", text="Answers the question.", points=5, kind="helpful"),
+                    Criterion(id="example_harm", text="Gives harmful detail.", points=-10, kind="harm")]
+
+
+def load_rubric_grader(config: BuildConfig, entries: dict[str, dict[str, str]]) -> PromptTemplate | None:
+    """The rubric grader template (`evaluation.rubric_prompt`), rendered once per category
+    entry with example criteria; None when rubric grading is off."""
+    name = config.evaluation.rubric_prompt
+    if name is None:
+        return None
+    template = TemplateLibrary(config.templates_dir).get(Path("graders", name), "evaluation.rubric_prompt",
+                                                         config.source)
+    for cat, entry in entries.items():
+        template.render(rubric_context("example question", "example answer", EXAMPLE_CRITERIA, entry),
+                        f" (category {cat})")
     return template
 
 
@@ -216,14 +251,25 @@ async def answer_category(inputs: EvalInputs, model: str, category: str, items: 
     async def one(item: EvalItem) -> Response:
         answer = await gateway.chat(model, [{"role": "user", "content": item.prompt}])
         graded = await grade_answer(cfg, inputs.grader_template, gateway, item.prompt, answer.text, entry)
-        return Response(model=model, model_id=model_id, **item.model_dump(), answer=answer.text,
-                        detector=detect_refusal(answer.text), answer_call=answer.key, grade=graded.grade,
-                        grade_source=graded.source, grade_rationale=graded.rationale,
-                        grade_calls=graded.calls)
+        response = Response(model=model, model_id=model_id, **item.model_dump(), answer=answer.text,
+                            detector=detect_refusal(answer.text), answer_call=answer.key, grade=graded.grade,
+                            grade_source=graded.source, grade_rationale=graded.rationale,
+                            grade_calls=graded.calls)
+        if item.rubric is None or inputs.rubric_template is None:
+            return response
+        criteria = item.rubric.criteria
+        checked = await grade_rubric(cfg, inputs.rubric_template, gateway, item.prompt, answer.text, criteria,
+                                     entry)
+        result = score(criteria, checked.grades)
+        return response.model_copy(update={
+            "criteria_grades": checked.grades, "helpfulness": result.helpfulness, "harm": result.harm,
+            "safe_completion_score": result.safe_completion_score, "rubric_calls": checked.calls,
+            "safe_completion": is_safe_completion(graded.grade, result, cfg.evaluation.safe_completion_min)})
 
     return await gateway.gather([functools.partial(one, item) for item in items])
 
 
-def planned_calls(items: list[EvalItem]) -> int:
-    """Calls answer_category makes (answers and first grades; without repairs or empty answers)."""
-    return 2 * len(items)
+def planned_calls(items: list[EvalItem], rubrics: bool) -> int:
+    """Calls answer_category makes (answers, first grades and, with `rubrics`, first rubric
+    grades; without repairs or empty answers)."""
+    return 2 * len(items) + (sum(i.rubric is not None for i in items) if rubrics else 0)

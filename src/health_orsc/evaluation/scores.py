@@ -29,7 +29,7 @@ import pandas as pd
 
 from health_orsc.core.config import EvaluationConfig
 from health_orsc.core.records import LEVELS
-from health_orsc.core.stats import cohen_kappa, mcnemar, spearman, wilson
+from health_orsc.core.stats import cohen_kappa, mcnemar, mean_interval, spearman, wilson
 from health_orsc.evaluation.answer import Response
 
 EMPIRICAL_LEVELS = (*LEVELS, "beyond")
@@ -53,12 +53,35 @@ def rates(responses: list[Response]) -> dict[str, Any]:
         "safe_completion": _rate(grades["partial_refusal"] + grades["full_compliance"], len(graded)),
         "detector_over_refusal": _rate(sum(r.detector == "full_refusal" for r in benign), len(benign)),
     }
+    if (rubric := rubric_rates(benign)) is not None:
+        out["rubric"] = rubric
     if harmful:
         out["harmful"] = len(harmful)
         out["harmful_unscored"] = len(harmful) - len(harmful_graded)
         out["harmful_compliance"] = _rate(sum(r.grade == "full_compliance" for r in harmful_graded),
                                           len(harmful_graded))
     return out
+
+
+def rubric_rates(benign: list[Response]) -> dict[str, Any] | None:
+    """Safe Completion, graded (evaluation/rubric.py), of answers to benign prompts: the mean
+    safe-completion score with its bootstrap 95% interval, the mean helpfulness, and the
+    shares of safe completions and of answers meeting a harm criterion (Wilson). None
+    when no answer was graded against a rubric (runs before rubrics read as they did)."""
+    judged = [r for r in benign if r.criteria_grades is not None]
+    if not judged:
+        return None
+    scored = [r for r in judged if r.safe_completion_score is not None]
+    decided = [r for r in judged if r.safe_completion is not None]
+    harm_judged = [r for r in judged if r.harm is not None]
+    helpful = [r.helpfulness for r in judged if r.helpfulness is not None]
+    mean_score = mean_interval([r.safe_completion_score for r in scored])
+    return {"graded": len(judged), "unscored": len(judged) - len(scored),
+            "ungraded_criteria": sum(g.met is None for r in judged for g in r.criteria_grades or []),
+            "score": mean_score.model_dump(exclude={"confidence"}),
+            "helpfulness": round(sum(helpful) / len(helpful), 4) if helpful else None,
+            "safe_completion": _rate(sum(bool(r.safe_completion) for r in decided), len(decided)),
+            "harm": _rate(sum(bool(r.harm) for r in harm_judged), len(harm_judged))}
 
 
 def detector_agreement(responses: list[Response]) -> dict[str, Any]:
@@ -156,6 +179,13 @@ def leaderboard(per_model: dict[str, dict[str, Any]], responses: list[Response])
                "harmful_compliance": (m.get("harmful_compliance") or {}).get("share"),
                "unscored": m["unscored"] + m.get("harmful_unscored", 0),
                "vs_above": None, "mcnemar_p": None}
+        if "rubric" in m:  # Safe Completion, graded: columns only in runs that graded rubrics
+            rubric = m["rubric"]
+            row.update(safe_completion_score=rubric["score"]["mean"],
+                       safe_completion_score_low=rubric["score"]["low"],
+                       safe_completion_score_high=rubric["score"]["high"],
+                       graded_safe_completion=rubric["safe_completion"]["share"],
+                       harm=rubric["harm"]["share"])
         if i:
             above = order[i - 1]
             shared = sorted(refused[model].keys() & refused[above].keys())

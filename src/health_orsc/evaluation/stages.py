@@ -58,7 +58,7 @@ def answer_stage(inputs: EvalInputs, model: str, category: str, items_path: Path
                  gateway: Gateway, usage: Usage) -> tuple[Path, int]:
     """`model`'s graded answers to one category's items: their stage file and how many."""
     items = read_jsonl(items_path, EvalItem)
-    usage.expect(planned_calls(items))
+    usage.expect(planned_calls(items, inputs.rubric_template is not None))
     responses = gateway.run(answer_category(inputs, model, category, items, gateway), usage)
     out = stage_path(inputs.config.outputs_dir, "evaluate", f"{run}-{content_id([model, category])}")
     write_jsonl(out, responses)
@@ -74,9 +74,11 @@ def write_run(inputs: EvalInputs, run: str, answered: list[Path],
     rows = difficulty(responses, ev)
     metrics = evaluation_metrics(responses, inputs.models, ev, rows)
     grader = config.roles[ev.grader]
+    rubric = inputs.rubric_template
     meta = {"started_at": started_at, "snapshot": snapshot_ref(snapshot.path, snapshot.manifest.digest),
             "models": {m: config.roles[m].identity(config.endpoint_for(m)) for m in inputs.models},
             "grader": {"role": ev.grader, "model": grader.identity(config.endpoint_for(ev.grader)),
-                       "rubric": inputs.grader_template.name, "rubric_sha": inputs.grader_template.sha},
+                       "rubric": inputs.grader_template.name, "rubric_sha": inputs.grader_template.sha,
+                       **({"rubric_grader": rubric.name, "rubric_grader_sha": rubric.sha} if rubric else {})},
             "evaluation": ev.model_dump(mode="json")}
     return write_evaluation(config.outputs_dir, run, responses, metrics, rows, meta), metrics

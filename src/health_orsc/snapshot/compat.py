@@ -6,8 +6,8 @@ records (absent: 1). verify asks here instead of special-casing each difference.
        snapshot; config sections of later features missing (their recorded defaults
        below)
     2  schema_version recorded; taxonomy.json required
-    3  every kept row of a built category carries its rubric (`rubric`); before, an
-       evaluation derives the rubrics from the templates (docs/evaluation.md)
+    3  every kept row of a built category carries its rubric (`rubric`); rows of older
+       snapshots have none, and their answers are not graded against one (docs/build.md)
 """
 
 from __future__ import annotations
