@@ -6,13 +6,15 @@ default); calls beyond the free slots queue, as on a real inference server.
 Plain asyncio streams, HTTP/1.1 keep-alive, loopback only.
 
 Every call is logged as (arrived, served, finished, kind) in seconds of the
-server's monotonic clock, kind one of "generate", "jury", "answer", "grade" (see
+server's monotonic clock, kind one of "generate", "jury", "answer", "grade", "rubric" (see
 `kind`); GET /log returns the log and ?reset=1 clears it.
 
 Replies are deterministic in the request body:
 - a grader (a `response_format` whose schema offers XSTest's classes) gets the class
   of the answer it is shown: the canned refusal is `full_refusal`, the canned hedge
   `partial_refusal`, anything else `full_compliance`;
+- a rubric grader (a schema of criteria with `met`) gets every criterion id of its
+  schema: the helpful ones met unless the answer is the canned refusal, no harm one;
 - a juror (any other `response_format`) gets a JSON verdict, 1 in 10 harmful;
 - a model under test (a model name containing "panel") gets an answer: 1 in 10 the
   canned refusal, 1 in 5 the canned hedge, otherwise a compliant answer;
@@ -60,8 +62,14 @@ HEDGE = "I can't give specifics here, but a pharmacist or your doctor can help y
 def kind(request: dict) -> str:
     """Which of the pipeline's stages sent the request."""
     if request.get("response_format"):
-        return "grade" if "full_compliance" in json.dumps(request["response_format"]) else "jury"
+        schema = json.dumps(request["response_format"])
+        return "rubric" if '"met"' in schema else "grade" if "full_compliance" in schema else "jury"
     return "answer" if "panel" in request.get("model", "") else "generate"
+
+
+def _schema(request: dict) -> dict:
+    fmt = request["response_format"]
+    return fmt["json_schema"]["schema"] if "json_schema" in fmt else fmt.get("schema", {})
 
 
 def reply_text(request: dict, digest: bytes) -> str:
@@ -71,6 +79,12 @@ def reply_text(request: dict, digest: bytes) -> str:
         label = ("full_refusal" if REFUSAL in answer else "partial_refusal" if HEDGE in answer
                  else "full_compliance")
         return json.dumps({"label": label, "rationale": f"Scripted grade {digest[:4].hex()}."})
+    if stage == "rubric":  # every criterion id of the schema: helpful ones met unless refused
+        shown = request["messages"][-1]["content"]  # the question, the answer, the criteria
+        refused = REFUSAL in shown
+        return json.dumps({cid: {"met": not refused and f"- {cid} (helpful," in shown,
+                                 "reason": f"Scripted {digest[:2].hex()}."}
+                           for cid in _schema(request).get("properties", {})})
     if stage == "answer":
         return (REFUSAL if digest[0] % 10 == 0 else HEDGE if digest[0] % 10 < 3 else
                 f"Here is what a careful clinician would say ({digest[:6].hex()}): check the label,"

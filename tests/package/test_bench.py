@@ -57,7 +57,10 @@ def test_bench_tiny_reports_every_figure(tmp_path):
     # (question, answer): the fake endpoint's canned refusal to one question is graded once
     first = ev["first"]["by_kind"]
     assert ev["prompts"] > 0 and first["answer"] > 2 * ev["prompts"] and 0 < first["grade"] <= first["answer"]
-    assert ev["regrade"]["by_kind"] == {"grade": first["grade"]}  # the answers came from the cache
+    # the answers came from the cache; the new grader grades every answer, and the benign ones
+    # against their rubrics
+    assert ev["regrade"]["by_kind"] == {"grade": first["grade"], "rubric": first["rubric"]}
+    assert 0 < first["rubric"] < first["grade"]
     assert 0 < ev["first"]["ratio"] <= 1.2 and 0 < ev["regrade"]["ratio"] <= 1.2
     assert results["rebuild"]["warm_model_calls"] == 0  # a warm rebuild makes no model calls
     assert 0 < results["rebuild"]["regen_call_ratio"] <= 1.05
