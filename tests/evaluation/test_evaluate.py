@@ -182,8 +182,9 @@ def test_report_html_renders_every_plot_in_headless_chromium(evaluated, tmp_path
     """Debian's chromium opens a copy of report.html with a check appended by this test:
     every plot image must decode (naturalWidth > 0) and every contents link find its section."""
     report = (evaluated["run"] / "report.html").read_text()
-    # self-contained: four embedded plots, nothing fetched from elsewhere
-    assert report.count('<img id="plot-') == 4 and 'src="http' not in report and "<link" not in report
+    # self-contained: six embedded plots (two of Safe Completion), nothing fetched from elsewhere
+    assert report.count('<img id="plot-') == 6 and 'src="http' not in report and "<link" not in report
+    assert 'id="plot-helpfulness-vs-harm"' in report and "safe completions (95% CI)" in report
     probe = """<script>
 window.addEventListener("load", () => {
   const imgs = [...document.querySelectorAll("img.plot")];
@@ -201,7 +202,7 @@ window.addEventListener("load", () => {
                            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
                            page.as_uri()], capture_output=True, text=True, timeout=120)
     title = re.search(r"<title>(.*?)</title>", proc.stdout)
-    assert title and title.group(1) == "plots 4/4 links 6/6", proc.stdout[:500] + proc.stderr[-2000:]
+    assert title and title.group(1) == "plots 6/6 links 7/7", proc.stdout[:500] + proc.stderr[-2000:]
 
 
 def test_export_in_health_orscs_layout(evaluated, tmp_path, capsys):
