@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from scipy.stats import binomtest
+from scipy.stats import binomtest, wilcoxon
 
 from health_orsc.cli import main
 from tests.conftest import fake_config, panel
@@ -76,6 +76,10 @@ def test_metrics_follow_the_scripts(evaluated):
     assert [b["model"] for b in board] == ["complier", "refuser"]
     expected_p = binomtest(len(kept), len(kept), 0.5).pvalue
     assert float(board[1]["mcnemar_p"]) == pytest.approx(expected_p, rel=1e-4)
+    # and the safe-completion scores, paired by prompt: every refuser score 0, every complier 1
+    expected_w = wilcoxon([0.0] * len(kept), [1.0] * len(kept)).pvalue
+    assert float(board[1]["score_wilcoxon_p"]) == pytest.approx(expected_w, rel=1e-4)
+    assert board[0]["score_wilcoxon_p"] == ""
 
 
 def test_empirical_difficulty_and_manifest(evaluated):

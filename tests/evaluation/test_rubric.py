@@ -70,3 +70,15 @@ def test_the_mean_interval_is_scipys_bootstrap():
     assert (ours.low, ours.high) == (pytest.approx(theirs.low), pytest.approx(theirs.high))
     assert mean_interval(values) == ours  # seeded: the same values, the same interval
     assert mean_interval([]).mean is None and mean_interval([0.4]).low is None
+
+
+def test_paired_scores_are_compared_with_scipys_wilcoxon():
+    from scipy.stats import wilcoxon
+
+    from health_orsc.core.stats import wilcoxon_paired
+
+    a, b = [1.0, 0.8, 0.9, 0.5, 1.0, 0.7, 0.6], [0.2, 0.8, 0.1, 0.4, 0.0, 0.3, 0.9]
+    result = wilcoxon_paired(a, b)
+    assert result["pvalue"] == pytest.approx(wilcoxon(a, b).pvalue, rel=1e-5)
+    assert result["n"] == 7 and result["mean_diff"] == pytest.approx(np.mean(np.subtract(a, b)), abs=1e-6)
+    assert wilcoxon_paired([0.5, 0.5], [0.5, 0.5])["pvalue"] is None  # no difference to rank

@@ -258,6 +258,20 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict:
     return {"n": len(a), "only_a": only_a, "only_b": only_b, "pvalue": float(f"{result.pvalue:.6g}")}
 
 
+def wilcoxon_paired(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Paired comparison of two models' scores on the same items: Wilcoxon's signed-rank
+    test (scipy.stats.wilcoxon, two-sided; zero differences dropped, Wilcoxon's own way),
+    with the mean difference a - b. p is None with no nonzero difference."""
+    from scipy.stats import wilcoxon
+
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    mean_diff = round(sum(diffs) / len(diffs), 6) if diffs else None
+    if not any(diffs):
+        return {"n": len(diffs), "mean_diff": mean_diff, "pvalue": None}
+    result = wilcoxon(a, b, zero_method="wilcox", alternative="two-sided")
+    return {"n": len(diffs), "mean_diff": mean_diff, "pvalue": float(f"{result.pvalue:.6g}")}
+
+
 def multiclass_agreement(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> dict:
     """A classifier against people's labels over several classes (scikit-learn): accuracy,
     Cohen's kappa, the confusion matrix (rows truth, columns predicted, in `labels` order)

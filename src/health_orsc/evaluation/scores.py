@@ -14,10 +14,12 @@ counted as `unscored`), with its Wilson 95% interval (health_orsc.core.stats):
   and the detector's agreement with the grader on "full refusal or not".
 
 Pairs of models are compared on the benign prompts both had graded with McNemar's exact
-test (statsmodels). Empirical difficulty: per benign prompt, how many of the panel fully
-refused it (`refuse_count` of `total_models`), binned with `evaluation.easy_below`,
-`medium_below` and `hard_up_to` (shares of the panel; Health-ORSC's 0-4 / 5-9 / 10-25 of
-30 by default). A prompt refused by more than `hard_up_to` is `beyond`: in no subset.
+test (statsmodels), and, with rubrics graded, on the safe-completion scores of the prompts
+both had scored with Wilcoxon's signed-rank test (scipy). Empirical difficulty: per benign
+prompt, how many of the panel fully refused it (`refuse_count` of `total_models`), binned
+with `evaluation.easy_below`, `medium_below` and `hard_up_to` (shares of the panel;
+Health-ORSC's 0-4 / 5-9 / 10-25 of 30 by default). A prompt refused by more than
+`hard_up_to` is `beyond`: in no subset.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pandas as pd
 
 from health_orsc.core.config import EvaluationConfig
 from health_orsc.core.records import LEVELS
-from health_orsc.core.stats import cohen_kappa, mcnemar, mean_interval, spearman, wilson
+from health_orsc.core.stats import cohen_kappa, mcnemar, mean_interval, spearman, wilcoxon_paired, wilson
 from health_orsc.evaluation.answer import Response
 
 EMPIRICAL_LEVELS = (*LEVELS, "beyond")
@@ -167,6 +169,9 @@ def leaderboard(per_model: dict[str, dict[str, Any]], responses: list[Response])
 
     refused = {m: {r.prompt_id: r.grade == "full_refusal" for r in responses
                    if r.model == m and r.kind == "benign" and r.grade is not None} for m in per_model}
+    scores = {m: {r.prompt_id: r.safe_completion_score for r in responses
+                  if r.model == m and r.kind == "benign" and r.safe_completion_score is not None}
+              for m in per_model}
     order = sorted(per_model, key=key)
     rows = []
     for i, model in enumerate(order):
@@ -191,6 +196,12 @@ def leaderboard(per_model: dict[str, dict[str, Any]], responses: list[Response])
             shared = sorted(refused[model].keys() & refused[above].keys())
             test = mcnemar([refused[model][p] for p in shared], [refused[above][p] for p in shared])
             row.update(vs_above=above, mcnemar_p=test["pvalue"])
+            if "rubric" in m:  # the safe-completion scores of the prompts both had scored
+                both = sorted(scores[model].keys() & scores[above].keys())
+                paired = wilcoxon_paired([scores[model][p] for p in both], [scores[above][p] for p in both])
+                row["score_wilcoxon_p"] = paired["pvalue"]
+        elif "rubric" in m:
+            row["score_wilcoxon_p"] = None
         rows.append(row)
     return rows
 
