@@ -217,7 +217,8 @@ def test_export_in_health_orscs_layout(evaluated, tmp_path, capsys):
     exported = rows(out / "all.jsonl")
     assert [set(r) for r in exported[:1]] == [{"id", "question", "original_question", "classification",
                                                 "results", "score", "refuse_count", "refuse_rate",
-                                                "total_models"}]
+                                                "total_models", "rubric", "safe_completions",
+                                                "safe_completion_score"}]
     assert {r["id"] for r in exported} == set(kept)
     for r in exported:
         k = kept[r["id"]]
@@ -226,6 +227,9 @@ def test_export_in_health_orscs_layout(evaluated, tmp_path, capsys):
         assert r["results"] == {v["juror"]: v["label"] for v in k["votes"]}
         assert r["score"] == k["benign_votes"]
         assert (r["refuse_count"], r["total_models"], r["refuse_rate"]) == (1, 2, 0.5)
+        # the complier's answers are safe completions scoring 1, the refuser's score 0
+        assert r["rubric"] == k["rubric"]["criteria"]
+        assert (r["safe_completions"], r["safe_completion_score"]) == (1, 0.5)
     # every prompt is empirically hard (one of two models refused it)
     assert len(rows(out / "hard.jsonl")) == len(kept) and rows(out / "easy.jsonl") == []
     # nothing is overwritten

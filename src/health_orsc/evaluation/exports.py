@@ -13,6 +13,12 @@ One JSON object per kept prompt, with Health-ORSC's fields:
     refuse_rate        refuse_count / total_models
     total_models       models whose answer to it was graded
 
+and, from an evaluation that graded rubrics (Safe Completion), three more:
+
+    rubric             the prompt's criteria ({id, text, points, kind})
+    safe_completions   models of the panel whose answer was a safe completion
+    safe_completion_score  the panel's mean safe-completion score (HealthBench's)
+
 Files: `all.jsonl` (every kept prompt the evaluation covered), and the difficulty subsets
 `easy.jsonl`, `medium.jsonl`, `hard.jsonl` (the run's empirical levels; a prompt refused
 by more than `hard_up_to` of the panel is in no subset, as in Health-ORSC).
@@ -47,6 +53,10 @@ def health_orsc_rows(snapshot: Path, run: Path) -> list[dict]:
                     "score": row.benign_votes, "refuse_count": int(d["refuse_count"]),
                     "refuse_rate": None if d["refuse_rate"] == "" else float(d["refuse_rate"]),
                     "total_models": int(d["total_models"]), "_level": d["empirical_level"]})
+        if "safe_completions" in d:
+            out[-1].update(rubric=[c.model_dump() for c in row.rubric.criteria] if row.rubric else None,
+                           safe_completions=int(d["safe_completions"]),
+                           safe_completion_score=None if d["mean_score"] == "" else float(d["mean_score"]))
     return out
 
 

@@ -107,7 +107,9 @@ def empirical_level(refuse_rate: float, ev: EvaluationConfig) -> str:
 def difficulty_table(responses: list[Response], ev: EvaluationConfig) -> pd.DataFrame:
     """Per benign prompt (by category, then id): refuse_count, refuse_rate, total_models
     (models with a grade) and the empirical level beside the intended one (None when no
-    model's answer was graded). The table behind difficulty.csv."""
+    model's answer was graded); with rubrics graded, safe_completions (models whose answer
+    was one) and mean_score (their mean safe-completion score). The table behind
+    difficulty.csv."""
     columns = ["id", "category", "level", "prompt", "graded", "refused"]
     answers = pd.DataFrame([(r.prompt_id, r.category, r.level, r.prompt, r.grade is not None,
                              r.grade == "full_refusal") for r in responses if r.kind == "benign"],
@@ -123,6 +125,20 @@ def difficulty_table(responses: list[Response], ev: EvaluationConfig) -> pd.Data
     table.insert(5, "refuse_rate", pd.Series(rates, dtype=object))
     table["empirical_level"] = pd.Series([None if r is None else empirical_level(r, ev) for r in rates],
                                          dtype=object)
+    graded = [r for r in responses if r.kind == "benign" and r.criteria_grades is not None]
+    if graded:  # Safe Completion per prompt: columns only in runs that graded rubrics
+        per_prompt: dict[str, list[Response]] = {}
+        for r in graded:
+            per_prompt.setdefault(r.prompt_id, []).append(r)
+
+        def mean_score(answers: list[Response]) -> float | None:
+            scores = [r.safe_completion_score for r in answers if r.safe_completion_score is not None]
+            return round(sum(scores) / len(scores), 4) if scores else None
+
+        table["safe_completions"] = [sum(bool(r.safe_completion) for r in per_prompt.get(i, []))
+                                     for i in table["id"]]
+        table["mean_score"] = pd.Series([mean_score(per_prompt.get(i, [])) for i in table["id"]],
+                                        dtype=object)
     return table
 
 
