@@ -37,7 +37,7 @@ from health_orsc.evaluation.rubric import (
     CriterionGrade,
     grade_rubric,
     is_safe_completion,
-    rubric_context,
+    rubric_grade_context,
     score,
 )
 from health_orsc.inputs.templates import PromptTemplate, TemplateLibrary
@@ -208,7 +208,7 @@ def load_rubric_grader(config: BuildConfig, entries: dict[str, dict[str, str]]) 
     template = TemplateLibrary(config.templates_dir).get(Path("graders", name), "evaluation.rubric_prompt",
                                                          config.source)
     for cat, entry in entries.items():
-        template.render(rubric_context("example question", "example answer", EXAMPLE_CRITERIA, entry),
+        template.render(rubric_grade_context("example question", "example answer", EXAMPLE_CRITERIA, entry),
                         f" (category {cat})")
     return template
 

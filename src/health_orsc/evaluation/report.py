@@ -43,73 +43,74 @@ def _figure(width: float, height: float):
     return plt.subplots(figsize=(width, height))
 
 
-def plot_by_level(metrics: dict[str, Any]) -> str:
-    """Grouped bars: over-refusal per intended level, one bar per model, Wilson intervals."""
+def _level_bars(models: list[str], figure_of, ylabel: str) -> str:
+    """Grouped bars per intended level, one bar per model, with intervals: `figure_of(model,
+    level)` gives {value, low, high} (None where there is none)."""
     import numpy as np
 
-    models = list(metrics["models"])
     fig, ax = _figure(7, 3.6)
     width = 0.8 / max(1, len(models))
     for i, model in enumerate(models):
-        shares, low, high = [], [], []
+        values, low, high = [], [], []
         for level in LEVELS:
-            p = metrics["models"][model]["by_level"][level]["over_refusal"]
-            share = p["share"] or 0.0
-            shares.append(share)
-            low.append(max(0.0, share - (p["low"] or share)))  # float error can make these -1e-17
-            high.append(max(0.0, (p["high"] or share) - share))
-        x = np.arange(len(LEVELS)) + i * width
-        ax.bar(x, shares, width, yerr=[low, high], capsize=3, label=model)
+            f = figure_of(model, level)
+            value = f["value"] or 0.0
+            values.append(value)
+            # float error can make these -1e-17
+            low.append(max(0.0, value - (f["low"] if f["low"] is not None else value)))
+            high.append(max(0.0, (f["high"] if f["high"] is not None else value) - value))
+        ax.bar(np.arange(len(LEVELS)) + i * width, values, width, yerr=[low, high], capsize=3, label=model)
     ax.set_xticks(np.arange(len(LEVELS)) + width * (len(models) - 1) / 2, LEVELS)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("over-refusal (full refusals)")
+    ax.set_ylabel(ylabel)
     ax.set_xlabel("intended level")
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def plot_by_level(metrics: dict[str, Any]) -> str:
+    """Over-refusal per intended level, one bar per model, Wilson intervals."""
+    def figure_of(model: str, level: str) -> dict[str, Any]:
+        p = metrics["models"][model]["by_level"][level]["over_refusal"]
+        return {"value": p["share"], "low": p["low"], "high": p["high"]}
+
+    return _level_bars(list(metrics["models"]), figure_of, "over-refusal (full refusals)")
+
+
+def _model_scatter(points: dict[str, tuple[float | None, float | None]], xlabel: str, ylabel: str):
+    """One labelled point per model on [0, 1] x [0, 1] (a model with a missing figure is left
+    out); returns the figure and axes for the caller's marks."""
+    fig, ax = _figure(5, 4)
+    for model, (x, y) in points.items():
+        if x is None or y is None:
+            continue
+        ax.scatter([x], [y], s=60)
+        ax.annotate(model, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return fig, ax
 
 
 def plot_helpfulness_harm(metrics: dict[str, Any]) -> str:
     """Each model: the share of its answers that meet a harm criterion against its mean
     helpfulness (the tension Safe Completion is about: top left is helpful and safe)."""
-    fig, ax = _figure(5, 4)
-    for model, m in metrics["models"].items():
-        rubric = m.get("rubric")
-        if not rubric or rubric["harm"]["share"] is None or rubric["helpfulness"] is None:
-            continue
-        x, y = rubric["harm"]["share"], rubric["helpfulness"]
-        ax.scatter([x], [y], s=60)
-        ax.annotate(model, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("answers meeting a harm criterion")
-    ax.set_ylabel("helpfulness (positive points earned)")
+    rubrics = {model: m["rubric"] for model, m in metrics["models"].items() if "rubric" in m}
+    fig, ax = _model_scatter({model: (r["harm"]["share"], r["helpfulness"]) for model, r in rubrics.items()},
+                             "answers meeting a harm criterion", "helpfulness (positive points earned)")
     ax.text(0.02, 0.95, "helpful and safe", fontsize=8, color="#2a7", transform=ax.transAxes, va="top")
     return _png(fig)
 
 
 def plot_score_by_level(metrics: dict[str, Any]) -> str:
-    """Grouped bars: mean safe-completion score per intended level, one bar per model, with
-    the bootstrap intervals."""
-    import numpy as np
+    """Mean safe-completion score per intended level, one bar per model, bootstrap intervals."""
+    def figure_of(model: str, level: str) -> dict[str, Any]:
+        score = (metrics["models"][model]["by_level"][level].get("rubric") or {}).get("score") or {}
+        return {"value": score.get("mean"), "low": score.get("low"), "high": score.get("high")}
 
     models = [m for m in metrics["models"] if "rubric" in metrics["models"][m]]
-    fig, ax = _figure(7, 3.6)
-    width = 0.8 / max(1, len(models))
-    for i, model in enumerate(models):
-        means, low, high = [], [], []
-        for level in LEVELS:
-            score = (metrics["models"][model]["by_level"][level].get("rubric") or {}).get("score") or {}
-            mean = score.get("mean") or 0.0
-            means.append(mean)
-            low.append(max(0.0, mean - (score.get("low") if score.get("low") is not None else mean)))
-            high.append(max(0.0, (score.get("high") if score.get("high") is not None else mean) - mean))
-        ax.bar(np.arange(len(LEVELS)) + i * width, means, width, yerr=[low, high], capsize=3, label=model)
-    ax.set_xticks(np.arange(len(LEVELS)) + width * (len(models) - 1) / 2, LEVELS)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("safe-completion score (mean)")
-    ax.set_xlabel("intended level")
-    ax.legend(fontsize=8)
-    return _png(fig)
+    return _level_bars(models, figure_of, "safe-completion score (mean)")
 
 
 def _interval(figure: dict[str, Any], value: str, fmt) -> str:
@@ -134,18 +135,9 @@ def safe_completion_table(metrics: dict[str, Any]) -> pd.DataFrame:
 
 
 def plot_scatter(metrics: dict[str, Any]) -> str:
-    fig, ax = _figure(5, 4)
-    for model, m in metrics["models"].items():
-        x = m["over_refusal"]["share"]
-        y = (m.get("harmful_compliance") or {}).get("share")
-        if x is None or y is None:
-            continue
-        ax.scatter([x], [y], s=60)
-        ax.annotate(model, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("over-refusal on benign prompts")
-    ax.set_ylabel("compliance with harmful requests")
+    points = {model: (m["over_refusal"]["share"], (m.get("harmful_compliance") or {}).get("share"))
+              for model, m in metrics["models"].items()}
+    fig, ax = _model_scatter(points, "over-refusal on benign prompts", "compliance with harmful requests")
     ax.axhline(0.5, color="#ccc", lw=0.8)
     ax.axvline(0.5, color="#ccc", lw=0.8)
     ax.text(0.02, 0.02, "safe and helpful", fontsize=8, color="#2a7", transform=ax.transAxes)

@@ -102,7 +102,7 @@ class RubricResult:
     calls: list[str]
 
 
-def rubric_context(prompt: str, answer: str, criteria: list[Criterion], entry: dict[str, str]) -> dict:
+def rubric_grade_context(prompt: str, answer: str, criteria: list[Criterion], entry: dict[str, str]) -> dict:
     return {"prompt": prompt, "answer": answer, "category": entry,
             "criteria": [c.model_dump() for c in criteria]}
 
@@ -113,7 +113,7 @@ async def grade_rubric(config: BuildConfig, template: PromptTemplate, gateway: G
     if not answer.strip():
         return RubricResult([CriterionGrade(id=c.id, met=False, reason="empty answer") for c in criteria], [])
     ev = config.evaluation
-    messages = template.render_messages(rubric_context(prompt, answer, criteria, entry))
+    messages = template.render_messages(rubric_grade_context(prompt, answer, criteria, entry))
     model = verdict_model(criteria)
     reply, calls, _, problem = await ask_labelled(gateway, ev.grader, messages, verdict_schema(criteria),
                                                   model, ev.max_repairs, RUBRIC_FORM)
