@@ -36,6 +36,30 @@ def test_second_identical_call_comes_from_the_persistent_cache(tmp_path, fake_ll
     assert second.text == first.text and second.key == first.key
 
 
+def test_a_new_gateway_takes_calls_before_its_loop_thread_got_going(tmp_path, fake_llm, monkeypatch):
+    """A task that makes a gateway and calls it at once, on a busy machine where the loop's
+    thread has not started running yet, must not be told the gateway is closed (CI, once)."""
+    new_loop = asyncio.new_event_loop
+
+    def slow_starting_loop():
+        loop = new_loop()
+        run_forever = loop.run_forever
+
+        def late():
+            time.sleep(0.3)  # the thread is scheduled late
+            run_forever()
+
+        loop.run_forever = late
+        return loop
+
+    monkeypatch.setattr(asyncio, "new_event_loop", slow_starting_loop)
+    gw = _gateway(tmp_path, fake_llm)
+    try:
+        assert gw.run(gw.chat("generator", MESSAGES)).text
+    finally:
+        gw.close()
+
+
 def test_variants_with_other_seeds_are_distinct_calls(tmp_path, fake_llm):
     gw = _gateway(tmp_path, fake_llm)
     a = gw.run(gw.chat("generator", MESSAGES, seed_offset=0))

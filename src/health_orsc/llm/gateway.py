@@ -62,7 +62,12 @@ class Gateway:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="llm-gateway",
                                         daemon=True)
+        # running before the first submit: until then is_running() is False, and a task
+        # that got this gateway at once was told it was closed (seen in CI, under load)
+        running = threading.Event()
+        self._loop.call_soon(running.set)
         self._thread.start()
+        running.wait()
         self._writer = CacheWriter(self.cache, self._loop)
         self._reader = CacheReader(self.cache, self._loop)
         self._clients: dict[str, openai.AsyncOpenAI] = {}
