@@ -117,6 +117,25 @@ def test_adding_a_model_calls_only_that_model_and_the_grader(evaluated, capsys):
     assert "leaderboard" in capsys.readouterr().out
 
 
+def test_a_probe_of_the_grader_shows_in_the_next_runs_report(evaluated, capsys):
+    """`orsc grade --probe` with the run's grader and rubric template: the next evaluation's
+    report shows how often that grader's verdicts flipped, and its MANIFEST names the probe."""
+    assert "under manipulation" not in (evaluated["run"] / "report.html").read_text()
+    assert main(["grade", "--config", str(evaluated["cfg"]), "--probe", "--json"]) == 0
+    probe = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(evaluated["snapshot"]), "--config", str(evaluated["cfg"]),
+                 "--name", "run-probed"]) == 0
+    run = evaluated["tmp"] / "outputs" / "evaluations" / "run-probed"
+    report = (run / "report.html").read_text()
+    assert "The rubric grader under manipulation" in report
+    for name, result in probe["perturbations"].items():
+        flips = result["verdict_flips"]
+        assert f"<td>{name}</td>" in report and f"{flips['count']} ({flips['share']:.1%})" in report
+    grader = json.loads((run / "MANIFEST.json").read_text())["grader"]
+    assert grader["probe"] == Path(probe["written_to"]).name
+    assert main(["verify", str(run)]) == 0
+
+
 def test_a_compliant_answer_that_crosses_into_harm_is_no_safe_completion(evaluated):
     """The three-class grade calls the harm model's answers full compliance (a "safe
     completion" by the label count); graded against the rubric, each meets a harm criterion:

@@ -22,6 +22,7 @@ T = TypeVar("T")
 
 DEFAULT_GOLD = DATA_DIR / "gold" / "jury.csv"
 DEFAULT_ANSWERS = DATA_DIR / "gold" / "answers.csv"
+DEFAULT_RUBRIC_ANSWERS = DATA_DIR / "gold" / "rubric_answers.csv"
 
 # Prompts may contain [brackets]: no markup. Piped output gets room for the table.
 console = Console(markup=False, highlight=False)

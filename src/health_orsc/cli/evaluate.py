@@ -9,6 +9,7 @@ from pathlib import Path
 from health_orsc.cli import render
 from health_orsc.cli.common import (
     DEFAULT_ANSWERS,
+    DEFAULT_RUBRIC_ANSWERS,
     add_config,
     add_json,
     check_cache_reachable,
@@ -56,13 +57,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
+    if args.rubric is not None or args.probe is not None:
+        return _grade_rubric(args)
     from health_orsc.evaluation.answer import load_grader
     from health_orsc.evaluation.grade import GENERIC, grade_answers, grade_report, read_answers
     from health_orsc.inputs.load import load_taxonomy
 
     config = load_config(args.config)
     taxonomy = load_taxonomy(config.seeds_dir)
-    items = read_answers(Path(args.answers), taxonomy)
+    items = read_answers(Path(args.answers or DEFAULT_ANSWERS), taxonomy)
     entries = {c: taxonomy.entry(c).model_dump() for c in {i.category for i in items if i.category}}
     template = load_grader(config, {**entries, "(none)": GENERIC})
     results, calls, hits = model_calls(
@@ -71,6 +74,49 @@ def cmd_grade(args: argparse.Namespace) -> int:
     report = grade_report(items, results)
     report.model_calls, report.cache_hits = calls, hits
     emit(args, report, render.grade)
+    return 0
+
+
+def _grade_rubric(args: argparse.Namespace) -> int:
+    """`--rubric`: the rubric grader against people's per-criterion judgements; `--probe`:
+    the same answers perturbed, and how often the grader's verdicts flip."""
+    from health_orsc.core.errors import InputError
+    from health_orsc.evaluation.answer import grader_role, load_rubric_grader
+    from health_orsc.evaluation.grade import GENERIC
+    from health_orsc.evaluation.meta import grade_rubric_answers, read_rubric_answers, rubric_grade_report
+    from health_orsc.evaluation.probe import perturbed, probe_report, write_probe
+    from health_orsc.inputs.load import load_taxonomy
+
+    probe = args.probe is not None
+    config = load_config(args.config)
+    ev = config.evaluation
+    role = grader_role(config)
+    taxonomy = load_taxonomy(config.seeds_dir)
+    path = Path(args.probe if probe else args.rubric)
+    items = read_rubric_answers(path, taxonomy)
+    entries = {c: taxonomy.entry(c).model_dump() for c in {i.category for i in items if i.category}}
+    template = load_rubric_grader(config, {**entries, "(none)": GENERIC})
+    if template is None:
+        raise InputError(config.source, "evaluation.rubric_prompt", "is null: rubric grading is off",
+                         "set it to a rubric grader template under prompts_templates/graders/ (the"
+                         " shipped one is rubric.j2)")
+    copies = perturbed(items) if probe else []
+    every = items + [copy for _, copy in copies]
+    results, calls, hits = model_calls(
+        config, "grade", "answers", sum(bool(i.answer.strip()) for i in every),
+        lambda gateway: grade_rubric_answers(config, template, every, entries, gateway))
+    if not probe:
+        report = rubric_grade_report(items, results, ev.safe_completion_min)
+        report.model_calls, report.cache_hits = calls, hits
+        emit(args, report, render.rubric_grade)
+        return 0
+    grader = {"role": ev.grader, "model": role.identity(config.endpoint_for(ev.grader)),
+              "rubric_grader": template.name, "rubric_grader_sha": template.sha}
+    report = probe_report(items, results[:len(items)], copies, results[len(items):], ev.safe_completion_min,
+                          grader, str(path))
+    report.model_calls, report.cache_hits = calls, hits
+    write_probe(config.outputs_dir, report)
+    emit(args, report, render.probe)
     return 0
 
 
@@ -100,14 +146,25 @@ def register(sub) -> None:
     e.add_argument("--name", help="run name (default: eval-<UTC timestamp>)")
     add_json(e)
 
-    g = command(sub, "grade", cmd_grade, "grade (prompt, answer) pairs with the evaluation's grader and"
-                " detector; with people's labels, measure both",
+    g = command(sub, "grade", cmd_grade, "grade answers with the evaluation's grader and detector, or"
+                " against rubrics; with people's labels, measure the grader; --probe: under manipulation",
                 "Grade a CSV of answers with the config's grader and XSTest's string-match detector; with"
-                " a `label` column, each against people's labels. --json prints a GradeReport.",
-                "orsc grade --answers my-answers.csv --json")
+                " a `label` column, each against people's labels (--json prints a GradeReport)."
+                " --rubric: the rubric grader against people's per-criterion judgements: accuracy,"
+                " Cohen's kappa and macro F1 per criterion kind (a RubricGradeReport)."
+                " --probe: the same answers re-graded as perturbed copies that try to fool the"
+                " grader; how often its verdict flips, per perturbation (a ProbeReport, also written to"
+                " outputs/probes/, where evaluation reports find it).",
+                "orsc grade --rubric --json")
     add_config(g)
-    g.add_argument("--answers", default=str(DEFAULT_ANSWERS),
-                   help="CSV: id, prompt, answer[, category][, label] (default: the project's answers.csv)")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--answers", help="CSV: id, prompt, answer[, category][, label] (default: the"
+                       " project's gold/answers.csv)")
+    which.add_argument("--rubric", nargs="?", const=str(DEFAULT_RUBRIC_ANSWERS), metavar="FILE",
+                       help="CSV: id, prompt, answer, criteria, met[, category][, harmful_detail] (default:"
+                       " the project's gold/rubric_answers.csv)")
+    which.add_argument("--probe", nargs="?", const=str(DEFAULT_RUBRIC_ANSWERS), metavar="FILE",
+                       help="a CSV as for --rubric (default: the project's gold/rubric_answers.csv)")
     add_json(g)
 
     x = command(sub, "export", cmd_export,

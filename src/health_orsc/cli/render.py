@@ -71,6 +71,45 @@ def grade(report) -> None:
         console.print(table)
 
 
+def rubric_grade(report) -> None:
+    console.print(f"graded {report.criteria} criteria of {report.items} answers against people's judgements"
+                  f" ({report.ungraded} criteria the grader could not grade); model calls:"
+                  f" {report.model_calls} (request cache hits: {report.cache_hits})")
+    table = Table(title="rubric grader against people, met / not met per criterion")
+    for col in ("criteria", "n", "people met", "grader met", "accuracy", "Cohen's kappa", "macro F1"):
+        table.add_column(col, justify="left" if col == "criteria" else "right")
+    for kind, m in report.by_kind.items():
+        (tp, fn), (fp, _) = m.confusion
+        table.add_row(kind, str(m.n), str(tp + fn), str(tp + fp), _num(m.accuracy), _num(m.kappa),
+                      _num(m.macro_f1))
+    console.print(table)
+    for what, m in (("harm (any harm criterion met)", report.harm),
+                    (f"safe completion by the rubric (no harm, score >= {report.safe_completion_min})",
+                     report.safe)):
+        console.print(f"answers, {what}: agree on {_num(m.accuracy)} of {m.n}, Cohen's kappa {_num(m.kappa)}")
+    apart = [a for a in report.answers if a.disagree]
+    if apart:
+        console.print(f"{len(apart)} answers with a criterion judged differently, e.g. "
+                      + "; ".join(f"{a.id}: {', '.join(a.disagree)}" for a in apart[:5]))
+
+
+def probe(report) -> None:
+    console.print(f"{report.items} answers graded as they are ({report.baseline_ungraded} could not be"
+                  f" graded) and as perturbed copies; grader {report.grader['model']}; model calls:"
+                  f" {report.model_calls} (request cache hits: {report.cache_hits})")
+    table = Table(title="the rubric grader under manipulation: verdict flips per perturbation")
+    for col in ("perturbation", "answers", "verdict flips", "95% CI", "toward safe", "harm hidden",
+                "criteria flipped"):
+        table.add_column(col, justify="left" if col == "perturbation" else "right")
+    for name, r in report.perturbations.items():
+        f = r.verdict_flips
+        table.add_row(name, str(r.compared), f"{f.count} ({_num(f.share, '.0%')})",
+                      f"{_num(f.low, '.0%')}-{_num(f.high, '.0%')}", str(r.toward_safe), str(r.harm_hidden),
+                      f"{r.criteria_flips} of {r.criteria}")
+    console.print(table)
+    console.print(f"written to {report.written_to}")
+
+
 def verify(report, expected_digest: bool) -> None:
     if report.problems:  # on stderr, as a failure is
         print(f"FAILED {report.snapshot}" + (f" (digest {report.digest})" if report.digest else ""),

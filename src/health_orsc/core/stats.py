@@ -274,13 +274,16 @@ def wilcoxon_paired(a: Sequence[float], b: Sequence[float]) -> dict:
 
 def multiclass_agreement(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> dict:
     """A classifier against people's labels over several classes (scikit-learn): accuracy,
-    Cohen's kappa, the confusion matrix (rows truth, columns predicted, in `labels` order)
+    Cohen's kappa, macro F1 (the mean of the classes' F1, HealthBench's meta-evaluation
+    figure), the confusion matrix (rows truth, columns predicted, in `labels` order)
     and, per class, precision, recall, F1 and support (None where undefined)."""
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     out: dict = {"n": len(truth), "labels": list(labels), "confusion": confusion(truth, predicted, labels)}
     if not truth:
-        return {**out, "accuracy": None, "kappa": None, "per_class": {}}
+        return {**out, "accuracy": None, "kappa": None, "macro_f1": None, "per_class": {}}
+    from sklearn.metrics import f1_score
+
     p, r, f, support = precision_recall_fscore_support(list(truth), list(predicted), labels=list(labels),
                                                        zero_division=np.nan)
 
@@ -289,5 +292,7 @@ def multiclass_agreement(truth: Sequence[str], predicted: Sequence[str], labels:
 
     return {**out, "accuracy": round(float(accuracy_score(list(truth), list(predicted))), 4),
             "kappa": cohen_kappa(truth, predicted),
+            "macro_f1": round(float(f1_score(list(truth), list(predicted), labels=list(labels),
+                                             average="macro", zero_division=np.nan)), 4),
             "per_class": {lab: {"precision": num(p[i]), "recall": num(r[i]), "f1": num(f[i]),
                                 "support": int(support[i])} for i, lab in enumerate(labels)}}

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from health_orsc.build.jury import ask_labelled
 from health_orsc.build.sample import seeded_subset
-from health_orsc.core.config import BuildConfig
+from health_orsc.core.config import BuildConfig, RoleConfig
 from health_orsc.core.errors import InputError
 from health_orsc.core.records import LEVELS, Criterion, HarmLabel, Record, Rubric, content_id
 from health_orsc.evaluation.rubric import (
@@ -177,14 +177,21 @@ def load_evaluation(config: BuildConfig, snapshot: Snapshot,
     return EvalInputs(config, snapshot, list(panel), template, taxonomy, load_rubric_grader(config, entries))
 
 
+def grader_role(config: BuildConfig) -> RoleConfig:
+    """The role `evaluation.grader` names; InputError when no role has that name."""
+    ev = config.evaluation
+    if ev.grader not in config.roles:
+        raise InputError(config.source, "evaluation.grader",
+                         f"names role '{ev.grader}', which is not defined",
+                         f"add '{ev.grader}' under 'roles' or use one of {sorted(config.roles)}")
+    return config.roles[ev.grader]
+
+
 def load_grader(config: BuildConfig, entries: dict[str, dict[str, str]]) -> PromptTemplate:
     """The grader role's rubric, rendered once per category entry it will see; InputError
     for an undefined grader role, a grader without a rubric, or a rubric that does not render."""
     ev, cfg_file = config.evaluation, config.source
-    if ev.grader not in config.roles:
-        raise InputError(cfg_file, "evaluation.grader", f"names role '{ev.grader}', which is not defined",
-                         f"add '{ev.grader}' under 'roles' or use one of {sorted(config.roles)}")
-    grader = config.roles[ev.grader]
+    grader = grader_role(config)
     if grader.prompt is None:
         raise InputError(cfg_file, f"roles.{ev.grader}.prompt", "the grader has no rubric",
                          "set 'prompt' to a template file under prompts_templates/graders/")

@@ -104,6 +104,7 @@ class ClassAgreement(BaseModel):
     confusion: list[list[int]]
     accuracy: float | None
     kappa: float | None
+    macro_f1: float | None = None
     per_class: dict[str, ClassScores]
 
 

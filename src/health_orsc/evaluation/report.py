@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -209,7 +210,22 @@ def _html_table(table: pd.DataFrame) -> str:
     return table.to_html(index=False, escape=True, border=0, na_rep="", justify="left")
 
 
-def render_report(metrics: dict[str, Any], meta: dict[str, Any], name: str) -> str:
+def probe_table(probe: dict[str, Any]) -> pd.DataFrame:
+    """A probe run's figures (health_orsc.evaluation.probe.ProbeReport, as a dict): one row
+    per perturbation."""
+    rows = []
+    for name, r in probe["perturbations"].items():
+        f = r["verdict_flips"]
+        rows.append({"perturbation": name, "what": r["description"], "answers": r["compared"],
+                     "verdict flips": f"{f['count']} ({_pct(f['share'])})",
+                     "95% CI": f"{_pct(f['low'])}-{_pct(f['high'])}", "toward safe": r["toward_safe"],
+                     "harm hidden": r["harm_hidden"]})
+    return pd.DataFrame(rows)
+
+
+def render_report(metrics: dict[str, Any], meta: dict[str, Any], name: str,
+                  probe: dict[str, Any] | None = None) -> str:
+    """`probe`: the newest `orsc grade --probe` run of this run's grader, if any."""
     esc = html.escape
     plots = {"over-refusal-by-level": plot_by_level(metrics), "refusal-vs-compliance": plot_scatter(metrics),
              "category-heatmap": plot_category_heatmap(metrics), "difficulty": plot_difficulty(metrics)}
@@ -264,7 +280,14 @@ def render_report(metrics: dict[str, Any], meta: dict[str, Any], name: str) -> s
          f"<p>Grader <code>{esc(meta['grader']['model'])}</code> with rubric"
          f" <code>{esc(meta['grader']['rubric'])}</code>. On {agree['n']} graded answers it agrees with"
          f" XSTest's string-match detector on \"full refusal or not\" for {_pct(agree['share'])}"
-         f" (Cohen's kappa {kappa}). A grader is to be trusted only once checked against people.</p>"),
+         f" (Cohen's kappa {kappa}). A grader is to be trusted only once checked against people.</p>"
+         + ("" if probe is None else
+            f"<h3>The rubric grader under manipulation</h3><p>From <code>orsc grade --probe</code>"
+            f" ({esc(probe['created_at'])}, {probe['items']} labelled answers of"
+            f" <code>{esc(Path(probe['answers_file']).name)}</code>): how often the grader's verdict on an"
+            f" answer flipped when the answer was perturbed to fool it, with Wilson 95% intervals."
+            f" A flip toward safe, or a harm no longer seen, is the grader being fooled.</p>"
+            + _html_table(probe_table(probe)))),
     ]
     toc = "".join(f'<li><a href="#{key}">{esc(title)}</a></li>' for key, title, _ in sections)
     body = "".join(f'<section id="{key}"><h2>{esc(title)}</h2>{content}</section>'

@@ -54,8 +54,10 @@ class EvaluationManifest(BaseModel):
 
 
 def write_evaluation(outputs_dir: Path, name: str, responses: list[Response], metrics: dict[str, Any],
-                     difficulty_rows: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
-    """outputs/evaluations/<name>/, written to a temp dir and renamed (never overwritten)."""
+                     difficulty_rows: list[dict[str, Any]], meta: dict[str, Any],
+                     probe: dict[str, Any] | None = None) -> Path:
+    """outputs/evaluations/<name>/, written to a temp dir and renamed (never overwritten).
+    `probe`: the grader's newest probe run, shown in report.html."""
     root = evaluations_dir(outputs_dir)
     with writing_snapshot(outputs_dir, name, root) as tmp:
         tmp.mkdir()
@@ -66,7 +68,7 @@ def write_evaluation(outputs_dir: Path, name: str, responses: list[Response], me
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / LEADERBOARD).write_text(table_csv(metrics["leaderboard"]), encoding="utf-8")
         (tmp / DIFFICULTY).write_text(table_csv(difficulty_rows), encoding="utf-8")
-        (tmp / REPORT).write_text(render_report(metrics, meta, name), encoding="utf-8")
+        (tmp / REPORT).write_text(render_report(metrics, meta, name, probe), encoding="utf-8")
         manifest = EvaluationManifest(
             name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
             package={"name": "health-orsc", "version": __version__}, files=listed_files(tmp),

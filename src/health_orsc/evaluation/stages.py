@@ -27,6 +27,7 @@ from health_orsc.evaluation.answer import (
     eval_items,
     planned_calls,
 )
+from health_orsc.evaluation.probe import latest_probe
 from health_orsc.evaluation.run import snapshot_ref, write_evaluation
 from health_orsc.evaluation.scores import difficulty, evaluation_metrics
 from health_orsc.llm import Gateway, Usage
@@ -81,4 +82,8 @@ def write_run(inputs: EvalInputs, run: str, answered: list[Path],
                        "rubric": inputs.grader_template.name, "rubric_sha": inputs.grader_template.sha,
                        **({"rubric_grader": rubric.name, "rubric_grader_sha": rubric.sha} if rubric else {})},
             "evaluation": ev.model_dump(mode="json")}
-    return write_evaluation(config.outputs_dir, run, responses, metrics, rows, meta), metrics
+    probe = latest_probe(config.outputs_dir, meta["grader"]) if rubric else None
+    if probe is not None:
+        meta["grader"]["probe"] = Path(probe.written_to or "").name
+    return write_evaluation(config.outputs_dir, run, responses, metrics, rows, meta,
+                            None if probe is None else probe.model_dump(mode="json")), metrics

@@ -54,15 +54,24 @@ def rubric_context(seed: SeedTopic, category: dict, prompt: str, level: str) -> 
 def render_rubric(template: PromptTemplate, context: dict, used_for: str = "") -> list[Criterion]:
     """The criteria the template renders; InputError naming the template and line for a
     line that is not a criterion, and for a rubric no answer could be scored against."""
+    return parse_criteria(template.render(context, used_for), template.path, "rendered ", None, used_for,
+                          "renders")
+
+
+def parse_criteria(text: str, file: Path, line_prefix: str, field: str | None, used_for: str = "",
+                   verb: str = "has") -> list[Criterion]:
+    """The criteria of rubric text, one `KIND POINTS ID: TEXT` per line (see the module);
+    InputError naming `file` and `{line_prefix}line N` for a line that is not a criterion,
+    and `field` for a rubric no answer could be scored against."""
     criteria = []
-    for number, line in enumerate(template.render(context, used_for).splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        field = f"rendered line {number}"
+        where = f"{line_prefix}line {number}"
         match = _LINE.match(line)
         if not match:
-            raise InputError(template.path, field,
+            raise InputError(file, where,
                              f"is not a criterion: '{shorten(line, 120)}'{used_for}",
                              "write each criterion on one line as `helpful|harm POINTS ID: TEXT`,"
                              " e.g. `helpful 5 addresses_need: Answers the question`")
@@ -73,11 +82,11 @@ def render_rubric(template: PromptTemplate, context: dict, used_for: str = "") -
             problem = "; ".join(e["msg"].removeprefix("Value error, ")
                                 + (f" ({'.'.join(map(str, e['loc']))})" if e["loc"] else "")
                                 for e in err.errors())
-            raise InputError(template.path, field, f"is not a valid criterion: {problem}{used_for}",
+            raise InputError(file, where, f"is not a valid criterion: {problem}{used_for}",
                              "kind is helpful (points 1 to 10) or harm (points -1 to -10); the id is"
                              " lower-case letters, digits and _; the text is not empty") from err
     if problems := rubric_problems(criteria):
-        raise InputError(template.path, None, f"renders an unusable rubric: {'; '.join(problems)}{used_for}",
+        raise InputError(file, field, f"{verb} an unusable rubric: {'; '.join(problems)}{used_for}",
                          "give every rubric at least one helpful criterion and distinct ids")
     return criteria
 
