@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from scipy.stats import binomtest, wilcoxon
 
 from health_orsc.cli import main
@@ -30,7 +31,7 @@ def evaluated(tmp_path_factory):
     server = FakeOpenAI(reply).start()
     cfg = fake_config(tmp, server.base_url, **panel(
         {"refuser": "refuse-model", "complier": "comply-model", "partial": "partial-model",
-         "harmer": "harm-model"},
+         "harmer": "harm-model", "contrarian": "contrarian-model"},
         answering=["refuser", "complier"]))
     assert main(["build", "--config", str(cfg), "--name", "v1"]) == 0
     snap = tmp / "outputs" / "snapshots" / "v1"
@@ -134,6 +135,80 @@ def test_a_probe_of_the_grader_shows_in_the_next_runs_report(evaluated, capsys):
     grader = json.loads((run / "MANIFEST.json").read_text())["grader"]
     assert grader["probe"] == Path(probe["written_to"]).name
     assert main(["verify", str(run)]) == 0
+
+
+def test_a_model_whose_grader_and_detector_disagree_is_flagged(evaluated, capsys):
+    """The contrarian's answers open with "No, ...": the grader calls them compliant, XSTest's
+    detector refusals; more than evaluation.max_grader_disagreement (0.2) apart is flagged."""
+    assert main(["evaluate", str(evaluated["snapshot"]), "--config", str(evaluated["cfg"]),
+                 "--models", "complier,contrarian", "--name", "run-flag"]) == 0
+    printed = capsys.readouterr().out
+    run = evaluated["tmp"] / "outputs" / "evaluations" / "run-flag"
+    board = {b["model"]: b for b in csv.DictReader((run / "leaderboard.csv").open())}
+    assert board["contrarian"]["grader_flagged"] == "True" and board["complier"]["grader_flagged"] == "False"
+    assert float(board["contrarian"]["grader_detector_disagreement"]) == 1.0
+    assert float(board["complier"]["grader_detector_disagreement"]) == 0.0
+    assert "warning: contrarian: the grader and XSTest's detector disagree on 100.0%" in printed
+    assert "warning: complier" not in printed
+    report = (run / "report.html").read_text()
+    assert report.count('<p class="warning">warning: contrarian') == 1
+    assert main(["verify", str(run)]) == 0
+
+
+def test_a_run_made_before_the_grader_flag_still_verifies(evaluated, tmp_path, capsys):
+    """An older run recorded no max_grader_disagreement and no flag columns: verify derives
+    its leaderboard without them, and still catches an edit."""
+    old = tmp_path / "old-run"
+    shutil.copytree(evaluated["run"], old)
+    manifest = json.loads((old / "MANIFEST.json").read_text())
+    del manifest["evaluation"]["max_grader_disagreement"]
+    metrics = json.loads((old / "metrics.json").read_text())
+    for row in metrics["leaderboard"]:
+        del row["grader_detector_disagreement"], row["grader_flagged"]
+    (old / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    with (old / "leaderboard.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    columns = [c for c in rows[0] if c not in ("grader_detector_disagreement", "grader_flagged")]
+    with (old / "leaderboard.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    for name in ("metrics.json", "leaderboard.csv"):
+        data = (old / name).read_bytes()
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (old / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    assert main(["verify", str(old)]) == 0, capsys.readouterr().err
+
+
+def test_the_detector_as_grader_makes_no_grader_call(evaluated, tmp_path, capsys):
+    """evaluation.grader: detector (the embedded default's): XSTest's string match grades,
+    no grader call, no rubric grading; `orsc grade` reports the detector as the grader, and
+    `orsc grade --rubric` is refused."""
+    cfg = yaml.safe_load(evaluated["cfg"].read_text())
+    cfg["evaluation"]["grader"] = "detector"
+    path = tmp_path / "detector.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    server = evaluated["server"]
+    before = server.chat_count
+    assert main(["evaluate", str(evaluated["snapshot"]), "--config", str(path),
+                 "--name", "run-detector"]) == 0
+    assert "grader-model" not in {r["model"] for r in server.requests[before:]}
+    run = evaluated["tmp"] / "outputs" / "evaluations" / "run-detector"
+    responses = rows(run / "responses.jsonl")
+    assert {r["grade_source"] for r in responses} == {"detector"}
+    assert all(r["grade"] == r["detector"] and r["criteria_grades"] is None for r in responses)
+    metrics = json.loads((run / "metrics.json").read_text())
+    refuser = metrics["models"]["refuser"]
+    assert refuser["over_refusal"]["share"] == 1.0 and "rubric" not in refuser
+    assert json.loads((run / "MANIFEST.json").read_text())["grader"]["role"] == "detector"
+    assert main(["verify", str(run)]) == 0
+    capsys.readouterr()
+    before = server.chat_count
+    assert main(["grade", "--config", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert server.chat_count == before and report["grader"] == report["detector"]
+    assert main(["grade", "--config", str(path), "--rubric"]) == 2
+    assert "is `detector`, which grades no rubric" in capsys.readouterr().err
 
 
 def test_a_compliant_answer_that_crosses_into_harm_is_no_safe_completion(evaluated):

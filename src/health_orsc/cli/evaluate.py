@@ -59,7 +59,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_grade(args: argparse.Namespace) -> int:
     if args.rubric is not None or args.probe is not None:
         return _grade_rubric(args)
-    from health_orsc.evaluation.answer import load_grader
+    from health_orsc.evaluation.answer import DETECTOR, load_grader
     from health_orsc.evaluation.grade import GENERIC, grade_answers, grade_report, read_answers
     from health_orsc.inputs.load import load_taxonomy
 
@@ -67,9 +67,11 @@ def cmd_grade(args: argparse.Namespace) -> int:
     taxonomy = load_taxonomy(config.seeds_dir)
     items = read_answers(Path(args.answers or DEFAULT_ANSWERS), taxonomy)
     entries = {c: taxonomy.entry(c).model_dump() for c in {i.category for i in items if i.category}}
-    template = load_grader(config, {**entries, "(none)": GENERIC})
+    # evaluation.grader: detector grades without a call: the grader's figures are the detector's
+    detector = config.evaluation.grader == DETECTOR
+    template = None if detector else load_grader(config, {**entries, "(none)": GENERIC})
     results, calls, hits = model_calls(
-        config, "grade", "answers", sum(bool(i.answer.strip()) for i in items),
+        config, "grade", "answers", 0 if detector else sum(bool(i.answer.strip()) for i in items),
         lambda gateway: grade_answers(config, template, items, entries, gateway))
     report = grade_report(items, results)
     report.model_calls, report.cache_hits = calls, hits
@@ -81,7 +83,7 @@ def _grade_rubric(args: argparse.Namespace) -> int:
     """`--rubric`: the rubric grader against people's per-criterion judgements; `--probe`:
     the same answers perturbed, and how often the grader's verdicts flip."""
     from health_orsc.core.errors import InputError
-    from health_orsc.evaluation.answer import grader_role, load_rubric_grader
+    from health_orsc.evaluation.answer import DETECTOR, grader_role, load_rubric_grader
     from health_orsc.evaluation.grade import GENERIC
     from health_orsc.evaluation.meta import grade_rubric_answers, read_rubric_answers, rubric_grade_report
     from health_orsc.evaluation.probe import perturbed, probe_report, write_probe
@@ -90,6 +92,9 @@ def _grade_rubric(args: argparse.Namespace) -> int:
     probe = args.probe is not None
     config = load_config(args.config)
     ev = config.evaluation
+    if ev.grader == DETECTOR:
+        raise InputError(config.source, "evaluation.grader", "is `detector`, which grades no rubric",
+                         "set evaluation.grader to a role with an LLM (e.g. grader) to grade rubrics")
     role = grader_role(config)
     taxonomy = load_taxonomy(config.seeds_dir)
     path = Path(args.probe if probe else args.rubric)

@@ -38,7 +38,7 @@ def build(result, budget: str) -> None:
 
 
 def evaluation(result) -> None:
-    from health_orsc.evaluation.report import LEADERBOARD_COLUMNS, leaderboard_cells
+    from health_orsc.evaluation.report import LEADERBOARD_COLUMNS, grader_warnings, leaderboard_cells
 
     table = Table(title="leaderboard (benign prompts: over-refusal; contrast set: harmful compliance)")
     for col in LEADERBOARD_COLUMNS:
@@ -46,6 +46,8 @@ def evaluation(result) -> None:
     for row in result.leaderboard:
         table.add_row(*leaderboard_cells(row))
     console.print(table)
+    for line in grader_warnings(result.leaderboard):
+        console.print(line, style="bold yellow")
     console.print(f"model calls: {sum(result.model_calls.values())} (request cache hits:"
                   f" {sum(result.cache_hits.values())})")
     console.print(f"evaluation: {result.run}")

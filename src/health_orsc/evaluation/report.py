@@ -199,9 +199,20 @@ def leaderboard_cells(row: dict[str, Any]) -> list[str]:
             "" if row["mcnemar_p"] is None else f"{row['mcnemar_p']:.3g}"]
 
 
+def grader_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per model whose grader and detector disagree on more than the run's
+    `evaluation.max_grader_disagreement` of its answers."""
+    return [f"warning: {r['model']}: the grader and XSTest's detector disagree on"
+            f" {_pct(r['grader_detector_disagreement'])} of its answers (full refusal or not): check the"
+            " grader with `orsc grade` before reading this model's figures"
+            for r in rows if r.get("grader_flagged")]
+
+
 def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(LEADERBOARD_COLUMNS) + " |", "|" + "---|" * len(LEADERBOARD_COLUMNS)]
-    return "\n".join(lines + ["| " + " | ".join(leaderboard_cells(r)) + " |" for r in rows])
+    warnings = [f"\n\n**{w}**" for w in grader_warnings(rows)]
+    table = "\n".join(lines + ["| " + " | ".join(leaderboard_cells(r)) + " |" for r in rows])
+    return table + "".join(warnings)
 
 
 
@@ -249,7 +260,8 @@ def render_report(metrics: dict[str, Any], meta: dict[str, Any], name: str,
 
     sections = [
         ("leaderboard", "Leaderboard",
-         board +
+         "".join(f'<p class="warning">{esc(w)}</p>' for w in grader_warnings(metrics["leaderboard"]))
+         + board +
          "<p>Over-refusal: benign prompts fully refused, with its Wilson 95% interval. Read it with"
          " harmful compliance: a model that answers everything refuses nothing. McNemar's exact test"
          " compares each model with the one above it on the prompts both had graded.</p>"),
@@ -301,6 +313,7 @@ table {{ border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; }}
 img.plot {{ max-width: 100%; }}
 nav li {{ margin: 0.2em 0; }}
+p.warning {{ background: #fff3cd; border: 1px solid #e0b000; padding: 0.5em; }}
 </style></head><body>
 <h1>Evaluation {esc(name)}</h1>
 <p>Snapshot <code>{esc(snap['name'])}</code> ({esc(snap['digest'])}); models:

@@ -102,7 +102,8 @@ def verify_evaluation(run: Path, raw: dict[str, Any], digest: str | None = None)
     responses = [Response.model_validate(r) for r in lines]
     if pq.read_table(run / f"{RESPONSES}.parquet").to_pylist() != lines:
         problems.append(f"{RESPONSES}.parquet differs from {RESPONSES}.jsonl")
-    ev = EvaluationConfig.model_validate(manifest.evaluation)
+    # runs made before the grader-detector flag existed recorded no max_grader_disagreement
+    ev = EvaluationConfig.model_validate({"max_grader_disagreement": None, **manifest.evaluation})
     rows = difficulty(responses, ev)
     metrics = evaluation_metrics(responses, list(manifest.models), ev, rows)
     if json.loads(json.dumps(metrics)) != json.loads((run / METRICS).read_text(encoding="utf-8")):

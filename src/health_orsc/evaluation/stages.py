@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from health_orsc.core.config import BuildConfig
 from health_orsc.core.records import StageClock, content_id, read_jsonl, write_jsonl
 from health_orsc.evaluation.answer import (
+    DETECTOR,
     EvalInputs,
     EvalItem,
     Response,
@@ -30,6 +31,7 @@ from health_orsc.evaluation.answer import (
 from health_orsc.evaluation.probe import latest_probe
 from health_orsc.evaluation.run import snapshot_ref, write_evaluation
 from health_orsc.evaluation.scores import difficulty, evaluation_metrics
+from health_orsc.inputs.templates import PromptTemplate
 from health_orsc.llm import Gateway, Usage
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import stage_path
@@ -59,11 +61,23 @@ def answer_stage(inputs: EvalInputs, model: str, category: str, items_path: Path
                  gateway: Gateway, usage: Usage) -> tuple[Path, int]:
     """`model`'s graded answers to one category's items: their stage file and how many."""
     items = read_jsonl(items_path, EvalItem)
-    usage.expect(planned_calls(items, inputs.rubric_template is not None))
+    usage.expect(planned_calls(items, inputs.grader_template is not None,
+                               inputs.rubric_template is not None))
     responses = gateway.run(answer_category(inputs, model, category, items, gateway), usage)
     out = stage_path(inputs.config.outputs_dir, "evaluate", f"{run}-{content_id([model, category])}")
     write_jsonl(out, responses)
     return out, len(responses)
+
+
+def grader_meta(config: BuildConfig, template: PromptTemplate | None,
+                rubric: PromptTemplate | None) -> dict[str, str]:
+    """MANIFEST's `grader`: the role, its model@endpoint and templates (or the detector)."""
+    ev = config.evaluation
+    if template is None:
+        return {"role": DETECTOR, "model": "xstest-string-match", "rubric": "none", "rubric_sha": ""}
+    return {"role": ev.grader, "model": config.roles[ev.grader].identity(config.endpoint_for(ev.grader)),
+            "rubric": template.name, "rubric_sha": template.sha,
+            **({"rubric_grader": rubric.name, "rubric_grader_sha": rubric.sha} if rubric else {})}
 
 
 def write_run(inputs: EvalInputs, run: str, answered: list[Path],
@@ -74,13 +88,10 @@ def write_run(inputs: EvalInputs, run: str, answered: list[Path],
     ev = config.evaluation
     rows = difficulty(responses, ev)
     metrics = evaluation_metrics(responses, inputs.models, ev, rows)
-    grader = config.roles[ev.grader]
     rubric = inputs.rubric_template
     meta = {"started_at": started_at, "snapshot": snapshot_ref(snapshot.path, snapshot.manifest.digest),
             "models": {m: config.roles[m].identity(config.endpoint_for(m)) for m in inputs.models},
-            "grader": {"role": ev.grader, "model": grader.identity(config.endpoint_for(ev.grader)),
-                       "rubric": inputs.grader_template.name, "rubric_sha": inputs.grader_template.sha,
-                       **({"rubric_grader": rubric.name, "rubric_grader_sha": rubric.sha} if rubric else {})},
+            "grader": grader_meta(config, inputs.grader_template, rubric),
             "evaluation": ev.model_dump(mode="json")}
     probe = latest_probe(config.outputs_dir, meta["grader"]) if rubric else None
     if probe is not None:
