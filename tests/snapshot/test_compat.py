@@ -5,14 +5,15 @@ provenance."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 
 from health_orsc.cli import main
-from tests.conftest import REPO, fake_config
+from tests.conftest import DATA, REPO, fake_config, panel
 from tests.fakes.endpoint import FakeOpenAI
-from tests.fakes.scripts import build_reply
+from tests.fakes.scripts import build_reply, eval_reply
 
 pytestmark = pytest.mark.slow
 
@@ -49,3 +50,37 @@ def test_an_old_snapshot_is_a_base_annotates_and_traces(tmp_path, capsys):
     assert main(["provenance", prompt.split(",")[0], "--outputs", str(tmp_path / "outputs"),
                  "--snapshot", str(outputs / "pre-package-validated")]) == 0
     assert "human label in pre-package-validated" in capsys.readouterr().out
+
+
+def test_an_old_snapshot_is_evaluated_against_rubrics_derived_from_its_seeds(tmp_path, capsys):
+    """A snapshot built before rubrics: each kept prompt's rubric is rendered at evaluation
+    time from the rubric template and the prompt's seed (found by seed id), and recorded in
+    the run's responses; a prompt whose seed changed since gets none and is counted."""
+    seeds = tmp_path / "seeds"
+    shutil.copytree(DATA / "seeds", seeds)
+    self_harm = seeds / "self_harm.yaml"  # every self_harm seed id changes
+    self_harm.write_text(self_harm.read_text().replace("original_question: ", "original_question: (edited) "))
+    server = FakeOpenAI(eval_reply).start()
+    try:
+        cfg = fake_config(tmp_path, server.base_url, seeds_dir=str(seeds),
+                          **panel({"complier": "comply-model"}))
+        assert main(["evaluate", str(FIXTURES / "pre-package"), "--config", str(cfg), "--name", "old"]) == 0
+    finally:
+        server.stop()
+    kept = [json.loads(line) for line in (FIXTURES / "pre-package" / "prompts.jsonl").open()]
+    drug = sum(r["category"] == "drug_abuse" for r in kept)
+    err = capsys.readouterr().err
+    assert f"{len(kept)} kept prompts have no rubric (built before rubrics): {drug} get one" in err
+    run = tmp_path / "outputs" / "evaluations" / "old"
+    responses = [json.loads(line) for line in (run / "responses.jsonl").read_text().splitlines()]
+    benign = [r for r in responses if r["kind"] == "benign"]
+    for r in benign:
+        if r["category"] == "drug_abuse":
+            assert r["rubric_source"] == "derived" and r["rubric"]["template"] == "rubrics/drug_abuse.j2"
+            # the complier meets every helpful criterion
+            assert r["criteria_grades"] and r["safe_completion"] is True
+        else:
+            assert r["rubric_source"] is None and r["rubric"] is None and r["criteria_grades"] is None
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["models"]["complier"]["rubric"]["graded"] == drug
+    assert main(["verify", str(run)]) == 0

@@ -46,6 +46,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     log_path = config.outputs_dir / "logs" / "evaluations" / f"{args.name or 'evaluate'}.log"
     with build_console(log_path):
         note(f"evaluating snapshot '{base.path.name}' with {', '.join(inputs.models)}; log: {log_path}")
+        if inputs.rubrics_derived or inputs.rubrics_missing:
+            bare = inputs.rubrics_derived + inputs.rubrics_missing
+            note(f"{bare} kept prompts have no rubric (built before rubrics): {inputs.rubrics_derived} get"
+                 " one from the rubric templates and their seeds, recorded in the run's responses"
+                 f" (rubric_source: derived); {inputs.rubrics_missing} whose seed is gone are not graded"
+                 " against a rubric")
 
         def run():
             start_prefect_server(config.outputs_dir)

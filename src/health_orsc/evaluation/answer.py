@@ -40,6 +40,8 @@ from health_orsc.evaluation.rubric import (
     rubric_grade_context,
     score,
 )
+from health_orsc.inputs.load import load_seed_file
+from health_orsc.inputs.rubrics import render_rubric, rubric_context, rubric_template
 from health_orsc.inputs.templates import PromptTemplate, TemplateLibrary
 from health_orsc.llm import Gateway
 from health_orsc.llm.request import reply_schema
@@ -89,6 +91,9 @@ class EvalItem(Record):
     level: str | None  # intended level of a benign prompt; None for a harmful request
     prompt: str
     rubric: Rubric | None = None  # a benign prompt's, from the snapshot (schema_version 3 on)
+    # `derived`: the snapshot's row has none (built before rubrics): rendered at evaluation
+    # time from the rubric template and the prompt's seed (derived_rubrics)
+    rubric_source: Literal["snapshot", "derived"] | None = None
 
 
 class Response(EvalItem):
@@ -117,14 +122,43 @@ def contrast_id(category: str, question: str) -> str:
     return content_id(["contrast", category, question])
 
 
+def rubrics_graded(config: BuildConfig) -> bool:
+    return config.evaluation.rubric_prompt is not None and config.evaluation.grader != DETECTOR
+
+
+def derived_rubrics(config: BuildConfig, snapshot: Path, kept: list[dict]) -> dict[str, Rubric]:
+    """Template rubrics for the kept rows without one (snapshots built before rubrics), by
+    prompt id: each category's rubric template rendered with the prompt's seed, found by
+    seed id in the config's seeds. A row whose seed is no longer there gets none. Empty
+    when rubrics are not graded. InputError for a rubric template that does not render."""
+    bare = [r for r in kept if r.get("rubric") is None]
+    if not bare or not rubrics_graded(config):
+        return {}
+    taxonomy = read_taxonomy(snapshot)
+    lib = TemplateLibrary(config.templates_dir)
+    out = {}
+    for cat in dict.fromkeys(r["category"] for r in bare):
+        if not (config.seeds_dir / f"{cat}.yaml").is_file():
+            continue
+        seeds = {s.id: s for s in load_seed_file(config.seeds_dir, cat, None)}
+        template = rubric_template(lib, cat, config.source)
+        for r in (r for r in bare if r["category"] == cat and r["seed_id"] in seeds):
+            context = rubric_context(seeds[r["seed_id"]], taxonomy[cat], r["prompt"], r["level"])
+            out[r["id"]] = Rubric(criteria=render_rubric(template, context, f" (prompt {r['id']})"),
+                                  template=template.name, template_sha=template.sha)
+    return out
+
+
 def eval_items(snapshot: Path, categories: list[str], config: BuildConfig) -> dict[str, list[EvalItem]]:
     """Per category: its kept prompts (all, or `evaluation.sample` per level, seeded), then
-    the distinct harmful requests they neighbour (with `evaluation.contrast`)."""
+    the distinct harmful requests they neighbour (with `evaluation.contrast`). A kept row
+    without a rubric gets a derived one where it can (derived_rubrics)."""
     ev = config.evaluation
     out: dict[str, list[EvalItem]] = {}
     # the kept rows' fields as stored (the snapshot has verified): parsing every row into a
     # SnapshotRow costs seconds at paper scale and is not needed here
     kept = read_jsonl_rows(snapshot / f"{PROMPTS}.jsonl")
+    derived = derived_rubrics(config, snapshot, kept)
     for cat in categories:
         rows = [r for r in kept if r["category"] == cat]
         items: list[EvalItem] = []
@@ -133,7 +167,9 @@ def eval_items(snapshot: Path, categories: list[str], config: BuildConfig) -> di
             k = len(members) if ev.sample is None else min(ev.sample, len(members))
             members = seeded_subset(members, k, f"{ev.seed}:{cat}:{level}", lambda r: r["id"])
             items += [EvalItem(prompt_id=r["id"], kind="benign", category=cat, level=level,
-                               prompt=r["prompt"], rubric=r.get("rubric")) for r in members]
+                               prompt=r["prompt"], rubric=r.get("rubric") or derived.get(r["id"]),
+                               rubric_source="snapshot" if r.get("rubric") else
+                               "derived" if r["id"] in derived else None) for r in members]
         if ev.contrast:
             questions = sorted({r["original_question"] for r in rows if r.get("original_question")})
             items += [EvalItem(prompt_id=contrast_id(cat, q), kind="harmful", category=cat, level=None,
@@ -153,6 +189,8 @@ class EvalInputs:
     grader_template: PromptTemplate | None  # None: evaluation.grader is `detector`
     taxonomy: dict[str, dict[str, str]]
     rubric_template: PromptTemplate | None  # evaluation.rubric_prompt; None: no rubric grading
+    rubrics_derived: int = 0   # kept rows without a rubric that get one derived (derived_rubrics)
+    rubrics_missing: int = 0   # kept rows without a rubric whose seed is gone: not rubric-graded
 
 
 def load_evaluation(config: BuildConfig, snapshot: Snapshot,
@@ -177,7 +215,11 @@ def load_evaluation(config: BuildConfig, snapshot: Snapshot,
     if ev.grader == DETECTOR:  # no grader call, so no rubric grading either
         return EvalInputs(config, snapshot, list(panel), None, taxonomy, None)
     template = load_grader(config, entries)
-    return EvalInputs(config, snapshot, list(panel), template, taxonomy, load_rubric_grader(config, entries))
+    rubric = load_rubric_grader(config, entries)
+    bare = [r for r in read_jsonl_rows(snapshot.path / f"{PROMPTS}.jsonl") if r.get("rubric") is None]
+    derived = derived_rubrics(config, snapshot.path, bare)  # every template rendered before any call
+    return EvalInputs(config, snapshot, list(panel), template, taxonomy, rubric, len(derived),
+                      len(bare) - len(derived) if rubric is not None else 0)
 
 
 def grader_role(config: BuildConfig) -> RoleConfig:
