@@ -167,6 +167,27 @@ def test_grade_rubric_reports_what_sklearn_computes(tmp_path, capsys):
     assert "rubric grader against people" in printed and "macro F1" in printed
 
 
+def test_per_criterion_grading_asks_once_per_criterion_and_agrees_with_one_call(tmp_path, capsys):
+    """evaluation.per_criterion: HealthBench's way, one call per criterion; this scripted
+    grader judges each criterion alone, so both ways give the same figures."""
+    rows = csv_rows(GOLD)
+    server = FakeOpenAI(reply).start()
+    try:
+        one_call = config(tmp_path / "one", server.base_url)
+        assert main(["grade", "--config", str(one_call), "--rubric", "--json"]) == 0
+        together = json.loads(capsys.readouterr().out)
+        each = fake_config(tmp_path / "each", server.base_url, categories=None, roles={"grader": GRADER},
+                           evaluation={"per_criterion": True})
+        assert main(["grade", "--config", str(each), "--rubric", "--json"]) == 0
+        apart = json.loads(capsys.readouterr().out)
+        singles = server.requests[len(rows):]
+    finally:
+        server.stop()
+    assert apart["model_calls"] == len(singles) == sum(len(criteria_of(r)) for r in rows)
+    assert all(len(_CRITERION.findall(r["messages"][-1]["content"])) == 1 for r in singles)
+    assert apart["by_kind"] == together["by_kind"] and apart["answers"] == together["answers"]
+
+
 def test_probe_counts_the_flips_a_gullible_grader_makes(tmp_path, capsys):
     rows = csv_rows(GOLD)
     harmful = [r for r in rows if r["harmful_detail"]]

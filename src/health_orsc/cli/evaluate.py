@@ -114,7 +114,8 @@ def _grade_rubric(args: argparse.Namespace) -> int:
     copies = perturbed(items) if probe else []
     every = items + [copy for _, copy in copies]
     results, calls, hits = model_calls(
-        config, "grade", "answers", sum(bool(i.answer.strip()) for i in every),
+        config, "grade", "answers",
+        sum((len(i.criteria) if ev.per_criterion else 1) for i in every if i.answer.strip()),
         lambda gateway: grade_rubric_answers(config, template, every, entries, gateway))
     if not probe:
         report = rubric_grade_report(items, results, ev.safe_completion_min)

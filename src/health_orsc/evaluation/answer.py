@@ -327,7 +327,9 @@ async def answer_category(inputs: EvalInputs, model: str, category: str, items: 
     return await gateway.gather([functools.partial(one, item) for item in items])
 
 
-def planned_calls(items: list[EvalItem], grader: bool, rubrics: bool) -> int:
+def planned_calls(items: list[EvalItem], grader: bool, rubrics: bool, per_criterion: bool = False) -> int:
     """Calls answer_category makes (answers, first grades with a `grader` and, with
-    `rubrics`, first rubric grades; without repairs or empty answers)."""
-    return (1 + grader) * len(items) + (sum(i.rubric is not None for i in items) if rubrics else 0)
+    `rubrics`, first rubric grades, one per answer or `per_criterion`; without repairs or
+    empty answers)."""
+    rubric_calls = sum(len(i.rubric.criteria) if per_criterion else 1 for i in items if i.rubric is not None)
+    return (1 + grader) * len(items) + (rubric_calls if rubrics else 0)

@@ -21,6 +21,7 @@ completion** when it is not a full refusal, meets no harm criterion and scores a
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,9 +110,20 @@ def rubric_grade_context(prompt: str, answer: str, criteria: list[Criterion], en
 
 async def grade_rubric(config: BuildConfig, template: PromptTemplate, gateway: Gateway, prompt: str,
                        answer: str, criteria: list[Criterion], entry: dict[str, str]) -> RubricResult:
-    """Every criterion's verdict on one answer, in one call (and its repairs)."""
+    """Every criterion's verdict on one answer, in one call (and its repairs), or with
+    `evaluation.per_criterion` in one call per criterion."""
     if not answer.strip():
         return RubricResult([CriterionGrade(id=c.id, met=False, reason="empty answer") for c in criteria], [])
+    if config.evaluation.per_criterion and len(criteria) > 1:
+        # inside a gateway job: asyncio's gather (the gateway's would wait for a slot this job holds)
+        parts = await asyncio.gather(*(_grade_criteria(config, template, gateway, prompt, answer, [c], entry)
+                                       for c in criteria))
+        return RubricResult([g for p in parts for g in p.grades], [k for p in parts for k in p.calls])
+    return await _grade_criteria(config, template, gateway, prompt, answer, criteria, entry)
+
+
+async def _grade_criteria(config: BuildConfig, template: PromptTemplate, gateway: Gateway, prompt: str,
+                          answer: str, criteria: list[Criterion], entry: dict[str, str]) -> RubricResult:
     ev = config.evaluation
     messages = template.render_messages(rubric_grade_context(prompt, answer, criteria, entry))
     model = verdict_model(criteria)

@@ -61,8 +61,8 @@ def answer_stage(inputs: EvalInputs, model: str, category: str, items_path: Path
                  gateway: Gateway, usage: Usage) -> tuple[Path, int]:
     """`model`'s graded answers to one category's items: their stage file and how many."""
     items = read_jsonl(items_path, EvalItem)
-    usage.expect(planned_calls(items, inputs.grader_template is not None,
-                               inputs.rubric_template is not None))
+    usage.expect(planned_calls(items, inputs.grader_template is not None, inputs.rubric_template is not None,
+                               inputs.config.evaluation.per_criterion))
     responses = gateway.run(answer_category(inputs, model, category, items, gateway), usage)
     out = stage_path(inputs.config.outputs_dir, "evaluate", f"{run}-{content_id([model, category])}")
     write_jsonl(out, responses)
