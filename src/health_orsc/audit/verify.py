@@ -45,6 +45,7 @@ from health_orsc.snapshot.store import (
     PROMPTS,
     REJECTED,
     REPORT_FILE,
+    RUBRIC_REVIEWS_FILE,
     SAMPLE,
     TAXONOMY,
     Manifest,
@@ -58,6 +59,7 @@ from health_orsc.snapshot.store import (
 )
 from health_orsc.snapshot.writer import jury_of, models_of
 from health_orsc.validation.labels import LabelRow, LabelSet
+from health_orsc.validation.rubric_review import ReviewRow
 from health_orsc.validation.validity import human_harmful, ungated, validity_report
 
 
@@ -247,6 +249,8 @@ def _check_validation(snapshot: Path, m: Manifest, rows: list[SnapshotRow]) -> l
         return [f"{MANIFEST} kind is validation but names no base snapshot"]
     try:
         labels = [LabelRow.model_validate(r) for r in read_jsonl_rows(snapshot / LABELS_FILE)]
+        reviews = ([ReviewRow.model_validate(r) for r in read_jsonl_rows(snapshot / RUBRIC_REVIEWS_FILE)]
+                   if (snapshot / RUBRIC_REVIEWS_FILE).is_file() else None)
         stored = json.loads((snapshot / REPORT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError, ValidationError) as err:
         return [f"validation files: unreadable ({shorten(str(err), 200)})"]
@@ -263,7 +267,7 @@ def _check_validation(snapshot: Path, m: Manifest, rows: list[SnapshotRow]) -> l
         return [f"rows rejected as human_harmful are not the kept prompts {LABELS_FILE} labels harmful"]
     try:
         expected = validity_report(ungated(rows), sample, label_set, stored["precision"]["min_precision"],
-                                   stored["confidence"])
+                                   stored["confidence"], reviews)
     except (KeyError, TypeError) as err:
         return [f"{REPORT_FILE}: malformed ({shorten(str(err), 100)})"]
     if json.loads(json.dumps(expected)) != stored:

@@ -127,6 +127,9 @@ def verify(report, expected_digest: bool) -> None:
 def annotation(result) -> None:
     console.print(f"{result.items} items for {result.annotators} annotators: {result.shared} labelled by"
                   f" every one, {result.items - result.shared} by one each; {result.labels} labels in all")
+    if result.rubric_reviews:
+        console.print(f"and {result.rubric_reviews} rubric reviews of kept prompts (*.rubrics.*): they show"
+                      " which prompts were kept, so hand them out after the labels are in")
     for f in result.files:
         console.print(f"  {f}")
 
@@ -163,6 +166,13 @@ def validation(result) -> None:
     for b in p["below_min_precision"]:
         console.print(f"below validation.min_precision ({p['min_precision']:.0%}):"
                       f" {b['category']}/{b['level']} (lower bound {b['low']:.1%})")
+    if report.rubrics is not None:
+        r, k = report.rubrics, report.rubrics["kept_as_is"]
+        console.print(f"rubrics: {r['reviews']} reviews of {r['items']} kept prompts' rubrics"
+                      f" ({', '.join(f'{n} {v}' for v, n in r['verdicts'].items())}); kept as they are by"
+                      f" majority: {_num(k['share'], '.1%')}"
+                      f" ({_num(k['low'], '.1%')}-{_num(k['high'], '.1%')});"
+                      f" {len(r['to_fix'])} to drop or edit")
     if result.gated is not None:
         console.print(f"gate: {result.gated} kept prompts that people labelled harmful moved to rejected"
                       " (reason human_harmful)")

@@ -24,9 +24,20 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     annotators = planned.annotators if args.annotators is None else args.annotators
     overlap = planned.overlap if args.overlap is None else args.overlap
     tasks = plan_tasks(snapshot, annotators, overlap)
-    files = write_tasks(tasks, Path(args.out), args.format)
+    reviews = {}
+    if args.rubrics:
+        from health_orsc.snapshot.handle import read_rows
+        from health_orsc.validation.rubric_review import plan_reviews, review_files
+
+        reviews = plan_reviews(tasks, read_rows(snapshot))
+        if not any(reviews.values()):
+            raise InputError(snapshot, "--rubrics", "no kept prompt of the validation sample has a rubric:"
+                             " the snapshot was built before rubrics", "leave out --rubrics, or rebuild it")
+    extra = review_files(reviews, args.format) if reviews else None
+    files = write_tasks(tasks, Path(args.out), args.format, extra)
     result = AnnotationResult(out=args.out, format=args.format, items=tasks.items, annotators=annotators,
-                              shared=tasks.shared, labels=tasks.labels, files=[str(f) for f in files])
+                              shared=tasks.shared, labels=tasks.labels, files=[str(f) for f in files],
+                              rubric_reviews=sum(len(v) for v in reviews.values()))
     emit(args, result, render.annotation)
     return 0
 
@@ -36,6 +47,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from health_orsc.snapshot.handle import read_rows
     from health_orsc.snapshot.store import REPORT_FILE, check_snapshot_name, load_manifest, read_sample
     from health_orsc.validation.labels import read_labels
+    from health_orsc.validation.rubric_review import is_review_file, read_reviews
     from health_orsc.validation.validity import (
         ValidationResult,
         ValidityReport,
@@ -48,11 +60,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     manifest = load_manifest(snapshot)
     check_snapshot_name(snapshot.parent.parent, args.name)  # before reading any label
     sample = read_sample(snapshot)
-    labels = read_labels([Path(p) for p in args.labels], {s["id"] for s in sample}, manifest.digest)
+    paths = [Path(p) for p in args.labels]
+    review_paths = [p for p in paths if p.is_file() and is_review_file(p)]  # `orsc annotate --rubrics`
+    labels = read_labels([p for p in paths if p not in review_paths], {s["id"] for s in sample},
+                         manifest.digest)
     built = recorded_config(manifest)  # the validation gate and the level the sample was sized for
     rows = read_rows(snapshot)
-    report = validity_report(rows, sample, labels, built.validation.min_precision, built.sample.confidence)
-    path = write_validation_snapshot(snapshot, manifest, args.name, rows, sample, labels, report, args.gate)
+    reviews = None
+    if review_paths:
+        with_rubric = {r.id for r in rows if r.reason is None and r.rubric is not None}
+        reviewable = {s["id"] for s in sample if s["id"] in with_rubric}
+        reviews = read_reviews(review_paths, reviewable, manifest.digest)
+    report = validity_report(rows, sample, labels, built.validation.min_precision, built.sample.confidence,
+                             reviews)
+    path = write_validation_snapshot(snapshot, manifest, args.name, rows, sample, labels, report, args.gate,
+                                     reviews)
     new = load_manifest(path)
     gated = sum(c.get("human_harmful", 0) for c in new.counts.rejected.values()) if args.gate else None
     result = ValidationResult(snapshot=str(path), digest=new.digest, report_file=str(path / REPORT_FILE),
@@ -109,6 +131,10 @@ def register(sub) -> None:
                                                   " validation.annotators)")
     a.add_argument("--overlap", type=int, help="items every annotator labels, for agreement; the rest"
                                                " are labelled once (default: validation.overlap, all)")
+    a.add_argument("--rubrics", action="store_true",
+                   help="also write rubric review tasks (<annotator>.rubrics.*): each kept prompt's"
+                        " criteria for a keep / drop / edit verdict; they show which prompts were kept,"
+                        " so hand them out after the labels are in")
     add_json(a)
 
     v = command(sub, "validate", cmd_validate,
@@ -119,7 +145,7 @@ def register(sub) -> None:
                 "orsc validate outputs/snapshots/v1 annotation/v1/annotator_*.csv --name v1-validated --gate")
     v.add_argument("snapshot", help="the snapshot the labels are for")
     v.add_argument("labels", nargs="+", help="filled-in CSV files from `orsc annotate`, or Label"
-                                             " Studio JSON exports")
+                                             " Studio JSON exports (with --rubrics' review files too)")
     v.add_argument("--name", required=True, help="name of the new snapshot (beside SNAPSHOT)")
     v.add_argument("--gate", action="store_true", help="move kept prompts that people labelled harmful"
                                                        " (by majority) to rejected, reason human_harmful")

@@ -39,6 +39,7 @@ SAMPLE = "validation_sample.csv"
 CARD = "README.md"
 LABELS_FILE = "validation/labels.jsonl"   # a validation snapshot's human labels
 REPORT_FILE = "validation/report.json"    # and its validity report
+RUBRIC_REVIEWS_FILE = "validation/rubric_reviews.jsonl"  # people's reviews of rubrics, when given
 TAXONOMY = "taxonomy.json"       # the categories' definitions the build used (annotation guidance)
 SNAPSHOT_NAME_MAX = 200          # leaves room for the temp dir's suffix within NAME_MAX (255)
 _TMP_DIR = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)$")

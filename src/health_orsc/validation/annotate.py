@@ -65,6 +65,7 @@ class AnnotationResult(BaseModel):
     shared: int               # items every annotator labels
     labels: int               # labels asked for in all
     files: list[str]
+    rubric_reviews: int = 0   # with --rubrics: rubric reviews asked for in all
 
 
 def annotator_names(n: int) -> list[str]:
@@ -104,11 +105,12 @@ def _shown(row: dict[str, str], entry: dict[str, str], digest: str, annotator: s
             "benign_boundary": entry["benign_boundary"], "prompt": row["prompt"]}
 
 
-def write_tasks(tasks: Tasks, out: Path, fmt: str) -> list[Path]:
-    """Write the task files into `out` (which must not exist, or be empty), all or nothing."""
+def write_tasks(tasks: Tasks, out: Path, fmt: str, extra: dict[str, str] | None = None) -> list[Path]:
+    """Write the task files (and `extra` files: rubric review tasks) into `out` (which must
+    not exist, or be empty), all or nothing."""
     if fmt not in FORMATS:
         raise InputError(None, "--format", f"unknown format {fmt!r}", f"pass one of {', '.join(FORMATS)}")
-    return write_new_dir(out, _files(tasks, fmt), None,
+    return write_new_dir(out, {**_files(tasks, fmt), **(extra or {})}, None,
                          "pass a new directory to --out (task files are never overwritten)")
 
 

@@ -110,7 +110,7 @@ def _ambiguity(path: Path, where: str, value: str | None) -> int | None:
     return int(code)
 
 
-def _check_digest(path: Path, where: str, value: Any, digest: str) -> None:
+def check_digest(path: Path, where: str, value: Any, digest: str) -> None:
     if value and value != digest:
         raise InputError(path, where, f"the labels belong to snapshot {shorten(str(value), 80)}, not"
                          f" {digest}", "pass the snapshot these tasks were made from")
@@ -125,7 +125,7 @@ def _read_csv(path: Path, digest: str, out: LabelSet) -> list[LabelRow]:
         if not (r.get("label") or "").strip():
             out.unlabelled += 1
             continue
-        _check_digest(path, where, (r.get("snapshot") or "").strip(), digest)
+        check_digest(path, where, (r.get("snapshot") or "").strip(), digest)
         found.append(LabelRow(prompt_id=(r.get("prompt_id") or "").strip(),
                               annotator=(r.get("annotator") or "").strip() or path.stem,
                               label=_label(path, where, r["label"]),
@@ -150,7 +150,7 @@ def _read_label_studio(path: Path, digest: str, out: LabelSet) -> list[LabelRow]
         if not isinstance(data, dict) or "prompt_id" not in data:
             raise InputError(path, where, "has no data.prompt_id: not a task `orsc annotate` wrote",
                              "export the project whose tasks came from `orsc annotate --format label-studio`")
-        _check_digest(path, where, data.get("snapshot"), digest)
+        check_digest(path, where, data.get("snapshot"), digest)
         for annotation in task.get("annotations") or []:
             if annotation.get("was_cancelled"):
                 out.cancelled += 1
@@ -159,7 +159,7 @@ def _read_label_studio(path: Path, digest: str, out: LabelSet) -> list[LabelRow]
             if not answers.get("label"):
                 out.unlabelled += 1
                 continue
-            found.append(LabelRow(prompt_id=str(data["prompt_id"]), annotator=_who(annotation),
+            found.append(LabelRow(prompt_id=str(data["prompt_id"]), annotator=who(annotation),
                                   label=_label(path, where, answers["label"]),
                                   ambiguity=_ambiguity(path, where, answers.get("ambiguity")),
                                   notes=answers.get("notes", ""), file=path.name, where=where))
@@ -183,7 +183,7 @@ def _results(path: Path, where: str, results: list[Any]) -> dict[str, str]:
     return answers
 
 
-def _who(annotation: dict[str, Any]) -> str:
+def who(annotation: dict[str, Any]) -> str:
     who = annotation.get("completed_by")
     if isinstance(who, dict):
         who = who.get("email") or who.get("id")

@@ -50,6 +50,7 @@ from health_orsc.snapshot.store import (
     LABELS_FILE,
     MANIFEST,
     REPORT_FILE,
+    RUBRIC_REVIEWS_FILE,
     BaseRef,
     Manifest,
     SnapshotMeta,
@@ -64,6 +65,7 @@ from health_orsc.snapshot.writer import (
     write_row_files,
 )
 from health_orsc.validation.labels import LabelRow, LabelSet
+from health_orsc.validation.rubric_review import ReviewRow, review_summary
 
 DECISIONS = HARM_LABELS
 R = TypeVar("R", SnapshotRow, Decision)
@@ -119,6 +121,7 @@ class ValidityReport(BaseModel):
     jury: dict[str, Any]
     agreement: dict[str, Any]
     ambiguity: dict[str, Any]
+    rubrics: dict[str, Any] | None = None  # with rubric reviews (validation.rubric_review)
 
 
 class ValidationResult(BaseModel):
@@ -132,9 +135,11 @@ class ValidationResult(BaseModel):
 
 
 def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], labels: LabelSet,
-                    min_precision: float, confidence: float) -> dict[str, Any]:
+                    min_precision: float, confidence: float,
+                    reviews: list[ReviewRow] | None = None) -> dict[str, Any]:
     """The report of `labels` on a snapshot's `rows` and `sample`, with intervals at
-    `confidence` (the config's `sample.confidence`, the level the sample was sized for)."""
+    `confidence` (the config's `sample.confidence`, the level the sample was sized for);
+    with rubric `reviews`, their summary too."""
     by_id = {r.id: r for r in rows}
     items = {s["id"]: s for s in sample}
     per_item = by_item(labels)
@@ -153,6 +158,7 @@ def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], label
         "jury": _jury(items, by_id, majorities, confidence),
         "agreement": _agreement(per_item, confidence),
         "ambiguity": _ambiguity(items, labels.rows),
+        **({} if reviews is None else {"rubrics": review_summary(reviews, rows, confidence)}),
     }
 
 
@@ -303,7 +309,16 @@ Strata whose lower bound is below {p['min_precision']:.0%}: {below or 'none'}. {
   {len(agree['disagreements'])} items disagreed on.
 - Intended level against people's ambiguity rating ({report['ambiguity']['ratings']} ratings):
   Spearman's rho {_num(rho['rho']) if rho else 'not measured'}.
-"""
+{_rubric_line(report.get("rubrics"))}"""
+
+
+def _rubric_line(rubrics: dict[str, Any] | None) -> str:
+    if rubrics is None:
+        return ""
+    k = rubrics["kept_as_is"]
+    return (f"- Rubrics reviewed by people ({rubrics['reviews']} reviews of {rubrics['items']} kept"
+            f" prompts' rubrics, in `{RUBRIC_REVIEWS_FILE}`): kept as they are by majority"
+            f" {_share(k)}; {len(rubrics['to_fix'])} to drop or edit.\n")
 
 
 def _num(v: float | None) -> str:
@@ -333,7 +348,7 @@ def ungated(records: list[R]) -> list[R]:
 
 def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: list[SnapshotRow],
                               sample: list[dict[str, str]], labels: LabelSet, report: dict[str, Any],
-                              gate: bool) -> Path:
+                              gate: bool, reviews: list[ReviewRow] | None = None) -> Path:
     """A new snapshot beside the base: the base's files, plus the labels and the report. With
     `gate`, kept prompts people labelled harmful move to rejected (`human_harmful`); otherwise
     every data file is the base's, byte for byte."""
@@ -360,6 +375,9 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
         (tmp / LABELS_FILE).write_text("".join(json.dumps(r.model_dump(), ensure_ascii=False, sort_keys=True)
                                                + "\n" for r in labels.rows), encoding="utf-8")
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if reviews is not None:
+            (tmp / RUBRIC_REVIEWS_FILE).write_text("".join(r.model_dump_json() + "\n" for r in reviews),
+                                                   encoding="utf-8")
         card = dataset_card(counts, meta, sampled, [d for d in decisions if d.kept])
         (tmp / CARD).write_text(card.rstrip("\n")
                                 + validation_card(report, ref, len(moved) if gate else None),
