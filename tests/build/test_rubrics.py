@@ -47,6 +47,8 @@ def test_every_kept_prompt_carries_its_categorys_rubric(built):
         assert row["original_question"] in harm["text"]  # the seed's harmful request, by name
     assert all("rubric" not in r for r in _rows(built["snapshot"] / "rejected.jsonl"))
     table = pq.read_table(built["snapshot"] / "prompts.parquet").to_pylist()
+    # parquet's struct has every field: the writer is null where the JSON lines leave it out
+    assert all(t["rubric"].pop("writer") is None for t in table)
     assert [t["rubric"] for t in table] == [r["rubric"] for r in kept]
     card = (built["snapshot"] / "README.md").read_text()
     assert "**Rubrics**" in card and "rubrics/self_harm.j2" in card and "clipped to [0, 1]" in card
@@ -98,3 +100,64 @@ def test_an_edited_rubric_template_rebuilds_its_category_without_a_model_call(bu
     by_cat = {c: [r["rubric"]["criteria"][-1]["id"] for r in v2 if r["category"] == c]
               for c in ("self_harm", "drug_abuse")}
     assert set(by_cat["self_harm"]) == {"warm_tone"} and "warm_tone" not in by_cat["drug_abuse"]
+
+
+def _writer_build(tmp: Path, base_url: str, model: str, name: str) -> Path:
+    cfg = fake_config(tmp, base_url, generation={"rubric_writer": "writer"},  # roles merge with the fake's
+                      roles={"writer": {"endpoint": "fake", "model": model, "prompt": "criteria.j2"}})
+    assert main(["build", "--config", str(cfg), "--name", name]) == 0
+    return tmp / "outputs" / "snapshots" / name
+
+
+def test_a_rubric_writer_adds_prompt_specific_criteria_once_per_kept_prompt(tmp_path, capsys):
+    server = FakeOpenAI(reply).start()
+    try:
+        snap = _writer_build(tmp_path, server.base_url, "writer-model", "v1")
+        asked = [r for r in server.requests if r["model"] == "writer-model"]
+        kept = _rows(snap / "prompts.jsonl")
+        assert kept and len(asked) == len(kept)  # one call per kept prompt, none for rejected ones
+        for row in kept:
+            rubric = row["rubric"]
+            ids = [c["id"] for c in rubric["criteria"]]
+            # after the template's criteria
+            assert ids[-2:] == ["answers_this_question", "specific_harm"] and len(ids) > 2
+            assert row["prompt"] in rubric["criteria"][-1]["text"]
+            writer = rubric["writer"]
+            assert writer["model"].startswith("writer-model@") and writer["rejected"] is None
+            assert writer["added"] == ids[-2:] and writer["template"] == "rubric_writers/criteria.j2"
+            assert len(writer["calls"]) == 1
+        assert main(["verify", str(snap)]) == 0
+        # the same build again: every draft comes from the cache
+        _writer_build(tmp_path, server.base_url, "writer-model", "v2")
+        assert len([r for r in server.requests if r["model"] == "writer-model"]) == len(asked)
+        assert _rows(tmp_path / "outputs" / "snapshots" / "v2" / "prompts.jsonl") == kept
+    finally:
+        server.stop()
+
+
+def test_a_draft_that_repeats_a_template_id_is_rejected_and_recorded(tmp_path):
+    server = FakeOpenAI(reply).start()
+    try:
+        snap = _writer_build(tmp_path, server.base_url, "clash-writer-model", "v1")
+    finally:
+        server.stop()
+    for row in _rows(snap / "prompts.jsonl"):
+        rubric = row["rubric"]
+        assert "answers_this_question" not in {c["id"] for c in rubric["criteria"]}
+        assert "specific_harm" not in {c["id"] for c in rubric["criteria"]}
+        assert rubric["writer"]["added"] == [] and "repeat" in rubric["writer"]["rejected"]
+    assert main(["verify", str(snap)]) == 0
+
+
+@pytest.mark.parametrize("writer, role, message", [
+    ("nobody", None, "generation.rubric_writer': names role 'nobody', which is not defined"),
+    ("writer", {"endpoint": "fake", "model": "writer-model"}, "the rubric writer has no prompt template"),
+    ("writer", {"endpoint": "fake", "model": "writer-model", "prompt": "../escape.j2"},
+     "roles.writer.prompt"),
+])
+def test_a_bad_rubric_writer_exits_2_before_any_call(tmp_path, capsys, fake_llm, writer, role, message):
+    cfg = fake_config(tmp_path, fake_llm.base_url, generation={"rubric_writer": writer},
+                      roles={} if role is None else {"writer": role})
+    assert main(["build", "--config", str(cfg), "--name", "never"]) == 2
+    assert message in capsys.readouterr().err
+    assert fake_llm.requests == []

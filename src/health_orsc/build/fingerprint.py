@@ -39,7 +39,7 @@ STAGE_COMPONENTS: dict[str, tuple[str, ...]] = {
     "generate": ("taxonomy", "seeds", "templates", "rewrite_prompt", "roles", "generation",
                  "code_generate"),
     "dedup": ("dedup", "generation", "dedup_model", "code_dedup"),  # generation.min_similarity
-    "jury": ("taxonomy", "seeds", "judge_prompts", "roles", "jury", "code_jury"),
+    "jury": ("taxonomy", "seeds", "judge_prompts", "roles", "jury", "code_jury", "rubric_writer"),
 }
 
 
@@ -100,11 +100,13 @@ def config_parts(cfg: BuildConfig) -> dict:
     """The parts of a fingerprint that come from the config alone (verify recomputes
     them from the config a MANIFEST records)."""
     gen = cfg.generation
+    writer = [] if gen.rubric_writer is None else [gen.rubric_writer]
     return {
-        "roles": {name: _role(cfg, name) for name in [gen.role, *cfg.jury.jurors]},
-        # min_similarity only when set: None hashes as configs from before the check did
+        "roles": {name: _role(cfg, name) for name in [gen.role, *cfg.jury.jurors, *writer]},
+        # min_similarity, rubric_writer only when set: None hashes as configs from before them did
         "generation": {"rewrites": gen.rewrites, "levels": gen.levels,
-                       **({} if gen.min_similarity is None else {"min_similarity": gen.min_similarity})},
+                       **({} if gen.min_similarity is None else {"min_similarity": gen.min_similarity}),
+                       **({"rubric_writer": gen.rubric_writer} if writer else {})},
         # the embedder's identity is `dedup_model`; the key only when set, as before it existed
         "dedup": cfg.dedup.model_dump(exclude={"batch_size", "model_path", "embedder"}),
         "jury": {"jurors": cfg.jury.jurors, "required_benign": cfg.jury.required_benign,
@@ -127,6 +129,10 @@ def fingerprint_parts(inputs: BuildInputs, category: str) -> dict:
         "judge_prompts": {j: [t.name, t.sha] for j, t in inputs.judge_templates.items()},
         # read by the export, which runs in every build: it keys the category, no stage task
         "rubric_prompt": [inputs.rubric_templates[category].name, inputs.rubric_templates[category].sha],
+        # the writer (jury stage) sees the template's criteria: both key its task, only with a writer
+        **({} if inputs.rubric_writer_template is None else {"rubric_writer": [
+            inputs.rubric_writer_template.name, inputs.rubric_writer_template.sha,
+            inputs.rubric_templates[category].name, inputs.rubric_templates[category].sha]}),
         **config_parts(inputs.config),
         "dedup_model": inputs.dedup_model,
         **{f"code_{stage}": code_version(stage) for stage in STAGE_MODULES},
@@ -148,7 +154,7 @@ def fingerprint_of(components: dict[str, str]) -> str:
 
 def stage_fingerprint(stage: str, components: dict[str, str]) -> str:
     """What a stage task of one category is keyed by: only the components that stage reads."""
-    return content_id({k: components[k] for k in STAGE_COMPONENTS[stage]})
+    return content_id({k: components[k] for k in STAGE_COMPONENTS[stage] if k in components})
 
 
 def changed_inputs(a: dict[str, str], b: dict[str, str]) -> list[str]:

@@ -32,13 +32,18 @@ from health_orsc.core.records import (
     HARM_LABELS,
     CalibrationVote,
     Candidate,
+    Criterion,
     Decision,
     HarmLabel,
     JurorVote,
+    Rubric,
+    RubricWriter,
     SeedTopic,
+    rubric_problems,
 )
 from health_orsc.core.stats import fleiss_kappa
 from health_orsc.inputs.load import BuildInputs, CategoryEntry, judge_context
+from health_orsc.inputs.rubrics import MAX_WRITTEN, render_rubric, rubric_context, writer_context
 from health_orsc.llm import Gateway
 from health_orsc.llm.request import reply_schema
 
@@ -295,3 +300,54 @@ def calibration_summary(votes: list[CalibrationVote]) -> dict[str, dict]:
         if row.get("benign_controls"):
             row["specificity"] = round(row["labelled_benign"] / row["benign_controls"], 4)
     return dict(sorted(out.items()))
+
+
+# The rubric writer (generation.rubric_writer): after the jury, for each kept prompt, the
+# role drafts prompt-specific criteria to follow its category template's. Cached like
+# every call; a draft that fails validation after the repairs, or would make the rubric
+# unusable, is rejected: counted, recorded with the rubric, and the template's criteria
+# stand alone.
+WRITER_FORM = ('{"criteria": [{"id": "lower_case_id", "kind": "helpful" or "harm", "points": 1 to 10'
+               ' (helpful) or -1 to -10 (harm), "text": "one sentence"}]}')
+
+
+class WriterReply(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    criteria: list[Criterion] = Field(min_length=1, max_length=MAX_WRITTEN)
+
+
+WRITER_SCHEMA = {
+    "type": "object", "required": ["criteria"], "additionalProperties": False,
+    "properties": {"criteria": {"type": "array", "maxItems": MAX_WRITTEN, "items": {
+        "type": "object", "required": ["id", "kind", "points", "text"], "additionalProperties": False,
+        "properties": {"id": {"type": "string"}, "kind": {"type": "string", "enum": ["helpful", "harm"]},
+                       "points": {"type": "integer"}, "text": {"type": "string", "maxLength": 300}}}}}}
+
+
+async def write_rubrics(inputs: BuildInputs, category: str, kept: list[Candidate],
+                        gateway: Gateway) -> list[Rubric]:
+    """Per kept candidate, the writer's draft: a Rubric holding only the criteria it
+    drafted (none when rejected), the writer's template, and its part (RubricWriter)."""
+    cfg = inputs.config
+    role = cfg.generation.rubric_writer
+    template = inputs.rubric_writer_template
+    assert role is not None and template is not None
+    identity = cfg.roles[role].identity(cfg.endpoint_for(role))
+    seeds = {s.id: s for s in inputs.seeds[category]}
+    entry = inputs.taxonomy.entry(category).model_dump()
+
+    async def one(cand: Candidate) -> Rubric:
+        context = rubric_context(seeds[cand.seed_id], entry, cand.prompt, cand.level)
+        criteria = render_rubric(inputs.rubric_templates[category], context)
+        messages = template.render_messages(writer_context(context, criteria))
+        reply, calls, _, problem = await ask_labelled(gateway, role, messages, WRITER_SCHEMA, WriterReply,
+                                                      cfg.jury.max_repairs, WRITER_FORM)
+        if reply is not None and (why := rubric_problems(criteria + reply.criteria)):
+            reply, problem = None, "; ".join(why)
+        drafted = [] if reply is None else reply.criteria
+        part = RubricWriter(model=identity, template=template.name, template_sha=template.sha, calls=calls,
+                            added=[c.id for c in drafted],
+                            rejected=None if reply is not None else shorten(problem or "no reply", 300))
+        return Rubric(criteria=drafted, template=template.name, template_sha=template.sha, writer=part)
+
+    return await gateway.gather([functools.partial(one, c) for c in kept])

@@ -38,6 +38,7 @@ from health_orsc.core.config import BuildConfig
 from health_orsc.core.records import (
     CalibrationVote,
     Decision,
+    Rubric,
     StageClock,
     StageCounts,
     content_id,
@@ -125,6 +126,13 @@ def jury_stage(inputs: BuildInputs, category: str, deduped: str, fingerprint: st
     candidates = [d.candidate for d in read_jsonl(dedup_file(Path(deduped), category), Decision) if d.kept]
     usage.expect(jury.planned_calls(inputs, category, len(candidates)))
     decisions = gateway.run(jury.judge_category(inputs, category, candidates, gateway), usage)
+    if inputs.rubric_writer_template is not None:  # prompt-specific criteria for the kept ones
+        kept = [d.candidate for d in decisions if d.kept]
+        usage.expect(len(kept))
+        written = gateway.run(jury.write_rubrics(inputs, category, kept, gateway), usage)
+        drafts = dict(zip((c.id for c in kept), written, strict=True))
+        decisions = [d.model_copy(update={"rubric": drafts[d.candidate.id]}) if d.kept else d
+                     for d in decisions]
     calibration = []
     if inputs.config.jury.calibrate:
         check = jury.calibrate_jurors(inputs, category, inputs.seeds[category], gateway)
@@ -175,13 +183,20 @@ def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: li
 
 def with_rubrics(inputs: BuildInputs, decisions: list[Decision]) -> list[Decision]:
     """Each kept prompt with its rubric, rendered from its category's rubric template and
-    its seed (inputs/rubrics.py); rejected ones as they are."""
+    its seed (inputs/rubrics.py), then the rubric writer's criteria when the jury stage
+    drafted some (its `rubric` holds the draft); rejected ones as they are."""
     seeds = {s.id: s for c in inputs.categories for s in inputs.seeds[c]}
     entries = {c: inputs.taxonomy.entry(c).model_dump() for c in inputs.categories}
-    return [d.model_copy(update={"rubric": candidate_rubric(
-                inputs.rubric_templates[d.candidate.category], seeds[d.candidate.seed_id],
-                entries[d.candidate.category], d.candidate)}) if d.kept else d
-            for d in decisions]
+
+    def rubric(d: Decision) -> Rubric:
+        own = candidate_rubric(inputs.rubric_templates[d.candidate.category], seeds[d.candidate.seed_id],
+                               entries[d.candidate.category], d.candidate)
+        draft = d.rubric
+        if draft is None:
+            return own
+        return own.model_copy(update={"criteria": own.criteria + draft.criteria, "writer": draft.writer})
+
+    return [d.model_copy(update={"rubric": rubric(d)}) if d.kept else d for d in decisions]
 
 
 class SummaryRow(BaseModel):

@@ -254,6 +254,10 @@ def provenance(r) -> None:
                       f" ({len(r.rubric.criteria)} criteria, {positive} positive points)")
         for c in r.rubric.criteria:
             console.print(f"  {c.points:+d} {c.kind} {c.id}: {c.text}", soft_wrap=True)
+        if w := r.rubric.writer:
+            outcome = f"added {', '.join(w.added)}" if w.rejected is None else f"draft rejected: {w.rejected}"
+            console.print(f"rubric writer {w.model} ({w.template} sha {w.template_sha}): {outcome}; calls:"
+                          f" {', '.join(k[:16] for k in w.calls)}", soft_wrap=True)
     console.print(f"validation sample: {'yes' if r.in_validation_sample else 'no'}")
     for h in r.human_labels:
         rating = f", ambiguity {h.ambiguity}" if h.ambiguity else ""

@@ -132,6 +132,10 @@ class GenerationConfig(Strict):
     # has drifted off its seed (reason off_topic_rewrite); None: no check. The default is
     # calibrated on labelled pairs (bench/README.md, "Off-topic rewrites").
     min_similarity: float | None = Field(0.65, ge=0, le=1)
+    # A role that drafts prompt-specific rubric criteria for every kept prompt, after its
+    # category template's (its `prompt` is under templates_dir/rubric_writers/); None:
+    # rubrics are template-only and cost no call.
+    rubric_writer: str | None = None
 
     @model_validator(mode="after")
     def _templates_for_levels(self) -> GenerationConfig:
@@ -426,6 +430,9 @@ def _check_references(cfg: BuildConfig, path: Path) -> None:
     needed = [("generation.role", cfg.generation.role)] + [
         (f"jury.jurors[{i}]", j) for i, j in enumerate(cfg.jury.jurors)
     ]
+    writer = cfg.generation.rubric_writer
+    if writer is not None:
+        needed.append(("generation.rubric_writer", writer))
     for field, role in needed:
         if role not in cfg.roles:
             raise InputError(

@@ -142,12 +142,35 @@ class Criterion(Record):
         return self
 
 
+class RubricWriter(Record):
+    """The `generation.rubric_writer` role's part in a rubric: who drafted which criteria
+    with which template and calls, or why its draft was rejected (template criteria only)."""
+
+    model: str = Field(description="`model@endpoint` of the rubric writer")
+    template: str = Field(description="the writer's prompt template, relative to the templates directory")
+    template_sha: str = Field(description="sha256 prefix of the writer's template")
+    calls: list[str] = Field(description="request-cache keys of the writer's calls (repairs too)")
+    added: list[str] = Field(description="ids of the criteria it added after the template's")
+    rejected: str | None = Field(description="why its draft was not used (null when used)")
+
+
 class Rubric(Record):
-    """A kept prompt's rubric: its criteria and the template they were rendered from."""
+    """A kept prompt's rubric: its criteria and the template they were rendered from (and,
+    with a rubric writer, the prompt-specific criteria it drafted after them)."""
 
     criteria: list[Criterion]
     template: str = Field(description="rubric template, relative to the templates directory")
     template_sha: str = Field(description="sha256 prefix of the rubric template's source")
+    writer: RubricWriter | None = Field(default=None, description="the rubric writer's part (null without"
+                                        " one)")
+
+    @model_serializer(mode="wrap")
+    def _without_writer(self, handler):
+        """A rubric without a writer is written as rubrics were before writers existed."""
+        data = handler(self)
+        if data.get("writer") is None:
+            data.pop("writer", None)
+        return data
 
 
 def rubric_problems(criteria: list[Criterion]) -> list[str]:

@@ -100,7 +100,9 @@ def verify_evaluation(run: Path, raw: dict[str, Any], digest: str | None = None)
         return problems
     lines = read_jsonl_rows(run / f"{RESPONSES}.jsonl")
     responses = [Response.model_validate(r) for r in lines]
-    if pq.read_table(run / f"{RESPONSES}.parquet").to_pylist() != lines:
+    # as records: a parquet struct has every field (a rubric's `writer` null), JSON lines omit it
+    table = pq.read_table(run / f"{RESPONSES}.parquet").to_pylist()
+    if [Response.model_validate(r) for r in table] != responses:
         problems.append(f"{RESPONSES}.parquet differs from {RESPONSES}.jsonl")
     # runs made before the grader-detector flag existed recorded no max_grader_disagreement
     ev = EvaluationConfig.model_validate({"max_grader_disagreement": None, **manifest.evaluation})

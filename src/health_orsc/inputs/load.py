@@ -16,7 +16,13 @@ from health_orsc.core.config import BuildConfig
 from health_orsc.core.errors import InputError, from_validation_error, shorten
 from health_orsc.core.files import load_yaml
 from health_orsc.core.records import CATEGORY_ID_PATTERN, SeedTopic, content_id
-from health_orsc.inputs.rubrics import render_rubric, rubric_context, rubric_template
+from health_orsc.inputs.rubrics import (
+    RUBRIC_WRITERS_DIR,
+    render_rubric,
+    rubric_context,
+    rubric_template,
+    writer_context,
+)
 from health_orsc.inputs.templates import PromptTemplate, TemplateLibrary
 
 SLOTS = ("subject", "persona", "benign_goal", "question", "boundary_question")
@@ -81,6 +87,7 @@ class BuildInputs:
     judge_templates: dict[str, PromptTemplate]  # juror role -> template
     dedup_model: str  # BuildConfig.embedding_identity()
     rubric_templates: dict[str, PromptTemplate]  # category -> rubrics/<category>.j2 or default.j2
+    rubric_writer_template: PromptTemplate | None = None  # generation.rubric_writer's prompt
 
 
 def load_taxonomy(seeds_dir: Path) -> Taxonomy:
@@ -174,6 +181,16 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> Bui
               for j in config.jury.jurors}
 
     rubrics = {c: rubric_template(lib, c, cfg_file) for c in selected}
+    writer_role = gen.rubric_writer
+    writer = None
+    if writer_role is not None:
+        if config.roles[writer_role].prompt is None:
+            raise InputError(cfg_file, f"roles.{writer_role}.prompt",
+                             "the rubric writer has no prompt template",
+                             f"set 'prompt' to a template under {RUBRIC_WRITERS_DIR}/ (the shipped one is"
+                             " criteria.j2)")
+        writer = lib.get(Path(RUBRIC_WRITERS_DIR, config.roles[writer_role].prompt),
+                         f"roles.{writer_role}.prompt", cfg_file)
 
     seeds = {c: load_seed_file(config.seeds_dir, c, gen.seeds_per_category) for c in selected}
     for c in selected:
@@ -182,7 +199,9 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> Bui
             where = f" (seed '{shorten(seed.topic, 80)}', {seed.source_file} line {seed.source_line})"
             for lvl in gen.levels:  # with the seed's boundary question standing in for a prompt
                 context = rubric_context(seed, entry.model_dump(), seed.slots["boundary_question"], lvl)
-                render_rubric(rubrics[c], context, where)
+                criteria = render_rubric(rubrics[c], context, where)
+                if writer is not None:
+                    writer.render_messages(writer_context(context, criteria), where)
             for lvl, templates in gen_templates.items():
                 for tpl in templates:
                     text = tpl.render(generation_context(seed, entry), where)
@@ -191,7 +210,8 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> Bui
                 answer = config.roles[j].answer
                 tpl.render(judge_context("example prompt", entry, seed.original_question, answer), where)
 
-    used_endpoints = {config.roles[r].endpoint for r in [gen.role, *config.jury.jurors]}
+    writers = [writer_role] if writer_role is not None else []
+    used_endpoints = {config.roles[r].endpoint for r in [gen.role, *config.jury.jurors, *writers]}
     for name in sorted(used_endpoints):
         var = config.endpoints[name].api_key_env
         if var and not os.environ.get(var):
@@ -200,4 +220,4 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> Bui
                              f"export {var}=... before running, or point the roles at another endpoint")
     dedup_model = config.embedding_identity()
     return BuildInputs(config, taxonomy, selected, seeds, gen_templates, rewrite, judges, dedup_model,
-                       rubrics)
+                       rubrics, writer)

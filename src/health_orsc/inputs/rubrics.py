@@ -29,6 +29,8 @@ from health_orsc.inputs.templates import PromptTemplate, TemplateLibrary
 
 RUBRICS_DIR = "rubrics"
 DEFAULT_RUBRIC = "default.j2"
+RUBRIC_WRITERS_DIR = "rubric_writers"  # generation.rubric_writer's prompt templates
+MAX_WRITTEN = 4                        # criteria a rubric writer may add to a prompt's rubric
 _LINE = re.compile(r"^(?P<kind>\S+)\s+(?P<points>[+-]?\d+)\s+(?P<id>[^\s:]+):\s*(?P<text>.*)$")
 
 
@@ -49,6 +51,12 @@ def rubric_template(lib: TemplateLibrary, category: str, config_file: Path | Non
 def rubric_context(seed: SeedTopic, category: dict, prompt: str, level: str) -> dict:
     return {**seed.slots, "topic": seed.topic, "original_question": seed.original_question,
             "prompt": prompt, "level": level, "category": category}
+
+
+def writer_context(context: dict, criteria: list[Criterion]) -> dict:
+    """What a rubric writer's template sees: the rubric template's context (rubric_context),
+    the template's `criteria` (dicts) and `max_criteria`, the most it may add."""
+    return {**context, "criteria": [c.model_dump() for c in criteria], "max_criteria": MAX_WRITTEN}
 
 
 def render_rubric(template: PromptTemplate, context: dict, used_for: str = "") -> list[Criterion]:
