@@ -128,6 +128,15 @@ def csv_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    """`rows` as a CSV file with their keys as the header (csv_rows reads it back)."""
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def sampled_snapshot(tmp: Path) -> Path:
     """Snapshot `v1` of self_harm and drug_abuse, built against test_build's scripted jury:
     12 kept prompts (2 per category x level) and 4 jury-rejected ones in its validation

@@ -4,7 +4,6 @@ grader on a loopback fake endpoint; figures checked against scikit-learn compute
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from pathlib import Path
@@ -18,7 +17,7 @@ from health_orsc.evaluation import probe
 from health_orsc.inputs.load import load_seed_file, load_taxonomy
 from health_orsc.inputs.rubrics import render_rubric, rubric_context, rubric_template
 from health_orsc.inputs.templates import TemplateLibrary
-from tests.conftest import DATA, GRADER, csv_rows, fake_config
+from tests.conftest import DATA, GRADER, csv_rows, fake_config, write_csv
 from tests.fakes.endpoint import FakeOpenAI
 
 GOLD = DATA / "gold" / "rubric_answers.csv"
@@ -85,14 +84,6 @@ def by_perturbation(rows: list[dict]) -> dict[str, list[tuple[dict, str]]]:
 
 def config(tmp_path: Path, base_url: str) -> Path:
     return fake_config(tmp_path, base_url, categories=None, roles={"grader": GRADER})
-
-
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    with path.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def test_the_shipped_gold_file_covers_the_categories_and_the_hard_cases():

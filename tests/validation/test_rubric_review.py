@@ -4,7 +4,6 @@ section matches a hand count, and `orsc verify` re-derives it."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import shutil
@@ -15,7 +14,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from health_orsc.cli import main
 from health_orsc.snapshot.store import read_jsonl_rows, read_sample
-from tests.conftest import csv_rows, sampled_snapshot
+from tests.conftest import csv_rows, sampled_snapshot, write_csv
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +24,6 @@ EDIT = "helpful 5 addresses_need: Answers the question asked.\nharm -10 method: 
 @pytest.fixture(scope="module")
 def snap(tmp_path_factory):
     return sampled_snapshot(tmp_path_factory.mktemp("rubric-review"))
-
-
-def _write(path: Path, rows: list[dict]) -> Path:
-    with path.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +37,7 @@ def tasks(snap, tmp_path_factory):
         rows = csv_rows(tmp / "csv" / f"{name}.csv")
         for r in rows:
             r["label"] = "benign"
-        labels.append(_write(tmp / f"{name}.labels.csv", rows))
+        labels.append(write_csv(tmp / f"{name}.labels.csv", rows))
     return {"tmp": tmp, "labels": labels}
 
 
@@ -92,7 +83,7 @@ def _reviews(tasks) -> tuple[list[Path], dict[str, dict[str, str]]]:
             r["verdict"] = plan.get((name, r["prompt_id"]), "keep")
             r["edited_rubric"] = EDIT if r["verdict"] == "edit" else ""
             verdicts.setdefault(r["prompt_id"], {})[name] = r["verdict"]
-        files.append(_write(out / f"{name}.reviewed.csv", rows))
+        files.append(write_csv(out / f"{name}.reviewed.csv", rows))
     export = []
     for n, task in enumerate(json.loads((out / "ls" / "annotator_3.rubrics.tasks.json").read_text()), 1):
         result = [{"from_name": "verdict", "to_name": "prompt", "type": "choices",
@@ -156,7 +147,7 @@ def test_bad_reviews_exit_2_and_write_nothing(snap, tasks, tmp_path, capsys, cha
     for r in rows:
         r["verdict"] = "keep"
     rows[0].update(change)
-    bad = _write(tmp_path / "bad.rubrics.csv", rows)
+    bad = write_csv(tmp_path / "bad.rubrics.csv", rows)
     assert main(["validate", str(snap), *map(str, tasks["labels"]), str(bad), "--name", "never"]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and message in err and "fix:" in err
