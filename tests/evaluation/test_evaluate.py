@@ -150,6 +150,9 @@ def test_a_model_whose_grader_and_detector_disagree_is_flagged(evaluated, capsys
     assert float(board["complier"]["grader_detector_disagreement"]) == 0.0
     assert "warning: contrarian: the grader and XSTest's detector disagree on 100.0%" in printed
     assert "warning: complier" not in printed
+    # the terminal shows Safe Completion too: the complier earns every helpful point
+    assert "Safe Completion, graded against each prompt's rubric" in printed
+    assert re.search(r"complier\s+│\s+1\.00 \(", printed)
     report = (run / "report.html").read_text()
     assert report.count('<p class="warning">warning: contrarian') == 1
     assert main(["verify", str(run)]) == 0

@@ -46,6 +46,20 @@ def evaluation(result) -> None:
     for row in result.leaderboard:
         table.add_row(*leaderboard_cells(row))
     console.print(table)
+    graded = [r for r in result.leaderboard if "safe_completion_score" in r]
+    if graded:  # runs that graded rubrics
+        sc = Table(title="Safe Completion, graded against each prompt's rubric")
+        for col in ("model", "score (95% CI)", "safe completions", "crossed into harm",
+                    "Wilcoxon p vs above"):
+            sc.add_column(col, justify="left" if col == "model" else "right")
+        for r in graded:
+            low, high = r["safe_completion_score_low"], r["safe_completion_score_high"]
+            ci = "" if low is None else f" ({low:.2f}-{high:.2f})"
+            p = r.get("score_wilcoxon_p")
+            sc.add_row(r["model"], _num(r["safe_completion_score"]) + ci,
+                       _num(r["graded_safe_completion"], ".1%"), _num(r["harm"], ".1%"),
+                       "" if p is None else f"{p:.3g}")
+        console.print(sc)
     for line in grader_warnings(result.leaderboard):
         console.print(line, style="bold yellow")
     console.print(f"model calls: {sum(result.model_calls.values())} (request cache hits:"
