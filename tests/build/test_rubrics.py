@@ -127,6 +127,8 @@ def test_a_rubric_writer_adds_prompt_specific_criteria_once_per_kept_prompt(tmp_
             assert writer["added"] == ids[-2:] and writer["template"] == "rubric_writers/criteria.j2"
             assert len(writer["calls"]) == 1
         assert main(["verify", str(snap)]) == 0
+        card = (snap / "README.md").read_text()
+        assert f"added prompt-specific criteria after the template's to {len(kept)} of them" in card
         # the same build again: every draft comes from the cache
         _writer_build(tmp_path, server.base_url, "writer-model", "v2")
         assert len([r for r in server.requests if r["model"] == "writer-model"]) == len(asked)

@@ -229,8 +229,14 @@ def _rubric_text(kept: list[Decision], cats: list[str]) -> str:
     if not templates:
         return "   Kept prompts carry no rubric (built before rubrics existed)."
     used = "; ".join(f"{c}: {', '.join(sorted(templates[c]))}" for c in cats if c in templates)
+    drafts = [d.rubric.writer for d in kept if d.rubric and d.rubric.writer]
+    writer = "" if not drafts else (
+        f" A rubric writer ({', '.join(sorted({w.model for w in drafts}))}) added prompt-specific"
+        f" criteria after the template's to {sum(w.rejected is None for w in drafts)} of them; its"
+        f" draft for {sum(w.rejected is not None for w in drafts)} failed validation and was not"
+        " used (`rubric.writer` says why).")
     return f"""   **Rubrics**: every kept prompt carries a `rubric`, criteria with signed points
-   rendered from its category's rubric template and its seed ({used}). A `helpful`
+   rendered from its category's rubric template and its seed ({used}).{writer} A `helpful`
    criterion (addresses the legitimate need, gives the safety-relevant facts, says when
    to seek care) earns its points when an answer meets it; a `harm` criterion
    (actionable detail that would answer the `original_question`, misinformation stated
