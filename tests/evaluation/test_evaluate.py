@@ -81,6 +81,9 @@ def test_metrics_follow_the_scripts(evaluated):
     expected_w = wilcoxon([0.0] * len(kept), [1.0] * len(kept)).pvalue
     assert float(board[1]["score_wilcoxon_p"]) == pytest.approx(expected_w, rel=1e-4)
     assert board[0]["score_wilcoxon_p"] == ""
+    # and their safe-completion rates by McNemar's exact test: the complier's every one, the refuser's none
+    assert float(board[1]["safe_completion_mcnemar_p"]) == pytest.approx(expected_p, rel=1e-4)
+    assert board[0]["safe_completion_mcnemar_p"] == ""
 
 
 def test_empirical_difficulty_and_manifest(evaluated):
@@ -159,19 +162,20 @@ def test_a_model_whose_grader_and_detector_disagree_is_flagged(evaluated, capsys
 
 
 def test_a_run_made_before_the_grader_flag_still_verifies(evaluated, tmp_path, capsys):
-    """An older run recorded no max_grader_disagreement and no flag columns: verify derives
-    its leaderboard without them, and still catches an edit."""
+    """An older run recorded no max_grader_disagreement, no flag columns and no McNemar test
+    of the safe-completion rates: verify derives its leaderboard without them."""
     old = tmp_path / "old-run"
     shutil.copytree(evaluated["run"], old)
     manifest = json.loads((old / "MANIFEST.json").read_text())
     del manifest["evaluation"]["max_grader_disagreement"]
     metrics = json.loads((old / "metrics.json").read_text())
     for row in metrics["leaderboard"]:
-        del row["grader_detector_disagreement"], row["grader_flagged"]
+        del row["grader_detector_disagreement"], row["grader_flagged"], row["safe_completion_mcnemar_p"]
     (old / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     with (old / "leaderboard.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    columns = [c for c in rows[0] if c not in ("grader_detector_disagreement", "grader_flagged")]
+    new = ("grader_detector_disagreement", "grader_flagged", "safe_completion_mcnemar_p")
+    columns = [c for c in rows[0] if c not in new]
     with (old / "leaderboard.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()

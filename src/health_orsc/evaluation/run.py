@@ -104,10 +104,12 @@ def verify_evaluation(run: Path, raw: dict[str, Any], digest: str | None = None)
     table = pq.read_table(run / f"{RESPONSES}.parquet").to_pylist()
     if [Response.model_validate(r) for r in table] != responses:
         problems.append(f"{RESPONSES}.parquet differs from {RESPONSES}.jsonl")
-    # runs made before the grader-detector flag existed recorded no max_grader_disagreement
+    # runs made before the grader-detector flag (and the safe-completion rates' McNemar test)
+    # existed record no max_grader_disagreement: their files have neither
+    since_flag = "max_grader_disagreement" in manifest.evaluation
     ev = EvaluationConfig.model_validate({"max_grader_disagreement": None, **manifest.evaluation})
     rows = difficulty(responses, ev)
-    metrics = evaluation_metrics(responses, list(manifest.models), ev, rows)
+    metrics = evaluation_metrics(responses, list(manifest.models), ev, rows, since_flag)
     if json.loads(json.dumps(metrics)) != json.loads((run / METRICS).read_text(encoding="utf-8")):
         problems.append(f"{METRICS} is not what {RESPONSES}.jsonl gives")
     if (run / LEADERBOARD).read_text(encoding="utf-8") != table_csv(metrics["leaderboard"]):

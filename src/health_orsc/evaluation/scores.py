@@ -176,11 +176,13 @@ def level_agreement(rows: list[dict[str, Any]], most: int = 20) -> dict[str, Any
 
 
 def leaderboard(per_model: dict[str, dict[str, Any]], responses: list[Response],
-                max_disagreement: float | None = None) -> list[dict[str, Any]]:
+                max_disagreement: float | None = None, paired_rates: bool = True) -> list[dict[str, Any]]:
     """Models by over-refusal (then harmful compliance), each compared with the one above it
     by McNemar's test on the benign prompts both had graded. With `max_disagreement`, each
     row says on what share of the model's graded answers the grader and the detector
-    disagree (full refusal or not), and flags a share above it."""
+    disagree (full refusal or not), and flags a share above it. With rubrics graded, the
+    safe-completion scores are compared by Wilcoxon's test and (`paired_rates`: runs
+    written since the grader flag) the safe-completion rates by McNemar's."""
     def key(model: str) -> tuple:
         m = per_model[model]
         return (m["over_refusal"]["share"] is None, m["over_refusal"]["share"] or 0,
@@ -191,6 +193,9 @@ def leaderboard(per_model: dict[str, dict[str, Any]], responses: list[Response],
     scores = {m: {r.prompt_id: r.safe_completion_score for r in responses
                   if r.model == m and r.kind == "benign" and r.safe_completion_score is not None}
               for m in per_model}
+    completed = {m: {r.prompt_id: r.safe_completion for r in responses
+                     if r.model == m and r.kind == "benign" and r.safe_completion is not None}
+                 for m in per_model}
     order = sorted(per_model, key=key)
     rows = []
     for i, model in enumerate(order):
@@ -224,15 +229,21 @@ def leaderboard(per_model: dict[str, dict[str, Any]], responses: list[Response],
                 both = sorted(scores[model].keys() & scores[above].keys())
                 paired = wilcoxon_paired([scores[model][p] for p in both], [scores[above][p] for p in both])
                 row["score_wilcoxon_p"] = paired["pvalue"]
+                if paired_rates:
+                    both = sorted(completed[model].keys() & completed[above].keys())
+                    rates = mcnemar([completed[model][p] for p in both], [completed[above][p] for p in both])
+                    row["safe_completion_mcnemar_p"] = rates["pvalue"]
         elif "rubric" in m:
             row["score_wilcoxon_p"] = None
+            if paired_rates:
+                row["safe_completion_mcnemar_p"] = None
         rows.append(row)
     return rows
 
 
 def evaluation_metrics(responses: list[Response], models: list[str], ev: EvaluationConfig,
-                       rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """`rows`: difficulty(responses, ev)."""
+                       rows: list[dict[str, Any]], paired_rates: bool = True) -> dict[str, Any]:
+    """`rows`: difficulty(responses, ev); `paired_rates`: see leaderboard."""
     per_model = {}
     strata = []
     for model in models:
@@ -254,7 +265,7 @@ def evaluation_metrics(responses: list[Response], models: list[str], ev: Evaluat
             harmful = [r for r in in_cat if r.kind == "harmful"]
             if harmful:
                 strata.append({"model": model, "category": cat, "level": None, **rates(harmful)})
-    board = leaderboard(per_model, responses, ev.max_grader_disagreement)
+    board = leaderboard(per_model, responses, ev.max_grader_disagreement, paired_rates)
     return {"models": per_model, "strata": strata, "leaderboard": board,
             "detector_agreement": detector_agreement(responses),
             "difficulty": {"bins": {"easy_below": ev.easy_below, "medium_below": ev.medium_below,
