@@ -106,12 +106,12 @@ class ReviewRow(BaseModel):
 def is_review_file(path: Path) -> bool:
     """A rubric review file (a filled-in `*.rubrics.csv`, or a Label Studio export of review
     tasks) rather than a label file: told apart by what it holds."""
-    if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8", newline="") as fh:
-            return "verdict" in (next(csv.reader(fh), None) or [])
     try:
+        if path.suffix.lower() == ".csv":
+            with path.open(encoding="utf-8", newline="") as fh:
+                return "verdict" in (next(csv.reader(fh), None) or [])
         tasks = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, csv.Error, json.JSONDecodeError):
         return False  # the label reader says what is wrong with it
     return (isinstance(tasks, list) and bool(tasks) and isinstance(tasks[0], dict)
             and isinstance(tasks[0].get("data"), dict) and "rubric" in tasks[0]["data"])
