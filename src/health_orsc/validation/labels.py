@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -134,7 +135,10 @@ def _read_csv(path: Path, digest: str, out: LabelSet) -> list[LabelRow]:
     return found
 
 
-def _read_label_studio(path: Path, digest: str, out: LabelSet) -> list[LabelRow]:
+def label_studio_annotations(path: Path, digest: str, tasks_from: str) -> Iterator[tuple[str, dict, dict]]:
+    """(where, task data, annotation) of every annotation of a Label Studio JSON export whose
+    tasks came from `tasks_from` (an `orsc annotate` command line); InputError for a file
+    that is not an export, a task without data.prompt_id, or tasks of another snapshot."""
     try:
         tasks = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -143,26 +147,32 @@ def _read_label_studio(path: Path, digest: str, out: LabelSet) -> list[LabelRow]
     if not isinstance(tasks, list):
         raise InputError(path, None, "is not a list of tasks",
                          "pass Label Studio's JSON export (Export -> JSON)")
-    found = []
     for n, task in enumerate(tasks, start=1):
         where = f"task {n}"
         data = task.get("data") if isinstance(task, dict) else None
         if not isinstance(data, dict) or "prompt_id" not in data:
             raise InputError(path, where, "has no data.prompt_id: not a task `orsc annotate` wrote",
-                             "export the project whose tasks came from `orsc annotate --format label-studio`")
+                             f"export the project whose tasks came from `{tasks_from}`")
         check_digest(path, where, data.get("snapshot"), digest)
         for annotation in task.get("annotations") or []:
-            if annotation.get("was_cancelled"):
-                out.cancelled += 1
-                continue
-            answers = _results(path, where, annotation.get("result") or [])
-            if not answers.get("label"):
-                out.unlabelled += 1
-                continue
-            found.append(LabelRow(prompt_id=str(data["prompt_id"]), annotator=who(annotation),
-                                  label=_label(path, where, answers["label"]),
-                                  ambiguity=_ambiguity(path, where, answers.get("ambiguity")),
-                                  notes=answers.get("notes", ""), file=path.name, where=where))
+            yield where, data, annotation
+
+
+def _read_label_studio(path: Path, digest: str, out: LabelSet) -> list[LabelRow]:
+    found = []
+    annotations = label_studio_annotations(path, digest, "orsc annotate --format label-studio")
+    for where, data, annotation in annotations:
+        if annotation.get("was_cancelled"):
+            out.cancelled += 1
+            continue
+        answers = _results(path, where, annotation.get("result") or [])
+        if not answers.get("label"):
+            out.unlabelled += 1
+            continue
+        found.append(LabelRow(prompt_id=str(data["prompt_id"]), annotator=who(annotation),
+                              label=_label(path, where, answers["label"]),
+                              ambiguity=_ambiguity(path, where, answers.get("ambiguity")),
+                              notes=answers.get("notes", ""), file=path.name, where=where))
     return found
 
 

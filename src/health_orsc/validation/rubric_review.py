@@ -32,7 +32,7 @@ from health_orsc.core.records import Criterion, SnapshotRow
 from health_orsc.core.stats import wilson
 from health_orsc.inputs.rubrics import parse_criteria
 from health_orsc.validation.annotate import Tasks
-from health_orsc.validation.labels import check_digest, who
+from health_orsc.validation.labels import check_digest, label_studio_annotations, who
 
 VERDICTS = ("keep", "drop", "edit")
 SHOWN = ("prompt_id", "snapshot", "annotator", "category", "prompt", "rubric")
@@ -156,28 +156,21 @@ def _read_csv(path: Path, digest: str) -> list[ReviewRow]:
 
 def _read_label_studio(path: Path, digest: str) -> list[ReviewRow]:
     found = []
-    for n, task in enumerate(json.loads(path.read_text(encoding="utf-8")), 1):
-        where = f"task {n}"
-        data = task.get("data") if isinstance(task, dict) else None
-        if not isinstance(data, dict) or "prompt_id" not in data:
-            raise InputError(path, where, "has no data.prompt_id: not a task `orsc annotate --rubrics` wrote",
-                             "export the project whose tasks came from `orsc annotate --rubrics`")
-        check_digest(path, where, data.get("snapshot"), digest)
-        for annotation in task.get("annotations") or []:
-            if annotation.get("was_cancelled"):
-                continue
-            answers: dict[str, str] = {}
-            for r in annotation.get("result") or []:
-                value = r.get("value", {}) if isinstance(r, dict) else {}
-                name = r.get("from_name") if isinstance(r, dict) else None
-                if name == "verdict" and value.get("choices"):
-                    answers[name] = str(value["choices"][0])
-                elif name in ("edited_rubric", "notes") and value.get("text"):
-                    answers[name] = "\n".join(str(t) for t in value["text"])
-            row = _review(path, where, str(data["prompt_id"]), who(annotation), answers.get("verdict", ""),
-                          answers.get("edited_rubric", ""), answers.get("notes", ""))
-            if row is not None:
-                found.append(row)
+    for where, data, annotation in label_studio_annotations(path, digest, "orsc annotate --rubrics"):
+        if annotation.get("was_cancelled"):
+            continue
+        answers: dict[str, str] = {}
+        for r in annotation.get("result") or []:
+            value = r.get("value", {}) if isinstance(r, dict) else {}
+            name = r.get("from_name") if isinstance(r, dict) else None
+            if name == "verdict" and value.get("choices"):
+                answers[name] = str(value["choices"][0])
+            elif name in ("edited_rubric", "notes") and value.get("text"):
+                answers[name] = "\n".join(str(t) for t in value["text"])
+        row = _review(path, where, str(data["prompt_id"]), who(annotation), answers.get("verdict", ""),
+                      answers.get("edited_rubric", ""), answers.get("notes", ""))
+        if row is not None:
+            found.append(row)
     return found
 
 
