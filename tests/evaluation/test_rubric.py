@@ -72,6 +72,26 @@ def test_the_mean_interval_is_scipys_bootstrap():
     assert mean_interval([]).mean is None and mean_interval([0.4]).low is None
 
 
+def test_the_mean_interval_of_a_paper_scale_sample_stays_small_in_memory():
+    """A model's 20,000 scores: scipy's BCa unbatched needs a 20,000 x 20,000 jackknife
+    (~3 GB); ours gives the same interval in a small fraction of that."""
+    import tracemalloc
+
+    values = np.random.default_rng(3).integers(0, 11, 20_000) / 10
+    tracemalloc.start()
+    try:
+        ours = mean_interval(values)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 300e6
+    small = values[:3_000]  # small enough to compare with scipy unbatched
+    theirs = bootstrap((small,), np.mean, n_resamples=2_000, method="BCa",
+                       rng=np.random.default_rng(0)).confidence_interval
+    assert (mean_interval(small).low, mean_interval(small).high) == (theirs.low, theirs.high)
+    assert ours.low < ours.mean < ours.high
+
+
 def test_paired_scores_are_compared_with_scipys_wilcoxon():
     from scipy.stats import wilcoxon
 

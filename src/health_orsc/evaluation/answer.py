@@ -45,6 +45,7 @@ from health_orsc.inputs.rubrics import render_rubric, rubric_context, rubric_tem
 from health_orsc.inputs.templates import PromptTemplate, TemplateLibrary
 from health_orsc.llm import Gateway
 from health_orsc.llm.request import reply_schema
+from health_orsc.snapshot.compat import rubrics_required
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import PROMPTS, read_jsonl_rows, read_taxonomy
 
@@ -193,10 +194,12 @@ class EvalInputs:
     rubrics_missing: int = 0   # kept rows without a rubric whose seed is gone: not rubric-graded
 
 
-def load_evaluation(config: BuildConfig, snapshot: Snapshot,
-                    models: list[str] | None = None) -> EvalInputs:
+def load_evaluation(config: BuildConfig, snapshot: Snapshot, models: list[str] | None = None,
+                    count_rubrics: bool = True) -> EvalInputs:
     """InputError (exit 2, nothing written) for an unknown or missing model role, a grader
-    without a rubric, or a rubric that does not render."""
+    without a rubric, or a rubric that does not render. `count_rubrics`: count (and render)
+    the rubrics a snapshot built before rubrics lacks, which reads its prompts; an evaluate
+    task, whose items already carry them, says False."""
     ev = config.evaluation
     cfg_file = config.source
     panel = models if models is not None else ev.models
@@ -216,10 +219,13 @@ def load_evaluation(config: BuildConfig, snapshot: Snapshot,
         return EvalInputs(config, snapshot, list(panel), None, taxonomy, None)
     template = load_grader(config, entries)
     rubric = load_rubric_grader(config, entries)
+    m = snapshot.manifest
+    if rubric is None or not count_rubrics or all(rubrics_required(m, c) for c in m.categories):
+        return EvalInputs(config, snapshot, list(panel), template, taxonomy, rubric)  # none lack one
     bare = [r for r in read_jsonl_rows(snapshot.path / f"{PROMPTS}.jsonl") if r.get("rubric") is None]
     derived = derived_rubrics(config, snapshot.path, bare)  # every template rendered before any call
     return EvalInputs(config, snapshot, list(panel), template, taxonomy, rubric, len(derived),
-                      len(bare) - len(derived) if rubric is not None else 0)
+                      len(bare) - len(derived))
 
 
 def grader_role(config: BuildConfig) -> RoleConfig:

@@ -22,6 +22,7 @@ completion** when it is not a full refusal, meets no harm criterion and scores a
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,20 +59,24 @@ class RubricScore(BaseModel):
     ungraded: int                       # criteria without a valid verdict
 
 
-def verdict_model(criteria: list[Criterion]) -> type[BaseModel]:
-    """A pydantic model of the grader's reply for these criteria: every id a key (ids may
-    be any lower-case name, so the fields are aliased)."""
-    fields: dict[str, Any] = {f"c{i}": (CriterionVerdict, Field(alias=c.id)) for i, c in enumerate(criteria)}
+@functools.lru_cache(maxsize=4096)
+def verdict_model(ids: tuple[str, ...]) -> type[BaseModel]:
+    """A pydantic model of the grader's reply for criteria with these ids: every id a key
+    (ids may be any lower-case name, so the fields are aliased). Made once per set of ids:
+    building a pydantic model costs more than the call it validates."""
+    fields: dict[str, Any] = {f"c{i}": (CriterionVerdict, Field(alias=c)) for i, c in enumerate(ids)}
     return create_model("RubricVerdict", __config__=ConfigDict(extra="ignore"), **fields)
 
 
-def verdict_schema(criteria: list[Criterion]) -> dict[str, Any]:
-    """The JSON schema sent with the request: one object per criterion id, nothing else."""
+@functools.lru_cache(maxsize=4096)
+def verdict_schema(ids: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON schema sent with the request: one object per criterion id, nothing else
+    (shared between calls: never modify it)."""
     item = {"type": "object", "properties": {"met": {"type": "boolean"},
                                              "reason": {"type": "string", "maxLength": REASON_MAX}},
             "required": ["met", "reason"], "additionalProperties": False}
-    return {"type": "object", "properties": {c.id: item for c in criteria},
-            "required": [c.id for c in criteria], "additionalProperties": False}
+    return {"type": "object", "properties": {c: item for c in ids}, "required": list(ids),
+            "additionalProperties": False}
 
 
 def score(criteria: list[Criterion], grades: list[CriterionGrade]) -> RubricScore:
@@ -126,9 +131,9 @@ async def _grade_criteria(config: BuildConfig, template: PromptTemplate, gateway
                           answer: str, criteria: list[Criterion], entry: dict[str, str]) -> RubricResult:
     ev = config.evaluation
     messages = template.render_messages(rubric_grade_context(prompt, answer, criteria, entry))
-    model = verdict_model(criteria)
-    reply, calls, _, problem = await ask_labelled(gateway, ev.grader, messages, verdict_schema(criteria),
-                                                  model, ev.max_repairs, RUBRIC_FORM)
+    ids = tuple(c.id for c in criteria)
+    reply, calls, _, problem = await ask_labelled(gateway, ev.grader, messages, verdict_schema(ids),
+                                                  verdict_model(ids), ev.max_repairs, RUBRIC_FORM)
     if reply is None:
         why = f"no valid verdict after {ev.max_repairs} repair attempts: {problem}"[:REASON_MAX]
         return RubricResult([CriterionGrade(id=c.id, met=None, reason=why) for c in criteria], calls)

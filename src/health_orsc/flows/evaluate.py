@@ -38,7 +38,8 @@ FLOW_NAME = "evaluate-benchmark"
 def evaluate_task(config_path: str, snapshot: str, models: list[str], model: str, category: str,
                   items_path: str, run: str) -> TaskResult:
     config = load_config(config_path)
-    inputs = load_evaluation(config, Snapshot.open(Path(snapshot)), models)
+    # the flow checked every input; the items carry their rubrics (write_items)
+    inputs = load_evaluation(config, Snapshot.open(Path(snapshot)), models, count_rubrics=False)
     with tracked("evaluate", f"{model} {category}") as progress:
         usage = Usage(progress=progress)
         out, n = answer_stage(inputs, model, category, Path(items_path), run, gateway_for(config), usage)
