@@ -59,7 +59,7 @@ def union_seconds(intervals: list[tuple[float, float]]) -> float:
 
 def busy_seconds(log: list) -> float:
     """Time during which at least one call was at the endpoint (arrived .. finished)."""
-    return union_seconds([(arrived, finished) for arrived, _, finished, _ in log])
+    return union_seconds([(arrived, finished) for arrived, _, finished, *_ in log])
 
 
 def machine() -> dict:
@@ -90,9 +90,23 @@ def stage_rate(run: dict, stage: str, capacity: float, kinds: tuple[str, ...] | 
             "tail_s": round(end - max(c[2] for c in log), 2) if log else None}
 
 
+def rubric_cost(log: list) -> dict:
+    """What grading each answer against its rubric adds, per answer: its calls and tokens
+    (the endpoint's usage), beside the three-class grade's."""
+    answers = sum(1 for c in log if c[3] == "answer")
+    per_answer = {}
+    for kind in ("grade", "rubric"):
+        calls = [c for c in log if c[3] == kind]
+        per_answer[kind] = {"calls": round(len(calls) / answers, 3) if answers else None,
+                            "tokens": round(sum(c[4] for c in calls) / answers) if answers else None}
+    return {"answers": answers, "per_answer": per_answer}
+
+
 def saturation(cold: dict, capacity: float) -> dict:
     """Per endpoint-bound stage of the build: see `stage_rate`."""
-    out: dict = {stage: stage_rate(cold, stage, capacity, (stage,)) for stage in ("generate", "jury")}
+    # the jury stage's calls: the jurors' and the rubric writer's
+    out: dict = {stage: stage_rate(cold, stage, capacity, kinds)
+                 for stage, kinds in (("generate", ("generate",)), ("jury", ("jury", "writer")))}
     out["candidates"] = sum(r["generated"] for r in cold["result"]["summary"])
     out["capacity_calls_per_s"] = capacity
     return out
@@ -107,7 +121,7 @@ def orchestration(cold: dict) -> dict:
     stages = cold["result"]["stages"]
     busy = busy_seconds(cold["calls_log"])
     embed_dedup = [tuple(stages[s]["clock"]) for s in ("embed", "dedup")]
-    covered = union_seconds([(a, f) for a, _, f, _ in cold["calls_log"]] + embed_dedup)
+    covered = union_seconds([(a, f) for a, _, f, *_ in cold["calls_log"]] + embed_dedup)
     dedup = union_seconds(embed_dedup)  # overlaps the generate stage's calls
     overhead = max(0.0, wall - covered)
     return {"process_wall_s": round(cold["wall_s"], 1), "flow_wall_s": round(wall, 1),

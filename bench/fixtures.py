@@ -62,10 +62,12 @@ def write_config(path: Path, seeds: Path, outputs: Path, base_url: str, rewrites
                   # `orsc evaluate`: two models under test (the fake endpoint answers a model
                   # named "panel") and the grader
                   **{f"panel_{x}": {"endpoint": "bench", "model": f"bench-panel-{x}"} for x in "ab"},
-                  "grader": {"endpoint": "bench", "model": grader_model, "prompt": "xstest.j2"}},
+                  "grader": {"endpoint": "bench", "model": grader_model, "prompt": "xstest.j2"},
+                  # drafts prompt-specific criteria for every kept prompt's rubric (jury stage)
+                  "writer": {"endpoint": "bench", "model": "bench-writer", "prompt": "criteria.j2"}},
         # the fake endpoint's rewrites are built from a hash, not paraphrases: no off-topic
         # check (bench/off_topic.py measures it on labelled rewrites instead)
-        "generation": {"rewrites": rewrites, "min_similarity": None},
+        "generation": {"rewrites": rewrites, "min_similarity": None, "rubric_writer": "writer"},
         "sample": {"per_stratum": 10},
         "evaluation": {"models": ["panel_a", "panel_b"], "grader": "grader"},
     }

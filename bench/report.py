@@ -63,6 +63,10 @@ def table(r: dict) -> str:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(st["by_kind"].items()))
         lines.append(f"| 8 | {label}: {st['calls']} calls ({kinds}) in {st['wall_s']} s |"
                      f" {st['calls_per_s']:.0f} calls/s | {cap:.0f} calls/s | {st['ratio']:.3f} | >= 0.9 |")
+    rc = ev["rubric_cost"]["per_answer"]
+    lines.append(f"| 8 | rubric grading's cost per answer ({ev['rubric_cost']['answers']} answers) |"
+                 f" {rc['rubric']['calls']} calls, {rc['rubric']['tokens']} tokens |"
+                 f" three-class grade: {rc['grade']['calls']} calls, {rc['grade']['tokens']} tokens | | |")
     lines.append(f"| 8 | evaluation metrics, difficulty, report and files ({ev['tasks']} tasks) |"
                  f" {ev['write_s']} s, peak RSS {ev['peak_rss_mb']} MB | | | |")
     cb = r["cache_backends"]

@@ -41,6 +41,7 @@ from figures import (
     orchestration,
     plain_load,
     rebuild,
+    rubric_cost,
     saturation,
     search_real,
     search_synthetic,
@@ -277,6 +278,7 @@ class Bench:
         with (Path(first["result"]["run"]) / "difficulty.csv").open(encoding="utf-8") as fh:
             prompts = sum(1 for _ in fh) - 1  # one row per benign prompt
         return {"prompts": prompts, "models": 2, "first": stage_rate(first, "evaluate", capacity),
+                "rubric_cost": rubric_cost(first["calls_log"]),
                 "regrade": stage_rate(regrade, "evaluate", capacity),
                 "write_s": round(first["result"]["stages"]["write"]["wall_s"], 1),
                 "process_wall_s": round(first["wall_s"], 1), "tasks": first["result"]["tasks"],

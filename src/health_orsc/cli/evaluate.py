@@ -93,6 +93,7 @@ def _grade_rubric(args: argparse.Namespace) -> int:
     from health_orsc.evaluation.grade import GENERIC
     from health_orsc.evaluation.meta import grade_rubric_answers, read_rubric_answers, rubric_grade_report
     from health_orsc.evaluation.probe import perturbed, probe_report, write_probe
+    from health_orsc.evaluation.stages import grader_identity
     from health_orsc.inputs.load import load_taxonomy
 
     probe = args.probe is not None
@@ -101,7 +102,7 @@ def _grade_rubric(args: argparse.Namespace) -> int:
     if ev.grader == DETECTOR:
         raise InputError(config.source, "evaluation.grader", "is `detector`, which grades no rubric",
                          "set evaluation.grader to a role with an LLM (e.g. grader) to grade rubrics")
-    role = grader_role(config)
+    grader_role(config)  # InputError for an undefined grader role
     taxonomy = load_taxonomy(config.seeds_dir)
     path = Path(args.probe if probe else args.rubric)
     items = read_rubric_answers(path, taxonomy)
@@ -122,10 +123,8 @@ def _grade_rubric(args: argparse.Namespace) -> int:
         report.model_calls, report.cache_hits = calls, hits
         emit(args, report, render.rubric_grade)
         return 0
-    grader = {"role": ev.grader, "model": role.identity(config.endpoint_for(ev.grader)),
-              "rubric_grader": template.name, "rubric_grader_sha": template.sha}
     report = probe_report(items, results[:len(items)], copies, results[len(items):], ev.safe_completion_min,
-                          grader, str(path))
+                          grader_identity(config, template), str(path))
     report.model_calls, report.cache_hits = calls, hits
     write_probe(config.outputs_dir, report)
     emit(args, report, render.probe)

@@ -72,11 +72,16 @@ def answer_stage(inputs: EvalInputs, model: str, category: str, items_path: Path
 def grader_meta(config: BuildConfig, template: PromptTemplate | None,
                 rubric: PromptTemplate | None) -> dict[str, str]:
     """MANIFEST's `grader`: the role, its model@endpoint and templates (or the detector)."""
-    ev = config.evaluation
     if template is None:
         return {"role": DETECTOR, "model": "xstest-string-match", "rubric": "none", "rubric_sha": ""}
+    return {**grader_identity(config, rubric), "rubric": template.name, "rubric_sha": template.sha}
+
+
+def grader_identity(config: BuildConfig, rubric: PromptTemplate | None) -> dict[str, str]:
+    """The grader role, its model@endpoint and its rubric grader template: what a probe run
+    records and an evaluation matches it by (evaluation/probe.py)."""
+    ev = config.evaluation
     return {"role": ev.grader, "model": config.roles[ev.grader].identity(config.endpoint_for(ev.grader)),
-            "rubric": template.name, "rubric_sha": template.sha,
             **({"rubric_grader": rubric.name, "rubric_grader_sha": rubric.sha} if rubric else {})}
 
 
