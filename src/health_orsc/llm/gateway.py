@@ -72,6 +72,7 @@ class Gateway:
         self._reader = CacheReader(self.cache, self._loop)
         self._clients: dict[str, openai.AsyncOpenAI] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._sampling_fields: dict[str, dict[str, Any]] = {}
         self._admission: asyncio.Semaphore | None = None  # made on the loop, by gather()
         self._in_flight: dict[str, asyncio.Future] = {}  # request key -> its answer
         self._start_locks: dict[str, asyncio.Lock] = {}
@@ -149,7 +150,7 @@ class Gateway:
         """
         role = self.config.roles[role_name]
         ep = self.config.endpoints[role.endpoint]
-        request = ChatRequest(ep.identity, role.model, messages, role.sampling(seed_offset),
+        request = ChatRequest(ep.identity, role.model, messages, self._sampling(role_name, seed_offset),
                               response_format(ep, schema), top_logprobs)
         key = request.key
         if key in self._in_flight:
@@ -218,6 +219,14 @@ class Gateway:
             return text, None
         # logprobs is not a declared field of a choice: it is among its extra fields
         return text, choice_logprobs(reply.choices[0].model_extra or {})
+
+    def _sampling(self, role_name: str, seed_offset: int) -> dict[str, Any]:
+        """The role's sampling fields with its seed moved by `seed_offset`: validated once per
+        role, then a dict copy per call (a pydantic model per call cost the loop more)."""
+        if role_name not in self._sampling_fields:
+            self._sampling_fields[role_name] = self.config.roles[role_name].sampling().model_dump()
+        base = self._sampling_fields[role_name]
+        return base if not seed_offset else {**base, "seed": base["seed"] + seed_offset}
 
     def _semaphore(self, ep_name: str) -> asyncio.Semaphore:
         if ep_name not in self._semaphores:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from health_orsc.core.config import EndpointConfig, SamplingParams
+from health_orsc.core.config import EndpointConfig
 from health_orsc.core.records import canonical_json, sha256_hex
 
 
@@ -46,7 +46,7 @@ class ChatRequest:
     endpoint: str  # EndpointConfig.identity: stable across runs (no embedded port)
     model: str
     messages: list[dict[str, str]]
-    sampling: SamplingParams
+    sampling: dict[str, Any]  # SamplingParams' fields, as model_dump gives them
     response_format: dict[str, Any] | None = None
     top_logprobs: int | None = None  # ask for each token's log-probability and its N likeliest rivals
 
@@ -57,7 +57,7 @@ class ChatRequest:
     def record(self) -> dict[str, Any]:
         """Every field of the request, flat: the cache key's input and the stored request."""
         return {"endpoint": self.endpoint, "model": self.model, "messages": self.messages,
-                **self.sampling.model_dump(), "response_format": self.response_format, **self._logprobs()}
+                **self.sampling, "response_format": self.response_format, **self._logprobs()}
 
     @functools.cached_property
     def record_json(self) -> str:
@@ -70,8 +70,7 @@ class ChatRequest:
 
     def body(self) -> dict[str, Any]:
         """The JSON body of POST /chat/completions."""
-        body = {"model": self.model, "messages": self.messages, **self.sampling.model_dump(),
-                **self._logprobs()}
+        body = {"model": self.model, "messages": self.messages, **self.sampling, **self._logprobs()}
         if self.response_format is not None:
             body["response_format"] = self.response_format
         return body

@@ -10,6 +10,7 @@ was asked for (a proxy's HTML page with status 200, a truncated body: see
 from __future__ import annotations
 
 import email.utils
+import json
 import random
 import time
 from typing import Any
@@ -65,9 +66,13 @@ def backoff_s(attempt: int, asked_s: float | None = None) -> float:
 
 async def post(client: openai.AsyncOpenAI, path: str, body: dict[str, Any], where: str) -> bytes:
     """One attempt: POST `body` and return the reply's bytes; Retryable for a failure
-    worth another attempt, LLMError (naming `where`) for one that is final."""
+    worth another attempt, LLMError (naming `where`) for one that is final. The body goes
+    as JSON bytes made here (the client's own encoder costs more per call), except to
+    Azure, whose client reads the body's `model` to build the deployment's URL."""
+    sent = ({"body": body} if isinstance(client, openai.AsyncAzureOpenAI)
+            else {"content": json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()})
     try:
-        response = await client.post(path, body=body, cast_to=httpx2.Response)
+        response = await client.post(path, cast_to=httpx2.Response, **sent)
     except openai.APIConnectionError as err:  # timeouts included
         raise Retryable(connection_problem(err)) from err
     except openai.APIStatusError as err:
