@@ -192,3 +192,35 @@ def test_a_build_killed_while_exporting_leaves_no_temp_dir_for_good(snap, tmp_pa
         assert not stale.exists() and live.is_dir()
     finally:
         shutil.rmtree(live, ignore_errors=True)
+
+
+def _git(*args: str, cwd: Path) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "init.defaultBranch=main",
+                    *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_a_git_clone_verifies_and_only_clone_metadata_is_ignored(snap, tmp_path, capsys):
+    """What people download is a clone (git, or the Hub's: .gitattributes, .cache/huggingface/):
+    it verifies with the same digest; any other unlisted file, or an edited byte, fails."""
+    published = _copy(snap, tmp_path)
+    _git("init", cwd=published)
+    (published / ".gitattributes").write_text("*.parquet filter=lfs diff=lfs merge=lfs -text\n")
+    _git("add", "-A", cwd=published)
+    _git("commit", "-m", "publish", cwd=published)
+    clone = tmp_path / "clone"
+    _git("clone", "-q", str(published), str(clone), cwd=tmp_path)
+    (clone / ".cache" / "huggingface" / "download").mkdir(parents=True)
+    (clone / ".cache" / "huggingface" / "download" / "prompts.jsonl.metadata").write_text("etag\n")
+    rc, out = _verify(capsys, clone)
+    assert rc == 0 and f"digest: {load_manifest(snap['path']).digest}" in out, out
+
+    for extra in ("notes.txt", ".cache/other/x", ".github/workflow.yml", "data/.gitattributes"):
+        (clone / extra).parent.mkdir(parents=True, exist_ok=True)
+        (clone / extra).write_text("x")
+        rc, out = _verify(capsys, clone)
+        assert rc == 1 and f"{extra}: not listed in MANIFEST.json" in out, out
+        (clone / extra).unlink()
+    data = clone / "prompts.jsonl"
+    data.write_bytes(data.read_bytes().replace(b"?", b".", 1))
+    rc, out = _verify(capsys, clone)
+    assert rc == 1 and "prompts.jsonl: sha256 differs" in out, out

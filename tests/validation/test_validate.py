@@ -286,3 +286,19 @@ def test_gate_moves_what_people_call_harmful_and_lists_weak_strata(snap, labelle
     assert listed and listed <= {(r["category"], r["level"]) for r in base_kept}
     assert f"Gated: {len(harmful)} kept prompts" in (new / "README.md").read_text()
     assert main(["verify", str(new)]) == 0
+
+
+def test_a_validation_snapshot_copies_its_base_without_a_clones_metadata(tmp_path):
+    """Validating a cloned snapshot: the new snapshot holds the base's files, not the
+    clone's .git/, .gitattributes or .cache/huggingface/ (nor the base's MANIFEST)."""
+    from health_orsc.validation.validity import base_files_only
+
+    base = tmp_path / "base"
+    for rel in ("MANIFEST.json", "prompts.jsonl", "data/self_harm.jsonl", ".gitattributes", ".git/HEAD",
+                ".cache/huggingface/download/x", ".cache/keep.txt", "data/.git/x"):
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (base / rel).write_text(rel)
+    shutil.copytree(base, tmp_path / "copy", ignore=base_files_only(base))
+    copied = sorted(p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*")
+                    if p.is_file())
+    assert copied == [".cache/keep.txt", "data/.git/x", "data/self_harm.jsonl", "prompts.jsonl"]

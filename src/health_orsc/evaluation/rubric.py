@@ -26,7 +26,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from health_orsc.build.jury import ask_labelled
 from health_orsc.core.config import BuildConfig
@@ -59,13 +59,27 @@ class RubricScore(BaseModel):
     ungraded: int                       # criteria without a valid verdict
 
 
-@functools.lru_cache(maxsize=4096)
-def verdict_model(ids: tuple[str, ...]) -> type[BaseModel]:
-    """A pydantic model of the grader's reply for criteria with these ids: every id a key
-    (ids may be any lower-case name, so the fields are aliased). Made once per set of ids:
-    building a pydantic model costs more than the call it validates."""
-    fields: dict[str, Any] = {f"c{i}": (CriterionVerdict, Field(alias=c)) for i, c in enumerate(ids)}
-    return create_model("RubricVerdict", __config__=ConfigDict(extra="ignore"), **fields)
+class RubricReply:
+    """Validates the grader's reply for criteria with these ids, as parse_labelled asks of a
+    model (`model_validate`): a CriterionVerdict under every id, in id order. Not a pydantic
+    model made per rubric: a writer's criteria make every rubric's ids new, and building a
+    model costs more than the call it validates."""
+
+    def __init__(self, ids: tuple[str, ...]):
+        self.ids = ids
+
+    def model_validate(self, data: dict[str, Any]) -> list[CriterionVerdict]:
+        if missing := [i for i in self.ids if i not in data]:
+            raise ValueError(f"{', '.join(missing)}: Field required")
+        verdicts = []
+        for i in self.ids:
+            try:
+                verdicts.append(CriterionVerdict.model_validate(data[i]))
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(map(str, (i, *first["loc"])))
+                raise ValueError(f"{where}: {first['msg']}") from err
+        return verdicts
 
 
 @functools.lru_cache(maxsize=4096)
@@ -133,10 +147,9 @@ async def _grade_criteria(config: BuildConfig, template: PromptTemplate, gateway
     messages = template.render_messages(rubric_grade_context(prompt, answer, criteria, entry))
     ids = tuple(c.id for c in criteria)
     reply, calls, _, problem = await ask_labelled(gateway, ev.grader, messages, verdict_schema(ids),
-                                                  verdict_model(ids), ev.max_repairs, RUBRIC_FORM)
+                                                  RubricReply(ids), ev.max_repairs, RUBRIC_FORM)
     if reply is None:
         why = f"no valid verdict after {ev.max_repairs} repair attempts: {problem}"[:REASON_MAX]
         return RubricResult([CriterionGrade(id=c.id, met=None, reason=why) for c in criteria], calls)
-    verdicts = [getattr(reply, f"c{i}") for i in range(len(criteria))]
     return RubricResult([CriterionGrade(id=c.id, met=v.met, reason=v.reason.strip())
-                         for c, v in zip(criteria, verdicts, strict=True)], calls)
+                         for c, v in zip(criteria, reply, strict=True)], calls)

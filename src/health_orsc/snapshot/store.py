@@ -258,8 +258,20 @@ def snapshot_file(snapshot: Path, rel: str) -> Path | None:
     return path
 
 
+# What a git or Hugging Face Hub clone of a snapshot adds beside its files: never listed,
+# never checked (only these paths: anything else unlisted fails verify)
+CLONE_METADATA_FILES = (".gitattributes", ".git")   # .git is a file in a worktree or submodule
+CLONE_METADATA_DIRS = (".git/", ".cache/huggingface/")
+
+
+def clone_metadata(rel: str) -> bool:
+    """Whether `rel` (a path inside a snapshot, '/'-separated) is a clone's own metadata."""
+    return rel in CLONE_METADATA_FILES or rel.startswith(CLONE_METADATA_DIRS)
+
+
 def check_files(snapshot: Path, manifest: Manifest) -> list[str]:
-    """Every listed file exists inside the snapshot with its sha256 and size; every file is listed."""
+    """Every listed file exists inside the snapshot with its sha256 and size; every file is
+    listed, except a git or Hub clone's own metadata (clone_metadata)."""
     problems = []
     for rel, entry in sorted(manifest.files.items()):
         path = snapshot_file(snapshot, rel)
@@ -271,7 +283,7 @@ def check_files(snapshot: Path, manifest: Manifest) -> list[str]:
             problems.append(f"{rel}: sha256 differs from {MANIFEST}")
     for path in sorted(snapshot.rglob("*")):
         rel = path.relative_to(snapshot).as_posix()
-        if path.is_file() and rel != MANIFEST and rel not in manifest.files:
+        if path.is_file() and rel != MANIFEST and rel not in manifest.files and not clone_metadata(rel):
             problems.append(f"{rel}: not listed in {MANIFEST}")
     return problems
 

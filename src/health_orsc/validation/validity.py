@@ -54,6 +54,7 @@ from health_orsc.snapshot.store import (
     BaseRef,
     Manifest,
     SnapshotMeta,
+    clone_metadata,
     snapshots_dir,
     write_manifest,
     writing_snapshot,
@@ -346,6 +347,17 @@ def ungated(records: list[R]) -> list[R]:
     return [before(r) for r in records]
 
 
+def base_files_only(base_path: Path):
+    """copytree's `ignore` for a validation snapshot's copy of its base: neither the base's
+    MANIFEST and validation files nor a git or Hub clone's metadata (clone_metadata)."""
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        rel = Path(directory).relative_to(base_path).as_posix()
+        inside = "" if rel == "." else f"{rel}/"
+        return {n for n in names if (not inside and n in (MANIFEST, "validation"))
+                or clone_metadata(f"{inside}{n}") or clone_metadata(f"{inside}{n}/")}
+    return ignore
+
+
 def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: list[SnapshotRow],
                               sample: list[dict[str, str]], labels: LabelSet, report: dict[str, Any],
                               gate: bool, reviews: list[ReviewRow] | None = None) -> Path:
@@ -357,7 +369,7 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
     moved = human_harmful(sample, labels) if gate else set()
     raw = base.model_dump(mode="json")
     with writing_snapshot(outputs_dir, name) as tmp:
-        shutil.copytree(base_path, tmp, ignore=shutil.ignore_patterns(MANIFEST, "validation"))
+        shutil.copytree(base_path, tmp, ignore=base_files_only(base_path))
         rows = [r.model_copy(update={"reason": "human_harmful"}) if r.id in moved else r for r in rows]
         decisions = [r.to_decision() for r in rows]  # once: the costly part at paper scale
         if moved:
