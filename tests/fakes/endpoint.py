@@ -39,10 +39,30 @@ def bag_of_words(text: str, dim: int = 64) -> list[float]:
     return vector
 
 
+def reasoning_refusal(request: dict) -> tuple[int, dict, dict] | None:
+    """What OpenAI's API answers a reasoning model's request it will not take (its own
+    words), or None."""
+    def error(message: str, param: str, code: str) -> tuple[int, dict, dict]:
+        return 400, {"error": {"message": message, "type": "invalid_request_error", "param": param,
+                               "code": code}}, {}
+    if "max_tokens" in request:
+        return error("Unsupported parameter: 'max_tokens' is not supported with this model. Use"
+                     " 'max_completion_tokens' instead.", "max_tokens", "unsupported_parameter")
+    for name in ("temperature", "top_p"):
+        if name in request and request[name] != 1:
+            return error(f"Unsupported value: '{name}' does not support {request[name]} with this model."
+                         " Only the default (1) value is supported.", name, "unsupported_value")
+    return None
+
+
 class FakeOpenAI:
     def __init__(self, reply: Callable[[dict], str | tuple] = default_reply, delay_s: float = 0.0,
-                 embed: Callable[[str], list[float]] = bag_of_words):
+                 embed: Callable[[str], list[float]] = bag_of_words,
+                 reasoning_models: frozenset = frozenset()):
+        """`reasoning_models`: model names answered as OpenAI answers its reasoning models
+        (reasoning_refusal): HTTP 400 for `max_tokens` or a non-default temperature/top_p."""
         self.reply = reply
+        self.reasoning_models = reasoning_models
         self.delay_s = delay_s
         self.embed = embed
         self.embedding_requests: list[tuple[float, dict]] = []  # (time.monotonic(), request)
@@ -92,6 +112,8 @@ class FakeOpenAI:
                     number = len(fake.requests)
                     fake.headers.append({k.lower(): v for k, v in self.headers.items()})
                     fault = fake._failures.pop(0) if fake._failures else None
+                    if fault is None and request.get("model") in fake.reasoning_models:
+                        fault = reasoning_refusal(request)
                     fake._in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
                 try:

@@ -322,3 +322,17 @@ def test_a_bad_rubric_template_stops_the_build_before_any_call(tmp_path, capsys,
                                    lambda text: text + "harm -20 worse: Something.\n")
     assert re.search(r"rubrics/drug_abuse\.j2: field 'rendered line \d+': is not a valid criterion", err)
     assert "(seed '" in err and "fix:" in err
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"extra_body": {"model": "other"}}, "may not set ['model']"),
+    ({"extra_body": {"messages": [], "stream": True}}, "may not set ['messages', 'stream']"),
+    ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+    ({"omit": ["messages"]}, "omit"),
+])
+def test_frontier_fields_that_cannot_work_are_refused_at_config_load(tmp_path, capsys, fake_llm, change,
+                                                                    message):
+    cfg = _edit(fake_config(tmp_path, fake_llm.base_url), lambda d: d["roles"]["generator"].update(change))
+    rc, err = _build(capsys, cfg)
+    _assert_rejected(rc, tmp_path, fake_llm)
+    assert "config.yaml" in err and "roles.generator" in err and message in err, err

@@ -279,3 +279,46 @@ def test_requests_go_through_the_proxy_the_environment_names(tmp_path, fake_llm,
         proxy.stop()
     assert result.text and fake_llm.chat_count == 1
     assert proxy.forwarded == [f"{fake_llm.base_url}/chat/completions"]
+
+
+def test_a_reasoning_model_is_asked_as_its_api_requires(tmp_path):
+    """OpenAI's reasoning models refuse `max_tokens` and a non-default temperature with HTTP
+    400 (final, not retried); a role with max_completion_tokens, `omit` and reasoning_effort
+    is answered, and its extra_body goes out as it is."""
+    from tests.fakes.endpoint import FakeOpenAI
+
+    fake = FakeOpenAI(reasoning_models=frozenset({"o-model"})).start()
+    try:
+        plain = {"generator": {"endpoint": "fake", "model": "o-model"}}
+        gw = _gateway(tmp_path / "plain", fake, roles=plain)
+        with pytest.raises(LLMError, match="refused the request with HTTP 400: Unsupported parameter"):
+            gw.run(gw.chat("generator", MESSAGES))
+        gw.close()
+        assert len(fake.requests) == 1  # a 400 is final
+        role = {"endpoint": "fake", "model": "o-model", "max_completion_tokens": 4096,
+                "omit": ["temperature", "top_p"], "reasoning_effort": "low",
+                "extra_body": {"service_tier": "flex", "metadata": {"run": "r1"}}}
+        gw = _gateway(tmp_path / "reasoning", fake, roles={"generator": role})
+        assert gw.run(gw.chat("generator", MESSAGES)).text
+        gw.close()
+    finally:
+        fake.stop()
+    sent = fake.requests[-1]
+    assert sent["max_completion_tokens"] == 4096 and sent["reasoning_effort"] == "low"
+    assert sent["service_tier"] == "flex" and sent["metadata"] == {"run": "r1"}
+    assert not {"max_tokens", "temperature", "top_p"} & sent.keys() and sent["seed"] == 0
+
+
+def test_request_fields_change_the_key_only_when_set(tmp_path):
+    """A role that sets none of the frontier fields sends (and keys) exactly what it did
+    before they existed; each one that is set is sent, so it changes the key."""
+    from health_orsc.core.config import RoleConfig
+
+    role = RoleConfig(endpoint="e", model="m", max_tokens=10)
+    assert role.request_fields() == role.sampling().model_dump()
+    base = ChatRequest("e", "m", MESSAGES, role.request_fields())
+    keys = {base.key}
+    for change in [{"max_completion_tokens": 99}, {"reasoning_effort": "high"}, {"omit": ["seed"]},
+                   {"extra_body": {"service_tier": "flex"}}]:
+        keys.add(ChatRequest("e", "m", MESSAGES, role.model_copy(update=change).request_fields()).key)
+    assert len(keys) == 5

@@ -93,7 +93,7 @@ def _role(cfg: BuildConfig, name: str) -> dict:
     endpoint = cfg.endpoints[role.endpoint]
     return {"model": role.model, "endpoint": endpoint.identity,
             "structured_output": endpoint.structured_output,
-            "sampling": role.sampling().model_dump(), "prompt": role.prompt, **role.scoring_rule()}
+            "sampling": role.request_fields(), "prompt": role.prompt, **role.scoring_rule()}
 
 
 def config_parts(cfg: BuildConfig) -> dict:

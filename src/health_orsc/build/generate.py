@@ -83,7 +83,7 @@ async def generate_category(inputs: BuildInputs, category: str, gateway: Gateway
             result = await gateway.chat(gen.role, messages, seed_offset=offset)
             prompt = clean_rewrite(result.text)
             cand = _candidate(seed, level, tpl, text, variant, prompt or result.text.strip(),
-                              generator, role.sampling(offset).model_dump(), result.key)
+                              generator, role.request_fields(offset), result.key)
             out.append(Decision(candidate=cand, kept=prompt is not None,
                                 reason=None if prompt else "unusable_rewrite"))
         return out

@@ -76,6 +76,11 @@ class EndpointConfig(Strict):
         return (self.base_url or "").rstrip("/")
 
 
+# request body fields a role's extra_body may not set
+RESERVED_BODY_FIELDS = frozenset({"model", "messages", "response_format", "stream", "n", "logprobs",
+                                  "top_logprobs"})
+
+
 class SamplingParams(Strict):
     """How a role samples: the one list of sampling fields. It goes into the request body
     and the request-cache key as it is (health_orsc/llm/request.py)."""
@@ -98,10 +103,41 @@ class RoleConfig(SamplingParams):
     # prompt harmful when P(harmful) >= `threshold` (`orsc calibrate --fit` chooses one).
     scoring: Literal["verdict", "logprobs"] = "verdict"
     threshold: float = Field(0.5, ge=0, le=1)
+    # Frontier and reasoning models (docs/configuration.md "Reasoning models"): what the
+    # request carries beyond the sampling fields. Each is sent, and keyed, only when set.
+    max_completion_tokens: int | None = Field(None, ge=1)  # sent instead of max_tokens
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    omit: list[Literal["temperature", "top_p", "max_tokens", "seed"]] = []  # fields the model rejects
+    extra_body: dict[str, Any] = {}  # merged into the request body as it is
+    # Models under test: a system turn before each prompt (`orsc evaluate`)
+    system_prompt: str | None = Field(None, min_length=1)
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_body_adds(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if clash := sorted(v.keys() & RESERVED_BODY_FIELDS):
+            raise ValueError(f"may not set {clash}: the role's `model`, the prompt's messages and"
+                             " the reply format are the tool's (set `model` on the role itself)")
+        return v
 
     def sampling(self, seed_offset: int = 0) -> SamplingParams:
         fields = {k: getattr(self, k) for k in SamplingParams.model_fields}
         return SamplingParams(**{**fields, "seed": self.seed + seed_offset})
+
+    def request_fields(self, seed_offset: int = 0) -> dict[str, Any]:
+        """What the role adds to every request body (and its cache key) beside the model and
+        the messages: the sampling fields less `omit` (and less max_tokens when
+        max_completion_tokens is set), then max_completion_tokens, reasoning_effort and
+        extra_body. For a role that sets none of these, exactly sampling()'s fields, so
+        cache keys and fingerprints made before they existed stay as they were."""
+        fields = self.sampling(seed_offset).model_dump()
+        dropped = set(self.omit) | ({"max_tokens"} if self.max_completion_tokens is not None else set())
+        fields = {k: v for k, v in fields.items() if k not in dropped}
+        if self.max_completion_tokens is not None:
+            fields["max_completion_tokens"] = self.max_completion_tokens
+        if self.reasoning_effort is not None:
+            fields["reasoning_effort"] = self.reasoning_effort
+        return {**fields, **self.extra_body}
 
     def identity(self, endpoint: EndpointConfig) -> str:
         return f"{self.model}@{endpoint.identity}"

@@ -4,8 +4,8 @@ Input: a snapshot that verifies, and `evaluation` in the config (the roles that 
 grader role, an optional per-stratum sample). Per (model x category), every kept prompt of
 the category (the benign boundary prompts) and, with `evaluation.contrast`, every distinct
 harmful request they neighbour (`original_question`, the contrast set) is asked once
-through the gateway (request cache, bounds, retries), as a single user turn. Each answer
-is then:
+through the gateway (request cache, bounds, retries), as a single user turn (after the
+role's `system_prompt`, if any). Each answer is then:
 
 - graded by the grader role (its rubric under prompts_templates/graders/) into XSTest's
   classes: `full_compliance`, `partial_refusal` (engages the legitimate need, withholds or
@@ -313,7 +313,7 @@ async def answer_category(inputs: EvalInputs, model: str, category: str, items: 
     entry = inputs.taxonomy[category]
 
     async def one(item: EvalItem) -> Response:
-        answer = await gateway.chat(model, [{"role": "user", "content": item.prompt}])
+        answer = await gateway.chat(model, ask(role, item.prompt))
         graded = await grade_answer(cfg, inputs.grader_template, gateway, item.prompt, answer.text, entry)
         response = Response(model=model, model_id=model_id, **item.model_dump(), answer=answer.text,
                             detector=detect_refusal(answer.text), answer_call=answer.key, grade=graded.grade,
@@ -331,6 +331,13 @@ async def answer_category(inputs: EvalInputs, model: str, category: str, items: 
             "safe_completion": is_safe_completion(graded.grade, result, cfg.evaluation.safe_completion_min)})
 
     return await gateway.gather([functools.partial(one, item) for item in items])
+
+
+def ask(role: RoleConfig, prompt: str) -> list[dict[str, str]]:
+    """The messages a model under test gets: the prompt as a single user turn, after the
+    role's `system_prompt` when it has one."""
+    system = [{"role": "system", "content": role.system_prompt}] if role.system_prompt else []
+    return [*system, {"role": "user", "content": prompt}]
 
 
 def planned_calls(items: list[EvalItem], grader: bool, rubrics: bool, per_criterion: bool = False) -> int:

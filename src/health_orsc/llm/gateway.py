@@ -72,7 +72,7 @@ class Gateway:
         self._reader = CacheReader(self.cache, self._loop)
         self._clients: dict[str, openai.AsyncOpenAI] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
-        self._sampling_fields: dict[str, dict[str, Any]] = {}
+        self._sampling_fields: dict[tuple[str, int], dict[str, Any]] = {}
         self._admission: asyncio.Semaphore | None = None  # made on the loop, by gather()
         self._in_flight: dict[str, asyncio.Future] = {}  # request key -> its answer
         self._start_locks: dict[str, asyncio.Lock] = {}
@@ -221,12 +221,13 @@ class Gateway:
         return text, choice_logprobs(reply.choices[0].model_extra or {})
 
     def _sampling(self, role_name: str, seed_offset: int) -> dict[str, Any]:
-        """The role's sampling fields with its seed moved by `seed_offset`: validated once per
-        role, then a dict copy per call (a pydantic model per call cost the loop more)."""
-        if role_name not in self._sampling_fields:
-            self._sampling_fields[role_name] = self.config.roles[role_name].sampling().model_dump()
-        base = self._sampling_fields[role_name]
-        return base if not seed_offset else {**base, "seed": base["seed"] + seed_offset}
+        """The role's request fields (RoleConfig.request_fields) with its seed moved by
+        `seed_offset`: made once per role and offset (a pydantic model per call cost the
+        loop more). Shared: never modified."""
+        key = (role_name, seed_offset)
+        if key not in self._sampling_fields:
+            self._sampling_fields[key] = self.config.roles[role_name].request_fields(seed_offset)
+        return self._sampling_fields[key]
 
     def _semaphore(self, ep_name: str) -> asyncio.Semaphore:
         if ep_name not in self._semaphores:

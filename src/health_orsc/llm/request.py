@@ -1,10 +1,11 @@
 """One chat-completion request: what is sent to the endpoint and what its cache key is made of.
 
 The cache key is the sha256 of the canonical JSON of (endpoint identity, model,
-messages, the role's SamplingParams, response format). Operational fields -
-timeouts, concurrency, retries, API keys, the embedded server's port - are not
-part of a request, so changing them never invalidates the cache (the inspect_ai
-rule). The body sent is the same fields minus the endpoint identity: both come
+messages, the role's request fields - sampling, and what a frontier model needs:
+max_completion_tokens, reasoning_effort, extra_body - and the response format).
+Operational fields - timeouts, concurrency, retries, API keys, the embedded server's
+port - are not part of a request, so changing them never invalidates the cache (the
+inspect_ai rule). The body sent is the same fields minus the endpoint identity: both come
 from this one class.
 """
 
@@ -46,7 +47,7 @@ class ChatRequest:
     endpoint: str  # EndpointConfig.identity: stable across runs (no embedded port)
     model: str
     messages: list[dict[str, str]]
-    sampling: dict[str, Any]  # SamplingParams' fields, as model_dump gives them
+    sampling: dict[str, Any]  # the role's request fields (RoleConfig.request_fields)
     response_format: dict[str, Any] | None = None
     top_logprobs: int | None = None  # ask for each token's log-probability and its N likeliest rivals
 

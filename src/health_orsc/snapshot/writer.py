@@ -59,7 +59,7 @@ ROW_SCHEMA = arrow_schema(SnapshotRow)
 def models_of(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
     """Each role's model, endpoint, sampling and prompt, as MANIFEST.json lists them."""
     return {r: {"endpoint": cfg.endpoint_for(r).identity, "model": cfg.roles[r].model,
-                "sampling": cfg.roles[r].sampling().model_dump(), "prompt": cfg.roles[r].prompt,
+                "sampling": cfg.roles[r].request_fields(), "prompt": cfg.roles[r].prompt,
                 **cfg.roles[r].scoring_rule()}
             for r in [cfg.generation.role, *cfg.jury.jurors, *filter(None, [cfg.dedup.embedder])]}
 
