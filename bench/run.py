@@ -1,6 +1,6 @@
 """health-orsc benchmarks: each figure side by side with its limit.
 
-    python bench/run.py                  # paper scale (31,920 candidates), ~20 min on 2 cores
+    python bench/run.py                  # paper scale (31,920 candidates), ~55 min on 2 cores
     python bench/run.py --size tiny      # seconds-scale smoke run (tests/package/test_bench.py)
     python bench/run.py scale            # per-candidate costs at 4 sizes, for estimates beyond
 

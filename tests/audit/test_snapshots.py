@@ -195,8 +195,8 @@ def test_a_build_killed_while_exporting_leaves_no_temp_dir_for_good(snap, tmp_pa
 
 
 def _git(*args: str, cwd: Path) -> None:
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "init.defaultBranch=main",
-                    *args], cwd=cwd, check=True, capture_output=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org",
+                    "-c", "init.defaultBranch=main", *args], cwd=cwd, check=True, capture_output=True)
 
 
 def test_a_git_clone_verifies_and_only_clone_metadata_is_ignored(snap, tmp_path, capsys):

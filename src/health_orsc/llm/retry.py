@@ -77,7 +77,7 @@ async def post(client: openai.AsyncOpenAI, path: str, body: dict[str, Any], wher
         raise Retryable(connection_problem(err)) from err
     except openai.APIStatusError as err:
         status = err.status_code
-        problem = f"HTTP {status}: {shorten(err.message, 200)}"
+        problem = f"HTTP {status}: {shorten(err.message.removeprefix(f'Error code: {status} - '), 200)}"
         if status in RETRYABLE_STATUS or status >= 500:
             raise Retryable(problem, retry_after_s(err.response.headers)) from err
         raise LLMError(f"{where} refused the request with {problem}") from err
