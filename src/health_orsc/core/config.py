@@ -103,7 +103,7 @@ class RoleConfig(SamplingParams):
     # prompt harmful when P(harmful) >= `threshold` (`orsc calibrate --fit` chooses one).
     scoring: Literal["verdict", "logprobs"] = "verdict"
     threshold: float = Field(0.5, ge=0, le=1)
-    # Frontier and reasoning models (docs/configuration.md "Reasoning models"): what the
+    # Frontier and reasoning models (docs/configuration.md "Reasoning and frontier models"): what the
     # request carries beyond the sampling fields. Each is sent, and keyed, only when set.
     max_completion_tokens: int | None = Field(None, ge=1)  # sent instead of max_tokens
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
