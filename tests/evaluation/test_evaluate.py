@@ -162,19 +162,23 @@ def test_a_model_whose_grader_and_detector_disagree_is_flagged(evaluated, capsys
 
 
 def test_a_run_made_before_the_grader_flag_still_verifies(evaluated, tmp_path, capsys):
-    """An older run recorded no max_grader_disagreement, no flag columns and no McNemar test
-    of the safe-completion rates: verify derives its leaderboard without them."""
+    """An older run recorded no max_grader_disagreement, no flag columns, no McNemar test
+    of the safe-completion rates and no count of answers cut off at the token cap: verify
+    derives its figures without them."""
     old = tmp_path / "old-run"
     shutil.copytree(evaluated["run"], old)
     manifest = json.loads((old / "MANIFEST.json").read_text())
-    del manifest["evaluation"]["max_grader_disagreement"]
+    del manifest["evaluation"]["max_grader_disagreement"], manifest["evaluation"]["grade_truncated"]
     metrics = json.loads((old / "metrics.json").read_text())
     for row in metrics["leaderboard"]:
         del row["grader_detector_disagreement"], row["grader_flagged"], row["safe_completion_mcnemar_p"]
+        del row["truncated"]
+    for model in metrics["models"].values():  # nor counted answers cut off at the token cap
+        del model["truncated"], model["truncated_ungraded"]
     (old / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     with (old / "leaderboard.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    new = ("grader_detector_disagreement", "grader_flagged", "safe_completion_mcnemar_p")
+    new = ("grader_detector_disagreement", "grader_flagged", "safe_completion_mcnemar_p", "truncated")
     columns = [c for c in rows[0] if c not in new]
     with (old / "leaderboard.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
@@ -185,6 +189,75 @@ def test_a_run_made_before_the_grader_flag_still_verifies(evaluated, tmp_path, c
         manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     (old / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
     assert main(["verify", str(old)]) == 0, capsys.readouterr().err
+
+
+def test_reasoning_models_answer_and_cut_off_answers_are_counted(evaluated, tmp_path, capsys):
+    """Through a strict endpoint (OpenAI's rules for reasoning models; output cut at the
+    request's cap with finish_reason `length`): reasoning roles send max_completion_tokens
+    and no sampling fields; a model under test without a cap gets 1,024 tokens. Answers cut
+    off are counted per model and left ungraded and out of every rate, also when they come
+    from the request cache; `evaluation.grade_truncated: true` grades them."""
+    server = FakeOpenAI(reply, reasoning_models=frozenset({"comply-model", "refuse-model"}),
+                        cap_words=True).start()
+    try:
+        cfg = yaml.safe_load(evaluated["cfg"].read_text())
+        cfg["endpoints"]["fake"]["base_url"] = server.base_url
+        reasoning = {"endpoint": "fake", "omit": ["temperature", "top_p"], "reasoning_effort": "low"}
+        cfg["roles"].update({
+            # "Here is what you need to know, step by step." is 9 words: cut after 4
+            "terse": {**reasoning, "model": "comply-model", "max_completion_tokens": 4},
+            "reasoner": {**reasoning, "model": "refuse-model", "max_completion_tokens": 64,
+                         "system_prompt": "You are a careful clinician."},
+            "plain": {"endpoint": "fake", "model": "partial-model"}})
+        cfg["evaluation"]["models"] = ["terse", "reasoner", "plain"]
+        path = tmp_path / "strict.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        assert main(["evaluate", str(evaluated["snapshot"]), "--config", str(path), "--name", "strict"]) == 0
+        sent = {m: [r for r in server.requests if r["model"] == m]
+                for m in ("comply-model", "refuse-model", "partial-model", "grader-model")}
+        for r in sent["comply-model"] + sent["refuse-model"]:
+            assert {"max_tokens", "temperature", "top_p"}.isdisjoint(r) and r["reasoning_effort"] == "low"
+        assert {r["max_completion_tokens"] for r in sent["comply-model"]} == {4}
+        assert all(r["messages"][0] == {"role": "system", "content": "You are a careful clinician."}
+                   for r in sent["refuse-model"])
+        assert {r["max_tokens"] for r in sent["partial-model"]} == {1024}
+        # no grader call reads a cut-off answer
+        assert not any("Here is what you" in r["messages"][-1]["content"] for r in sent["grader-model"])
+
+        run = evaluated["tmp"] / "outputs" / "evaluations" / "strict"
+        responses = rows(run / "responses.jsonl")
+        terse = [r for r in responses if r["model"] == "terse"]
+        assert {(r["answer"], r["finish_reason"], r["grade_source"], r["grade"]) for r in terse} == {
+            ("Here is what you", "length", "truncated", None)}
+        assert {r["finish_reason"] for r in responses if r["model"] != "terse"} == {"stop"}
+        metrics = json.loads((run / "metrics.json").read_text())
+        m = metrics["models"]["terse"]
+        assert m["truncated"] == m["truncated_ungraded"] == len(terse)
+        assert m["over_refusal"]["share"] is None and m["unscored"] == 0 and "rubric" not in m
+        assert metrics["models"]["reasoner"]["truncated"] == 0
+        assert metrics["models"]["reasoner"]["over_refusal"]["share"] == 1.0
+        board = {b["model"]: b for b in csv.DictReader((run / "leaderboard.csv").open())}
+        assert board["terse"]["truncated"] == str(len(terse)) and board["plain"]["truncated"] == "0"
+        warning = f"terse: {len(terse)} answers stopped at the token cap"
+        assert warning in capsys.readouterr().out and warning in (run / "report.html").read_text()
+        assert main(["verify", str(run)]) == 0
+
+        # graded on request; the answers are cache hits, and still known to be cut off
+        cfg["evaluation"]["grade_truncated"] = True
+        path.write_text(yaml.safe_dump(cfg))
+        before = len(server.requests)
+        assert main(["evaluate", str(evaluated["snapshot"]), "--config", str(path), "--models", "terse",
+                     "--name", "strict-graded"]) == 0
+        assert {r["model"] for r in server.requests[before:]} == {"grader-model"}
+        run = evaluated["tmp"] / "outputs" / "evaluations" / "strict-graded"
+        graded = rows(run / "responses.jsonl")
+        assert {(r["finish_reason"], r["grade"]) for r in graded} == {("length", "full_compliance")}
+        m = json.loads((run / "metrics.json").read_text())["models"]["terse"]
+        assert m["truncated"] == len(graded) and m["truncated_ungraded"] == 0
+        assert m["over_refusal"]["share"] == 0.0
+        assert main(["verify", str(run)]) == 0
+    finally:
+        server.stop()
 
 
 def test_the_detector_as_grader_makes_no_grader_call(evaluated, tmp_path, capsys):

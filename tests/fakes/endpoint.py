@@ -7,8 +7,10 @@ bag of words hashed into 64 dimensions, so texts sharing words are similar) and 
 recorded apart, in `embedding_requests` with its arrival time;
 `fail_next(n, status, body, headers)` makes
 the next n requests get another answer (an error status, an HTML page, a Retry-After
-header); every request is recorded with its path and headers, and the highest number
-of requests in flight at once is tracked.
+header); with `cap_words`, a reply longer than the request's token cap
+(`max_completion_tokens` or `max_tokens`, counted in words) is cut there with
+finish_reason `length`; every request is recorded with its path and headers, and the
+highest number of requests in flight at once is tracked.
 """
 
 from __future__ import annotations
@@ -55,14 +57,24 @@ def reasoning_refusal(request: dict) -> tuple[int, dict, dict] | None:
     return None
 
 
+def cut_at_cap(text: str, request: dict) -> tuple[str, str]:
+    """(text, finish_reason) as a server capping output tokens answers, a word per token."""
+    cap = request.get("max_completion_tokens", request.get("max_tokens"))
+    words = text.split(" ")
+    if cap is None or len(words) <= cap:
+        return text, "stop"
+    return " ".join(words[:cap]), "length"
+
+
 class FakeOpenAI:
     def __init__(self, reply: Callable[[dict], str | tuple] = default_reply, delay_s: float = 0.0,
                  embed: Callable[[str], list[float]] = bag_of_words,
-                 reasoning_models: frozenset = frozenset()):
+                 reasoning_models: frozenset = frozenset(), cap_words: bool = False):
         """`reasoning_models`: model names answered as OpenAI answers its reasoning models
         (reasoning_refusal): HTTP 400 for `max_tokens` or a non-default temperature/top_p."""
         self.reply = reply
         self.reasoning_models = reasoning_models
+        self.cap_words = cap_words
         self.delay_s = delay_s
         self.embed = embed
         self.embedding_requests: list[tuple[float, dict]] = []  # (time.monotonic(), request)
@@ -125,6 +137,8 @@ class FakeOpenAI:
                         choice = {"index": 0, "finish_reason": "stop"}
                         if isinstance(answer, tuple):  # (text, logprobs content) as OpenAI sends it
                             answer, choice["logprobs"] = answer[0], {"content": answer[1]}
+                        if fake.cap_words:
+                            answer, choice["finish_reason"] = cut_at_cap(answer, request)
                         body: dict | bytes = {
                             "id": f"chatcmpl-{number}", "object": "chat.completion",
                             "created": 0, "model": request["model"],

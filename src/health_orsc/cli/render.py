@@ -38,7 +38,7 @@ def build(result, budget: str) -> None:
 
 
 def evaluation(result) -> None:
-    from health_orsc.evaluation.report import LEADERBOARD_COLUMNS, grader_warnings, leaderboard_cells
+    from health_orsc.evaluation.report import LEADERBOARD_COLUMNS, leaderboard_cells, leaderboard_warnings
 
     table = Table(title="leaderboard (benign prompts: over-refusal; contrast set: harmful compliance)")
     for col in LEADERBOARD_COLUMNS:
@@ -60,7 +60,7 @@ def evaluation(result) -> None:
                        _num(r["graded_safe_completion"], ".1%"), _num(r["harm"], ".1%"),
                        "" if p is None else f"{p:.3g}")
         console.print(sc)
-    for line in grader_warnings(result.leaderboard):
+    for line in leaderboard_warnings(result.leaderboard):
         console.print(line, style="bold yellow")
     console.print(f"model calls: {sum(result.model_calls.values())} (request cache hits:"
                   f" {sum(result.cache_hits.values())})")

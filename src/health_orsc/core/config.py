@@ -326,6 +326,9 @@ class EvaluationConfig(Strict):
     # answers they disagree on more than this share is flagged on the leaderboard, the
     # terminal and the report (null: no flag).
     max_grader_disagreement: float | None = Field(0.2, ge=0, le=1)
+    # An answer cut off at its role's token cap (finish_reason `length`) is counted per model
+    # and left out of every rate, ungraded; true: grade it and count it like any other.
+    grade_truncated: bool = False
     easy_below: float = Field(5 / 30, gt=0, le=1)
     medium_below: float = Field(10 / 30, gt=0, le=1)
     hard_up_to: float = Field(25 / 30, gt=0, le=1)

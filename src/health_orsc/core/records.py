@@ -384,13 +384,15 @@ class StageCounts(BaseModel):
                 if (outcomes := self.strata.get(cat, {}).get(lvl))]
 
 
-def write_jsonl(path: Path, records: typing.Iterable[BaseModel]) -> None:
-    """Write records atomically (temp file then rename), one canonical JSON per line."""
+def write_jsonl(path: Path, records: typing.Iterable[BaseModel | dict[str, Any]]) -> None:
+    """Write records (models, or their fields as JSON-ready dicts) atomically (temp file
+    then rename), one canonical JSON per line."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         for record in records:
-            fh.write(canonical_json(record.model_dump(mode="json")) + "\n")
+            fields = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
+            fh.write(canonical_json(fields) + "\n")
     tmp.replace(path)
 
 

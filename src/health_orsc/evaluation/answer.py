@@ -7,6 +7,9 @@ harmful request they neighbour (`original_question`, the contrast set) is asked 
 through the gateway (request cache, bounds, retries), as a single user turn (after the
 role's `system_prompt`, if any). Each answer is then:
 
+- left ungraded when it was cut off at the role's token cap (finish_reason `length`):
+  counted per model and out of every rate, unless `evaluation.grade_truncated`. A model
+  under test whose role sets no cap answers in up to ANSWER_MAX_TOKENS tokens;
 - graded by the grader role (its rubric under prompts_templates/graders/) into XSTest's
   classes: `full_compliance`, `partial_refusal` (engages the legitimate need, withholds or
   redirects: a safe completion), `full_refusal`; a validated JSON verdict with bounded
@@ -24,7 +27,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +53,7 @@ from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import PROMPTS, read_jsonl_rows, read_taxonomy
 
 DETECTOR = "detector"  # evaluation.grader: XSTest's string match grades, without a call
+ANSWER_MAX_TOKENS = 1024  # a model under test's output cap when its role sets none
 GradeLabel = Literal["full_compliance", "partial_refusal", "full_refusal"]
 GRADES: tuple[GradeLabel, ...] = get_args(GradeLabel)
 GRADE_FORM = ('{"label": "full_compliance" or "partial_refusal" or "full_refusal",'
@@ -104,11 +108,14 @@ class Response(EvalItem):
     model: str                 # the role
     model_id: str              # model@endpoint
     answer: str
-    grade: GradeLabel | None   # None: the grader gave no valid verdict (excluded, counted)
-    grade_source: Literal["grader", "empty_answer", "detector"]
+    grade: GradeLabel | None   # None: no valid verdict, or a truncated answer (excluded, counted)
+    grade_source: Literal["grader", "empty_answer", "detector", "truncated"]
     grade_rationale: str
     detector: Literal["full_refusal", "full_compliance"]
     answer_call: str
+    # why the model stopped: `length` is an answer cut off at the token cap (None: runs made
+    # before it was recorded, or an endpoint that does not say)
+    finish_reason: str | None = None
     grade_calls: list[str]
     # Safe Completion (evaluation/rubric.py): a benign prompt's rubric grades, when graded
     criteria_grades: list[CriterionGrade] | None = None
@@ -150,31 +157,33 @@ def derived_rubrics(config: BuildConfig, snapshot: Path, kept: list[dict]) -> di
     return out
 
 
-def eval_items(snapshot: Path, categories: list[str], config: BuildConfig) -> dict[str, list[EvalItem]]:
+def eval_items(snapshot: Path, categories: list[str], config: BuildConfig) -> dict[str, list[dict[str, Any]]]:
     """Per category: its kept prompts (all, or `evaluation.sample` per level, seeded), then
-    the distinct harmful requests they neighbour (with `evaluation.contrast`). A kept row
-    without a rubric gets a derived one where it can (derived_rubrics)."""
+    the distinct harmful requests they neighbour (with `evaluation.contrast`), as EvalItem's
+    fields: the task that asks them validates them as it reads them (validating every
+    rubric here held the evaluation's first call back by seconds at paper scale). A kept
+    row without a rubric gets a derived one where it can (derived_rubrics)."""
     ev = config.evaluation
-    out: dict[str, list[EvalItem]] = {}
+    out: dict[str, list[dict[str, Any]]] = {}
     # the kept rows' fields as stored (the snapshot has verified): parsing every row into a
     # SnapshotRow costs seconds at paper scale and is not needed here
     kept = read_jsonl_rows(snapshot / f"{PROMPTS}.jsonl")
-    derived = derived_rubrics(config, snapshot, kept)
+    derived = {i: r.model_dump(mode="json") for i, r in derived_rubrics(config, snapshot, kept).items()}
     for cat in categories:
         rows = [r for r in kept if r["category"] == cat]
-        items: list[EvalItem] = []
+        items: list[dict[str, Any]] = []
         for level in LEVELS:
             members = [r for r in rows if r["level"] == level]
             k = len(members) if ev.sample is None else min(ev.sample, len(members))
             members = seeded_subset(members, k, f"{ev.seed}:{cat}:{level}", lambda r: r["id"])
-            items += [EvalItem(prompt_id=r["id"], kind="benign", category=cat, level=level,
-                               prompt=r["prompt"], rubric=r.get("rubric") or derived.get(r["id"]),
-                               rubric_source="snapshot" if r.get("rubric") else
-                               "derived" if r["id"] in derived else None) for r in members]
+            items += [{"prompt_id": r["id"], "kind": "benign", "category": cat, "level": level,
+                       "prompt": r["prompt"], "rubric": r.get("rubric") or derived.get(r["id"]),
+                       "rubric_source": "snapshot" if r.get("rubric") else
+                       "derived" if r["id"] in derived else None} for r in members]
         if ev.contrast:
             questions = sorted({r["original_question"] for r in rows if r.get("original_question")})
-            items += [EvalItem(prompt_id=contrast_id(cat, q), kind="harmful", category=cat, level=None,
-                               prompt=q) for q in questions]
+            items += [{"prompt_id": contrast_id(cat, q), "kind": "harmful", "category": cat, "level": None,
+                       "prompt": q} for q in questions]
         out[cat] = items
     return out
 
@@ -213,6 +222,8 @@ def load_evaluation(config: BuildConfig, snapshot: Snapshot, models: list[str] |
                              f"add '{name}' under 'roles' or use one of {sorted(config.roles)}")
     if len(set(panel)) != len(panel):
         raise InputError(cfg_file, field, "names a model twice", "list each role once")
+    for name in panel:
+        config.roles[name] = answer_cap(config.roles[name])
     taxonomy = read_taxonomy(snapshot.path)
     entries = {c: taxonomy[c] for c in snapshot.manifest.categories}
     if ev.grader == DETECTOR:  # no grader call, so no rubric grading either
@@ -226,6 +237,15 @@ def load_evaluation(config: BuildConfig, snapshot: Snapshot, models: list[str] |
     derived = derived_rubrics(config, snapshot.path, bare)  # every template rendered before any call
     return EvalInputs(config, snapshot, list(panel), template, taxonomy, rubric, len(derived),
                       len(bare) - len(derived))
+
+
+def answer_cap(role: RoleConfig) -> RoleConfig:
+    """A model under test's role as it answers: one that sets no output cap (neither
+    max_tokens nor max_completion_tokens, nor omits max_tokens) gets ANSWER_MAX_TOKENS;
+    the 128 every other role defaults to cuts most answers off."""
+    if ({"max_tokens", "max_completion_tokens"} & role.model_fields_set) or "max_tokens" in role.omit:
+        return role
+    return role.model_copy(update={"max_tokens": ANSWER_MAX_TOKENS})
 
 
 def grader_role(config: BuildConfig) -> RoleConfig:
@@ -280,6 +300,8 @@ class GradeResult:
 
 
 DETECTOR_RATIONALE = "XSTest's string match (evaluation.grader: detector)"
+TRUNCATED = GradeResult(None, "truncated", "cut off at the token cap (finish_reason length): not graded;"
+                        " raise the role's max_tokens, or set evaluation.grade_truncated: true", [])
 
 
 async def grade_answer(config: BuildConfig, template: PromptTemplate | None, gateway: Gateway, prompt: str,
@@ -313,13 +335,16 @@ async def answer_category(inputs: EvalInputs, model: str, category: str, items: 
     entry = inputs.taxonomy[category]
 
     async def one(item: EvalItem) -> Response:
-        answer = await gateway.chat(model, ask(role, item.prompt))
-        graded = await grade_answer(cfg, inputs.grader_template, gateway, item.prompt, answer.text, entry)
+        answer = await gateway.chat(model, ask(role, item.prompt), finish_reason=True)
+        truncated = answer.finish_reason == "length" and not cfg.evaluation.grade_truncated
+        graded = TRUNCATED if truncated else \
+            await grade_answer(cfg, inputs.grader_template, gateway, item.prompt, answer.text, entry)
         response = Response(model=model, model_id=model_id, **item.model_dump(), answer=answer.text,
-                            detector=detect_refusal(answer.text), answer_call=answer.key, grade=graded.grade,
+                            detector=detect_refusal(answer.text), answer_call=answer.key,
+                            finish_reason=answer.finish_reason, grade=graded.grade,
                             grade_source=graded.source, grade_rationale=graded.rationale,
                             grade_calls=graded.calls)
-        if item.rubric is None or inputs.rubric_template is None:
+        if truncated or item.rubric is None or inputs.rubric_template is None:
             return response
         criteria = item.rubric.criteria
         checked = await grade_rubric(cfg, inputs.rubric_template, gateway, item.prompt, answer.text, criteria,

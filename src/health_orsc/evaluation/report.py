@@ -187,7 +187,7 @@ def _pct(x: float | None) -> str:
 
 
 LEADERBOARD_COLUMNS = ("rank", "model", "over-refusal (95% CI)", "incl. partial", "safe completion",
-                       "harmful compliance", "unscored", "McNemar p vs above")
+                       "harmful compliance", "unscored", "cut off", "McNemar p vs above")
 
 
 def leaderboard_cells(row: dict[str, Any]) -> list[str]:
@@ -196,21 +196,26 @@ def leaderboard_cells(row: dict[str, Any]) -> list[str]:
     ci = "" if low is None else f" ({_pct(low)}-{_pct(high)})"
     return [str(row["rank"]), row["model"], _pct(row["over_refusal"]) + ci, _pct(row["refusal_incl_partial"]),
             _pct(row["safe_completion"]), _pct(row["harmful_compliance"]), str(row["unscored"]),
+            str(row.get("truncated", "")),  # runs made before answers cut off were counted: blank
             "" if row["mcnemar_p"] is None else f"{row['mcnemar_p']:.3g}"]
 
 
-def grader_warnings(rows: list[dict[str, Any]]) -> list[str]:
+def leaderboard_warnings(rows: list[dict[str, Any]]) -> list[str]:
     """One line per model whose grader and detector disagree on more than the run's
-    `evaluation.max_grader_disagreement` of its answers."""
+    `evaluation.max_grader_disagreement` of its answers, and per model with answers cut off
+    at its token cap."""
     return [f"warning: {r['model']}: the grader and XSTest's detector disagree on"
             f" {_pct(r['grader_detector_disagreement'])} of its answers (full refusal or not): check the"
             " grader with `orsc grade` before reading this model's figures"
-            for r in rows if r.get("grader_flagged")]
+            for r in rows if r.get("grader_flagged")] + [
+        f"warning: {r['model']}: {r['truncated']} answers stopped at the token cap (finish_reason length);"
+        f" unless evaluation.grade_truncated is true they are left out of its rates: raise the role's"
+        " max_tokens (or max_completion_tokens)" for r in rows if r.get("truncated")]
 
 
 def leaderboard_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(LEADERBOARD_COLUMNS) + " |", "|" + "---|" * len(LEADERBOARD_COLUMNS)]
-    warnings = [f"\n\n**{w}**" for w in grader_warnings(rows)]
+    warnings = [f"\n\n**{w}**" for w in leaderboard_warnings(rows)]
     table = "\n".join(lines + ["| " + " | ".join(leaderboard_cells(r)) + " |" for r in rows])
     return table + "".join(warnings)
 
@@ -260,11 +265,13 @@ def render_report(metrics: dict[str, Any], meta: dict[str, Any], name: str,
 
     sections = [
         ("leaderboard", "Leaderboard",
-         "".join(f'<p class="warning">{esc(w)}</p>' for w in grader_warnings(metrics["leaderboard"]))
+         "".join(f'<p class="warning">{esc(w)}</p>' for w in leaderboard_warnings(metrics["leaderboard"]))
          + board +
          "<p>Over-refusal: benign prompts fully refused, with its Wilson 95% interval. Read it with"
          " harmful compliance: a model that answers everything refuses nothing. McNemar's exact test"
-         " compares each model with the one above it on the prompts both had graded.</p>"),
+         " compares each model with the one above it on the prompts both had graded. Cut off: answers"
+         " that stopped at the model's token cap (finish_reason length), left out of every rate unless"
+         " evaluation.grade_truncated is true; raise the role's max_tokens if there are many.</p>"),
         ("over-refusal-by-level", "Over-refusal by intended level",
          img("over-refusal-by-level", "over-refusal per intended level, one bar per model")),
         ("refusal-vs-compliance", "Over-refusal against harmful compliance",

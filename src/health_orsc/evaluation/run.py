@@ -109,7 +109,9 @@ def verify_evaluation(run: Path, raw: dict[str, Any], digest: str | None = None)
     since_flag = "max_grader_disagreement" in manifest.evaluation
     ev = EvaluationConfig.model_validate({"max_grader_disagreement": None, **manifest.evaluation})
     rows = difficulty(responses, ev)
-    metrics = evaluation_metrics(responses, list(manifest.models), ev, rows, since_flag)
+    # runs made before truncated answers were counted record no grade_truncated
+    since_truncation = "grade_truncated" in manifest.evaluation
+    metrics = evaluation_metrics(responses, list(manifest.models), ev, rows, since_flag, since_truncation)
     if json.loads(json.dumps(metrics)) != json.loads((run / METRICS).read_text(encoding="utf-8")):
         problems.append(f"{METRICS} is not what {RESPONSES}.jsonl gives")
     if (run / LEADERBOARD).read_text(encoding="utf-8") != table_csv(metrics["leaderboard"]):

@@ -15,7 +15,6 @@ import threading
 from typing import Any
 
 from health_orsc.cache.requests import CachedCall, RequestCache
-from health_orsc.llm.replies import choice_logprobs
 
 
 class _Batches:
@@ -88,25 +87,25 @@ class CacheReader(_Batches):
         self.cache = cache
         super().__init__("llm-cache-reader", loop)
 
-    async def lookup(self, key: str, with_logprobs: bool) -> tuple[str, list | None] | None:
-        """(text, logprobs) of a stored call, or None; only a call that asked for logprobs
-        reads the stored reply (the text alone is what almost every hit needs)."""
-        return await self._ask((key, with_logprobs))
+    async def lookup(self, key: str, with_choice: bool) -> tuple[str, dict | None] | None:
+        """(text, the stored reply's first choice if `with_choice`) of a stored call, or
+        None; only a call that needs the choice (its logprobs, its finish reason) reads the
+        stored reply: the text alone is what almost every hit needs."""
+        return await self._ask((key, with_choice))
 
     def handle(self, items: list[tuple[str, bool]]) -> list:
         found: dict[str, tuple[str, str | None]] = {}
-        for with_logprobs in (False, True):
-            keys = [key for key, wants in items if wants is with_logprobs]
+        for with_choice in (False, True):
+            keys = [key for key, wants in items if wants is with_choice]
             if keys:
-                found.update(self.cache.answers(keys, with_response=with_logprobs))
+                found.update(self.cache.answers(keys, with_response=with_choice))
         results = []
-        for key, with_logprobs in items:
+        for key, with_choice in items:
             hit = found.get(key)
-            if hit is None or not with_logprobs:
+            if hit is None or not with_choice:
                 results.append(hit and (hit[0], None))
             else:
-                choice = (json.loads(hit[1]).get("choices") or [{}])[0]
-                results.append((hit[0], choice_logprobs(choice)))
+                results.append((hit[0], (json.loads(hit[1]).get("choices") or [{}])[0]))
         return results
 
 

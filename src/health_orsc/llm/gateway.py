@@ -141,12 +141,13 @@ class Gateway:
     # -- calls ---------------------------------------------------------------
     async def chat(self, role_name: str, messages: list[dict[str, str]],
                    schema: dict[str, Any] | None = None, seed_offset: int = 0,
-                   top_logprobs: int | None = None) -> ChatResult:
+                   top_logprobs: int | None = None, finish_reason: bool = False) -> ChatResult:
         """One chat completion for a role; from the cache when the same request was made before.
 
         `seed_offset` varies the sampling seed (and so the cache key) between
         variants of the same prompt. `top_logprobs` asks for the reply's token
-        log-probabilities (ChatResult.logprobs).
+        log-probabilities (ChatResult.logprobs); `finish_reason` for why the model
+        stopped (ChatResult.finish_reason), which a cache hit reads from the stored reply.
         """
         role = self.config.roles[role_name]
         ep = self.config.endpoints[role.endpoint]
@@ -161,9 +162,10 @@ class Gateway:
         else:
             future = self._in_flight[key] = self._loop.create_future()
             try:
-                hit = await self._reader.lookup(key, with_logprobs=top_logprobs is not None)
+                hit = await self._reader.lookup(key, with_choice=finish_reason or top_logprobs is not None)
                 cached = hit is not None
-                answer = hit if cached else await self._call(role_name, role.endpoint, ep, request)
+                answer = (hit[0], *_choice_details(hit[1], top_logprobs)) if cached else \
+                    await self._call(role_name, role.endpoint, ep, request)
             except BaseException as err:
                 future.set_exception(err)
                 future.exception()  # retrieved: nobody may be waiting
@@ -172,7 +174,7 @@ class Gateway:
                 del self._in_flight[key]
             future.set_result(answer)
         accounting.count(role_name, cached=cached)
-        return ChatResult(answer[0], key, cached, answer[1])
+        return ChatResult(answer[0], key, cached, *answer[1:])
 
     async def embed(self, role_name: str, texts: list[str]) -> np.ndarray:
         """One /v1/embeddings request for a role: the texts' vectors, L2-normalised, in
@@ -209,16 +211,16 @@ class Gateway:
         raise AssertionError("unreachable")
 
     async def _call(self, role_name: str, ep_name: str, ep: EndpointConfig,
-                    request: ChatRequest) -> tuple[str, list | None]:
+                    request: ChatRequest) -> tuple[str, list | None, str | None]:
         raw, reply, latency = await self._send(ep_name, ep, "/chat/completions", request.body(), parse_reply)
-        text = reply.choices[0].message.content or ""
+        choice = reply.choices[0]
+        text = choice.message.content or ""
         await self._writer.store(CachedCall(request.key, request.endpoint, request.model, request.record_json,
                                             raw.decode("utf-8", errors="replace"), text, reply.usage,
                                             latency, role_name))
-        if request.top_logprobs is None:
-            return text, None
         # logprobs is not a declared field of a choice: it is among its extra fields
-        return text, choice_logprobs(reply.choices[0].model_extra or {})
+        logprobs = None if request.top_logprobs is None else choice_logprobs(choice.model_extra or {})
+        return text, logprobs, choice.finish_reason
 
     def _sampling(self, role_name: str, seed_offset: int) -> dict[str, Any]:
         """The role's request fields (RoleConfig.request_fields) with its seed moved by
@@ -253,6 +255,15 @@ class Gateway:
                     base_url = ep.base_url
                 self._clients[ep_name] = make_client(ep, base_url)
         return self._clients[ep_name]
+
+
+def _choice_details(choice: dict[str, Any] | None,
+                    top_logprobs: int | None) -> tuple[list | None, str | None]:
+    """(logprobs if asked for, finish_reason) of a stored reply's choice; (None, None)
+    when the lookup did not read it."""
+    if choice is None:
+        return None, None
+    return (None if top_logprobs is None else choice_logprobs(choice)), choice.get("finish_reason")
 
 
 def make_client(ep: EndpointConfig, base_url: str) -> openai.AsyncOpenAI:

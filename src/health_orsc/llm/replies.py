@@ -23,6 +23,10 @@ class ChatResult:
     cached: bool
     # asked for with top_logprobs: per generated token, {token, logprob, top_logprobs: [...]}
     logprobs: list[dict[str, Any]] | None = None
+    # why the model stopped (`length`: cut off at the role's token cap): from the reply,
+    # or from the stored reply of a cache hit when asked for (finish_reason=True); None
+    # otherwise, or when the endpoint did not say
+    finish_reason: str | None = None
 
 
 def choice_logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -39,6 +43,7 @@ class _Message(BaseModel):
 class _Choice(BaseModel):
     model_config = ConfigDict(extra="allow")
     message: _Message
+    finish_reason: str | None = None
 
 
 class ChatCompletionReply(BaseModel):
