@@ -3,6 +3,7 @@
     python bench/run.py                  # paper scale (31,920 candidates), ~55 min on 2 cores
     python bench/run.py --size tiny      # seconds-scale smoke run (tests/package/test_bench.py)
     python bench/run.py scale            # per-candidate costs at 4 sizes, for estimates beyond
+    python bench/run.py evaluation       # figure 8 alone: a cold build, evaluate, re-grade (~16 min)
 
 Writes bench/results.json (or --out) and prints a markdown table. Everything runs
 in this process tree, offline: a fake OpenAI-compatible endpoint with a fixed
@@ -388,6 +389,23 @@ def scale_probe(bench: Bench, seeds_per_category: list[int]) -> dict:
            for k in ("request_cache_mb", "embedding_cache_mb", "stage_files_mb", "snapshot_mb")}}}
 
 
+def evaluation_only(bench: Bench) -> dict:
+    """Figure 8 alone: a cold build (rubric writer on), then `orsc evaluate` on it and the
+    re-grade by a second grader, as `bench/run.py` measures them, without the other figures."""
+    bench.start()
+    cap = bench.capacity()
+    s = bench.size
+    seeds = synth_seeds(bench.work / "seeds-paper", s["seeds"])
+    config = write_config(bench.work / "paper" / "config.yaml", seeds, bench.work / "paper" / "outputs",
+                          bench.base_url, s["rewrites"], 2 * bench.slots, s["exact_max"])
+    bench.build(config, "cold")
+    snapshot = bench.work / "paper" / "outputs" / "snapshots" / "cold"
+    return {"size": bench.size_name, "machine": machine(),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "endpoint": {"service_ms": bench.service_ms, "slots": bench.slots, **cap},
+            "evaluation": bench.evaluation_figure(config, snapshot, seeds, cap["measured_calls_per_s"])}
+
+
 # -- report ---------------------------------------------------------------------------------
 
 
@@ -402,8 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--snapshot")
         (build_once if argv[0] == "build-once" else evaluate_once)(ap.parse_args(argv[1:]))
         return 0
-    scale = argv[:1] == ["scale"]
-    if scale:
+    scale, evaluation = argv[:1] == ["scale"], argv[:1] == ["evaluation"]
+    if evaluation:
+        ap = argparse.ArgumentParser(prog="bench/run.py evaluation", description=evaluation_only.__doc__)
+        ap.add_argument("--size", choices=sorted(SIZES), default="paper")
+        ap.add_argument("--out", type=Path, default=BENCH / "evaluation.json")
+    elif scale:
         ap = argparse.ArgumentParser(prog="bench/run.py scale", description=scale_probe.__doc__)
         ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[40, 160, 380, 760],
                         help="seeds per category, one cold build each (default 40,160,380,760)")
@@ -415,7 +437,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="where builds go (default: a temp dir, removed)")
     ap.add_argument("--service-ms", type=float, default=50.0)
     ap.add_argument("--slots", type=int, default=64)
-    args = ap.parse_args(argv[1:] if scale else argv)
+    args = ap.parse_args(argv[1:] if scale or evaluation else argv)
+    if evaluation:
+        with bench_in(args, args.size) as bench:
+            results = evaluation_only(bench)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        figure = results["evaluation"]
+        print(json.dumps({k: figure[k] for k in ("first", "regrade", "rubric_cost", "write_s")}, indent=2))
+        return 0
     if scale:
         with bench_in(args, "paper") as bench:
             results = scale_probe(bench, args.seeds)
