@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from health_orsc.build.guards import text_verdict, unsafe_probability
 from health_orsc.core.errors import shorten
 from health_orsc.core.records import (
     HARM_LABELS,
@@ -150,6 +151,8 @@ async def cast_vote(gateway: Gateway, juror: str, prompt_messages: list[dict[str
     model = role.identity(gateway.config.endpoints[role.endpoint])
     if role.scoring == "logprobs":
         return await _score_vote(gateway, juror, model, prompt_messages)
+    if role.scoring == "guard":
+        return await _guard_vote(gateway, juror, model, prompt_messages)
     verdict, calls, repairs, problem = await ask_labelled(
         gateway, juror, prompt_messages, VERDICT_SCHEMA, Verdict, max_repairs, VERDICT_FORM)
     if verdict is None:
@@ -175,6 +178,26 @@ async def _score_vote(gateway: Gateway, juror: str, model: str, messages: list[d
     return JurorVote(**vote, label=label, p_harmful=round(p, 4),
                      rationale=f"P(harmful) {p:.3f} {'>=' if label == 'harmful' else '<'}"
                                f" threshold {role.threshold}")
+
+
+async def _guard_vote(gateway: Gateway, juror: str, model: str, messages: list[dict[str, str]]) -> JurorVote:
+    """One call, no repairs: a guard model answers in its own format (build/guards.py)."""
+    role = gateway.config.roles[juror]
+    fmt = role.guard_format or ""
+    result = await gateway.chat(juror, messages, top_logprobs=TOP_LOGPROBS)
+    vote = {"juror": juror, "model": model, "judge_prompt": role.judge_template().name, "calls": [result.key],
+            "repairs": 0}
+    reply = shorten(result.text.strip().replace("\n", " | "), 80)
+    p = unsafe_probability(fmt, result.logprobs)
+    if p is not None:
+        label = "harmful" if p >= role.threshold else "benign"
+        return JurorVote(**vote, label=label, p_harmful=round(p, 4),
+                         rationale=f"{fmt}: {reply!r}; P(unsafe) {p:.3f}"
+                                   f" {'>=' if label == 'harmful' else '<'} threshold {role.threshold}")
+    label = text_verdict(fmt, result.text)
+    if label is None:
+        return JurorVote(**vote, label="unparseable", rationale=f"not a {fmt} verdict: {reply!r}")
+    return JurorVote(**vote, label=label, rationale=f"{fmt}: {reply!r} (no token log-probabilities)")
 
 
 def planned_calls(inputs: BuildInputs, category: str, candidates: int) -> int:

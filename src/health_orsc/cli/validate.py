@@ -97,7 +97,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.fit and not score_jurors(config):
         raise InputError(Path(args.config), "roles.<juror>.scoring", "--fit needs a juror that scores"
                          " with token probabilities, and no juror does",
-                         "add 'scoring: logprobs' to a role listed in jury.jurors")
+                         "add 'scoring: logprobs' (or a guard model's 'scoring: guard') to a role listed"
+                         " in jury.jurors")
     if not 0 < args.target_recall <= 1:
         raise InputError(None, "--target-recall", f"{args.target_recall} is not a share",
                          "pass a number above 0 and at most 1, e.g. 0.95")

@@ -96,12 +96,17 @@ class RoleConfig(SamplingParams):
 
     endpoint: str
     model: str
-    # Judge roles: the judge prompt template (under templates_dir/judges/).
+    # Judge roles: the judge prompt template (under templates_dir/judges/; a guard juror's
+    # under guards/, default `<guard_format>.j2`).
     prompt: str | None = None
     # Judge roles: `verdict` asks for a JSON label and rationale; `logprobs` asks for a
     # one-word label with its token log-probabilities, records P(harmful) and labels the
-    # prompt harmful when P(harmful) >= `threshold` (`orsc calibrate --fit` chooses one).
-    scoring: Literal["verdict", "logprobs"] = "verdict"
+    # prompt harmful when P(harmful) >= `threshold` (`orsc calibrate --fit` chooses one);
+    # `guard`: a guard model (Llama Guard, ShieldGemma, WildGuard) asked in its own format
+    # (`guard_format`), labelled from P(unsafe) as a score juror when the endpoint returns
+    # token log-probabilities, else from its reply (health_orsc/build/guards.py).
+    scoring: Literal["verdict", "logprobs", "guard"] = "verdict"
+    guard_format: Literal["llama-guard", "shieldgemma", "wildguard"] | None = None
     threshold: float = Field(0.5, ge=0, le=1)
     # Frontier and reasoning models (docs/configuration.md "Reasoning and frontier models"): what the
     # request carries beyond the sampling fields. Each is sent, and keyed, only when set.
@@ -139,8 +144,27 @@ class RoleConfig(SamplingParams):
             fields["reasoning_effort"] = self.reasoning_effort
         return {**fields, **self.extra_body}
 
+    @model_validator(mode="after")
+    def _guard_format_with_guard(self) -> RoleConfig:
+        if (self.scoring == "guard") != (self.guard_format is not None):
+            raise ValueError("'scoring: guard' and 'guard_format' go together: a guard juror names"
+                             " its format (llama-guard, shieldgemma or wildguard), and only a guard juror"
+                             " has one")
+        return self
+
     def identity(self, endpoint: EndpointConfig) -> str:
         return f"{self.model}@{endpoint.identity}"
+
+    @property
+    def scored(self) -> bool:
+        """A juror whose vote carries P(harmful) and is labelled by `threshold`."""
+        return self.scoring in ("logprobs", "guard")
+
+    def judge_template(self) -> Path:
+        """A juror's prompt template, relative to the templates directory."""
+        if self.scoring == "guard":
+            return Path("guards", self.prompt or f"{self.guard_format}.j2")
+        return Path("judges", self.prompt or "")
 
     @property
     def answer(self) -> str:
@@ -149,8 +173,10 @@ class RoleConfig(SamplingParams):
         return "label" if self.scoring == "logprobs" else "verdict"
 
     def scoring_rule(self) -> dict[str, Any]:
-        """How a score juror labels, for fingerprints and MANIFEST.json; empty for a verdict
-        juror (so records of jurors from before score jurors keep their hashes)."""
+        """How a score or guard juror labels, for fingerprints and MANIFEST.json; empty for a
+        verdict juror (so records of jurors from before score jurors keep their hashes)."""
+        if self.scoring == "guard":
+            return {"scoring": "guard", "guard_format": self.guard_format, "threshold": self.threshold}
         return {"scoring": "logprobs", "threshold": self.threshold} if self.scoring == "logprobs" else {}
 
 
@@ -493,14 +519,15 @@ def _check_references(cfg: BuildConfig, path: Path) -> None:
             raise InputError(path, "dedup.model_path", "is set together with 'dedup.embedder'",
                              "keep one: 'embedder' (an endpoint) or 'model_path' (a local model)")
     for name, role in cfg.roles.items():
-        if role.scoring == "logprobs" and name not in cfg.jury.jurors:
+        if role.scored and name not in cfg.jury.jurors:
             raise InputError(path, f"roles.{name}.scoring", f"role '{name}' is not a juror",
-                             "set 'scoring: logprobs' on a role listed in jury.jurors, or remove it")
-        if "threshold" in role.model_fields_set and role.scoring != "logprobs":
-            raise InputError(path, f"roles.{name}.threshold", "applies to 'scoring: logprobs' jurors only",
+                             f"set 'scoring: {role.scoring}' on a role listed in jury.jurors, or remove it")
+        if "threshold" in role.model_fields_set and not role.scored:
+            raise InputError(path, f"roles.{name}.threshold",
+                             "applies to 'scoring: logprobs' and 'scoring: guard' jurors only",
                              "add 'scoring: logprobs' to the role, or remove 'threshold'")
     for i, juror in enumerate(cfg.jury.jurors):
-        if cfg.roles[juror].prompt is None:
+        if cfg.roles[juror].prompt is None and cfg.roles[juror].scoring != "guard":
             raise InputError(
                 path, f"roles.{juror}.prompt", f"juror '{juror}' (jury.jurors[{i}]) has no judge prompt",
                 "set 'prompt' to a template file under prompts_templates/judges/",

@@ -177,7 +177,7 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> Bui
         for lvl in gen.levels
     }
     rewrite = lib.get(Path(gen.rewrite_prompt), "generation.rewrite_prompt", cfg_file)
-    judges = {j: lib.get(Path("judges", config.roles[j].prompt), f"roles.{j}.prompt", cfg_file)
+    judges = {j: lib.get(config.roles[j].judge_template(), f"roles.{j}.prompt", cfg_file)
               for j in config.jury.jurors}
 
     rubrics = {c: rubric_template(lib, c, cfg_file) for c in selected}

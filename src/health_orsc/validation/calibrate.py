@@ -11,10 +11,10 @@ labels (health_orsc.core.stats, from scikit-learn).
 A juror's unparseable verdicts are counted and left out of its figures; the rule counts an
 item with an unparseable vote as rejected (harmful), as a build does.
 
-With `fit`, each score juror (`scoring: logprobs`) also gets an operating point: the AUROC
-of its P(harmful) against the gold labels, the highest threshold at which it catches the
-target share of the harmful prompts, the specificity that costs, and the config line that
-sets it (health_orsc.core.stats.operating_point, from scikit-learn).
+With `fit`, each score juror (`scoring: logprobs`, or a guard juror) also gets an
+operating point: the AUROC of its P(harmful) against the gold labels, the highest
+threshold at which it catches the target share of the harmful prompts, the specificity
+that costs, and the config line that sets it (health_orsc.core.stats.operating_point, from scikit-learn).
 
 Example:
     gold = read_gold(Path("gold/jury.csv"), inputs.taxonomy)
@@ -133,7 +133,7 @@ def calibration_report(gold: list[GoldItem], votes: list[list[JurorVote]], juror
 
 
 def score_jurors(config: BuildConfig) -> list[str]:
-    return [j for j in config.jury.jurors if config.roles[j].scoring == "logprobs"]
+    return [j for j in config.jury.jurors if config.roles[j].scored]
 
 
 def fit_thresholds(gold: list[GoldItem], votes: list[list[JurorVote]], config: BuildConfig,
@@ -142,7 +142,7 @@ def fit_thresholds(gold: list[GoldItem], votes: list[list[JurorVote]], config: B
     prompts it scored, and the role's config line with that threshold."""
     out = {}
     for j, juror in enumerate(config.jury.jurors):
-        if config.roles[juror].scoring != "logprobs":
+        if not config.roles[juror].scored:
             continue
         scored = [(g.label == "harmful", v[j].p_harmful) for g, v in zip(gold, votes, strict=True)
                   if v[j].p_harmful is not None]
@@ -152,7 +152,7 @@ def fit_thresholds(gold: list[GoldItem], votes: list[list[JurorVote]], config: B
         line = None
         if point.threshold is not None:
             fields = ", ".join(f"{k}: {v}" for k, v in {"endpoint": role.endpoint, "model": role.model,
-                                                       **set_fields, "scoring": "logprobs",
+                                                       **set_fields, "scoring": role.scoring,
                                                        "threshold": point.threshold}.items())
             line = f"{juror}: {{{fields}}}"
         out[juror] = ScoreFit(**point.model_dump(), unscored=len(gold) - len(scored), config_line=line)
