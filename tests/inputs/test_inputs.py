@@ -123,7 +123,8 @@ def test_role_names_missing_endpoint(tmp_path, capsys, fake_llm):
 
 @pytest.mark.parametrize(("role", "change", "field", "message"), [
     ("generator", {"scoring": "logprobs"}, "roles.generator.scoring", "is not a juror"),
-    ("judge_2", {"threshold": 0.3}, "roles.judge_2.threshold", "applies to 'scoring: logprobs' jurors only"),
+    ("judge_2", {"threshold": 0.3}, "roles.judge_2.threshold",
+     "applies to 'scoring: logprobs' and 'scoring: guard' jurors only"),
     ("judge_2", {"scoring": "logprobs", "threshold": 1.5}, "roles.judge_2.threshold",
      "less than or equal to 1"),
 ])
