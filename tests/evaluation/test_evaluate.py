@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -410,6 +411,54 @@ def test_export_in_health_orscs_layout(evaluated, tmp_path, capsys):
     assert main(["export", str(evaluated["snapshot"]), "--evaluation", str(evaluated["run"]),
                  "--out", str(out)]) == 2
     assert "not an empty directory" in capsys.readouterr().err
+
+
+def test_export_as_an_inspect_task_runs_in_inspect(evaluated, tmp_path, capsys):
+    """`orsc export --format inspect` writes a task that `inspect eval` runs offline: a scripted
+    model under test answers through inspect's openai provider on loopback (inspect's own
+    mockllm counts tokens with tiktoken, which downloads its encoding at run time), the
+    project's grader rubric (a scripted grader) and XSTest's detector score each answer, and
+    -T selects a category and level."""
+    out = tmp_path / "task"
+    assert main(["export", str(evaluated["snapshot"]), "--format", "inspect", "--config",
+                 str(evaluated["cfg"]), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.jsonl", "grader.json", "task.py"]
+    kept = rows(evaluated["snapshot"] / "prompts.jsonl")
+    dataset = rows(out / "dataset.jsonl")
+    assert {d["id"] for d in dataset if d["metadata"]["kind"] == "benign"} == {r["id"] for r in kept}
+    chosen = {r["id"] for r in kept if r["category"] == "self_harm" and r["level"] == "hard"}
+    server = evaluated["server"]
+    before = server.chat_count
+    # inspect's provider for any OpenAI-compatible chat endpoint: openai-api/<service>/<model>
+    env = {**os.environ, "FAKE_BASE_URL": server.base_url, "FAKE_API_KEY": "not-needed",
+           "INSPECT_LOG_DIR": str(tmp_path / "logs")}
+    args = ["-T", "category=self_harm", "-T", "level=hard", "-T", "grader_model=openai-api/fake/grader-model"]
+    done = subprocess.run(["inspect", "eval", "task.py", "--model", "openai-api/fake/refuse-model", *args,
+                           "--log-format", "json", "--display", "none"], cwd=out, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    [info] = list_eval_logs(str(tmp_path / "logs"))
+    log = read_eval_log(info)
+    assert log.status == "success", log.error
+    assert {s.id for s in log.samples} == chosen
+    answer = ANSWERS["refuse-model"]
+    for sample in log.samples:
+        assert sample.output.completion == answer
+        assert sample.scores["grader"].value == sample.scores["detector"].value == "full_refusal"
+    metrics = {s.name: {k: m.value for k, m in s.metrics.items()} for s in log.results.scores}
+    assert metrics["grader"]["over_refusal"] == 1.0 and metrics["grader"]["unscored"] == 0.0
+    assert metrics["detector"]["over_refusal"] == 1.0
+    sent = server.requests[before:]
+    assert sorted(r["model"] for r in sent) == ["grader-model"] * len(chosen) + ["refuse-model"] * len(chosen)
+    graded = [r for r in sent if r["model"] == "grader-model"]
+    # the project's rubric, with the mock model's answer in it
+    assert all(f"Answer: {answer}" in r["messages"][-1]["content"] for r in graded)
+    assert all("full_compliance: the answer tries to answer" in r["messages"][0]["content"] for r in graded)
+    # the Health-ORSC layout still needs its evaluation run
+    assert main(["export", str(evaluated["snapshot"]), "--out", str(tmp_path / "x")]) == 2
+    assert "--evaluation" in capsys.readouterr().err
 
 
 def test_export_refuses_a_run_of_another_snapshot(evaluated, tmp_path, capsys):

@@ -23,6 +23,7 @@ from health_orsc.cli.common import (
     verified,
 )
 from health_orsc.core.config import load_config
+from health_orsc.core.errors import InputError
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -132,9 +133,22 @@ def _grade_rubric(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from health_orsc.evaluation.exports import check_pair, write_health_orsc
+    from health_orsc.evaluation.exports import check_pair, write_health_orsc, write_inspect
+    from health_orsc.snapshot.handle import Snapshot
 
-    snapshot, run = Path(args.snapshot), Path(args.evaluation)
+    snapshot = Path(args.snapshot)
+    if args.format == "inspect":
+        config = load_config(args.config)
+        verified(snapshot, "export")
+        counts = write_inspect(Snapshot.open(snapshot), config, Path(args.out))
+        console.print(f"wrote {args.out}: task.py, grader.json, dataset.jsonl ({counts['benign']} benign"
+                      f" prompts, {counts['harmful']} harmful contrast requests); run it with"
+                      f" `inspect eval {Path(args.out) / 'task.py'} --model PROVIDER/MODEL`")
+        return 0
+    if args.evaluation is None:
+        raise InputError(None, "--evaluation", "is required with --format health-orsc",
+                         "pass an evaluation run of the snapshot (outputs/evaluations/NAME)")
+    run = Path(args.evaluation)
     digest = verified(snapshot, "export")
     verified(run, "export")
     check_pair(snapshot, digest, run)
@@ -179,11 +193,18 @@ def register(sub) -> None:
     add_json(g)
 
     x = command(sub, "export", cmd_export,
-                "a snapshot with an evaluation's difficulty, in Health-ORSC-Bench's field layout",
-                "Write the kept prompts of SNAPSHOT with the refusal counts of an evaluation run of it,"
-                " as Health-ORSC-Bench's files (all, easy, medium, hard).",
-                "orsc export outputs/snapshots/v1 --evaluation outputs/evaluations/eval-1 --out release")
+                "a snapshot with an evaluation's difficulty in Health-ORSC-Bench's field layout, or as an"
+                " inspect task",
+                "--format health-orsc: write the kept prompts of SNAPSHOT with the refusal counts of an"
+                " evaluation run of it, as Health-ORSC-Bench's files (all, easy, medium, hard)."
+                " --format inspect: write a self-contained inspect task (task.py, dataset.jsonl with the"
+                " prompts `orsc evaluate` asks, grader.json with the config's grader rubric); run it with"
+                " `inspect eval DIR/task.py --model ...`, `-T category=... -T level=...` for a subset.",
+                "orsc export outputs/snapshots/v1 --evaluation outputs/evaluations/eval-1 --out release\n"
+                "  orsc export outputs/snapshots/v1 --format inspect --out inspect-task")
     x.add_argument("snapshot", help="snapshot directory")
-    x.add_argument("--evaluation", required=True, help="an evaluation run of that snapshot")
-    x.add_argument("--format", choices=["health-orsc"], default="health-orsc", help="(default: %(default)s)")
+    x.add_argument("--evaluation", help="an evaluation run of that snapshot (--format health-orsc)")
+    x.add_argument("--format", choices=["health-orsc", "inspect"], default="health-orsc",
+                   help="(default: %(default)s)")
+    add_config(x)
     x.add_argument("--out", required=True, help="a new directory for the files")

@@ -1,5 +1,6 @@
-"""Export a snapshot with an evaluation's difficulty in Health-ORSC-Bench's field layout, so
-results compare with the released benchmark's files.
+"""Export a snapshot: with an evaluation's difficulty in Health-ORSC-Bench's field layout, so
+results compare with the released benchmark's files (`--format health-orsc`, below), or as
+a self-contained inspect task (`--format inspect`, write_inspect).
 
 One JSON object per kept prompt, with Health-ORSC's fields:
 
@@ -30,14 +31,17 @@ import csv
 import json
 from pathlib import Path
 
+from health_orsc.core.config import BuildConfig
 from health_orsc.core.errors import InputError
 from health_orsc.core.files import write_new_dir
 from health_orsc.core.records import LEVELS
+from health_orsc.evaluation.answer import DETECTOR, REFUSAL_STARTS, eval_items, grade_context, load_grader
 from health_orsc.evaluation.run import DIFFICULTY
-from health_orsc.snapshot.handle import read_rows
-from health_orsc.snapshot.store import MANIFEST
+from health_orsc.inputs.templates import TemplateLibrary
+from health_orsc.snapshot.handle import Snapshot, read_rows
+from health_orsc.snapshot.store import MANIFEST, read_taxonomy
 
-FORMATS = ("health-orsc",)
+FORMATS = ("health-orsc", "inspect")
 
 
 def health_orsc_rows(snapshot: Path, run: Path) -> list[dict]:
@@ -82,3 +86,35 @@ def write_health_orsc(snapshot: Path, run: Path, out: Path) -> dict[str, int]:
              for name, subset in subsets.items()}
     write_new_dir(out, files, "--out", "pass a new directory; nothing is overwritten")
     return {name: len(subset) for name, subset in subsets.items()}
+
+
+INSPECT_TASK = Path(__file__).resolve().parents[1] / "data" / "inspect" / "task.py"
+PROMPT_SLOT, ANSWER_SLOT = "<<<PROMPT>>>", "<<<ANSWER>>>"  # as the task module replaces them
+
+
+def write_inspect(snapshot: Snapshot, config: BuildConfig, out: Path) -> dict[str, int]:
+    """A self-contained inspect task in `out` (a new directory): task.py (the shipped module,
+    data/inspect/task.py), dataset.jsonl (the prompts `orsc evaluate` asks: the kept prompts,
+    `evaluation.sample` per stratum if set, and with `evaluation.contrast` the harmful
+    requests they neighbour) and grader.json (the grader rubric's messages per category,
+    with slots for the prompt and the answer, and XSTest's refusal openings). Counts per kind."""
+    categories = snapshot.manifest.categories
+    taxonomy = read_taxonomy(snapshot.path)
+    entries = {c: taxonomy[c] for c in categories}
+    if config.evaluation.grader == DETECTOR:  # the shipped rubric, for a grader model given to inspect
+        library = TemplateLibrary(config.templates_dir)
+        template = library.get(Path("graders", "xstest.j2"), "evaluation.grader", config.source)
+    else:
+        template = load_grader(config, entries)
+    items = eval_items(snapshot.path, categories, config)
+    rows = [{"id": i["prompt_id"], "input": i["prompt"],
+             "metadata": {"kind": i["kind"], "category": i["category"], "level": i["level"],
+                          "rubric": i.get("rubric")}} for cat in categories for i in items[cat]]
+    grader = {"template": template.name, "template_sha": template.sha, "refusal_starts": list(REFUSAL_STARTS),
+              "messages": {c: template.render_messages(grade_context(PROMPT_SLOT, ANSWER_SLOT, entries[c]))
+                           for c in categories}}
+    files = {"dataset.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+             "grader.json": json.dumps(grader, indent=2, ensure_ascii=False) + "\n",
+             "task.py": INSPECT_TASK.read_text(encoding="utf-8")}
+    write_new_dir(out, files, "--out", "pass a new directory; nothing is overwritten")
+    return {kind: sum(r["metadata"]["kind"] == kind for r in rows) for kind in ("benign", "harmful")}
