@@ -257,6 +257,20 @@ def test_an_existing_name_is_refused_before_reading_labels(snap, labelled, capsy
     assert "exists" in capsys.readouterr().err
 
 
+def test_a_downloaded_copy_is_validated_into_a_snapshot_beside_it(snap, labelled, tmp_path, capsys):
+    """A snapshot outside any outputs/snapshots/ (a Hub download) gets its validation
+    snapshot beside it, in the same directory, and nowhere else."""
+    copy = tmp_path / "downloads" / "hub-bench"
+    shutil.copytree(snap, copy)
+    files = [str(p) for p in labelled["files"].values()]
+    assert main(["validate", str(copy), *files, "--name", "hub-validated"]) == 0
+    assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == ["hub-bench", "hub-validated"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads"]
+    assert main(["verify", str(tmp_path / "downloads" / "hub-validated")]) == 0
+    assert main(["validate", str(copy), *files, "--name", "hub-validated"]) == 2
+    assert "a snapshot with this name already exists" in capsys.readouterr().err
+
+
 def test_gate_moves_what_people_call_harmful_and_lists_weak_strata(snap, labelled, capsys):
     files = [str(p) for p in labelled["files"].values()]
     assert main(["validate", str(snap), *files, "--name", "v1-gated", "--gate"]) == 0

@@ -58,7 +58,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     snapshot = Path(args.snapshot)
     verified(snapshot, "validate")
     manifest = load_manifest(snapshot)
-    check_snapshot_name(snapshot.parent.parent, args.name)  # before reading any label
+    check_snapshot_name(snapshot.parent.parent, args.name, snapshot.parent)  # before reading any label
     sample = read_sample(snapshot)
     paths = [Path(p) for p in args.labels]
     review_paths = [p for p in paths if p.is_file() and is_review_file(p)]  # `orsc annotate --rubrics`

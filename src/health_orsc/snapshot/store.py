@@ -91,7 +91,7 @@ def check_snapshot_name(outputs_dir: Path, name: str, root: Path | None = None) 
         raise InputError(None, "--name", f"'{name}' is not a valid snapshot name",
                          "use letters, digits, '-', '_' and '.' only, not starting with '.'")
     if (root / name).exists():
-        raise InputError(root / name, "--name", f"a {'snapshot' if root.name == 'snapshots' else 'run'}"
+        raise InputError(root / name, "--name", f"a {'run' if root.name == 'evaluations' else 'snapshot'}"
                          " with this name already exists",
                          "pass a new --name; snapshots and evaluation runs are never overwritten")
     return name

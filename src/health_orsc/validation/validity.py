@@ -55,7 +55,6 @@ from health_orsc.snapshot.store import (
     Manifest,
     SnapshotMeta,
     clone_metadata,
-    snapshots_dir,
     write_manifest,
     writing_snapshot,
 )
@@ -361,14 +360,15 @@ def base_files_only(base_path: Path):
 def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: list[SnapshotRow],
                               sample: list[dict[str, str]], labels: LabelSet, report: dict[str, Any],
                               gate: bool, reviews: list[ReviewRow] | None = None) -> Path:
-    """A new snapshot beside the base: the base's files, plus the labels and the report. With
-    `gate`, kept prompts people labelled harmful move to rejected (`human_harmful`); otherwise
-    every data file is the base's, byte for byte."""
-    outputs_dir = base_path.parent.parent
+    """A new snapshot beside the base (in the base's directory: outputs/snapshots/, or
+    wherever a downloaded clone lives): the base's files, plus the labels and the report.
+    With `gate`, kept prompts people labelled harmful move to rejected (`human_harmful`);
+    otherwise every data file is the base's, byte for byte."""
+    outputs_dir, root = base_path.parent.parent, base_path.parent
     ref = BaseRef(name=base_path.name, digest=base.digest)
     moved = human_harmful(sample, labels) if gate else set()
     raw = base.model_dump(mode="json")
-    with writing_snapshot(outputs_dir, name) as tmp:
+    with writing_snapshot(outputs_dir, name, root) as tmp:
         shutil.copytree(base_path, tmp, ignore=base_files_only(base_path))
         rows = [r.model_copy(update={"reason": "human_harmful"}) if r.id in moved else r for r in rows]
         decisions = [r.to_decision() for r in rows]  # once: the costly part at paper scale
@@ -398,4 +398,4 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
                    files={k: v.model_dump() for k, v in listed_files(tmp).items()}, built=[],
                    base=ref.model_dump(), kind="validation")
         write_manifest(tmp, raw)
-    return snapshots_dir(outputs_dir) / name
+    return root / name
