@@ -208,7 +208,8 @@ def load_evaluation(config: BuildConfig, snapshot: Snapshot, models: list[str] |
     """InputError (exit 2, nothing written) for an unknown or missing model role, a grader
     without a rubric, or a rubric that does not render. `count_rubrics`: count (and render)
     the rubrics a snapshot built before rubrics lacks, which reads its prompts; an evaluate
-    task, whose items already carry them, says False."""
+    task, whose items already carry them, says False. Sets each panel role's output cap in
+    `config.roles` (answer_cap), so every call the evaluation makes sends it."""
     ev = config.evaluation
     cfg_file = config.source
     panel = models if models is not None else ev.models
