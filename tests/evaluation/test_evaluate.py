@@ -235,6 +235,7 @@ def test_reasoning_models_answer_and_cut_off_answers_are_counted(evaluated, tmp_
         m = metrics["models"]["terse"]
         assert m["truncated"] == m["truncated_ungraded"] == len(terse)
         assert m["over_refusal"]["share"] is None and m["unscored"] == 0 and "rubric" not in m
+        assert m["benign"] + m["harmful"] == len(terse)  # cut off or not
         assert metrics["models"]["reasoner"]["truncated"] == 0
         assert metrics["models"]["reasoner"]["over_refusal"]["share"] == 1.0
         board = {b["model"]: b for b in csv.DictReader((run / "leaderboard.csv").open())}
