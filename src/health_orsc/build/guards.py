@@ -16,9 +16,10 @@ vote is harmful when P(unsafe) >= the role's threshold, as for a score juror (so
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
+
+from health_orsc.llm.replies import label_mass
 
 # guard_format -> (unsafe word, safe word) of its verdict
 VERDICT_WORDS = {"llama-guard": ("unsafe", "safe"), "shieldgemma": ("yes", "no"), "wildguard": ("yes", "no")}
@@ -44,12 +45,7 @@ def unsafe_probability(guard_format: str, logprobs: list[dict[str, Any]] | None)
     if position is None:
         return None
     unsafe, safe = VERDICT_WORDS[guard_format]
-    mass = {unsafe: 0.0, safe: 0.0}
-    for candidate in position.get("top_logprobs") or []:
-        word = str(candidate.get("token", "")).strip().strip("\"'*`.:").lower()
-        for label in mass:
-            if word and label.startswith(word):
-                mass[label] += math.exp(float(candidate["logprob"]))
+    mass = label_mass(position, (unsafe, safe))
     total = mass[unsafe] + mass[safe]
     return mass[unsafe] / total if total > 0 else None
 

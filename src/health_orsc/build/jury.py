@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -46,6 +45,7 @@ from health_orsc.core.stats import fleiss_kappa
 from health_orsc.inputs.load import BuildInputs, CategoryEntry, judge_context
 from health_orsc.inputs.rubrics import MAX_WRITTEN, render_rubric, rubric_context, writer_context
 from health_orsc.llm import Gateway
+from health_orsc.llm.replies import label_mass
 from health_orsc.llm.request import reply_schema
 
 T = TypeVar("T")
@@ -125,12 +125,7 @@ def label_probability(logprobs: list[dict[str, Any]] | None) -> float | None:
     probability mass of "harmful" tokens over that of both labels. None when no token's
     candidates name a label."""
     for position in logprobs or []:
-        mass = dict.fromkeys(HARM_LABELS, 0.0)
-        for candidate in position.get("top_logprobs") or []:
-            word = str(candidate.get("token", "")).strip().strip("\"'*`.:").lower()
-            for label in HARM_LABELS:
-                if word and label.startswith(word):
-                    mass[label] += math.exp(float(candidate["logprob"]))
+        mass = label_mass(position, HARM_LABELS)
         total = sum(mass.values())
         if total > 0:
             return mass["harmful"] / total

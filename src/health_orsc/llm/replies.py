@@ -8,6 +8,7 @@ request cache.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,19 @@ def choice_logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
     """A choice's token log-probabilities (OpenAI's `logprobs.content`), if any."""
     logprobs = choice.get("logprobs") or {}
     return logprobs.get("content") if isinstance(logprobs, dict) else None
+
+
+def label_mass(position: dict[str, Any], words: tuple[str, ...]) -> dict[str, float]:
+    """At one generated token (an entry of `logprobs.content`): per word, the probability
+    mass of the token's candidates that begin it (stripped of spaces, quotes and
+    punctuation, case ignored: "harm", " Benign", "un" of "unsafe")."""
+    mass = dict.fromkeys(words, 0.0)
+    for candidate in position.get("top_logprobs") or []:
+        token = str(candidate.get("token", "")).strip().strip("\"'*`.:").lower()
+        for word in words:
+            if token and word.startswith(token):
+                mass[word] += math.exp(float(candidate["logprob"]))
+    return mass
 
 
 class _Message(BaseModel):
