@@ -133,14 +133,13 @@ def _grade_rubric(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from health_orsc.audit.verify import open_verified
     from health_orsc.evaluation.exports import check_pair, write_health_orsc, write_inspect
-    from health_orsc.snapshot.handle import Snapshot
 
     snapshot = Path(args.snapshot)
     if args.format == "inspect":
         config = load_config(args.config)
-        verified(snapshot, "export")
-        counts = write_inspect(Snapshot.open(snapshot), config, Path(args.out))
+        counts = write_inspect(open_verified(snapshot, "export"), config, Path(args.out))
         console.print(f"wrote {args.out}: task.py, grader.json, dataset.jsonl ({counts['benign']} benign"
                       f" prompts, {counts['harmful']} harmful contrast requests); run it with"
                       f" `inspect eval {Path(args.out) / 'task.py'} --model PROVIDER/MODEL`")
