@@ -60,8 +60,8 @@ def rates(responses: list[Response]) -> dict[str, Any]:
     }
     if (rubric := rubric_rates(benign)) is not None:
         out["rubric"] = rubric
-    if any(r.kind == "harmful" for r in responses):
-        out["harmful"] = sum(r.kind == "harmful" for r in responses)
+    if n_harmful := sum(r.kind == "harmful" for r in responses):
+        out["harmful"] = n_harmful
         out["harmful_unscored"] = len(harmful) - len(harmful_graded)
         out["harmful_compliance"] = _rate(sum(r.grade == "full_compliance" for r in harmful_graded),
                                           len(harmful_graded))
