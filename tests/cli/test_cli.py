@@ -145,8 +145,8 @@ def test_an_unexpected_failure_is_one_message_and_a_log(project, capsys, tmp_pat
 
 def test_every_subcommand_describes_itself_with_an_example(capsys):
     commands = [["init"], ["build"], ["evaluate"], ["grade"], ["export"], ["serve"], ["verify"],
-                ["annotate"], ["validate"], ["calibrate"], ["provenance"], ["diff"], ["cache", "evict"],
-                ["cache", "migrate"]]
+                ["annotate"], ["validate"], ["calibrate"], ["provenance"], ["diff"], ["import"],
+                ["cache", "evict"], ["cache", "migrate"]]
     names = set(parser()._subparsers._group_actions[0].choices)  # noqa: SLF001 - argparse has no API
     assert names == {c[0] for c in commands}
     for argv in commands:
@@ -156,7 +156,7 @@ def test_every_subcommand_describes_itself_with_an_example(capsys):
         help_text = capsys.readouterr().out
         assert "example:\n  orsc " in help_text, argv
     reports = ["build", "evaluate", "grade", "verify", "annotate", "validate", "calibrate", "provenance",
-               "diff"]
+               "diff", "import"]
     for name in reports:
         with pytest.raises(SystemExit):
             main([name, "--help"])
@@ -166,13 +166,15 @@ def test_every_subcommand_describes_itself_with_an_example(capsys):
 def test_format_choices_are_the_librarys_formats():
     """The CLI names its --format choices without importing the writers (start-up time);
     they must stay the formats the library writes."""
+    from health_orsc.audit.imports import FORMATS as IMPORTS
     from health_orsc.evaluation.exports import FORMATS as EXPORTS
     from health_orsc.validation.annotate import FORMATS as TASKS
 
     commands = parser()._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no API
     choices = {name: next(a.choices for a in commands[name]._actions if a.dest == "format")  # noqa: SLF001
-               for name in ("annotate", "export")}
-    assert (tuple(choices["annotate"]), tuple(choices["export"])) == (TASKS, EXPORTS)
+               for name in ("annotate", "export", "import")}
+    assert (tuple(choices["annotate"]), tuple(choices["export"]), tuple(choices["import"])) == (
+        TASKS, EXPORTS, IMPORTS)
 
 
 def test_version(capsys):

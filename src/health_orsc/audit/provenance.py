@@ -69,8 +69,11 @@ class Provenance(BaseModel):
     category_fingerprint: str | None
     taxonomy_version: int | None  # the taxonomy version the category was built under
     carried_from: str | None  # the base snapshot its category was carried over from
-    level: str
+    level: str | None  # None: imported from a source without levels
     prompt: str
+    # imported rows (`orsc import`): the source file (name, sha256), line, the source's own id
+    # and its other columns; seed, template and generator are then null throughout
+    imported_from: dict[str, Any] | None = None
     seed: dict[str, Any]  # id, topic, original_question, source (file:line)
     template: dict[str, Any]  # name, sha, rendered
     generator: dict[str, Any]  # model, params
@@ -185,7 +188,9 @@ def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None,
         seed={"id": row.seed_id, "topic": row.seed_topic,
               "original_question": row.original_question, "source": row.seed_source},
         template={"name": row.template, "sha": row.template_sha, "rendered": row.template_text},
-        generator={"model": row.generator, "params": json.loads(row.generator_params)},
+        generator={"model": row.generator,
+                   "params": None if row.generator_params is None else json.loads(row.generator_params)},
+        imported_from=_imported_from(manifest, row),
         generation_call=gen_call,
         dedup={"status": {"duplicate": "duplicate", "off_topic_rewrite": "off topic",
                           "unusable_rewrite": "not reached"}.get(row.reason or "", "kept"),
@@ -196,6 +201,15 @@ def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None,
         in_validation_sample=row.id in sampled, human_labels=human,
         answers=_answers(outputs_dir, prompt_id),
     )
+
+
+def _imported_from(manifest, row) -> dict[str, Any] | None:
+    if row.imported_from is None:
+        return None
+    o = row.imported_from
+    files = manifest.source.files if manifest.source else []
+    sha = next((f.sha256 for f in files if f.name == o.file), None)
+    return {"file": o.file, "sha256": sha, "line": o.line, "id": o.id, "fields": json.loads(o.fields)}
 
 
 def _answers(outputs_dir: Path, prompt_id: str) -> list[EvalAnswer]:

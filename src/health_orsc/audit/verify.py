@@ -17,6 +17,7 @@ A snapshot protects itself in two ways:
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,7 @@ def _check_content(snapshot: Path, m: Manifest) -> list[str]:
     problems += _check_sample(snapshot, m, decisions)
     problems += _check_config(m)
     problems += _check_taxonomy(snapshot, m)
+    problems += _check_imported(m, kept + rejected)
     if m.kind == "validation":
         problems += _check_validation(snapshot, m, kept + rejected)
     calibration_file = snapshot / CALIBRATION
@@ -180,12 +182,16 @@ def _check_rubrics(m: Manifest, kept: list[SnapshotRow]) -> list[str]:
 
 def _check_categories(m: Manifest) -> list[str]:
     problems = []
-    for field in ("fingerprints", "fingerprint_components", "taxonomy_versions"):
+    # an imported snapshot was built by no config: it has no fingerprints
+    fingerprinted = ("fingerprints", "fingerprint_components") if m.source is None else ()
+    for field in (*fingerprinted, "taxonomy_versions"):
         if set(getattr(m, field)) != set(m.categories):
             problems.append(f"{MANIFEST} {field} do not cover exactly its categories")
+    if m.source is not None and (m.fingerprints or m.fingerprint_components or m.models or m.jury):
+        problems.append(f"{MANIFEST} is of an imported snapshot but records fingerprints, models or a jury")
     if problems:
         return problems
-    for cat in m.categories:
+    for cat in m.categories if fingerprinted else ():
         if fingerprint_of(m.fingerprint_components[cat]) != m.fingerprints[cat]:
             problems.append(f"{MANIFEST} fingerprints.{cat} is not the hash of its components")
     if not set(m.built) <= set(m.categories) or (m.base is None and m.built != m.categories):
@@ -238,6 +244,8 @@ def _check_taxonomy(snapshot: Path, m: Manifest) -> list[str]:
         return [f"{TAXONOMY}: unreadable ({shorten(str(err), 200)})"]
     if list(entries) != m.categories:
         return [f"{TAXONOMY} lists {list(entries)}, {MANIFEST} categories {m.categories}"]
+    if m.source is not None:
+        return []  # imported: no fingerprint components to compare the entries with
     return [f"{TAXONOMY}: the entry of {cat} is not the one it was built under"
             for cat in m.categories
             if content_id(entries[cat]) != m.fingerprint_components[cat].get("taxonomy")]
@@ -275,7 +283,35 @@ def _check_validation(snapshot: Path, m: Manifest, rows: list[SnapshotRow]) -> l
     return []
 
 
+def _check_imported(m: Manifest, rows: list[SnapshotRow]) -> list[str]:
+    """An imported snapshot's rows each name a line of a listed source file, once, and each
+    file's row count is its rows'; a built snapshot's rows name none."""
+    origins = [r.imported_from for r in rows if r.imported_from is not None]
+    if m.source is None:
+        return [f"rows say they were imported (`imported_from`), but {MANIFEST} names no source"
+                ] if origins else []
+    if len(origins) != len(rows):
+        return [f"{len(rows) - len(origins)} rows of an imported snapshot do not say where they came from"]
+    listed = {f.name: f.rows for f in m.source.files}
+    counted = Counter(o.file for o in origins)
+    problems = [f"{MANIFEST} source.files: {name} lists {n} rows, the snapshot holds {counted.get(name, 0)}"
+                for name, n in listed.items() if counted.get(name, 0) != n]
+    problems += [f"rows come from {name}, which {MANIFEST} source.files does not list"
+                 for name in sorted(set(counted) - set(listed))]
+    twice = [k for k, n in Counter((o.file, o.line) for o in origins).items() if n > 1]
+    if twice:
+        problems.append(f"{len(twice)} source lines are imported more than once"
+                        f" (e.g. {twice[0][0]}:{twice[0][1]})")
+    return problems
+
+
 def _check_config(m: Manifest) -> list[str]:
+    if m.source is not None:  # imported: the config only chose the validation sample
+        try:
+            recorded_config(m)
+        except ValidationError as err:
+            return [f"{MANIFEST} config is not a valid config ({shorten(str(err), 200)})"]
+        return []
     try:
         cfg = recorded_config(m)
         derived = config_components(cfg)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from health_orsc.build.fingerprint import changed_inputs, fingerprint_components, fingerprint_of
 from health_orsc.cache.requests import RequestCache
+from health_orsc.core.errors import InputError
 from health_orsc.inputs.load import BuildInputs
 from health_orsc.snapshot.handle import Snapshot
 
@@ -42,6 +43,9 @@ def plan_rebuild(inputs: BuildInputs, base: Snapshot | None, named: bool,
     if base is None:
         return RebuildPlan(list(inputs.categories), list(inputs.categories), [], [], {})
     m = base.manifest
+    if m.source is not None:
+        raise InputError(base.path, "--base", "is a snapshot imported with `orsc import`: a build cannot"
+                         " carry its rows over", "pass a snapshot that `orsc build` made, or no --base")
     reasons: dict[str, str] = {}
     rebuild, carry = [], []
     pool = set(m.categories) if named else set(inputs.categories)

@@ -3,7 +3,9 @@
 Input: the snapshot's Decisions. Output: the sampled Decisions, kept ones first, each group
 in stratum order. Kept prompts are sampled to measure the benchmark's benign precision;
 jury-rejected ones (`jury_harmful`, when `sample.rejected`) to measure the jury's false
-rejections, which make a benchmark easier than it should be.
+rejections, which make a benchmark easier than it should be (in an imported snapshot, the
+contrast prompts its source labels harmful, `source_harmful`). Rows without a level
+(imported) form their own stratum per category.
 
 A stratum's size is `sample.per_stratum`, or, with `sample.target_halfwidth`, what a
 `confidence` interval of that half-width on the stratum's benign share needs
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from health_orsc.core.config import SampleConfig
-from health_orsc.core.records import LEVELS, Decision
+from health_orsc.core.records import STRATUM_LEVELS, Decision, stratum_level
 from health_orsc.core.stats import sample_size
 
 # Nothing is known beforehand of how often the jury rejects a benign prompt: size the
@@ -33,7 +35,7 @@ T = TypeVar("T")
 
 
 def samples_rejected(d: Decision, cfg: SampleConfig) -> bool:
-    return cfg.rejected and not d.kept and d.reason == "jury_harmful"
+    return cfg.rejected and not d.kept and d.reason in ("jury_harmful", "source_harmful")
 
 
 def stratum_size(population: int, cfg: SampleConfig, kept: bool) -> int:
@@ -57,7 +59,8 @@ def stratified_sample(decisions: list[Decision], cfg: SampleConfig, order: list[
         if d.kept or samples_rejected(d, cfg):
             strata[(d.source, d.candidate.category, d.candidate.level)].append(d)
     picked: list[Decision] = []
-    for key in sorted(strata, key=lambda k: (k[0] != "kept", order.index(k[1]), LEVELS.index(k[2]))):
+    for key in sorted(strata, key=lambda k: (k[0] != "kept", order.index(k[1]),
+                                             STRATUM_LEVELS.index(stratum_level(k[2])))):
         source, category, level = key
         members = strata[key]
         # Kept strata keep the seed string they always had, so older snapshots verify.

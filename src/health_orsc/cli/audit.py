@@ -1,9 +1,12 @@
-"""`orsc verify`, `orsc provenance` and `orsc diff`: what a user checks after the fact."""
+"""`orsc verify`, `orsc provenance`, `orsc diff` and `orsc import`: what a user checks after
+the fact, on snapshots this tool built or on published benchmarks it imported."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from health_orsc.cli import render
 from health_orsc.cli.common import add_config, add_json, command, emit
@@ -43,6 +46,38 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from health_orsc.audit.imports import import_snapshot
+    from health_orsc.audit.verify import verify_snapshot
+    from health_orsc.snapshot.store import check_snapshot_name, load_manifest
+
+    config = load_config(args.config)
+    name = check_snapshot_name(config.outputs_dir, args.name)
+    path = import_snapshot(args.format, [Path(f) for f in args.files], name, config,
+                           Path(args.taxonomy) if args.taxonomy else None, args.license)
+    m = load_manifest(path)
+    report = verify_snapshot(path)
+    result = ImportResult(snapshot=str(path), digest=m.digest, format=args.format,
+                          files=[f.model_dump() for f in m.source.files], kept=m.counts.kept,
+                          contrast={c: r.get("source_harmful", 0) for c, r in m.counts.rejected.items()},
+                          validation_sample=m.counts.validation_sample, problems=report.problems)
+    emit(args, result, render.imported)
+    return 1 if report.problems else 0
+
+
+class ImportResult(BaseModel):
+    """Schema of `orsc import --json`."""
+
+    snapshot: str
+    digest: str
+    format: str
+    files: list[dict]          # name, sha256, bytes, rows
+    kept: dict[str, dict[str, int]]  # benign prompts per category x level (or unleveled)
+    contrast: dict[str, int]   # per category: the source's harmful prompts (source_harmful)
+    validation_sample: int
+    problems: list[str]        # verify's, on the new snapshot (none expected)
+
+
 def register(sub) -> None:
     v = command(sub, "verify", cmd_verify, "re-check a snapshot's files and MANIFEST.json; print its digest",
                 "Re-derive everything a snapshot's (or an evaluation run's) MANIFEST.json claims: every"
@@ -70,3 +105,22 @@ def register(sub) -> None:
     d.add_argument("a", help="older snapshot directory")
     d.add_argument("b", help="newer snapshot directory")
     add_json(d)
+
+    i = command(sub, "import", cmd_import, "make a snapshot from a published benchmark's files",
+                "Read Health-ORSC-Bench (JSON lines), XSTest or OR-Bench (CSV) release files in their"
+                " published layout and write outputs/snapshots/NAME/: the source's benign prompts, its"
+                " harmful contrast prompts (rejected as source_harmful), a validation sample, and where"
+                " every row came from. Then evaluate, annotate, validate and export it like a built"
+                " snapshot. --json prints an ImportResult.",
+                "orsc import --format xstest xstest_prompts.csv --name xstest-v2")
+    i.add_argument("--format", required=True, choices=("health-orsc", "xstest", "or-bench"),
+                   help="the release's layout")
+    i.add_argument("files", nargs="+", help="release files (e.g. or-bench-hard-1k.csv or-bench-toxic.csv)")
+    i.add_argument("--name", required=True, help="name of the new snapshot")
+    add_config(i, help="config whose outputs_dir, sample settings (and, for health-orsc, taxonomy)"
+                       " to use (default: the packaged default config)")
+    i.add_argument("--taxonomy", help="taxonomy YAML defining the source's categories (default: the"
+                                      " config's for health-orsc, a shipped one for xstest and or-bench)")
+    i.add_argument("--license", help="the source's licence for the card (default: the release's:"
+                                     " cc-by-nc-4.0 for health-orsc, cc-by-4.0 for xstest and or-bench)")
+    add_json(i)

@@ -8,6 +8,7 @@ import sys
 from rich.table import Table
 
 from health_orsc.cli.common import console
+from health_orsc.core.records import STRATUM_LEVELS, stratum_level
 
 
 def _num(x: float | None, spec: str = ".2f") -> str:
@@ -166,7 +167,7 @@ def validation(result) -> None:
                       "-" if h is None else f"{h['estimate']:g} ({h['low']:g}-{h['high']:g})", **style)
 
     for s in p["strata"]:
-        add(s, s["category"], s["level"])
+        add(s, s["category"], stratum_level(s["level"]))
     for c in p["categories"]:
         add(c, c["category"], "all")
     add(p["overall"], "overall", "", style="bold")
@@ -235,18 +236,26 @@ def provenance(r) -> None:
     console.print(f"{r.id}  {status}  in snapshot {r.snapshot} ({r.snapshot_digest})"
                   f" (held by: {', '.join(r.snapshots)})")
     carried = f", carried over from {r.carried_from}" if r.carried_from else ""
-    console.print(f"category: {r.category} (fingerprint {r.category_fingerprint}, built under taxonomy"
-                  f" version {r.taxonomy_version}{carried})   level: {r.level}")
+    origin = (f"imported, taxonomy version {r.taxonomy_version}" if r.imported_from else
+              f"fingerprint {r.category_fingerprint}, built under taxonomy version"
+              f" {r.taxonomy_version}{carried}")
+    console.print(f"category: {r.category} ({origin})   level: {stratum_level(r.level)}")
     console.print(f"prompt: {r.prompt}")
-    console.print(f"seed: {r.seed['id']} '{r.seed['topic']}' ({r.seed['source']})")
-    console.print(f"  original_question: {r.seed['original_question']}")
-    console.print(f"template: {r.template['name']} sha {r.template['sha']}")
-    console.print(f"  rendered: {r.template['rendered']}")
-    console.print(f"generator: {r.generator['model']} params {r.generator['params']}")
+    if o := r.imported_from:
+        console.print(f"imported from {o['file']}:{o['line']} (source id {o['id']},"
+                      f" file sha256 {o['sha256']})")
+        console.print(f"  source fields: {o['fields']}", soft_wrap=True)
+        console.print(f"  original_question: {r.seed['original_question']}")
+    else:
+        console.print(f"seed: {r.seed['id']} '{r.seed['topic']}' ({r.seed['source']})")
+        console.print(f"  original_question: {r.seed['original_question']}")
+        console.print(f"template: {r.template['name']} sha {r.template['sha']}")
+        console.print(f"  rendered: {r.template['rendered']}")
+        console.print(f"generator: {r.generator['model']} params {r.generator['params']}")
     if r.generation_call:
         _call("generation call", r.generation_call)
     d = r.dedup
-    line = f"dedup: {d['status']}"
+    line = f"dedup: {d['status']}" if not r.imported_from else "dedup, jury: none (imported as published)"
     if d["duplicate_of"]:
         line += f" - duplicate of {d['duplicate_of']} (cosine {d['similarity']})"
     elif d["status"] == "off topic":
@@ -325,3 +334,20 @@ def migration(r) -> None:
                   f" {r.calls_new:,} of {r.calls:,} model calls new"
                   f" ({r.calls - r.calls_new:,} were there already), {r.evictions:,} evictions"
                   f" (epoch {r.epoch}), {r.vectors_new:,} of {r.vectors:,} embeddings new", soft_wrap=True)
+
+
+def imported(r) -> None:
+    console.print(f"imported {r.format} into {r.snapshot} ({r.digest})")
+    for f in r.files:
+        console.print(f"  {f['name']}: {f['rows']} rows, sha256 {f['sha256']}")
+    table = Table(title="benign prompts per category x level; contrast: the source's harmful prompts")
+    levels = [lvl for lvl in STRATUM_LEVELS if any(lvl in k for k in r.kept.values())]
+    for col in ("category", *levels, "contrast"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    for cat in dict.fromkeys([*r.kept, *r.contrast]):
+        table.add_row(cat, *(str(r.kept.get(cat, {}).get(lvl, 0)) for lvl in levels),
+                      str(r.contrast.get(cat, 0)))
+    console.print(table)
+    console.print(f"validation sample: {r.validation_sample} items; next: orsc annotate {r.snapshot}")
+    for p in r.problems:
+        console.print(f"[red]verify: {p}[/red]")

@@ -23,14 +23,21 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_valid
 
 Level = Literal["easy", "medium", "hard"]
 LEVELS: tuple[Level, ...] = get_args(Level)
+# The stratum of rows without a level (imported from a source that has none, `orsc import`):
+# a label for counts and tables, never a row's `level` (that is null).
+UNLEVELED = "unleveled"
+StratumLevel = Literal["easy", "medium", "hard", "unleveled"]
+STRATUM_LEVELS: tuple[StratumLevel, ...] = get_args(StratumLevel)
 # What a juror, a gold file and a person say of a prompt (people may also say "unsure").
 HarmLabel = Literal["benign", "harmful"]
 HARM_LABELS: tuple[HarmLabel, ...] = get_args(HarmLabel)
 # Why a candidate left the benchmark; every stage rejects with one of these.
 # off_topic_rewrite: a rewrite whose embedding drifted from its template prompt (dedup stage)
 # human_harmful: kept by the jury, labelled harmful by people (`orsc validate --gate`)
+# source_harmful: an imported row its source labels harmful (XSTest's unsafe contrasts,
+# OR-Bench's toxic prompts): the contrast set, not a benign prompt (`orsc import`)
 RejectReason = Literal["unusable_rewrite", "off_topic_rewrite", "duplicate", "jury_harmful",
-                       "unparseable_verdict", "human_harmful"]
+                       "unparseable_verdict", "human_harmful", "source_harmful"]
 REJECT_REASONS: tuple[str, ...] = get_args(RejectReason)
 # A rubric criterion's kind: `helpful` earns positive points (what a helpful answer does),
 # `harm` negative ones (actionable detail that crosses into harm).
@@ -58,6 +65,11 @@ def content_id(obj: Any, length: int = ID_LENGTH) -> str:
     return sha256_hex(canonical_json(obj))[:length]
 
 
+def stratum_level(level: str | None) -> str:
+    """A row's level as a stratum label: its level, or UNLEVELED when it has none."""
+    return level or UNLEVELED
+
+
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -80,20 +92,22 @@ TEMPLATE_GENERATOR = "template"  # the `generator` of variant 0: the template's 
 class Candidate(Record):
     """A generated prompt, before dedup and jury."""
 
+    # Built candidates have every field; a row imported from a published benchmark (`orsc
+    # import`) has null where its source has nothing (no level, seed, template or generator).
     id: str
     category: str
-    level: Level
-    seed_id: str
-    seed_topic: str
-    seed_source: str  # seed file and line, e.g. self_harm.yaml:12
-    original_question: str
-    template: str
-    template_sha: str
-    template_text: str
-    variant: int
+    level: Level | None
+    seed_id: str | None
+    seed_topic: str | None
+    seed_source: str | None  # seed file and line, e.g. self_harm.yaml:12
+    original_question: str | None
+    template: str | None
+    template_sha: str | None
+    template_text: str | None
+    variant: int | None
     prompt: str
-    generator: str
-    generator_params: dict[str, Any]
+    generator: str | None
+    generator_params: dict[str, Any] | None
     generation_call: str | None
 
     @property
@@ -217,26 +231,39 @@ class CalibrationVote(Record):
     prompt: str = ""  # the benign control's text (empty: the original_question itself)
 
 
+class ImportedFrom(Record):
+    """Where an imported row (`orsc import`) stands in its published source file."""
+
+    file: str = Field(description="the source file's name (MANIFEST `source.files` has its sha256)")
+    line: int = Field(description="1-based line of the file where the row starts")
+    id: str | None = Field(description="the source's own id of the row (null when it has none)")
+    fields: str = Field(description="the source row's other columns, as JSON (e.g. XSTest's `type`,"
+                                    " `focus`, `note`; Health-ORSC-Bench's `results`, `score`)")
+
+
 class SnapshotRow(Record):
     """One row of prompts.* and rejected.* (and data/<category>.jsonl): the one place the
     snapshot's row layout is written down. The parquet schema, the JSON lines, the
-    conversion to and from a Decision and the dataset card's field list all come from here."""
+    conversion to and from a Decision and the dataset card's field list all come from here.
+    A row imported from a published benchmark (`orsc import`) is null in every field its
+    source has nothing for, and says where it came from in `imported_from`."""
 
     id: str = Field(description="content-addressed id (sha256 prefix of what produced the prompt)")
     category: str = Field(description="category id from the taxonomy")
-    level: Level = Field(description="intended intent ambiguity of the template: easy, medium or hard")
+    level: Level | None = Field(description="intended intent ambiguity of the template: easy, medium or"
+                                " hard (imported: the source's level where it has one, else null)")
     prompt: str = Field(description="the benign boundary question (Health-ORSC-Bench calls it `question`)")
-    original_question: str = Field(description="the harmful request the prompt neighbours")
-    seed_id: str = Field(description="id of the seed topic")
-    seed_topic: str = Field(description="name of the seed topic")
-    seed_source: str = Field(description="seed file and line, e.g. `self_harm.yaml:12`")
-    template: str = Field(description="generation template, relative to the templates directory")
-    template_sha: str = Field(description="sha256 prefix of the template's source")
-    template_text: str = Field(description="the template rendered for this seed, before rewriting")
-    variant: int = Field(description="0: the template's own rendering; n >= 1: the n-th rewrite"
-                                     " (sampling seed offset n - 1)")
-    generator: str = Field(description="`model@endpoint` that rewrote the prompt, or `template`")
-    generator_params: str = Field(description="the generator's sampling parameters (JSON)")
+    original_question: str | None = Field(description="the harmful request the prompt neighbours")
+    seed_id: str | None = Field(description="id of the seed topic")
+    seed_topic: str | None = Field(description="name of the seed topic")
+    seed_source: str | None = Field(description="seed file and line, e.g. `self_harm.yaml:12`")
+    template: str | None = Field(description="generation template, relative to the templates directory")
+    template_sha: str | None = Field(description="sha256 prefix of the template's source")
+    template_text: str | None = Field(description="the template rendered for this seed, before rewriting")
+    variant: int | None = Field(description="0: the template's own rendering; n >= 1: the n-th rewrite"
+                                " (sampling seed offset n - 1)")
+    generator: str | None = Field(description="`model@endpoint` that rewrote the prompt, or `template`")
+    generator_params: str | None = Field(description="the generator's sampling parameters (JSON)")
     generation_call: str | None = Field(description="request-cache key of the rewrite call")
     votes: list[JurorVote] = Field(description="every juror's label, rationale and call keys")
     benign_votes: int | None = Field(description="jurors who said benign")
@@ -249,27 +276,34 @@ class SnapshotRow(Record):
         default=None, description="kept prompts: `criteria` an answer is graded against, each"
         " `{id, text, points, kind}` (`helpful`: points earned when met; `harm`: points lost), and the"
         " rubric `template` and `template_sha` they were rendered from")
+    imported_from: ImportedFrom | None = Field(
+        default=None, description="imported rows (`orsc import`): the source `file`, `line`, its own"
+        " `id` and its other columns (`fields`, JSON); absent in built rows")
 
     @model_serializer(mode="wrap")
     def _without_rubric(self, handler):
-        """A row without a rubric (rejected, or from a snapshot made before rubrics) is
-        written without the key: rows of older snapshots re-serialise byte for byte."""
+        """A row without a rubric (rejected, or from a snapshot made before rubrics) or not
+        imported is written without those keys: rows of older snapshots re-serialise byte
+        for byte."""
         data = handler(self)
-        if data.get("rubric") is None:
-            data.pop("rubric", None)
+        for key in ("rubric", "imported_from"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
     @classmethod
     def from_decision(cls, d: Decision) -> SnapshotRow:
         c = d.candidate.model_dump()
-        c["generator_params"] = canonical_json(c["generator_params"])
+        if c["generator_params"] is not None:
+            c["generator_params"] = canonical_json(c["generator_params"])
         return cls(**c, votes=d.votes, benign_votes=d.benign_votes,
                    n_jurors=len(d.votes) if d.votes else None, reason=d.reason,
                    duplicate_of=d.duplicate_of, similarity=d.similarity, rubric=d.rubric)
 
     def to_decision(self) -> Decision:
         fields = self.model_dump()
-        fields["generator_params"] = json.loads(self.generator_params)
+        if self.generator_params is not None:
+            fields["generator_params"] = json.loads(self.generator_params)
         cand = Candidate(**{k: fields[k] for k in Candidate.model_fields})
         return Decision(candidate=cand, kept=self.reason is None, reason=self.reason,
                         duplicate_of=self.duplicate_of, similarity=self.similarity,
@@ -330,7 +364,7 @@ class StageCounts(BaseModel):
     @classmethod
     def of(cls, decisions: typing.Iterable[Decision]) -> StageCounts:
         return cls._of_tally(Counter(
-            (d.candidate.category, d.candidate.level, KEPT if d.kept else d.reason or "")
+            (d.candidate.category, stratum_level(d.candidate.level), KEPT if d.kept else d.reason or "")
             for d in decisions))
 
     def merge(self, other: StageCounts) -> StageCounts:
@@ -358,7 +392,7 @@ class StageCounts(BaseModel):
         """Kept prompts per category x level (non-empty strata), categories in `order`."""
         out = {}
         for cat in order:
-            levels = {lvl: n for lvl in LEVELS
+            levels = {lvl: n for lvl in STRATUM_LEVELS
                       if (n := self.strata.get(cat, {}).get(lvl, {}).get(KEPT, 0))}
             if levels:
                 out[cat] = levels

@@ -3,7 +3,8 @@
 Input: a snapshot that verifies, and `evaluation` in the config (the roles that answer, the
 grader role, an optional per-stratum sample). Per (model x category), every kept prompt of
 the category (the benign boundary prompts) and, with `evaluation.contrast`, every distinct
-harmful request they neighbour (`original_question`, the contrast set) is asked once
+harmful request they neighbour (`original_question`, the contrast set; in an imported
+snapshot also the rows its source labels harmful, `source_harmful`) is asked once
 through the gateway (request cache, bounds, retries), as a single user turn (after the
 role's `system_prompt`, if any). Each answer is then:
 
@@ -50,7 +51,7 @@ from health_orsc.llm import Gateway
 from health_orsc.llm.request import reply_schema
 from health_orsc.snapshot.compat import rubrics_required
 from health_orsc.snapshot.handle import Snapshot
-from health_orsc.snapshot.store import PROMPTS, read_jsonl_rows, read_taxonomy
+from health_orsc.snapshot.store import PROMPTS, REJECTED, load_manifest, read_jsonl_rows, read_taxonomy
 
 DETECTOR = "detector"  # evaluation.grader: XSTest's string match grades, without a call
 ANSWER_MAX_TOKENS = 1024  # a model under test's output cap when its role sets none
@@ -169,10 +170,14 @@ def eval_items(snapshot: Path, categories: list[str], config: BuildConfig) -> di
     # SnapshotRow costs seconds at paper scale and is not needed here
     kept = read_jsonl_rows(snapshot / f"{PROMPTS}.jsonl")
     derived = {i: r.model_dump(mode="json") for i, r in derived_rubrics(config, snapshot, kept).items()}
+    # an imported snapshot's contrast prompts are rows of their own (source_harmful)
+    imported = ev.contrast and load_manifest(snapshot).source is not None
+    contrasts = [r for r in read_jsonl_rows(snapshot / f"{REJECTED}.jsonl")
+                 if r["reason"] == "source_harmful"] if imported else []
     for cat in categories:
         rows = [r for r in kept if r["category"] == cat]
         items: list[dict[str, Any]] = []
-        for level in LEVELS:
+        for level in (*LEVELS, None):  # None: imported rows without a level
             members = [r for r in rows if r["level"] == level]
             k = len(members) if ev.sample is None else min(ev.sample, len(members))
             members = seeded_subset(members, k, f"{ev.seed}:{cat}:{level}", lambda r: r["id"])
@@ -181,7 +186,8 @@ def eval_items(snapshot: Path, categories: list[str], config: BuildConfig) -> di
                        "rubric_source": "snapshot" if r.get("rubric") else
                        "derived" if r["id"] in derived else None} for r in members]
         if ev.contrast:
-            questions = sorted({r["original_question"] for r in rows if r.get("original_question")})
+            questions = sorted({r["original_question"] for r in rows if r.get("original_question")}
+                               | {r["prompt"] for r in contrasts if r["category"] == cat})
             items += [{"prompt_id": contrast_id(cat, q), "kind": "harmful", "category": cat, "level": None,
                        "prompt": q} for q in questions]
         out[cat] = items

@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from health_orsc.core.config import EvaluationConfig
-from health_orsc.core.records import LEVELS
+from health_orsc.core.records import LEVELS, stratum_level
 from health_orsc.core.stats import cohen_kappa, mcnemar, mean_interval, spearman, wilcoxon_paired, wilson
 from health_orsc.evaluation.answer import Response
 
@@ -165,7 +165,7 @@ def table_csv(rows: list[dict[str, Any]] | pd.DataFrame) -> str:
 def level_agreement(rows: list[dict[str, Any]], most: int = 20) -> dict[str, Any]:
     """Intended level against empirical level: counts, Spearman's rho (levels as 1-4) and
     the prompts whose two levels lie furthest apart."""
-    rated = [r for r in rows if r["empirical_level"] is not None]
+    rated = [r for r in rows if r["empirical_level"] is not None and r["level"] is not None]
     table = {lvl: {e: sum(r["level"] == lvl and r["empirical_level"] == e for r in rated)
                    for e in EMPIRICAL_LEVELS} for lvl in LEVELS}
     rank = {lvl: i for i, lvl in enumerate(EMPIRICAL_LEVELS, start=1)}
@@ -273,10 +273,11 @@ def evaluation_metrics(responses: list[Response], models: list[str], ev: Evaluat
                                             for c in categories}}
         for cat in categories:
             in_cat = [r for r in mine if r.category == cat]
-            for level in LEVELS:
+            for level in (*LEVELS, None):  # None: imported rows without a level
                 group = [r for r in in_cat if r.kind == "benign" and r.level == level]
-                if group:
-                    strata.append({"model": model, "category": cat, "level": level, **rates(group)})
+                if group:  # level None is the harmful contrast set's: these are "unleveled"
+                    strata.append({"model": model, "category": cat, "level": stratum_level(level),
+                                   **rates(group)})
             harmful = [r for r in in_cat if r.kind == "harmful"]
             if harmful:
                 strata.append({"model": model, "category": cat, "level": None, **rates(harmful)})

@@ -91,7 +91,10 @@ class BuildInputs:
 
 
 def load_taxonomy(seeds_dir: Path) -> Taxonomy:
-    path = seeds_dir / "taxonomy.yaml"
+    return load_taxonomy_file(seeds_dir / "taxonomy.yaml")
+
+
+def load_taxonomy_file(path: Path) -> Taxonomy:
     raw, _ = load_yaml(path, "taxonomy file")
     try:
         tax = Taxonomy.model_validate(raw)

@@ -7,7 +7,8 @@ records (absent: 1). verify asks here instead of special-casing each difference.
        below)
     2  schema_version recorded; taxonomy.json required
     3  every kept row of a built category carries its rubric (`rubric`); rows of older
-       snapshots have none, and their answers are not graded against one (docs/build.md)
+       snapshots have none, and their answers are not graded against one (docs/build.md);
+       nor do rows imported from a published benchmark (MANIFEST `source`, `orsc import`)
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def required_files(m: Manifest) -> list[str]:
 def rubrics_required(m: Manifest, category: str) -> bool:
     """Whether the kept rows of `category` must carry rubrics: built since they existed (a
     category carried over from an older base keeps its rows as they were)."""
-    return m.schema_version >= 3 and category in m.built
+    return m.schema_version >= 3 and category in m.built and m.source is None
 
 
 def recorded_config(m: Manifest) -> BuildConfig:

@@ -25,10 +25,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer
 
 from health_orsc.core.errors import InputError, from_validation_error
-from health_orsc.core.records import Level, RejectReason, canonical_json, sha256_hex
+from health_orsc.core.records import RejectReason, StratumLevel, canonical_json, sha256_hex
 
 # The files of a snapshot (relative to its directory).
 MANIFEST = "MANIFEST.json"
@@ -167,9 +167,29 @@ class BaseRef(_Strict):
 
 
 class ManifestCounts(_Strict):
-    kept: dict[str, dict[Level, int]]
+    kept: dict[str, dict[StratumLevel, int]]
     rejected: dict[str, dict[RejectReason, int]]
     validation_sample: int
+
+
+class SourceFile(_Strict):
+    """A published file an imported snapshot was made from."""
+
+    name: str     # its file name; each row's `imported_from.file`
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+    rows: int = Field(ge=0)  # rows imported from it
+
+
+ImportFormat = Literal["health-orsc", "xstest", "or-bench"]  # the layouts `orsc import` reads
+
+
+class ImportSource(_Strict):
+    """What `orsc import` made a snapshot from (MANIFEST `source`)."""
+
+    format: ImportFormat
+    files: list[SourceFile]
+    license: str      # the source's licence, as its card states it (or `orsc import --license`)
 
 
 class SnapshotMeta(_Strict):
@@ -190,6 +210,17 @@ class SnapshotMeta(_Strict):
     jury_calibration: dict[str, dict[str, Any]]
     jury_agreement: dict[str, Any] | None = None  # Fleiss' kappa among the jurors (health_orsc.build.jury)
     schema_version: int = 1       # absent in snapshots made before it was recorded (snapshot.compat)
+    # imported from a published benchmark (`orsc import`), and kept by the validation
+    # snapshots derived from it: no fingerprints, models, jury or seeds (absent: built)
+    source: ImportSource | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_source(self, handler):
+        """A built snapshot's MANIFEST has no `source` key (as before imports existed)."""
+        data = handler(self)
+        if data.get("source") is None:
+            data.pop("source", None)
+        return data
 
 
 class Manifest(SnapshotMeta):
@@ -203,7 +234,8 @@ class Manifest(SnapshotMeta):
     counts: ManifestCounts
     # "validation": derived from `base` by `orsc validate` (its rows are the base's, plus
     # validation/labels.jsonl and validation/report.json)
-    kind: Literal["build", "validation"] = "build"
+    # "import": made by `orsc import` from a published benchmark's files (`source`)
+    kind: Literal["build", "validation", "import"] = "build"
     _digest: str = PrivateAttr("")
 
     @property

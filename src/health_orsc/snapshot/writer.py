@@ -31,7 +31,16 @@ import yaml
 
 from health_orsc import __version__
 from health_orsc.core.config import BuildConfig
-from health_orsc.core.records import LEVELS, CalibrationVote, Decision, SnapshotRow, StageCounts, arrow_schema
+from health_orsc.core.records import (
+    LEVELS,
+    STRATUM_LEVELS,
+    CalibrationVote,
+    Decision,
+    SnapshotRow,
+    StageCounts,
+    arrow_schema,
+    stratum_level,
+)
 from health_orsc.snapshot.store import (
     CALIBRATION,
     CARD,
@@ -75,9 +84,10 @@ def config_of(cfg: BuildConfig) -> dict[str, Any]:
 
 
 def row_sort_key(order: list[str]):
-    """Rows in taxonomy order of categories, then level, then id."""
+    """Rows in taxonomy order of categories, then level (unleveled last), then id."""
     index = {c: i for i, c in enumerate(order)}
-    return lambda d: (index[d.candidate.category], LEVELS.index(d.candidate.level), d.candidate.id)
+    return lambda d: (index[d.candidate.category], STRATUM_LEVELS.index(stratum_level(d.candidate.level)),
+                      d.candidate.id)
 
 
 def write_row_files(directory: Path, kept: list[SnapshotRow], rejected: list[SnapshotRow],
@@ -127,6 +137,8 @@ def size_category(n: int) -> str:
 
 def dataset_card(counts: StageCounts, meta: SnapshotMeta, sample: list[Decision],
                  kept_prompts: list[Decision]) -> str:
+    if meta.source is not None:
+        return import_card(counts, meta, sample)
     cfg = meta.config
     cats = meta.categories
     kept = counts.total(outcome="kept")
@@ -219,6 +231,97 @@ prints the snapshot's digest.
 """
 
 
+# How `orsc import` maps each published layout onto the snapshot's fields (docs/commands.md)
+IMPORT_MAPPING = {
+    "health-orsc": (
+        "Health-ORSC-Bench JSON lines: `question` -> `prompt`, `original_question` kept, `category`"
+        " (or else `classification`, or else the file's name) -> `category`; with `refuse_count` and"
+        " `total_models` (its difficulty files) the refusal share is binned into `level` by the"
+        " config's evaluation bins (easy < 5/30 <= medium < 10/30 <= hard <= 25/30; beyond: no level)."
+        " Every row is a benign prompt."),
+    "xstest": (
+        "XSTest CSV (`id,prompt,type,label,focus,note`): `label` safe -> a benign prompt, unsafe -> a"
+        " contrast prompt (rejected as `source_harmful`); `type` -> `category` by family (homonyms,"
+        " figurative_language, safe_targets, safe_contexts, definitions, discrimination,"
+        " historical_events, privacy; `contrast_*` joins its family). XSTest has no level and no"
+        " paired harmful request: `level` and `original_question` are null."),
+    "or-bench": (
+        "OR-Bench CSV (`prompt,category`): rows of `or-bench-80k` and `or-bench-hard-1k` are benign"
+        " prompts, rows of `or-bench-toxic` contrast prompts (rejected as `source_harmful`);"
+        " `category` normalised to a plain id (`self-harm` -> `self_harm`). Rows of `or-bench-hard-1k`"
+        " get `level` hard, others none; `original_question` is null."),
+}
+
+
+def import_card(counts: StageCounts, meta: SnapshotMeta, sample: list[Decision]) -> str:
+    """The card of a snapshot imported from a published benchmark (`orsc import`)."""
+    src = meta.source
+    assert src is not None
+    cats = meta.categories
+    kept = counts.total(outcome="kept")
+    header = {
+        "license": src.license, "language": ["en"],
+        "task_categories": ["text-generation", "text-classification"],
+        "size_categories": [size_category(kept)], "pretty_name": f"{src.format} (imported)",
+        "tags": ["safety", "over-refusal", "benchmark"],
+        "configs": [{"config_name": "all", "data_files": f"{PROMPTS}.jsonl", "default": True}]
+        + [{"config_name": c, "data_files": data_file(c)} for c in cats],
+    }
+    by_stratum = counts.kept_by_stratum(cats)
+    levels = [lvl for lvl in STRATUM_LEVELS if any(lvl in by_stratum.get(c, {}) for c in cats)]
+    table = "\n".join(f"| {c} | " + " | ".join(str(by_stratum.get(c, {}).get(lvl, 0)) for lvl in levels)
+                      + f" | {counts.total(c, outcome='source_harmful')} |" for c in cats)
+    files = "\n".join(f"| `{f.name}` | {f.rows} | `{f.sha256}` |" for f in src.files)
+    fields = "\n".join(f"- `{name}`: {f.description}" for name, f in SnapshotRow.model_fields.items())
+    return f"""---
+{yaml.safe_dump(header, sort_keys=False).strip()}
+---
+
+# {src.format} (imported)
+
+> **Content warning.** Rows of this dataset touch on sensitive topics (self-harm, drugs,
+> violence, discrimination and others); its contrast prompts are harmful requests. For safety
+> research and evaluation only.
+
+Imported by health-orsc {__version__} from a published release with `orsc import --format
+{src.format}`: each row is the source's, mapped onto the snapshot's fields, with the file and line
+it came from in `imported_from`. Nothing was generated, deduplicated or judged by a model; whether
+the prompts the source calls benign are benign is what `orsc annotate` and `orsc validate` measure.
+
+## Source files
+
+| file | rows | sha256 |
+|---|---|---|
+{files}
+
+## How rows were mapped
+
+{IMPORT_MAPPING[src.format]} Fields the source has no value for are null.
+
+## Counts
+
+| category | {' | '.join(levels)} | contrast (source_harmful) |
+|---|{'---|' * len(levels)}---|
+{table}
+
+Validation sample (`{SAMPLE}`): {_sample_text(meta.config["sample"], sample, "contrast prompts (to measure"
+                                               " the source's harmful labels)")}
+
+## Fields
+
+{fields}
+
+`orsc provenance <id>` prints where any row came from; `{MANIFEST}` lists the sha256 of every
+file, and `orsc verify <dir>` re-checks them.
+
+## Limitations
+
+- The labels are the source's. An independent audit of one benchmark of this kind found about a
+  third of its "benign" hard prompts still carried harmful intent: annotate a sample before
+  trusting them.
+"""
+
+
 def _rubric_text(kept: list[Decision], cats: list[str]) -> str:
     """The card's rubric step: which template each category's rubrics come from."""
     templates: dict[str, set[str]] = {}
@@ -244,7 +347,10 @@ def _rubric_text(kept: list[Decision], cats: list[str]) -> str:
    over the rubric's positive points, clipped to [0, 1]."""
 
 
-def _sample_text(rule: dict, sample: list[Decision]) -> str:
+JURY_REJECTED = "jury-rejected candidates (to measure the jury's false rejections)"
+
+
+def _sample_text(rule: dict, sample: list[Decision], rejected_items: str = JURY_REJECTED) -> str:
     kept = sum(d.kept for d in sample)
     if rule.get("target_halfwidth") is not None:
         size = (f"each stratum sized for a {rule['confidence']:.0%} interval of half-width"
@@ -252,8 +358,7 @@ def _sample_text(rule: dict, sample: list[Decision]) -> str:
                 " finite-population corrected)")
     else:
         size = f"{rule['per_stratum']} per stratum"
-    rejected = (f" and {len(sample) - kept} jury-rejected candidates (to measure the jury's false"
-                " rejections)" if rule.get("rejected") else "")
+    rejected = f" and {len(sample) - kept} {rejected_items}" if rule.get("rejected") else ""
     return f"{kept} kept prompts{rejected}, per category x level, {size}."
 
 
@@ -317,27 +422,35 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
                    sample: list[Decision], calibration: list[CalibrationVote], meta: SnapshotMeta,
                    taxonomy: list[dict[str, str]]) -> Path:
     """Write the snapshot atomically and return its directory."""
+    key = row_sort_key(meta.categories)
+    kept = sorted(kept, key=key)
+    rejected = sorted(rejected, key=key)
+    counts = StageCounts.of([*kept, *rejected])
+    return write_rows_snapshot(outputs_dir, name, [SnapshotRow.from_decision(d) for d in kept],
+                               [SnapshotRow.from_decision(d) for d in rejected], counts, sample,
+                               calibration, meta, taxonomy, dataset_card(counts, meta, sample, kept))
+
+
+def write_rows_snapshot(outputs_dir: Path, name: str, kept: list[SnapshotRow], rejected: list[SnapshotRow],
+                        counts: StageCounts, sample: list[Decision], calibration: list[CalibrationVote],
+                        meta: SnapshotMeta, taxonomy: list[dict[str, str]], card: str) -> Path:
+    """Write a snapshot of these rows (in order) atomically and return its directory."""
     with writing_snapshot(outputs_dir, name) as tmp:
         tmp.mkdir()
-        key = row_sort_key(meta.categories)
-        kept = sorted(kept, key=key)
-        rejected = sorted(rejected, key=key)
-        write_row_files(tmp, [SnapshotRow.from_decision(d) for d in kept],
-                        [SnapshotRow.from_decision(d) for d in rejected], meta.categories)
+        write_row_files(tmp, kept, rejected, meta.categories)
         if calibration:
             _write_lines(tmp / CALIBRATION, [json.dumps(v.model_dump(), ensure_ascii=False, sort_keys=True)
                                              for v in calibration])
         (tmp / SAMPLE).write_text(_sample_csv(sample), encoding="utf-8")
         (tmp / TAXONOMY).write_text(json.dumps(taxonomy, indent=2, ensure_ascii=False) + "\n",
                                     encoding="utf-8")
-        counts = StageCounts.of([*kept, *rejected])
-        (tmp / CARD).write_text(dataset_card(counts, meta, sample, kept), encoding="utf-8")
+        (tmp / CARD).write_text(card, encoding="utf-8")
         manifest = Manifest(
             name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
             package={"name": "health-orsc", "version": __version__}, files=listed_files(tmp),
             counts=ManifestCounts(kept=counts.kept_by_stratum(meta.categories),
                                   rejected=counts.rejected_by_category(meta.categories),
                                   validation_sample=len(sample)),
-            **meta.model_dump())
+            kind="import" if meta.source else "build", **meta.model_dump())
         write_manifest(tmp, manifest.model_dump(mode="json"))
     return snapshots_dir(outputs_dir) / name

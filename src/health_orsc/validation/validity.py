@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from health_orsc.core.records import HARM_LABELS, LEVELS, Decision, SnapshotRow, StageCounts
+from health_orsc.core.records import HARM_LABELS, LEVELS, Decision, SnapshotRow, StageCounts, stratum_level
 from health_orsc.core.stats import (
     cohen_kappa,
     confusion,
@@ -166,7 +166,7 @@ def _precision(items, decided, population, categories, min_precision, confidence
     """Benign precision of the kept prompts, per stratum, per category and overall."""
     def figure(keys: list[tuple[str, str]]) -> dict[str, Any]:
         ids = [pid for pid, item in items.items()
-               if item["source"] == "kept" and (item["category"], item["level"]) in keys]
+               if item["source"] == "kept" and (item["category"], item["level"] or None) in keys]
         labelled = [pid for pid in ids if pid in decided]
         votes = Counter(decided[pid] for pid in labelled)
         n = votes["benign"] + votes["harmful"]
@@ -180,9 +180,10 @@ def _precision(items, decided, population, categories, min_precision, confidence
                 "harmful": votes["harmful"], "undecided": len(labelled) - n,
                 "precision": p.model_dump(), "harmful_left": left}
 
+    levels = (*LEVELS, None)  # None: rows without a level (imported), a stratum of their own
     strata = [{"category": c, "level": lvl, **figure([(c, lvl)])}
-              for c in categories for lvl in LEVELS if (c, lvl) in population]
-    per_category = [{"category": c, **figure([(c, lvl) for lvl in LEVELS])} for c in categories]
+              for c in categories for lvl in levels if (c, lvl) in population]
+    per_category = [{"category": c, **figure([(c, lvl) for lvl in levels])} for c in categories]
     overall = figure(list(population))
     below = [{"category": s["category"], "level": s["level"], "low": s["precision"]["low"]}
              for s in strata if s["precision"]["low"] is not None and s["precision"]["low"] < min_precision]
@@ -241,7 +242,8 @@ def _agreement(per_item: dict[str, list[LabelRow]], confidence: float) -> dict[s
 
 
 def _ambiguity(items, rows: list[LabelRow]) -> dict[str, Any]:
-    rated = [(LEVELS.index(items[r.prompt_id]["level"]) + 1, r.ambiguity) for r in rows if r.ambiguity]
+    rated = [(LEVELS.index(items[r.prompt_id]["level"]) + 1, r.ambiguity) for r in rows
+             if r.ambiguity and items[r.prompt_id]["level"]]  # an imported row may have no level
     table = {lvl: {str(k): sum(1 for lv, a in rated if lv == i + 1 and a == k) for k in (1, 2, 3)}
              for i, lvl in enumerate(LEVELS)}
     rho = spearman([lv for lv, _ in rated], [a for _, a in rated]) if rated else None
@@ -268,11 +270,12 @@ def validation_card(report: dict[str, Any], base: BaseRef, gated: int | None) ->
     def line(fig: dict[str, Any], category: str, level: str) -> str:
         return f"| {category} | {level} | {fig['kept']} | {fig['labelled']} | {pct(fig)} | {left(fig)} |"
 
-    rows = "\n".join(line(s, s["category"], s["level"]) for s in p["strata"])
+    rows = "\n".join(line(s, s["category"], stratum_level(s["level"])) for s in p["strata"])
     cats = "\n".join(line(c, c["category"], "all") for c in p["categories"])
     o = p["overall"]
     lab, jury, agree = report["labels"], report["jury"], report["agreement"]
-    below = ", ".join(f"{b['category']}/{b['level']} ({b['low']:.1%})" for b in p["below_min_precision"])
+    below = ", ".join(f"{b['category']}/{stratum_level(b['level'])} ({b['low']:.1%})"
+                      for b in p["below_min_precision"])
     kappa = ", ".join(f"{k}: {_num(v)}" for k, v in jury["kappa"].items())
     alpha = _num(agree["krippendorff_alpha"])
     if agree["alpha_interval"]:
@@ -382,7 +385,7 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
                              rejected=counts.rejected_by_category(base.categories))
         by_id = {d.candidate.id: d for d in decisions}
         sampled = [by_id[s["id"]].model_copy(update={"kept": s["source"] == "kept"}) for s in sample]
-        meta = SnapshotMeta.model_validate({k: raw[k] for k in SnapshotMeta.model_fields})
+        meta = SnapshotMeta.model_validate({k: raw[k] for k in SnapshotMeta.model_fields if k in raw})
         (tmp / "validation").mkdir()
         (tmp / LABELS_FILE).write_text("".join(json.dumps(r.model_dump(), ensure_ascii=False, sort_keys=True)
                                                + "\n" for r in labels.rows), encoding="utf-8")
