@@ -123,6 +123,23 @@ def stop_process_group(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+def croissant_check(path: Path, record_sets: list[str]) -> dict:
+    """mlcroissant's validator on a croissant.json, and how many records it reads per record
+    set, in a process of its own: reading records logs through absl, which would leave a
+    handler on the root logger bound to this test's captured stderr."""
+    import json
+    import sys
+
+    code = ("import json, sys, mlcroissant as mlc\n"
+            "ds = mlc.Dataset(jsonld=sys.argv[1])\n"
+            "print(json.dumps({'errors': sorted(ds.metadata.issues.errors),"
+            " 'records': {rs: len(list(ds.records(rs))) for rs in sys.argv[2:]}}))")
+    run = subprocess.run([sys.executable, "-c", code, str(path), *record_sets], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.splitlines()[-1])
+
+
 def csv_rows(path: Path) -> list[dict]:
     with path.open(encoding="utf-8", newline="") as fh:
         return list(csv.DictReader(fh))

@@ -17,7 +17,7 @@ import yaml
 
 from health_orsc.cli import main
 from health_orsc.snapshot.store import load_manifest
-from tests.conftest import DATA, fake_config
+from tests.conftest import DATA, croissant_check, fake_config
 from tests.fakes.endpoint import FakeOpenAI
 from tests.fakes.scripts import build_reply as reply
 
@@ -124,8 +124,44 @@ def test_a_file_removed_with_its_manifest_entry_is_reported(snap, tmp_path, caps
 
 def test_a_new_snapshot_records_its_schema_version(snap):
     """snapshot.compat: version 2 snapshots must hold taxonomy.json (version 1 ones may lack
-    it); version 3 ones a rubric on every kept row."""
-    assert json.loads((snap["path"] / "MANIFEST.json").read_text())["schema_version"] == 3
+    it); version 3 ones a rubric on every kept row; version 4 ones what the Hub shows."""
+    assert json.loads((snap["path"] / "MANIFEST.json").read_text())["schema_version"] == 4
+
+
+def test_a_built_snapshot_is_ready_for_the_hub(snap, tmp_path, capsys):
+    """Typed parquet configs per category, a content warning, an access prompt and a
+    citation on the card; croissant.json that mlcroissant validates and reads; and verify
+    notices a croissant.json or a category parquet that no longer matches."""
+    import pyarrow.parquet as pq
+
+    path = snap["path"]
+    card = (path / "README.md").read_text()
+    header = yaml.safe_load(card.split("---\n")[1])
+    configs = {c["config_name"]: c["data_files"] for c in header["configs"]}
+    assert configs["all"] == [{"split": "test", "path": "prompts.parquet"}]
+    for cat in ("self_harm", "drug_abuse"):
+        assert configs[cat] == [{"split": "test", "path": f"data/{cat}.parquet"}]
+        rows = [json.loads(line) for line in (path / "data" / f"{cat}.jsonl").read_text().splitlines()]
+        table = pq.read_table(path / "data" / f"{cat}.parquet", columns=["id", "level", "prompt", "rubric"])
+        def key(r: dict) -> tuple:
+            return r["id"], r["level"], r["prompt"], len(r["rubric"]["criteria"])
+        assert [key(r) for r in table.to_pylist()] == [key(r) for r in rows]
+    assert header["extra_gated_prompt"] and "Content warning" in card and "zhang2026healthorscbench" in card
+    checked = croissant_check(path / "croissant.json", ["all", "self_harm"])
+    assert checked["errors"] == [] and checked["records"] == {
+        "all": pq.read_metadata(path / "prompts.parquet").num_rows,
+        "self_harm": pq.read_metadata(path / "data" / "self_harm.parquet").num_rows}
+    croissant = json.loads((path / "croissant.json").read_text())
+    assert "rai:dataCollection" in croissant and "Synthetic" in croissant["rai:dataCollection"]
+
+    copy = _copy(snap, tmp_path)
+    (copy / "croissant.json").write_text((copy / "croissant.json").read_text().replace(
+        croissant["distribution"][0]["sha256"], "0" * 64))
+    _edit_manifest(copy, lambda m: m["files"]["croissant.json"].update(
+        sha256=hashlib.sha256((copy / "croissant.json").read_bytes()).hexdigest(),
+        bytes=(copy / "croissant.json").stat().st_size))
+    rc, out = _verify(capsys, copy)
+    assert rc == 1 and "croissant.json: the sha256 of prompts.parquet is not the file's" in out, out
 
 
 def test_a_base_build_records_the_parents_digest_and_bad_bases_are_refused(snap, tmp_path, capsys):

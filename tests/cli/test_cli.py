@@ -145,7 +145,7 @@ def test_an_unexpected_failure_is_one_message_and_a_log(project, capsys, tmp_pat
 
 def test_every_subcommand_describes_itself_with_an_example(capsys):
     commands = [["init"], ["build"], ["evaluate"], ["grade"], ["export"], ["serve"], ["verify"],
-                ["annotate"], ["validate"], ["calibrate"], ["provenance"], ["diff"], ["import"],
+                ["annotate"], ["validate"], ["calibrate"], ["provenance"], ["diff"], ["import"], ["publish"],
                 ["cache", "evict"], ["cache", "migrate"]]
     names = set(parser()._subparsers._group_actions[0].choices)  # noqa: SLF001 - argparse has no API
     assert names == {c[0] for c in commands}
@@ -156,7 +156,7 @@ def test_every_subcommand_describes_itself_with_an_example(capsys):
         help_text = capsys.readouterr().out
         assert "example:\n  orsc " in help_text, argv
     reports = ["build", "evaluate", "grade", "verify", "annotate", "validate", "calibrate", "provenance",
-               "diff", "import"]
+               "diff", "import", "publish"]
     for name in reports:
         with pytest.raises(SystemExit):
             main([name, "--help"])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import krippendorff
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import cohen_kappa_score
 from statsmodels.stats.proportion import proportion_confint
@@ -288,8 +289,10 @@ def test_gate_moves_what_people_call_harmful_and_lists_weak_strata(snap, labelle
     assert {r["id"] for r in rejected if r["reason"] == "human_harmful"} == harmful
     moved = [r for r in rejected if r["reason"] == "human_harmful"]
     assert all({**r, "reason": None} in base_kept for r in moved)  # nothing else about them changed
-    assert not any(r["id"] in harmful for f in (new / "data").iterdir()
+    assert not any(r["id"] in harmful for f in (new / "data").glob("*.jsonl")
                    for r in map(json.loads, f.read_text().splitlines()))
+    assert not any(i in harmful for f in (new / "data").glob("*.parquet")
+                   for i in pq.read_table(f, columns=["id"]).column("id").to_pylist())
     counts = load_manifest(new).counts
     assert sum(c.get("human_harmful", 0) for c in counts.rejected.values()) == len(harmful)
     assert sum(sum(c.values()) for c in counts.kept.values()) == len(kept)

@@ -47,7 +47,7 @@ from health_orsc.evaluation.scores import empirical_level
 from health_orsc.inputs.load import Taxonomy, load_taxonomy, load_taxonomy_file
 from health_orsc.snapshot.compat import SCHEMA_VERSION
 from health_orsc.snapshot.store import ImportFormat, ImportSource, SnapshotMeta, SourceFile, file_sha256
-from health_orsc.snapshot.writer import config_of, dataset_card, row_sort_key, write_rows_snapshot
+from health_orsc.snapshot.writer import config_of, row_sort_key, write_rows_snapshot
 
 FORMATS: tuple[str, ...] = get_args(ImportFormat)
 TAXONOMIES = Path(__file__).resolve().parents[1] / "data" / "taxonomies"  # xstest.yaml, or-bench.yaml
@@ -292,4 +292,4 @@ def import_snapshot(fmt: str, files: list[Path], name: str, config: BuildConfig,
     return write_rows_snapshot(
         config.outputs_dir, name, [r for r in rows if r.reason is None], [r for r in rows if r.reason],
         counts, sample, [], meta, [taxonomy.entry(c).model_dump() for c in categories],
-        dataset_card(counts, meta, sample, [d for d in decisions if d.kept]))
+        [d for d in decisions if d.kept])

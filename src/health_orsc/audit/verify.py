@@ -37,10 +37,12 @@ from health_orsc.core.records import (
     rubric_problems,
 )
 from health_orsc.evaluation.run import verify_evaluation
-from health_orsc.snapshot.compat import recorded_config, required_files, rubrics_required
+from health_orsc.snapshot.compat import publishable, recorded_config, required_files, rubrics_required
+from health_orsc.snapshot.croissant import parquet_files
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import (
     CALIBRATION,
+    CROISSANT,
     LABELS_FILE,
     MANIFEST,
     PROMPTS,
@@ -145,6 +147,8 @@ def _check_content(snapshot: Path, m: Manifest) -> list[str]:
         if lines != [r.json_line() for r in kept if r.category == cat]:
             problems.append(f"{data_file(cat)}: differs from the {cat} rows of {PROMPTS}.jsonl")
     problems += _check_rubrics(m, kept)
+    if publishable(m):
+        problems += _check_published_files(snapshot, m, kept)
     decisions = [r.to_decision() for r in kept + rejected]
     counts = StageCounts.of(decisions)
     if counts.kept_by_stratum(m.categories) != m.counts.kept:
@@ -164,6 +168,27 @@ def _check_content(snapshot: Path, m: Manifest) -> list[str]:
         problems.append(f"{MANIFEST} jury_agreement differs from the rows' votes")
     if calibration_summary(votes) != m.jury_calibration:
         problems.append(f"{MANIFEST} jury_calibration differs from {CALIBRATION}")
+    return problems
+
+
+def _check_published_files(snapshot: Path, m: Manifest, kept: list[SnapshotRow]) -> list[str]:
+    """data/<category>.parquet holds the category's kept rows, and croissant.json names
+    exactly the parquet files people load, each with its checksum."""
+    problems = []
+    for cat in m.categories:
+        ids = pq.read_table(snapshot / data_file(cat, "parquet"), columns=["id"]).column("id").to_pylist()
+        if ids != [r.id for r in kept if r.category == cat]:
+            problems.append(f"{data_file(cat, 'parquet')}: differs from the {cat} rows of {PROMPTS}.jsonl")
+    try:
+        described = {f["contentUrl"]: f.get("sha256") for f in
+                     json.loads((snapshot / CROISSANT).read_text(encoding="utf-8"))["distribution"]}
+    except (ValueError, KeyError, TypeError) as err:
+        return [*problems, f"{CROISSANT}: unreadable ({shorten(str(err), 200)})"]
+    expected = set(parquet_files(m.categories).values())
+    if set(described) != expected:
+        problems.append(f"{CROISSANT} describes {sorted(described)}, not the snapshot's {sorted(expected)}")
+    problems += [f"{CROISSANT}: the sha256 of {rel} is not the file's"
+                 for rel in sorted(expected & set(described)) if described[rel] != m.files[rel].sha256]
     return problems
 
 

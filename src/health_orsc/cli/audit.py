@@ -1,5 +1,6 @@
-"""`orsc verify`, `orsc provenance`, `orsc diff` and `orsc import`: what a user checks after
-the fact, on snapshots this tool built or on published benchmarks it imported."""
+"""`orsc verify`, `orsc provenance`, `orsc diff`, `orsc import` and `orsc publish`: what a
+user checks after the fact, on snapshots this tool built or on published benchmarks it
+imported, and how a snapshot reaches the Hugging Face Hub."""
 
 from __future__ import annotations
 
@@ -65,6 +66,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from health_orsc.audit.publish import publish
+
+    emit(args, publish(Path(args.snapshot), args.repo, args.private, args.gated), render.published)
+    return 0
+
+
 class ImportResult(BaseModel):
     """Schema of `orsc import --json`."""
 
@@ -124,3 +132,16 @@ def register(sub) -> None:
     i.add_argument("--license", help="the source's licence for the card (default: the release's:"
                                      " cc-by-nc-4.0 for health-orsc, cc-by-4.0 for xstest and or-bench)")
     add_json(i)
+
+    u = command(sub, "publish", cmd_publish, "upload a snapshot to a Hugging Face Hub dataset repo",
+                "Upload the snapshot's files unchanged, in one commit, to a new dataset repo (or confirm the"
+                " repo already holds it), so a clone verifies with the snapshot's digest. The token is"
+                " HF_TOKEN or huggingface_hub's stored login; the Hub is HF_ENDPOINT (default"
+                " huggingface.co). --json prints a PublishResult.",
+                "orsc publish outputs/snapshots/v1-validated --repo my-org/health-orsc-v1 --gated")
+    u.add_argument("snapshot", help="snapshot directory (it must verify)")
+    u.add_argument("--repo", required=True, help="dataset repo id, ORG/NAME")
+    u.add_argument("--private", action="store_true", help="create the repo private")
+    u.add_argument("--gated", action="store_true", help="ask people to request access (the card's access"
+                                                        " prompt; granted automatically)")
+    add_json(u)

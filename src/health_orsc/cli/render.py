@@ -180,7 +180,7 @@ def validation(result) -> None:
                   f" {len(agree['disagreements'])} disagreements")
     for b in p["below_min_precision"]:
         console.print(f"below validation.min_precision ({p['min_precision']:.0%}):"
-                      f" {b['category']}/{b['level']} (lower bound {b['low']:.1%})")
+                      f" {b['category']}/{stratum_level(b['level'])} (lower bound {b['low']:.1%})")
     if report.rubrics is not None:
         r, k = report.rubrics, report.rubrics["kept_as_is"]
         console.print(f"rubrics: {r['reviews']} reviews of {r['items']} kept prompts' rubrics"
@@ -351,3 +351,13 @@ def imported(r) -> None:
     console.print(f"validation sample: {r.validation_sample} items; next: orsc annotate {r.snapshot}")
     for p in r.problems:
         console.print(f"[red]verify: {p}[/red]")
+
+
+def published(r) -> None:
+    if r.commit is None:
+        console.print(f"{r.repo} already holds {r.snapshot} ({r.digest}): nothing uploaded")
+    else:
+        console.print(f"published {r.snapshot} ({r.digest}) to {r.url}: {r.files} files in commit"
+                      f" {r.commit[:12]}" + (", private" if r.private else "")
+                      + (", gated" if r.gated else ""))
+    console.print(f"anyone can check a copy: git clone {r.url} && orsc verify <clone> --digest {r.digest}")

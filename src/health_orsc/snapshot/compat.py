@@ -9,6 +9,9 @@ records (absent: 1). verify asks here instead of special-casing each difference.
     3  every kept row of a built category carries its rubric (`rubric`); rows of older
        snapshots have none, and their answers are not graded against one (docs/build.md);
        nor do rows imported from a published benchmark (MANIFEST `source`, `orsc import`)
+    4  ready to publish (`orsc publish`): data/<category>.parquet beside each category's JSON
+       lines (the card's typed configs), croissant.json, a card with a content warning, an
+       access prompt for gating and a citation
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 from health_orsc.core.config import BuildConfig
 from health_orsc.snapshot.store import (
     CARD,
+    CROISSANT,
     LABELS_FILE,
     PROMPTS,
     REJECTED,
@@ -23,10 +27,11 @@ from health_orsc.snapshot.store import (
     SAMPLE,
     TAXONOMY,
     Manifest,
+    SnapshotMeta,
     data_file,
 )
 
-SCHEMA_VERSION = 3  # what this code writes
+SCHEMA_VERSION = 4  # what this code writes
 
 
 def required_files(m: Manifest) -> list[str]:
@@ -35,9 +40,17 @@ def required_files(m: Manifest) -> list[str]:
     required += [SAMPLE, CARD, *(data_file(c) for c in m.categories)]
     if m.schema_version >= 2:
         required.append(TAXONOMY)
+    if publishable(m):
+        required += [CROISSANT, *(data_file(c, "parquet") for c in m.categories)]
     if m.kind == "validation":
         required += [LABELS_FILE, REPORT_FILE]
     return required
+
+
+def publishable(m: SnapshotMeta) -> bool:
+    """Whether the snapshot has what `orsc publish` uploads: parquet per category,
+    croissant.json and a card with a content warning, access prompt and citation."""
+    return m.schema_version >= 4
 
 
 def rubrics_required(m: Manifest, category: str) -> bool:

@@ -41,6 +41,7 @@ LABELS_FILE = "validation/labels.jsonl"   # a validation snapshot's human labels
 REPORT_FILE = "validation/report.json"    # and its validity report
 RUBRIC_REVIEWS_FILE = "validation/rubric_reviews.jsonl"  # people's reviews of rubrics, when given
 TAXONOMY = "taxonomy.json"       # the categories' definitions the build used (annotation guidance)
+CROISSANT = "croissant.json"     # Croissant (MLCommons) metadata of the parquet files (schema 4 on)
 SNAPSHOT_NAME_MAX = 200          # leaves room for the temp dir's suffix within NAME_MAX (255)
 _TMP_DIR = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)$")
 
@@ -61,9 +62,10 @@ def read_taxonomy(snapshot: Path) -> dict[str, dict[str, str]]:
     return {entry["id"]: entry for entry in json.loads(path.read_text(encoding="utf-8"))}
 
 
-def data_file(category: str) -> str:
-    """The kept rows of one category: one Hugging Face config each."""
-    return f"data/{category}.jsonl"
+def data_file(category: str, ext: str = "jsonl") -> str:
+    """The kept rows of one category (JSON lines, and from schema 4 on parquet): one Hugging
+    Face config each."""
+    return f"data/{category}.{ext}"
 
 
 def snapshots_dir(outputs_dir: Path) -> Path:

@@ -41,6 +41,15 @@ from health_orsc.core.records import (
     arrow_schema,
     stratum_level,
 )
+from health_orsc.snapshot.compat import publishable
+from health_orsc.snapshot.croissant import (
+    CONTENT_WARNING,
+    citation,
+    license_of,
+    parquet_files,
+    title,
+    write_croissant,
+)
 from health_orsc.snapshot.store import (
     CALIBRATION,
     CARD,
@@ -91,12 +100,16 @@ def row_sort_key(order: list[str]):
 
 
 def write_row_files(directory: Path, kept: list[SnapshotRow], rejected: list[SnapshotRow],
-                    categories: list[str]) -> None:
-    """prompts.* and rejected.* (parquet and jsonl), and data/<category>.jsonl per category."""
+                    categories: list[str], parquet: bool = True) -> None:
+    """prompts.* and rejected.* (parquet and jsonl), and data/<category>.jsonl per category
+    (and .parquet, unless `parquet` is false: a snapshot older than schema_version 4)."""
     _write_rows(directory, PROMPTS, kept)
     _write_rows(directory, REJECTED, rejected)
     for cat in categories:
-        _write_lines(directory / data_file(cat), [r.json_line() for r in kept if r.category == cat])
+        mine = [r for r in kept if r.category == cat]
+        _write_lines(directory / data_file(cat), [r.json_line() for r in mine])
+        if parquet:
+            _write_parquet(directory / data_file(cat, "parquet"), mine)
 
 
 def listed_files(directory: Path) -> dict[str, FileEntry]:
@@ -106,9 +119,13 @@ def listed_files(directory: Path) -> dict[str, FileEntry]:
 
 
 def _write_rows(directory: Path, stem: str, rows: list[SnapshotRow]) -> None:
-    table = pa.Table.from_pylist([r.model_dump(mode="json") for r in rows], schema=ROW_SCHEMA)
-    pq.write_table(table, directory / f"{stem}.parquet")
+    _write_parquet(directory / f"{stem}.parquet", rows)
     _write_lines(directory / f"{stem}.jsonl", [r.json_line() for r in rows])
+
+
+def _write_parquet(path: Path, rows: list[SnapshotRow]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([r.model_dump(mode="json") for r in rows], schema=ROW_SCHEMA), path)
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
@@ -128,6 +145,40 @@ def _sample_csv(sample: list[Decision]) -> str:
     return buf.getvalue()
 
 
+GATED_PROMPT = ("This dataset holds prompts on self-harm, drugs, violence and other sensitive topics,"
+                " each paired with (or, as a contrast prompt, being) a harmful request. Request access"
+                " only to measure or improve the safety of language models, and do not use it to train"
+                " a model to comply with harmful requests.")
+
+
+def card_header(meta: SnapshotMeta, kept: int) -> dict:
+    """The card's YAML header: a typed parquet config per category (and `all`), each a
+    `test` split, and the access prompt the Hub shows when the repo is gated (`orsc publish
+    --gated`; ignored while it is not)."""
+    header = {
+        "license": license_of(meta), "language": ["en"],
+        "task_categories": ["text-generation", "text-classification"],
+        "size_categories": [size_category(kept)], "pretty_name": title(meta),
+        "tags": ["safety", "over-refusal", "benchmark",
+                 *([] if meta.source else ["healthcare", "synthetic"])],
+    }
+    if not publishable(meta):  # the card of a validation snapshot of an older base: its files
+        return {**header, "configs": [{"config_name": "all", "data_files": f"{PROMPTS}.jsonl",
+                                       "default": True}]
+                + [{"config_name": c, "data_files": data_file(c)} for c in meta.categories]}
+    return {**header, "configs": [{"config_name": rs, "data_files": [{"split": "test", "path": path}],
+                                   **({"default": True} if rs == "all" else {})}
+                                  for rs, path in parquet_files(meta.categories).items()],
+            "extra_gated_prompt": GATED_PROMPT}
+
+
+def card_notice(meta: SnapshotMeta) -> tuple[str, str]:
+    """What every card opens and ends with: the content warning, and the citation."""
+    warning = f"> **Content warning.** {CONTENT_WARNING}"
+    cite = f"## Citation\n\n```bibtex\n{citation(meta)}\n```\n"
+    return warning, cite
+
+
 def size_category(n: int) -> str:
     for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
         if n < limit:
@@ -136,21 +187,16 @@ def size_category(n: int) -> str:
 
 
 def dataset_card(counts: StageCounts, meta: SnapshotMeta, sample: list[Decision],
-                 kept_prompts: list[Decision]) -> str:
+                 kept_prompts: list[Decision], validation: str = "") -> str:
+    """`validation`: a validation snapshot's section (validity.validation_card), put before
+    the citation."""
+    warning, cite = card_notice(meta)
+    cite = f"{validation.strip()}\n\n{cite}" if validation else cite
     if meta.source is not None:
-        return import_card(counts, meta, sample)
+        return import_card(counts, meta, sample, warning, cite)
     cfg = meta.config
     cats = meta.categories
-    kept = counts.total(outcome="kept")
-    header = {
-        "license": cfg["snapshot"]["license"], "language": ["en"],
-        "task_categories": ["text-generation", "text-classification"],
-        "size_categories": [size_category(kept)],
-        "pretty_name": cfg["snapshot"]["pretty_name"],
-        "tags": ["safety", "over-refusal", "healthcare", "benchmark", "synthetic"],
-        "configs": [{"config_name": "all", "data_files": f"{PROMPTS}.jsonl", "default": True}]
-        + [{"config_name": c, "data_files": data_file(c)} for c in cats],
-    }
+    header = card_header(meta, counts.total(outcome="kept"))
     by_stratum = counts.kept_by_stratum(cats)
     rejected: dict[str, int] = {}
     for reasons in counts.rejected_by_category(cats).values():
@@ -173,7 +219,9 @@ def dataset_card(counts: StageCounts, meta: SnapshotMeta, sample: list[Decision]
 {yaml.safe_dump(header, sort_keys=False).strip()}
 ---
 
-# {cfg['snapshot']['pretty_name']}
+# {title(meta)}
+
+{warning}
 
 Benign *boundary* prompts in sensitive health categories, in the style of
 Health-ORSC-Bench: questions an over-cautious model may refuse but should
@@ -228,7 +276,8 @@ prints the snapshot's digest.
   Treat every prompt as unvalidated until the validation sample has been annotated.
 - With the embedded default model (SmolLM2-135M-Instruct) the rewrites and
   verdicts are for plumbing and demos only; use strong models for a real benchmark.
-"""
+
+{cite}"""
 
 
 # How `orsc import` maps each published layout onto the snapshot's fields (docs/commands.md)
@@ -253,20 +302,13 @@ IMPORT_MAPPING = {
 }
 
 
-def import_card(counts: StageCounts, meta: SnapshotMeta, sample: list[Decision]) -> str:
+def import_card(counts: StageCounts, meta: SnapshotMeta, sample: list[Decision], warning: str,
+                cite: str) -> str:
     """The card of a snapshot imported from a published benchmark (`orsc import`)."""
     src = meta.source
     assert src is not None
     cats = meta.categories
-    kept = counts.total(outcome="kept")
-    header = {
-        "license": src.license, "language": ["en"],
-        "task_categories": ["text-generation", "text-classification"],
-        "size_categories": [size_category(kept)], "pretty_name": f"{src.format} (imported)",
-        "tags": ["safety", "over-refusal", "benchmark"],
-        "configs": [{"config_name": "all", "data_files": f"{PROMPTS}.jsonl", "default": True}]
-        + [{"config_name": c, "data_files": data_file(c)} for c in cats],
-    }
+    header = card_header(meta, counts.total(outcome="kept"))
     by_stratum = counts.kept_by_stratum(cats)
     levels = [lvl for lvl in STRATUM_LEVELS if any(lvl in by_stratum.get(c, {}) for c in cats)]
     table = "\n".join(f"| {c} | " + " | ".join(str(by_stratum.get(c, {}).get(lvl, 0)) for lvl in levels)
@@ -277,11 +319,9 @@ def import_card(counts: StageCounts, meta: SnapshotMeta, sample: list[Decision])
 {yaml.safe_dump(header, sort_keys=False).strip()}
 ---
 
-# {src.format} (imported)
+# {title(meta)}
 
-> **Content warning.** Rows of this dataset touch on sensitive topics (self-harm, drugs,
-> violence, discrimination and others); its contrast prompts are harmful requests. For safety
-> research and evaluation only.
+{warning}
 
 Imported by health-orsc {__version__} from a published release with `orsc import --format
 {src.format}`: each row is the source's, mapped onto the snapshot's fields, with the file and line
@@ -319,7 +359,8 @@ file, and `orsc verify <dir>` re-checks them.
 - The labels are the source's. An independent audit of one benchmark of this kind found about a
   third of its "benign" hard prompts still carried harmful intent: annotate a sample before
   trusting them.
-"""
+
+{cite}"""
 
 
 def _rubric_text(kept: list[Decision], cats: list[str]) -> str:
@@ -425,26 +466,28 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
     key = row_sort_key(meta.categories)
     kept = sorted(kept, key=key)
     rejected = sorted(rejected, key=key)
-    counts = StageCounts.of([*kept, *rejected])
     return write_rows_snapshot(outputs_dir, name, [SnapshotRow.from_decision(d) for d in kept],
-                               [SnapshotRow.from_decision(d) for d in rejected], counts, sample,
-                               calibration, meta, taxonomy, dataset_card(counts, meta, sample, kept))
+                               [SnapshotRow.from_decision(d) for d in rejected],
+                               StageCounts.of([*kept, *rejected]), sample, calibration, meta, taxonomy, kept)
 
 
 def write_rows_snapshot(outputs_dir: Path, name: str, kept: list[SnapshotRow], rejected: list[SnapshotRow],
                         counts: StageCounts, sample: list[Decision], calibration: list[CalibrationVote],
-                        meta: SnapshotMeta, taxonomy: list[dict[str, str]], card: str) -> Path:
-    """Write a snapshot of these rows (in order) atomically and return its directory."""
+                        meta: SnapshotMeta, taxonomy: list[dict[str, str]],
+                        kept_decisions: list[Decision]) -> Path:
+    """Write a snapshot of these rows (in order) atomically and return its directory.
+    `kept_decisions`: the kept rows as Decisions, for the card."""
     with writing_snapshot(outputs_dir, name) as tmp:
         tmp.mkdir()
         write_row_files(tmp, kept, rejected, meta.categories)
+        write_croissant(tmp, meta)
         if calibration:
             _write_lines(tmp / CALIBRATION, [json.dumps(v.model_dump(), ensure_ascii=False, sort_keys=True)
                                              for v in calibration])
         (tmp / SAMPLE).write_text(_sample_csv(sample), encoding="utf-8")
         (tmp / TAXONOMY).write_text(json.dumps(taxonomy, indent=2, ensure_ascii=False) + "\n",
                                     encoding="utf-8")
-        (tmp / CARD).write_text(card, encoding="utf-8")
+        (tmp / CARD).write_text(dataset_card(counts, meta, sample, kept_decisions), encoding="utf-8")
         manifest = Manifest(
             name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
             package={"name": "health-orsc", "version": __version__}, files=listed_files(tmp),

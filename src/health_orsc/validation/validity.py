@@ -45,6 +45,8 @@ from health_orsc.core.stats import (
     spearman,
     wilson,
 )
+from health_orsc.snapshot.compat import publishable
+from health_orsc.snapshot.croissant import write_croissant
 from health_orsc.snapshot.store import (
     CARD,
     LABELS_FILE,
@@ -379,7 +381,8 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
             key = row_sort_key(base.categories)
             order = sorted(range(len(rows)), key=lambda i: key(decisions[i]))
             write_row_files(tmp, [rows[i] for i in order if rows[i].reason is None],
-                            [rows[i] for i in order if rows[i].reason is not None], base.categories)
+                            [rows[i] for i in order if rows[i].reason is not None], base.categories,
+                            parquet=publishable(base))
         counts = StageCounts.of(decisions)
         raw["counts"].update(kept=counts.kept_by_stratum(base.categories),
                              rejected=counts.rejected_by_category(base.categories))
@@ -393,10 +396,11 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
         if reviews is not None:
             (tmp / RUBRIC_REVIEWS_FILE).write_text("".join(r.model_dump_json() + "\n" for r in reviews),
                                                    encoding="utf-8")
-        card = dataset_card(counts, meta, sampled, [d for d in decisions if d.kept])
-        (tmp / CARD).write_text(card.rstrip("\n")
-                                + validation_card(report, ref, len(moved) if gate else None),
-                                encoding="utf-8")
+        if publishable(base):  # its checksums follow the rows; its annotation protocol, the labels
+            write_croissant(tmp, meta, validated=True)
+        card = dataset_card(counts, meta, sampled, [d for d in decisions if d.kept],
+                            validation_card(report, ref, len(moved) if gate else None))
+        (tmp / CARD).write_text(card, encoding="utf-8")
         raw.update(name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
                    files={k: v.model_dump() for k, v in listed_files(tmp).items()}, built=[],
                    base=ref.model_dump(), kind="validation")
