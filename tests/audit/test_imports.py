@@ -133,6 +133,8 @@ BAD = {
                      "self_harm.jsonl:1: field 'question'", "is empty"),
     "unknown category": ("or-bench", "or-bench-80k.csv", b"prompt,category\nHow do tides work?,weather\n",
                          "or-bench-80k.csv:2: field 'category'", "'weather' is not a category"),
+    "null id": ("health-orsc", "self_harm.jsonl", b'{"id": null, "question": "Is it safe?"}\n',
+                "self_harm.jsonl:1: field 'id'", "is empty, not an id"),
     "not json": ("health-orsc", "self_harm.jsonl", b'{"id": 1, "question": "ok?"}\n{"id": 2,\n',
                  "self_harm.jsonl:2", "is not JSON"),
 }

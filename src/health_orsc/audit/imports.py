@@ -36,7 +36,6 @@ from health_orsc.core.config import BuildConfig
 from health_orsc.core.errors import InputError, shorten
 from health_orsc.core.files import read_text
 from health_orsc.core.records import (
-    CATEGORY_ID_PATTERN,
     ImportedFrom,
     SnapshotRow,
     StageCounts,
@@ -176,6 +175,9 @@ def map_health_orsc(row: SourceRow, config: BuildConfig, taxonomy: Taxonomy) -> 
         binned = empirical_level(count / total, config.evaluation)
         level = None if binned == "beyond" else binned
     original = f.get("original_question")
+    if not isinstance(f["id"], str | int) or not str(f["id"]).strip():
+        raise row.error("id", f"is {'empty' if f['id'] in (None, '') else repr(f['id'])}, not an id",
+                        "every row needs its release id")
     return Mapped(key=str(f["id"]), category=category, level=level, prompt=row.text("question"),
                   original_question=original if isinstance(original, str) and original.strip() else None,
                   benign=True, source_id=str(f["id"]))
@@ -240,7 +242,7 @@ def read_source(fmt: str, files: list[Path], config: BuildConfig,
         count = 0
         for src in reader(path, COLUMNS[fmt]):
             m = MAPPERS[fmt](src, config, taxonomy)
-            if m.category not in taxonomy.ids or not re.match(CATEGORY_ID_PATTERN, m.category):
+            if m.category not in taxonomy.ids:
                 raise src.error("category", f"'{m.category}' is not a category of {taxonomy_path}",
                                 f"add it to the taxonomy (known: {', '.join(taxonomy.ids)}) and pass"
                                 " --taxonomy")
