@@ -181,6 +181,12 @@ def test_the_audit_recipe_evaluate_annotate_validate_export(tmp_path, capsys):
         assert metrics["models"]["complier"]["harmful_compliance"]["share"] == 1.0
         assert {s["level"] for s in metrics["strata"]} == {"unleveled", None}
         assert main(["verify", str(run)]) == 0
+        contrast = next(r for r in rows if r["imported_from"]["id"] == "3")  # an unsafe XSTest prompt
+        capsys.readouterr()
+        assert main(["provenance", contrast["id"], "--outputs", str(tmp_path / "outputs"), "--json"]) == 0
+        answers = json.loads(capsys.readouterr().out)["answers"]
+        assert {(a["model"], a["answer"][:9]) for a in answers} == {("refuser", "I'm sorry"),
+                                                                  ("complier", "Here is w")}
 
         assert main(["annotate", str(snap), "--out", str(tmp_path / "tasks")]) == 0
         labels = []

@@ -18,6 +18,7 @@ from health_orsc.cache.requests import RequestCache, existing_request_cache
 from health_orsc.core.config import CacheConfig, SamplingParams
 from health_orsc.core.errors import InputError
 from health_orsc.core.records import Rubric
+from health_orsc.evaluation.answer import contrast_id
 from health_orsc.evaluation.run import RESPONSES
 from health_orsc.snapshot.handle import read_rows
 from health_orsc.snapshot.store import (
@@ -199,7 +200,9 @@ def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None,
         votes=votes, benign_votes=row.benign_votes,
         required_benign=manifest.jury.get("required_benign"), rubric=row.rubric,
         in_validation_sample=row.id in sampled, human_labels=human,
-        answers=_answers(outputs_dir, prompt_id),
+        # an imported contrast prompt is asked as part of the contrast set, under its id there
+        answers=_answers(outputs_dir, {prompt_id, *([contrast_id(row.category, row.prompt)]
+                                                    if row.reason == "source_harmful" else [])}),
     )
 
 
@@ -212,12 +215,12 @@ def _imported_from(manifest, row) -> dict[str, Any] | None:
     return {"file": o.file, "sha256": sha, "line": o.line, "id": o.id, "fields": json.loads(o.fields)}
 
 
-def _answers(outputs_dir: Path, prompt_id: str) -> list[EvalAnswer]:
+def _answers(outputs_dir: Path, prompt_ids: set[str]) -> list[EvalAnswer]:
     """Every model's answer to the prompt, with its grades, in every evaluation run."""
     out = []
     for path in sorted(evaluations_dir(outputs_dir).glob(f"*/{RESPONSES}.jsonl")):
         out += [EvalAnswer(run=path.parent.name, **{k: r[k] for k in EvalAnswer.model_fields if k != "run"})
-                for r in read_jsonl_rows(path) if r["prompt_id"] == prompt_id]
+                for r in read_jsonl_rows(path) if r["prompt_id"] in prompt_ids]
     return out
 
 
