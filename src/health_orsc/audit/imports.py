@@ -278,7 +278,8 @@ def import_snapshot(fmt: str, files: list[Path], name: str, config: BuildConfig,
     started = datetime.now(UTC).isoformat(timespec="milliseconds")
     taxonomy, taxonomy_path = import_taxonomy(fmt, config, taxonomy_file)
     rows, sources = read_source(fmt, files, config, taxonomy, taxonomy_path)
-    categories = [c for c in taxonomy.ids if any(r.category == c for r in rows)]
+    present = {r.category for r in rows}
+    categories = [c for c in taxonomy.ids if c in present]
     key = row_sort_key(categories)
     decisions = [r.to_decision() for r in rows]
     order = sorted(range(len(rows)), key=lambda i: key(decisions[i]))

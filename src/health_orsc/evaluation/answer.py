@@ -51,7 +51,7 @@ from health_orsc.llm import Gateway
 from health_orsc.llm.request import reply_schema
 from health_orsc.snapshot.compat import rubrics_required
 from health_orsc.snapshot.handle import Snapshot
-from health_orsc.snapshot.store import PROMPTS, REJECTED, load_manifest, read_jsonl_rows, read_taxonomy
+from health_orsc.snapshot.store import PROMPTS, REJECTED, read_jsonl_rows, read_taxonomy
 
 DETECTOR = "detector"  # evaluation.grader: XSTest's string match grades, without a call
 ANSWER_MAX_TOKENS = 1024  # a model under test's output cap when its role sets none
@@ -158,20 +158,22 @@ def derived_rubrics(config: BuildConfig, snapshot: Path, kept: list[dict]) -> di
     return out
 
 
-def eval_items(snapshot: Path, categories: list[str], config: BuildConfig) -> dict[str, list[dict[str, Any]]]:
+def eval_items(snap: Snapshot, categories: list[str], config: BuildConfig) -> dict[str, list[dict[str, Any]]]:
     """Per category: its kept prompts (all, or `evaluation.sample` per level, seeded), then
-    the distinct harmful requests they neighbour (with `evaluation.contrast`), as EvalItem's
+    the distinct harmful requests they neighbour (with `evaluation.contrast`; in an imported
+    snapshot also its `source_harmful` rows), as EvalItem's
     fields: the task that asks them validates them as it reads them (validating every
     rubric here held the evaluation's first call back by seconds at paper scale). A kept
     row without a rubric gets a derived one where it can (derived_rubrics)."""
     ev = config.evaluation
+    snapshot = snap.path
     out: dict[str, list[dict[str, Any]]] = {}
     # the kept rows' fields as stored (the snapshot has verified): parsing every row into a
     # SnapshotRow costs seconds at paper scale and is not needed here
     kept = read_jsonl_rows(snapshot / f"{PROMPTS}.jsonl")
     derived = {i: r.model_dump(mode="json") for i, r in derived_rubrics(config, snapshot, kept).items()}
     # an imported snapshot's contrast prompts are rows of their own (source_harmful)
-    imported = ev.contrast and load_manifest(snapshot).source is not None
+    imported = ev.contrast and snap.manifest.source is not None
     contrasts = [r for r in read_jsonl_rows(snapshot / f"{REJECTED}.jsonl")
                  if r["reason"] == "source_harmful"] if imported else []
     for cat in categories:

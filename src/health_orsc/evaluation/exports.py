@@ -106,7 +106,7 @@ def write_inspect(snapshot: Snapshot, config: BuildConfig, out: Path) -> dict[st
         template = library.get(Path("graders", "xstest.j2"), "evaluation.grader", config.source)
     else:
         template = load_grader(config, entries)
-    items = eval_items(snapshot.path, categories, config)
+    items = eval_items(snapshot, categories, config)
     rows = [{"id": i["prompt_id"], "input": i["prompt"],
              "metadata": {"kind": i["kind"], "category": i["category"], "level": i["level"],
                           "rubric": i.get("rubric")}} for cat in categories for i in items[cat]]

@@ -51,7 +51,7 @@ class EvaluationResult(BaseModel):
 def write_items(config: BuildConfig, snapshot: Snapshot, run: str) -> dict[str, Path]:
     """Per category of the snapshot, the stage file holding its items (prompts to ask)."""
     items = {}
-    for cat, cat_items in eval_items(snapshot.path, snapshot.manifest.categories, config).items():
+    for cat, cat_items in eval_items(snapshot, snapshot.manifest.categories, config).items():
         items[cat] = stage_path(config.outputs_dir, "evaluate", f"{run}-items-{content_id([cat])}")
         write_jsonl(items[cat], cat_items)
     return items
