@@ -4,6 +4,7 @@ a build killed while exporting leaves nothing behind for good; diff sees changed
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -124,8 +125,53 @@ def test_a_file_removed_with_its_manifest_entry_is_reported(snap, tmp_path, caps
 
 def test_a_new_snapshot_records_its_schema_version(snap):
     """snapshot.compat: version 2 snapshots must hold taxonomy.json (version 1 ones may lack
-    it); version 3 ones a rubric on every kept row; version 4 ones what the Hub shows."""
-    assert json.loads((snap["path"] / "MANIFEST.json").read_text())["schema_version"] == 4
+    it); version 3 ones a rubric on every kept row; version 4 ones what the Hub shows;
+    version 5 ones each sampled item's stratum and inclusion probability."""
+    assert json.loads((snap["path"] / "MANIFEST.json").read_text())["schema_version"] == 5
+
+
+def test_verify_notices_an_inclusion_probability_that_is_not_the_draws(snap, tmp_path, capsys):
+    copy = _copy(snap, tmp_path)
+    sample = copy / "validation_sample.csv"
+    with sample.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(r["stratum"] == f"{r['source']}:{r['category']}:{r['level'] or 'unleveled'}" for r in rows)
+    assert all(float(r["inclusion_probability"]) == pytest.approx(
+        sum(o["stratum"] == r["stratum"] for o in rows) / _stratum_size(copy, r)) for r in rows)
+    rows[0]["inclusion_probability"] = "0.5"  # a weight the draw did not give
+    with sample.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    _edit_manifest(copy, lambda m: m["files"]["validation_sample.csv"].update(
+        sha256=hashlib.sha256(sample.read_bytes()).hexdigest(), bytes=sample.stat().st_size))
+    rc, out = _verify(capsys, copy)
+    assert rc == 1
+    assert "validation_sample.csv: the strata or inclusion probabilities are not the draw's" in out
+
+
+def test_an_uncertainty_sample_is_recorded_and_redrawn_by_verify(snap, tmp_path, capsys):
+    cfg = fake_config(tmp_path, snap["server"].base_url, sample={"per_stratum": 2, "design": "uncertainty"})
+    assert main(["build", "--config", str(cfg), "--name", "unsure"]) == 0
+    path = tmp_path / "outputs" / "snapshots" / "unsure"
+    rc, out = _verify(capsys, path)
+    assert rc == 0, out
+    with (path / "validation_sample.csv").open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(0 < float(r["inclusion_probability"]) <= 1 for r in rows)
+    assert "with a probability rising with the jury's uncertainty" in (path / "README.md").read_text()
+    # a draw the design did not make: verify redraws the sample and notices
+    _edit_manifest(path, lambda m: m["config"]["sample"].update(uncertainty_floor=0.9, seed=5))
+    rc, out = _verify(capsys, path)
+    assert rc == 1 and "validation_sample.csv" in out
+
+
+def _stratum_size(snapshot: Path, item: dict) -> int:
+    """How many rows of the snapshot are in the item's sampling stratum."""
+    source = "prompts" if item["source"] == "kept" else "rejected"
+    rows = [json.loads(line) for line in (snapshot / f"{source}.jsonl").read_text().splitlines()]
+    return sum(r["category"] == item["category"] and (r["level"] or "") == item["level"]
+               and (source == "prompts" or r["reason"] in ("jury_harmful", "source_harmful")) for r in rows)
 
 
 def test_a_built_snapshot_is_ready_for_the_hub(snap, tmp_path, capsys):

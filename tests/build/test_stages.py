@@ -248,8 +248,9 @@ def test_stratified_sample_is_seeded_and_per_stratum():
             for i, (c, lvl) in enumerate([(c, lvl) for c in ("self_harm", "drug_abuse")
                                           for lvl in ("easy", "hard") for _ in range(5)])]
     order = ["self_harm", "drug_abuse"]
-    a = stratified_sample(kept, SampleConfig(per_stratum=2, seed=0), order)
-    b = stratified_sample(list(reversed(kept)), SampleConfig(per_stratum=2, seed=0), order)
+    cfg = SampleConfig(per_stratum=2, seed=0)
+    a = [s.decision for s in stratified_sample(kept, cfg, order)]
+    b = [s.decision for s in stratified_sample(list(reversed(kept)), cfg, order)]
     assert [d.candidate.id for d in a] == [d.candidate.id for d in b]
     assert len(a) == 8
     strata = {(d.candidate.category, d.candidate.level) for d in a}
@@ -257,7 +258,7 @@ def test_stratified_sample_is_seeded_and_per_stratum():
     # a category's sample does not depend on the other categories
     only_self = stratified_sample([d for d in kept if d.candidate.category == "self_harm"],
                                   SampleConfig(per_stratum=2, seed=0), order)
-    assert [d.candidate.id for d in only_self] == [d.candidate.id for d in a
+    assert [s.decision.candidate.id for s in only_self] == [d.candidate.id for d in a
                                                    if d.candidate.category == "self_harm"]
 
 
@@ -271,14 +272,19 @@ def test_sample_sized_by_precision_draws_kept_and_jury_rejected():
                  + [Decision(candidate=cand(600 + i, f"d{i}?", level="hard"), kept=False,
                              reason="duplicate") for i in range(10)])
     cfg = SampleConfig(target_halfwidth=0.05, seed=3)
-    picked = stratified_sample(decisions, cfg, ["self_harm"])
+    drawn = stratified_sample(decisions, cfg, ["self_harm"])
+    picked = [s.decision for s in drawn]
     by = collections.Counter((d.kept, d.candidate.level) for d in picked)
     # z^2 p (1-p) / h^2 at p = 0.9: 138.3; finite population 400 -> 103, 50 -> 37;
     # rejected at p = 0.5: 384.1, finite population 60 -> 53.
     assert by == {(True, "easy"): 103, (True, "hard"): 37, (False, "hard"): 53}
     assert all(d.kept or d.reason == "jury_harmful" for d in picked)
     assert picked[:140] == [d for d in picked if d.kept]  # kept first
-    assert not any(not d.kept for d in stratified_sample(
+    # each item records its stratum and inclusion probability, n/N of its stratum
+    assert {(s.stratum, s.probability) for s in drawn} == {
+        ("kept:self_harm:easy", 103 / 400), ("kept:self_harm:hard", 37 / 50),
+        ("rejected:self_harm:hard", 53 / 60)}
+    assert not any(not s.decision.kept for s in stratified_sample(
         decisions, SampleConfig(target_halfwidth=0.05, rejected=False), ["self_harm"]))
 
 

@@ -130,6 +130,22 @@ def test_round_trip_report_equals_an_independent_computation(snap, labelled, cap
                      for lvl in load_manifest(snap).counts.kept[c])
     assert report["precision"]["overall"]["harmful_left"]["estimate"] == pytest.approx(
         round(kept_total * (1 - benign / len(kept)), 1))
+    # design-weighted: each kept stratum's benign share counts by the stratum's size,
+    # sum N_h p_h / sum N_h over the strata with a decided item
+    counts = load_manifest(snap).counts.kept
+    strata: dict[tuple, list[str]] = {}
+    for pid in kept:
+        strata.setdefault((sample[pid]["category"], sample[pid]["level"]), []).append(pid)
+    size = {k: counts[k[0]][k[1]] for k in strata}
+    assert len(set(size.values())) > 1  # strata of different sizes: weighting matters
+    by_hand = sum(size[k] * sum(decided[p] == "benign" for p in ids) / len(ids)
+                  for k, ids in strata.items()) / sum(size.values())
+    weighted = report["weighted"]["precision"]["overall"]
+    assert weighted["precision"]["estimate"] == pytest.approx(by_hand, abs=1e-6)
+    assert weighted["precision"]["n"] == len(kept) and weighted["measured_kept"] == sum(size.values())
+    assert weighted["harmful_left"]["estimate"] == pytest.approx(round(sum(size.values()) * (1 - by_hand), 1))
+    assert all(s["stratum"].startswith(("kept:", "rejected:")) and 0 < float(s["inclusion_probability"]) <= 1
+               for s in sample.values())
     # the jury's k-of-n decision against people
     ids = [pid for pid in sample if decided[pid] is not None]
     jury = ["benign" if sample[pid]["source"] == "kept" else "harmful" for pid in ids]
@@ -155,6 +171,7 @@ def test_round_trip_report_equals_an_independent_computation(snap, labelled, cap
     assert "benign precision of kept prompts" in out and "Krippendorff's alpha" in out
     card = (new / "README.md").read_text()
     assert "## Validation" in card and "harmful left" in card and "v1" in card
+    assert f"{by_hand:.1%} (90% CI" in card and "design-weighted" in card
     for name in ("prompts.jsonl", "rejected.jsonl", "prompts.parquet", "validation_sample.csv",
                  "data/self_harm.jsonl", "taxonomy.json"):
         assert (new / name).read_bytes() == (snap / name).read_bytes()

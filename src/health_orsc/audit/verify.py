@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from health_orsc.build.fingerprint import config_components, fingerprint_of
 from health_orsc.build.jury import calibration_summary, jury_agreement
-from health_orsc.build.sample import stratified_sample
+from health_orsc.build.sample import juror_thresholds, stratified_sample
 from health_orsc.core.errors import InputError, shorten
 from health_orsc.core.records import (
     CalibrationVote,
@@ -37,7 +37,13 @@ from health_orsc.core.records import (
     rubric_problems,
 )
 from health_orsc.evaluation.run import verify_evaluation
-from health_orsc.snapshot.compat import publishable, recorded_config, required_files, rubrics_required
+from health_orsc.snapshot.compat import (
+    publishable,
+    recorded_config,
+    required_files,
+    rubrics_required,
+    sample_design_recorded,
+)
 from health_orsc.snapshot.croissant import parquet_files
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import (
@@ -243,18 +249,22 @@ def _verify_evaluation(run: Path, raw: dict[str, Any], digest: str | None) -> Ve
 
 
 def _check_sample(snapshot: Path, m: Manifest, decisions: list[Decision]) -> list[str]:
-    ids = [row["id"] for row in read_sample(snapshot)]
+    sample = read_sample(snapshot)
     problems = []
-    if len(ids) != m.counts.validation_sample:
+    if len(sample) != m.counts.validation_sample:
         problems.append(f"{MANIFEST} counts.validation_sample differs from {SAMPLE}")
     try:
         cfg = recorded_config(m)
     except ValidationError:
         return problems  # _check_config reports it
     # drawn before `orsc validate --gate` moved any kept prompt to rejected
-    expected = stratified_sample(ungated(decisions), cfg.sample, m.categories)
-    if ids != [d.candidate.id for d in expected]:
+    expected = stratified_sample(ungated(decisions), cfg.sample, m.categories, juror_thresholds(cfg))
+    if [row["id"] for row in sample] != [s.decision.candidate.id for s in expected]:
         problems.append(f"{SAMPLE} is not the sample that {MANIFEST}'s sample settings draw")
+    elif sample_design_recorded(m) and (
+            [(row.get("stratum"), row.get("inclusion_probability")) for row in sample]
+            != [(s.stratum, repr(s.probability)) for s in expected]):
+        problems.append(f"{SAMPLE}: the strata or inclusion probabilities are not the draw's")
     return problems
 
 
@@ -300,7 +310,9 @@ def _check_validation(snapshot: Path, m: Manifest, rows: list[SnapshotRow]) -> l
         return [f"rows rejected as human_harmful are not the kept prompts {LABELS_FILE} labels harmful"]
     try:
         expected = validity_report(ungated(rows), sample, label_set, stored["precision"]["min_precision"],
-                                   stored["confidence"], reviews)
+                                   stored["confidence"], reviews, weighted="weighted" in stored)
+    except InputError as err:  # a sample whose probabilities cannot be read
+        return [str(err)]
     except (KeyError, TypeError) as err:
         return [f"{REPORT_FILE}: malformed ({shorten(str(err), 100)})"]
     if json.loads(json.dumps(expected)) != stored:

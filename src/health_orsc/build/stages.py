@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from health_orsc.build import generate, jury
 from health_orsc.build.dedup import Embedder, dedup_candidates, embedding_texts
 from health_orsc.build.fingerprint import fingerprint_components, fingerprint_of
-from health_orsc.build.sample import stratified_sample
+from health_orsc.build.sample import juror_thresholds, stratified_sample
 from health_orsc.cache.embeddings import EmbeddingCache
 from health_orsc.core.config import BuildConfig
 from health_orsc.core.records import (
@@ -175,7 +175,7 @@ def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: li
         models=models_of(cfg), config=config_of(cfg), jury=jury_of(cfg),
         jury_calibration=jury.calibration_summary(calibration),
         jury_agreement=jury.jury_agreement(decisions), schema_version=SCHEMA_VERSION)
-    sample = stratified_sample(decisions, cfg.sample, categories)
+    sample = stratified_sample(decisions, cfg.sample, categories, juror_thresholds(cfg))
     taxonomy = [inputs.taxonomy.entry(c).model_dump() for c in categories]
     return write_snapshot(cfg.outputs_dir, name, kept, [d for d in decisions if not d.kept], sample,
                           calibration, meta, taxonomy)

@@ -155,23 +155,39 @@ def validation(result) -> None:
     console.print(f"{lab.rows} labels of {lab.items} items by {len(lab.annotators)} annotators"
                   f" (skipped: {lab.unlabelled} unlabelled, {lab.cancelled} cancelled;"
                   f" {lab.undecided} items undecided)")
-    table = Table(title="benign precision of kept prompts (Wilson 95% CI)")
-    for col in ("category", "level", "kept", "labelled", "precision", "95% CI", "harmful left"):
+    conf = f"{report.confidence:.0%}"
+    w = report.weighted
+    table = Table(title=f"benign precision of kept prompts ({conf} CI: Wilson per stratum"
+                        f"{', design-weighted per category and overall' if w else ''})")
+    for col in ("category", "level", "kept", "labelled", "precision", f"{conf} CI", "harmful left"):
         table.add_column(col, justify="left" if col in ("category", "level") else "right")
 
-    def add(fig: dict, category: str, level: str, **style) -> None:
+    def add(fig: dict, category: str, level: str, weighted: dict | None = None, **style) -> None:
         q, h = fig["precision"], fig["harmful_left"]
-        table.add_row(category, level, str(fig["kept"]), str(fig["labelled"]),
-                      "-" if not q["n"] else f"{q['share']:.1%}",
-                      "-" if not q["n"] else f"{q['low']:.1%}-{q['high']:.1%}",
-                      "-" if h is None else f"{h['estimate']:g} ({h['low']:g}-{h['high']:g})", **style)
+        if weighted is not None:
+            q, h = weighted["precision"], weighted["harmful_left"]
+            share = "-" if q["estimate"] is None else f"{q['estimate']:.1%}"
+        else:
+            share = "-" if not q["n"] else f"{q['share']:.1%}"
+        interval = "-" if q["low"] is None else f"{q['low']:.1%}-{q['high']:.1%}"
+        left = "-" if h is None else f"{h['estimate']:g} ({_num(h['low'], 'g')}-{_num(h['high'], 'g')})"
+        table.add_row(category, level, str(fig["kept"]), str(fig["labelled"]), share, interval, left, **style)
 
     for s in p["strata"]:
         add(s, s["category"], stratum_level(s["level"]))
-    for c in p["categories"]:
-        add(c, c["category"], "all")
-    add(p["overall"], "overall", "", style="bold")
+    for i, c in enumerate(p["categories"]):
+        add(c, c["category"], "all", w["precision"]["categories"][i] if w else None)
+    add(p["overall"], "overall", "", w["precision"]["overall"] if w else None, style="bold")
     console.print(table)
+    if w and w["jury"]:
+        j = w["jury"]
+
+        def pct(e: dict) -> str:
+            return _num(e["estimate"], ".1%")
+
+        console.print(f"jury, design-weighted: {pct(j['rejections_benign']['share'])} of its rejections"
+                      f" benign; rejected {pct(j['false_rejection_rate'])} of benign prompts, kept"
+                      f" {pct(j['harmful_kept_rate'])} of harmful ones")
     jury, agree = report.jury, report.agreement
     kappas = ", ".join(f"{k} {_num(v)}" for k, v in jury["kappa"].items())
     console.print(f"jury against people ({jury['items']} items): Cohen's kappa {kappas}")

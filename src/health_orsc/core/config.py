@@ -252,13 +252,20 @@ class SampleConfig(Strict):
     items for a `confidence` interval of that half-width on the stratum's benign share,
     expected near `expected_benign` (finite-population corrected). Jury-rejected candidates
     (`jury_harmful`) are sampled too when `rejected` is true, sized at an expected share of
-    0.5 (nothing is known of the jury's false rejections beforehand)."""
+    0.5 (nothing is known of the jury's false rejections beforehand).
+
+    Within a stratum, `design` draws a simple random sample of that size (`stratified`), or
+    (`uncertainty`) each item independently with a probability rising with how unsure the
+    jury was of it, `uncertainty_floor` + (1 - floor) x uncertainty in proportion, the
+    stratum's size in expectation (health_orsc.build.sample)."""
     per_stratum: int | None = Field(None, ge=0)
     target_halfwidth: float | None = Field(None, gt=0, lt=0.5)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     expected_benign: float = Field(0.9, gt=0, lt=1)
     rejected: bool = True
     seed: int = 0
+    design: Literal["stratified", "uncertainty"] = "stratified"
+    uncertainty_floor: float = Field(0.2, gt=0, le=1)
 
     @model_validator(mode="after")
     def _one_rule(self) -> SampleConfig:

@@ -15,6 +15,7 @@ import json
 import types
 import typing
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -68,6 +69,11 @@ def content_id(obj: Any, length: int = ID_LENGTH) -> str:
 def stratum_level(level: str | None) -> str:
     """A row's level as a stratum label: its level, or UNLEVELED when it has none."""
     return level or UNLEVELED
+
+
+def stratum_key(source: str, category: str, level: str | None) -> str:
+    """A validation sampling stratum's name: `kept:self_harm:easy`, `rejected:drug_abuse:unleveled`."""
+    return f"{source}:{category}:{stratum_level(level)}"
 
 
 class Record(BaseModel):
@@ -433,3 +439,12 @@ def write_jsonl(path: Path, records: typing.Iterable[BaseModel | dict[str, Any]]
 def read_jsonl(path: Path, model: type[BaseModel]) -> list[Any]:
     with path.open(encoding="utf-8") as fh:
         return [model.model_validate_json(line) for line in fh if line.strip()]
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """An item of the validation sample: its decision, its stratum (`stratum_key`) and its
+    inclusion probability under the sample's design (health_orsc.build.sample)."""
+    decision: Decision
+    stratum: str
+    probability: float

@@ -12,6 +12,9 @@ records (absent: 1). verify asks here instead of special-casing each difference.
     4  ready to publish (`orsc publish`): data/<category>.parquet beside each category's JSON
        lines (the card's typed configs), croissant.json, a card with a content warning, an
        access prompt for gating and a citation
+    5  the validation sample records each item's stratum and inclusion probability
+       (`stratum`, `inclusion_probability`); older samples have neither, and the validity
+       report derives them from the strata's sizes (a stratified draw: n/N)
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from health_orsc.snapshot.store import (
     data_file,
 )
 
-SCHEMA_VERSION = 4  # what this code writes
+SCHEMA_VERSION = 5  # what this code writes
 
 
 def required_files(m: Manifest) -> list[str]:
@@ -68,3 +71,8 @@ def recorded_config(m: Manifest) -> BuildConfig:
     if "min_similarity" not in m.config.get("generation", {}):
         cfg.generation.min_similarity = None  # built before the off-topic check
     return cfg
+
+
+def sample_design_recorded(m: SnapshotMeta) -> bool:
+    """Whether the validation sample records each item's stratum and inclusion probability."""
+    return m.schema_version >= 5

@@ -36,6 +36,7 @@ from health_orsc.core.records import (
     STRATUM_LEVELS,
     CalibrationVote,
     Decision,
+    Sampled,
     SnapshotRow,
     StageCounts,
     arrow_schema,
@@ -70,7 +71,9 @@ from health_orsc.snapshot.store import (
 )
 
 # The items to label, not the annotation tasks (`orsc annotate` writes those, blind).
-SAMPLE_COLUMNS = ("id", "category", "level", "source", "prompt", "original_question")
+# From schema 5 on, each item's sampling stratum and inclusion probability (build/sample.py).
+SAMPLE_COLUMNS = ("id", "category", "level", "source", "prompt", "original_question", "stratum",
+                  "inclusion_probability")
 ROW_SCHEMA = arrow_schema(SnapshotRow)
 
 
@@ -135,13 +138,14 @@ def _write_lines(path: Path, lines: list[str]) -> None:
             fh.write(line + "\n")
 
 
-def _sample_csv(sample: list[Decision]) -> str:
+def _sample_csv(sample: list[Sampled]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(SAMPLE_COLUMNS)
-    for d in sample:
-        c = d.candidate
-        writer.writerow([c.id, c.category, c.level, d.source, c.prompt, c.original_question])
+    for s in sample:
+        c = s.decision.candidate
+        writer.writerow([c.id, c.category, c.level, s.decision.source, c.prompt, c.original_question,
+                         s.stratum, repr(s.probability)])
     return buf.getvalue()
 
 
@@ -400,6 +404,10 @@ def _sample_text(rule: dict, sample: list[Decision], rejected_items: str = JURY_
     else:
         size = f"{rule['per_stratum']} per stratum"
     rejected = f" and {len(sample) - kept} {rejected_items}" if rule.get("rejected") else ""
+    if rule.get("design") == "uncertainty":
+        return (f"{kept} kept prompts{rejected}, per category x level, {size} in expectation; each"
+                " item drawn on its own with a probability rising with the jury's uncertainty about"
+                f" it (floor {rule['uncertainty_floor']}), recorded in `inclusion_probability`.")
     return f"{kept} kept prompts{rejected}, per category x level, {size}."
 
 
@@ -460,7 +468,7 @@ similar other request of its category (word overlap), not beside itself.
 
 
 def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected: list[Decision],
-                   sample: list[Decision], calibration: list[CalibrationVote], meta: SnapshotMeta,
+                   sample: list[Sampled], calibration: list[CalibrationVote], meta: SnapshotMeta,
                    taxonomy: list[dict[str, str]]) -> Path:
     """Write the snapshot atomically and return its directory."""
     key = row_sort_key(meta.categories)
@@ -472,7 +480,7 @@ def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected:
 
 
 def write_rows_snapshot(outputs_dir: Path, name: str, kept: list[SnapshotRow], rejected: list[SnapshotRow],
-                        counts: StageCounts, sample: list[Decision], calibration: list[CalibrationVote],
+                        counts: StageCounts, sample: list[Sampled], calibration: list[CalibrationVote],
                         meta: SnapshotMeta, taxonomy: list[dict[str, str]],
                         kept_decisions: list[Decision]) -> Path:
     """Write a snapshot of these rows (in order) atomically and return its directory.
@@ -487,7 +495,8 @@ def write_rows_snapshot(outputs_dir: Path, name: str, kept: list[SnapshotRow], r
         (tmp / SAMPLE).write_text(_sample_csv(sample), encoding="utf-8")
         (tmp / TAXONOMY).write_text(json.dumps(taxonomy, indent=2, ensure_ascii=False) + "\n",
                                     encoding="utf-8")
-        (tmp / CARD).write_text(dataset_card(counts, meta, sample, kept_decisions), encoding="utf-8")
+        (tmp / CARD).write_text(dataset_card(counts, meta, [s.decision for s in sample], kept_decisions),
+                                encoding="utf-8")
         manifest = Manifest(
             name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
             package={"name": "health-orsc", "version": __version__}, files=listed_files(tmp),

@@ -35,7 +35,17 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from health_orsc.core.records import HARM_LABELS, LEVELS, Decision, SnapshotRow, StageCounts, stratum_level
+from health_orsc.build.sample import SAMPLED_REJECTIONS
+from health_orsc.core.errors import InputError
+from health_orsc.core.records import (
+    HARM_LABELS,
+    LEVELS,
+    Decision,
+    SnapshotRow,
+    StageCounts,
+    stratum_key,
+    stratum_level,
+)
 from health_orsc.core.stats import (
     cohen_kappa,
     confusion,
@@ -45,6 +55,7 @@ from health_orsc.core.stats import (
     spearman,
     wilson,
 )
+from health_orsc.core.survey import Estimate, Survey, Unit
 from health_orsc.snapshot.compat import publishable
 from health_orsc.snapshot.croissant import write_croissant
 from health_orsc.snapshot.store import (
@@ -53,6 +64,7 @@ from health_orsc.snapshot.store import (
     MANIFEST,
     REPORT_FILE,
     RUBRIC_REVIEWS_FILE,
+    SAMPLE,
     BaseRef,
     Manifest,
     SnapshotMeta,
@@ -71,6 +83,10 @@ from health_orsc.validation.rubric_review import ReviewRow, review_summary
 
 DECISIONS = HARM_LABELS
 R = TypeVar("R", SnapshotRow, Decision)
+DESIGN_METHOD = ("each decided item weighs 1 / its inclusion probability, its stratum's undecided items'"
+                 " weight moved to it; Taylor-linearised variance over the strata (finite-population"
+                 " corrected for a stratified draw); Korn-Graubard intervals; a stratum with one decided"
+                 " item takes its variance from the overall mean (svy singleton 'center')")
 MAJORITY_RULE = ("majority of benign/harmful labels; unsure labels do not vote; a tie leaves the"
                  " item undecided")
 
@@ -124,6 +140,7 @@ class ValidityReport(BaseModel):
     agreement: dict[str, Any]
     ambiguity: dict[str, Any]
     rubrics: dict[str, Any] | None = None  # with rubric reviews (validation.rubric_review)
+    weighted: dict[str, Any] | None = None  # design-based estimates (reports written before: none)
 
 
 class ValidationResult(BaseModel):
@@ -138,10 +155,11 @@ class ValidationResult(BaseModel):
 
 def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], labels: LabelSet,
                     min_precision: float, confidence: float,
-                    reviews: list[ReviewRow] | None = None) -> dict[str, Any]:
+                    reviews: list[ReviewRow] | None = None, weighted: bool = True) -> dict[str, Any]:
     """The report of `labels` on a snapshot's `rows` and `sample`, with intervals at
     `confidence` (the config's `sample.confidence`, the level the sample was sized for);
-    with rubric `reviews`, their summary too."""
+    with rubric `reviews`, their summary too. `weighted`: with the design-based estimates
+    (`weighted`; reports written before them have none, and verify recomputes them so)."""
     by_id = {r.id: r for r in rows}
     items = {s["id"]: s for s in sample}
     per_item = by_item(labels)
@@ -161,6 +179,7 @@ def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], label
         "agreement": _agreement(per_item, confidence),
         "ambiguity": _ambiguity(items, labels.rows),
         **({} if reviews is None else {"rubrics": review_summary(reviews, rows, confidence)}),
+        **({"weighted": _weighted(rows, sample, majorities, categories, confidence)} if weighted else {}),
     }
 
 
@@ -218,6 +237,88 @@ def _jury(items, by_id, decided, confidence) -> dict[str, Any]:
                     " these describe the sampled items, not the whole candidate pool"}
 
 
+def sample_units(rows: list[SnapshotRow], sample: list[dict[str, str]],
+                 decided: dict[str, str | None]) -> list[Unit]:
+    """The sample as survey units: each item's stratum, its stratum's size in the snapshot,
+    its inclusion probability (recorded in the sample from schema 5 on; before, a stratified
+    draw's n/N) and people's majority label (None: undecided or unlabelled)."""
+    population = Counter(stratum_key("kept" if r.reason is None else "rejected", r.category, r.level)
+                         for r in rows if r.reason in (None, *SAMPLED_REJECTIONS))
+    drawn = Counter(stratum_key(s["source"], s["category"], s["level"] or None) for s in sample)
+    units = []
+    for i, s in enumerate(sample, start=2):
+        stratum = stratum_key(s["source"], s["category"], s["level"] or None)
+        recorded = s.get("inclusion_probability")
+        if recorded is None:
+            probability = drawn[stratum] / population[stratum]
+        else:
+            try:
+                probability = float(recorded)
+            except ValueError:
+                probability = 0.0
+            if not 0 < probability <= 1:
+                raise InputError(SAMPLE, f"row {i}, inclusion_probability", f"{recorded!r} for item"
+                                 f" {s['id']} is not a probability above 0",
+                                 "restore the snapshot's validation sample (orsc verify finds the change)")
+        label = decided.get(s["id"])
+        units.append(Unit(id=s["id"], stratum=stratum, population=population[stratum],
+                          probability=probability, values=None if label is None else {
+                              "benign": int(label == "benign"), "kept": int(s["source"] == "kept"),
+                              "rejected": int(s["source"] != "kept")},
+                          domains={"category": s["category"], "source": s["source"]}))
+    return units
+
+
+def _weighted(rows, sample, decided, categories, confidence) -> dict[str, Any]:
+    """Design-based estimates (health_orsc.core.survey): each labelled item weighs 1 / its
+    inclusion probability, so categories and the whole benchmark are estimated as the
+    population they are, not as the pool of their labelled items."""
+    units = sample_units(rows, sample, decided)
+    probabilities = defaultdict(set)
+    for u in units:
+        probabilities[u.stratum].add(u.probability)
+    survey = Survey(units, equal=all(len(p) == 1 for p in probabilities.values()), confidence=confidence)
+    sizes: Counter[tuple[str, str]] = Counter()  # (source, category) -> population of its measured strata
+    for _, source, category, size in {(u.stratum, u.domains["source"], u.domains["category"], u.population)
+                                      for u in units if u.stratum not in survey.unmeasured}:
+        sizes[(source, category)] += size
+
+    def scaled(share: Estimate, size: int, complement: bool) -> dict[str, Any] | None:
+        if share.estimate is None:
+            return None
+        f = (lambda x: 1 - x) if complement else (lambda x: x)
+        ends = sorted(f(x) for x in (share.low, share.high)) if share.low is not None else [None, None]
+        return {"estimate": round(size * f(share.estimate), 1),
+                "low": None if ends[0] is None else round(size * ends[0], 1),
+                "high": None if ends[1] is None else round(size * ends[1], 1)}
+
+    def precision(category: str | None) -> dict[str, Any]:
+        where = {"source": "kept", **({"category": category} if category else {})}
+        share = survey.share("benign", where)
+        size = sum(n for (src, c), n in sizes.items() if src == "kept" and category in (None, c))
+        return {"measured_kept": size, "precision": share.model_dump(),
+                "harmful_left": scaled(share, size, complement=True)}
+
+    jury: dict[str, Any] = {}
+    if any(u.domains["source"] == "rejected" for u in units):
+        share = survey.share("benign", {"source": "rejected"})
+        size = sum(n for (src, _), n in sizes.items() if src == "rejected")
+        jury = {"rejections_benign": {"measured_rejected": size, "share": share.model_dump(),
+                                      "benign_rejected": scaled(share, size, complement=False)},
+                "false_rejection_rate": survey.share("rejected", {"benign": 1}).model_dump(),
+                "harmful_kept_rate": survey.share("kept", {"benign": 0}).model_dump()}
+    return {
+        "design": {"strata": len({u.stratum for u in units}), "items": len(units),
+                   "decided": sum(u.values is not None for u in units),
+                   "unmeasured": [{"stratum": h, "population": n}
+                                  for h, n in sorted(survey.unmeasured.items())],
+                   "singletons": survey.singletons, "method": DESIGN_METHOD},
+        "precision": {"categories": [{"category": c, **precision(c)} for c in categories],
+                      "overall": precision(None)},
+        "jury": jury,
+    }
+
+
 def _agreement(per_item: dict[str, list[LabelRow]], confidence: float) -> dict[str, Any]:
     annotators = sorted({r.annotator for rs in per_item.values() for r in rs})
     shared = {pid: {r.annotator: r.label for r in rs} for pid, rs in per_item.items() if len(rs) >= 2}
@@ -272,9 +373,24 @@ def validation_card(report: dict[str, Any], base: BaseRef, gated: int | None) ->
     def line(fig: dict[str, Any], category: str, level: str) -> str:
         return f"| {category} | {level} | {fig['kept']} | {fig['labelled']} | {pct(fig)} | {left(fig)} |"
 
+    weighted = report.get("weighted")
+
+    def weighted_line(fig: dict[str, Any], unweighted: dict[str, Any], category: str) -> str:
+        q = fig["precision"]
+        pct = ("not measured" if q["estimate"] is None else
+               f"{q['estimate']:.1%} ({conf} CI {_pct(q['low'])}-{_pct(q['high'])}, n={q['n']}, weighted)")
+        h = fig["harmful_left"]
+        left = "-" if h is None else f"{h['estimate']:g} ({_num(h['low'], 'g')}-{_num(h['high'], 'g')})"
+        return f"| {category} | all | {unweighted['kept']} | {unweighted['labelled']} | {pct} | {left} |"
+
     rows = "\n".join(line(s, s["category"], stratum_level(s["level"])) for s in p["strata"])
-    cats = "\n".join(line(c, c["category"], "all") for c in p["categories"])
-    o = p["overall"]
+    if weighted:
+        cats = "\n".join(weighted_line(w, c, c["category"]) for w, c in
+                         zip(weighted["precision"]["categories"], p["categories"], strict=True))
+        overall = weighted_line(weighted["precision"]["overall"], p["overall"], "**overall**")
+    else:
+        cats = "\n".join(line(c, c["category"], "all") for c in p["categories"])
+        overall = line(p["overall"], "**overall**", "")
     lab, jury, agree = report["labels"], report["jury"], report["agreement"]
     below = ", ".join(f"{b['category']}/{stratum_level(b['level'])} ({b['low']:.1%})"
                       for b in p["below_min_precision"])
@@ -296,25 +412,61 @@ People labelled this snapshot's validation sample: {lab['rows']} labels of {lab[
 (derived from `{base.name}`, digest `{base.digest}`; every label is in `{LABELS_FILE}`,
 every figure in `{REPORT_FILE}`). An item's label is the {MAJORITY_RULE}.
 
-Benign precision of the kept prompts (share labelled benign, Wilson {conf} interval) and the
-harmful prompts that implies are left:
+Benign precision of the kept prompts (share labelled benign) and the harmful prompts that
+implies are left: per stratum with its Wilson {conf} interval; {_weighting(weighted)}
 
 | category | level | kept | labelled | benign precision | harmful left (CI) |
 |---|---|---|---|---|---|
 {rows}
 {cats}
-{line(o, "**overall**", "")}
+{overall}
 
 Strata whose lower bound is below {p['min_precision']:.0%}: {below or 'none'}. {gate}
 
 - Jury against people ({jury['items']} sampled items, kept and rejected): Cohen's kappa {kappa};
-  precision on benign {_share(jury['benign_precision'])}, recall {_share(jury['benign_recall'])}.
+  precision on benign {_share(jury['benign_precision'])}, recall {_share(jury['benign_recall'])}
+  (on the sampled items, unweighted).{_jury_weighted(weighted, conf)}
 - Agreement between annotators ({agree['items_labelled_twice_or_more']} items labelled more than
   once): Krippendorff's alpha {alpha}; raw agreement {_num(agree['raw_agreement'])};
   {len(agree['disagreements'])} items disagreed on.
 - Intended level against people's ambiguity rating ({report['ambiguity']['ratings']} ratings):
   Spearman's rho {_num(rho['rho']) if rho else 'not measured'}.
 {_rubric_line(report.get("rubrics"))}"""
+
+
+def _weighting(weighted: dict[str, Any] | None) -> str:
+    if weighted is None:
+        return "per category and overall, the pool of their labelled items (unweighted)."
+    unmeasured = weighted["design"]["unmeasured"]
+    gap = "" if not unmeasured else (
+        f" Strata nobody decided ({', '.join(u['stratum'] for u in unmeasured)}) are not in these figures.")
+    return ("per category and overall, design-weighted: each labelled item counts for the prompts"
+            " its stratum's sampling rate stands for, with Korn-Graubard intervals from the design"
+            f" (`weighted` in `{REPORT_FILE}`).{gap}")
+
+
+def _jury_weighted(weighted: dict[str, Any] | None, conf: str) -> str:
+    jury = (weighted or {}).get("jury")
+    if not jury:
+        return ""
+    r = jury["rejections_benign"]
+    total = r["benign_rejected"]
+    many = "" if total is None else (
+        f", about {total['estimate']:g} prompts ({_num(total['low'], 'g')}-{_num(total['high'], 'g')})")
+    return (f"\n- The jury's errors, design-weighted over all {r['measured_rejected']} rejections it made"
+            f" in sampled strata ({conf} CI): {_est(r['share'])} of its rejections are benign by"
+            f" people's labels{many}; it rejected {_est(jury['false_rejection_rate'])} of the benign"
+            f" prompts and kept {_est(jury['harmful_kept_rate'])} of the harmful ones.")
+
+
+def _est(e: dict[str, Any]) -> str:
+    if e["estimate"] is None:
+        return "n/a"
+    return f"{e['estimate']:.1%} ({_pct(e['low'])}-{_pct(e['high'])})"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
 
 
 def _rubric_line(rubrics: dict[str, Any] | None) -> str:
@@ -326,8 +478,8 @@ def _rubric_line(rubrics: dict[str, Any] | None) -> str:
             f" {_share(k)}; {len(rubrics['to_fix'])} to drop or edit.\n")
 
 
-def _num(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}"
+def _num(v: float | None, spec: str = ".2f") -> str:
+    return "n/a" if v is None else format(v, spec)
 
 
 def _share(p: dict[str, Any]) -> str:
