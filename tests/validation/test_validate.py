@@ -248,6 +248,12 @@ def _malformed(labelled, tmp_path) -> Path:
     return path
 
 
+def _two_formats(labelled, tmp_path) -> list[Path]:
+    """A CSV whose annotator has the id Label Studio's annotator 7 has, beside that export."""
+    return [labelled["files"]["annotator_3"],
+            _bad_csv(labelled, tmp_path, lambda rows: [r.update(annotator="label-studio:7") for r in rows])]
+
+
 @pytest.mark.parametrize(("make", "message"), [
     (lambda lab, tmp: _bad_csv(lab, tmp, lambda rows: rows[0].update(prompt_id="0" * 16)),
      "is not in the snapshot's validation sample"),
@@ -260,11 +266,13 @@ def _malformed(labelled, tmp_path) -> Path:
     (_malformed, "is not valid JSON"),
     (_other_config_export, "an export of another labeling config"),
     (lambda lab, tmp: _bad_csv(lab, tmp, lambda rows: [r.update(label="") for r in rows]), "no labels"),
+    (_two_formats, "annotator 'label-studio:7' also labelled in export.json, a file of the other format"),
 ])
 def test_bad_labels_exit_2_and_change_nothing(snap, labelled, tmp_path, capsys, make, message):
     before = sorted(p.name for p in snap.parent.iterdir())
-    path = make(labelled, tmp_path)
-    assert main(["validate", str(snap), str(path), "--name", "never"]) == 2
+    paths = make(labelled, tmp_path)
+    paths = paths if isinstance(paths, list) else [paths]
+    assert main(["validate", str(snap), *map(str, paths), "--name", "never"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("error:") and "fix:" in err and "Traceback" not in err
     assert sorted(p.name for p in snap.parent.iterdir()) == before
@@ -320,6 +328,94 @@ def test_gate_moves_what_people_call_harmful_and_lists_weak_strata(snap, labelle
     assert listed and listed <= {(r["category"], r["level"]) for r in base_kept}
     assert f"Gated: {len(harmful)} kept prompts" in (new / "README.md").read_text()
     assert main(["verify", str(new)]) == 0
+
+
+def test_dawid_skene_weighs_annotators_flags_a_careless_one_and_gates_by_its_labels(
+        snap, labelled, tmp_path, capsys):
+    """A fourth annotator answers the opposite of the truth on every item: Dawid-Skene
+    (crowd-kit) estimates them far below the others and flags them, labels the items the
+    majority leaves tied, and the gate and verify follow its labels."""
+    import pandas as pd
+    from crowdkit.aggregation import DawidSkene
+
+    careless = tmp_path / "annotator_4.csv"
+    rows = [{"prompt_id": s["id"], "annotator": "annotator_4", "label": flip(truth(s["id"]))}
+            for s in read_sample(snap)]
+    _write(careless, rows)
+    files = [*map(str, labelled["files"].values()), str(careless)]
+    args = ["--name", "v1-ds", "--aggregate", "dawid-skene", "--gate"]
+    assert main(["validate", str(snap), *files, *args]) == 0
+    out = capsys.readouterr().out
+    new = snap.parent / "v1-ds"
+    report = json.loads((new / "validation" / "report.json").read_text())
+    agg = report["aggregation"]
+    accuracy = {a["annotator"]: a for a in agg["annotators"]}
+    assert accuracy["annotator_4"]["flagged"] and accuracy["annotator_4"]["accuracy"] < 0.5, agg
+    assert not any(a["flagged"] for name, a in accuracy.items() if name != "annotator_4"), agg["annotators"]
+    assert "annotator_4 accuracy" in out and "flagged" in out
+    # independently: crowd-kit on the same labels gives the same item labels
+    labels = _labels(labelled)
+    for r in rows:
+        labels[r["prompt_id"]]["annotator_4"] = r["label"]
+    triples = [(pid, a, lab) for pid, v in labels.items() for a, lab in v.items() if lab != "unsure"]
+    expected = DawidSkene(n_iter=100).fit_predict(pd.DataFrame(triples, columns=["task", "worker", "label"]))
+    differs = {d["prompt_id"]: d for d in agg["differs_from_majority"]}
+    assert differs  # annotator_4 ties the majority on the items one other person labelled
+    for pid, d in differs.items():
+        assert d["dawid_skene"] == expected[pid]
+    gated = {r["id"] for r in map(json.loads, (new / "rejected.jsonl").read_text().splitlines())
+             if r["reason"] == "human_harmful"}
+    sample = {s["id"]: s for s in read_sample(snap)}
+    assert gated == {pid for pid in labels if sample[pid]["source"] == "kept" and expected[pid] == "harmful"}
+    assert "Dawid-Skene" in (new / "README.md").read_text()
+    assert main(["verify", str(new)]) == 0
+
+
+def test_calibrate_on_labels_weighs_the_jurors_by_the_design(snap, labelled, capsys):
+    """`orsc calibrate --labels`: each juror's recall of what people call harmful, each item
+    at its stratum's weight N/m, equals scikit-learn's weighted recall; no model is called."""
+    from sklearn.metrics import recall_score
+
+    files = [str(p) for p in labelled["files"].values()]
+    assert main(["validate", str(snap), *files, "--name", "v1-cal"]) == 0
+    capsys.readouterr()
+    new = snap.parent / "v1-cal"
+    assert main(["calibrate", "--labels", str(new), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    labels = _labels(labelled)
+
+    def major(votes: dict[str, str]) -> str | None:
+        c = Counter(v for v in votes.values() if v != "unsure")
+        return None if c["benign"] == c["harmful"] else max(c, key=c.get)
+
+    sample = {s["id"]: s for s in read_sample(snap)}
+    decided = {pid: major(v) for pid, v in labels.items() if major(v) is not None}
+    stratum = {pid: sample[pid]["stratum"] for pid in decided}
+    drawn = Counter(s["stratum"] for s in sample.values())
+    size = {s["stratum"]: round(drawn[s["stratum"]] / float(s["inclusion_probability"]))
+            for s in sample.values()}
+    answered = Counter(stratum.values())
+    weight = {pid: size[stratum[pid]] / answered[stratum[pid]] for pid in decided}  # N_h / decided in h
+    rows = {r["id"]: r for f in ("prompts.jsonl", "rejected.jsonl")
+            for r in map(json.loads, (new / f).read_text().splitlines())}
+    ids = sorted(decided)
+    for juror in ("judge_1", "judge_2", "judge_3"):
+        said = {pid: next(v["label"] for v in rows[pid]["votes"] if v["juror"] == juror) for pid in ids}
+        voted = [pid for pid in ids if said[pid] in ("benign", "harmful")]
+        expected = recall_score([decided[p] for p in voted], [said[p] for p in voted], pos_label="harmful",
+                                sample_weight=[weight[p] for p in voted])
+        assert report["jurors"][juror]["recall"]["estimate"] == pytest.approx(expected, abs=1e-6)
+    rule = report["jurors"]["rule"]
+    jury = {pid: "benign" if sample[pid]["source"] == "kept" else "harmful" for pid in ids}
+    assert rule["recall"]["estimate"] == pytest.approx(recall_score(
+        [decided[p] for p in ids], [jury[p] for p in ids], pos_label="harmful",
+        sample_weight=[weight[p] for p in ids]), abs=1e-6)
+    assert rule["items"] == report["items"] == len(ids)
+    # --fit needs a score juror; this jury gives verdicts only
+    assert main(["calibrate", "--labels", str(new), "--fit"]) == 2
+    assert "needs a juror that scores" in capsys.readouterr().err
+    assert main(["calibrate", "--labels", str(snap)]) == 2  # not a validation snapshot
+    assert "without people's labels" in capsys.readouterr().err
 
 
 def test_a_validation_snapshot_copies_its_base_without_a_clones_metadata(tmp_path):

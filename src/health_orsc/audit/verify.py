@@ -69,7 +69,7 @@ from health_orsc.snapshot.store import (
 from health_orsc.snapshot.writer import jury_of, models_of
 from health_orsc.validation.labels import LabelRow, LabelSet
 from health_orsc.validation.rubric_review import ReviewRow
-from health_orsc.validation.validity import human_harmful, ungated, validity_report
+from health_orsc.validation.validity import aggregate_of, human_harmful, ungated, validity_report
 
 
 class VerifyReport(BaseModel):
@@ -306,11 +306,12 @@ def _check_validation(snapshot: Path, m: Manifest, rows: list[SnapshotRow]) -> l
                          cancelled=counts.get("cancelled", 0), repeated=counts.get("repeated", 0),
                          files=counts.get("files", []))
     gated = {r.id for r in rows if r.reason == "human_harmful"}
-    if gated and gated != human_harmful(sample, label_set):
+    if gated and gated != human_harmful(sample, label_set, aggregate_of(stored)):
         return [f"rows rejected as human_harmful are not the kept prompts {LABELS_FILE} labels harmful"]
     try:
         expected = validity_report(ungated(rows), sample, label_set, stored["precision"]["min_precision"],
-                                   stored["confidence"], reviews, weighted="weighted" in stored)
+                                   stored["confidence"], reviews, weighted="weighted" in stored,
+                                   aggregate=aggregate_of(stored))
     except InputError as err:  # a sample whose probabilities cannot be read
         return [str(err)]
     except (KeyError, TypeError) as err:

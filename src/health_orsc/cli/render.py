@@ -197,6 +197,13 @@ def validation(result) -> None:
     for b in p["below_min_precision"]:
         console.print(f"below validation.min_precision ({p['min_precision']:.0%}):"
                       f" {b['category']}/{stratum_level(b['level'])} (lower bound {b['low']:.1%})")
+    if report.aggregation is not None:
+        for a in report.aggregation["annotators"]:
+            flag = " [flagged: far below the others]" if a["flagged"] else ""
+            console.print(f"Dawid-Skene: {a['annotator']} accuracy {a['accuracy']:.2f} over"
+                          f" {a['labels']} labels{flag}")
+        console.print(f"{len(report.aggregation['differs_from_majority'])} items labelled otherwise than by"
+                      " majority")
     if report.rubrics is not None:
         r, k = report.rubrics, report.rubrics["kept_as_is"]
         console.print(f"rubrics: {r['reviews']} reviews of {r['items']} kept prompts' rubrics"
@@ -228,9 +235,32 @@ def calibration(report, target_recall: float) -> None:
         _fit(report.fit, target_recall)
 
 
-def _fit(fit: dict, target: float) -> None:
-    table = Table(title=f"score jurors: the threshold that catches {target:.0%} of the gold file's harmful"
-                        " prompts (harmful when P(harmful) >= threshold)")
+def label_calibration(report, target_recall: float) -> None:
+    conf = f"{report.confidence:.0%}"
+    table = Table(title=f"jury against people's labels of {report.items} sample items of {report.snapshot}"
+                        f" ({report.harmful} harmful; labels by {report.aggregate}); positive class: harmful;"
+                        f" design-weighted, {conf} CI")
+    for col in ("juror", "items", "recall", f"{conf} CI", "specificity", f"{conf} CI", "kappa", "AUROC",
+                "unparseable"):
+        table.add_column(col, justify="left" if col == "juror" else "right")
+
+    def share(e) -> tuple[str, str]:
+        if e.estimate is None:
+            return "-", "-"
+        return f"{e.estimate:.1%}", "-" if e.low is None else f"{e.low:.1%}-{e.high:.1%}"
+
+    for juror, m in report.jurors.items():
+        name = "jury's decision" if juror == "rule" else juror
+        table.add_row(name, str(m.items), *share(m.recall), *share(m.specificity), _num(m.kappa),
+                      _num(m.auroc, ".3f"), str(m.unparseable))
+    console.print(table)
+    if report.fit is not None:
+        _fit(report.fit, target_recall, "people's labels")
+
+
+def _fit(fit: dict, target: float, source: str = "the gold file") -> None:
+    table = Table(title=f"score jurors: the threshold that catches {target:.0%} of the harmful prompts"
+                        f" in {source} (harmful when P(harmful) >= threshold)")
     for col in ("juror", "AUROC", "threshold", "recall", "specificity", "unscored"):
         table.add_column(col, justify="left" if col == "juror" else "right")
     for juror, f in fit.items():
@@ -244,7 +274,7 @@ def _fit(fit: dict, target: float) -> None:
             console.print(f"  {line}", soft_wrap=True)
     for juror, f in fit.items():
         if not f.config_line:
-            console.print(f"{juror}: no threshold: its scored gold prompts are all of one label")
+            console.print(f"{juror}: no threshold: the prompts it scored are all of one label")
 
 
 def provenance(r) -> None:

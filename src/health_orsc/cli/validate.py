@@ -72,7 +72,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         reviewable = {s["id"] for s in sample if s["id"] in with_rubric}
         reviews = read_reviews(review_paths, reviewable, manifest.digest)
     report = validity_report(rows, sample, labels, built.validation.min_precision, built.sample.confidence,
-                             reviews)
+                             reviews, aggregate=args.aggregate or built.validation.aggregate)
     path = write_validation_snapshot(snapshot, manifest, args.name, rows, sample, labels, report, args.gate,
                                      reviews)
     new = load_manifest(path)
@@ -93,6 +93,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         score_jurors,
     )
 
+    if args.labels:
+        return _calibrate_on_labels(args)
     config = load_config(args.config)
     if args.fit and not score_jurors(config):
         raise InputError(Path(args.config), "roles.<juror>.scoring", "--fit needs a juror that scores"
@@ -115,6 +117,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.fit:
         report.fit = fit_thresholds(gold, votes, config, args.target_recall)
     emit(args, report, lambda r: render.calibration(r, args.target_recall))
+    return 0
+
+
+def _calibrate_on_labels(args: argparse.Namespace) -> int:
+    """`orsc calibrate --labels SNAPSHOT`: the jurors on people's labels, no model call."""
+    from health_orsc.snapshot.compat import recorded_config
+    from health_orsc.snapshot.store import load_manifest
+    from health_orsc.validation.calibrate import label_calibration, score_jurors
+
+    snapshot = Path(args.labels)
+    verified(snapshot, "--labels")
+    if args.fit and not score_jurors(recorded_config(load_manifest(snapshot))):
+        raise InputError(snapshot, "--fit", "needs a juror that scores with token probabilities, and"
+                         " the snapshot's jury has none", "leave out --fit, or pass a snapshot built"
+                         " with a `scoring: logprobs` (or guard) juror")
+    if not 0 < args.target_recall <= 1:
+        raise InputError(None, "--target-recall", f"{args.target_recall} is not a share",
+                         "pass a number above 0 and at most 1, e.g. 0.95")
+    report = label_calibration(snapshot, args.target_recall if args.fit else None)
+    emit(args, report, lambda r: render.label_calibration(r, args.target_recall))
     return 0
 
 
@@ -149,7 +171,11 @@ def register(sub) -> None:
                                              " Studio JSON exports (with --rubrics' review files too)")
     v.add_argument("--name", required=True, help="name of the new snapshot (beside SNAPSHOT)")
     v.add_argument("--gate", action="store_true", help="move kept prompts that people labelled harmful"
-                                                       " (by majority) to rejected, reason human_harmful")
+                                                       " (by --aggregate) to rejected, reason human_harmful")
+    v.add_argument("--aggregate", choices=("majority", "dawid-skene"), default=None,
+                   help="how an item's labels make its label: the majority, or Dawid-Skene's estimate"
+                        " (each annotator weighed by their estimated accuracy); default: the"
+                        " snapshot's validation.aggregate (majority)")
     add_json(v)
 
     c = command(sub, "calibrate", cmd_calibrate,
@@ -162,9 +188,12 @@ def register(sub) -> None:
     c.add_argument("--gold", default=str(DEFAULT_GOLD),
                    help="CSV: id, category, label (benign|harmful), prompt[, original_question]"
                         " (default: the project's jury.csv)")
+    c.add_argument("--labels", metavar="VALIDATED_SNAPSHOT",
+                   help="measure the snapshot's jurors on people's labels (a snapshot `orsc validate`"
+                        " wrote), design-weighted, instead of on the gold file; no model call")
     c.add_argument("--fit", action="store_true",
                    help="for each `scoring: logprobs` juror, choose the threshold that reaches"
-                        " --target-recall on the gold file")
+                        " --target-recall on the gold file (or on the labels)")
     c.add_argument("--target-recall", type=float, default=0.95,
                    help="share of the gold file's harmful prompts a fitted juror must catch"
                         " (with --fit; default %(default)s)")

@@ -284,6 +284,9 @@ class ValidationConfig(Strict):
     annotators: int = Field(2, ge=1, le=100)
     overlap: int | None = Field(None, ge=0)
     min_precision: float = Field(0.9, gt=0, le=1)
+    # how an item's labels make its label: the majority, or Dawid-Skene's estimate, which
+    # weighs each annotator by their estimated accuracy (`orsc validate --aggregate`)
+    aggregate: Literal["majority", "dawid-skene"] = "majority"
 
     def labels_for(self, items: int) -> int:
         """The annotation budget: labels to collect for a sample of `items`."""

@@ -7,7 +7,8 @@
 - Fleiss' kappa: statsmodels (`fleiss_kappa` over `aggregate_raters`);
 - Krippendorff's alpha: the `krippendorff` package (nominal), with a bootstrap interval
   over units;
-- Spearman's rho: scipy.
+- Spearman's rho: scipy;
+- Dawid-Skene label aggregation (annotators' confusion matrices, items' posteriors): crowd-kit.
 
 Nothing here is a hand-written estimator: these wrappers fix the conventions (labels as
 strings, missing ratings as None, 95% by default) and turn results into plain numbers that
@@ -21,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -102,16 +104,18 @@ def sample_size(population: int, expected: float, halfwidth: float, confidence: 
     return min(population, math.ceil(n0 / (1 + (n0 - 1) / population)))
 
 
-def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
+def cohen_kappa(a: Sequence[str], b: Sequence[str], weights: Sequence[float] | None = None) -> float | None:
     """Cohen's kappa of two raters over the same items (None when undefined: no items, or
-    both raters used one and the same label throughout)."""
+    both raters used one and the same label throughout); with `weights`, each item counts
+    that much."""
     from sklearn.metrics import cohen_kappa_score
 
     if not a:
         return None
     if len(set(a) | set(b)) < 2:
         return None
-    value = float(cohen_kappa_score(list(a), list(b)))
+    w = None if weights is None else list(weights)
+    value = float(cohen_kappa_score(list(a), list(b), sample_weight=w))
     return None if math.isnan(value) else value
 
 
@@ -233,18 +237,20 @@ class OperatingPoint(BaseModel):
 
 
 def operating_point(positive: Sequence[bool], scores: Sequence[float],
-                    target_recall: float) -> OperatingPoint:
+                    target_recall: float, weights: Sequence[float] | None = None) -> OperatingPoint:
     """scikit-learn's `roc_auc_score`, and the ROC curve (`roc_curve`, every threshold kept)
-    read at the first point, from the highest threshold down, whose recall reaches the target."""
+    read at the first point, from the highest threshold down, whose recall reaches the target;
+    with `weights`, each item counts that much (a sample's design weights)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     n, pos = len(positive), int(sum(positive))
     if pos == 0 or pos == n:
         return OperatingPoint(n=n, positives=pos, auroc=None, target_recall=target_recall, threshold=None,
                               recall=None, specificity=None)
-    fpr, tpr, thresholds = roc_curve(list(positive), list(scores), drop_intermediate=False)
+    w = None if weights is None else list(weights)
+    fpr, tpr, thresholds = roc_curve(list(positive), list(scores), drop_intermediate=False, sample_weight=w)
     i = int(np.argmax(tpr >= target_recall - 1e-12))  # tpr ends at 1: always found
-    auroc = round(float(roc_auc_score(list(positive), list(scores))), 4)
+    auroc = round(float(roc_auc_score(list(positive), list(scores), sample_weight=w)), 4)
     return OperatingPoint(n=n, positives=pos, auroc=auroc, target_recall=target_recall,
                           threshold=float(thresholds[i]), recall=round(float(tpr[i]), 4),
                           specificity=round(float(1 - fpr[i]), 4))
@@ -302,3 +308,36 @@ def multiclass_agreement(truth: Sequence[str], predicted: Sequence[str], labels:
                                              average="macro", zero_division=np.nan)), 4),
             "per_class": {lab: {"precision": num(p[i]), "recall": num(r[i]), "f1": num(f[i]),
                                 "support": int(support[i])} for i, lab in enumerate(labels)}}
+
+
+class DawidSkeneFit(BaseModel):
+    """Dawid-Skene's estimates: each item's posterior over the labels, each annotator's
+    confusion matrix (P(says column | truly row)) and accuracy (its diagonal weighted by the
+    labels' estimated prevalence), rounded to 6 decimals."""
+    posterior: dict[str, dict[str, float]]
+    confusion: dict[str, dict[str, dict[str, float]]]
+    accuracy: dict[str, float]
+    prevalence: dict[str, float]
+
+
+def dawid_skene(labels: Sequence[tuple[str, str, str]], classes: Sequence[str]) -> DawidSkeneFit:
+    """Dawid & Skene (1979) by EM, crowd-kit's `DawidSkene` (100 iterations, initialised from
+    the majority vote), on (item, annotator, label) triples whose labels are among `classes`."""
+    import pandas as pd
+    from crowdkit.aggregation import DawidSkene
+
+    data = pd.DataFrame(list(labels), columns=["task", "worker", "label"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # crowd-kit's pandas deprecation notices, nothing of the fit
+        model = DawidSkene(n_iter=100).fit(data)
+    prevalence = {c: float(model.priors_.get(c, 0.0)) for c in classes}
+    confusion: dict[str, dict[str, dict[str, float]]] = {}
+    for worker in sorted(set(data["worker"])):
+        matrix = model.errors_.loc[worker]  # rows: the label given; columns: the true label
+        confusion[worker] = {t: {g: round(float(matrix.at[g, t]) if g in matrix.index and t in matrix.columns
+                                          else 0.0, 6) for g in classes} for t in classes}
+    accuracy = {w: round(sum(prevalence[c] * m[c][c] for c in classes), 6) for w, m in confusion.items()}
+    posterior = {str(task): {c: round(float(row.get(c, 0.0)), 6) for c in classes}
+                 for task, row in model.probas_.iterrows()}
+    return DawidSkeneFit(posterior=posterior, confusion=confusion, accuracy=accuracy,
+                         prevalence={c: round(v, 6) for c, v in prevalence.items()})

@@ -75,12 +75,18 @@ def _round(x: Any) -> float | None:
 
 class Survey:
     """The labelled units under their design. `equal`: stratified simple random sampling
-    (finite-population corrected); otherwise unequal probabilities within strata."""
+    (finite-population corrected); otherwise unequal probabilities within strata. None:
+    equal when every stratum's units have one and the same probability."""
 
-    def __init__(self, units: list[Unit], equal: bool, confidence: float = 0.95) -> None:
+    def __init__(self, units: list[Unit], equal: bool | None = None, confidence: float = 0.95) -> None:
         import polars as pl
 
         self.confidence = confidence
+        if equal is None:
+            probabilities = defaultdict(set)
+            for u in units:
+                probabilities[u.stratum].add(u.probability)
+            equal = all(len(p) == 1 for p in probabilities.values())
         self.equal = equal
         decided = defaultdict(int)
         for u in units:
@@ -134,6 +140,13 @@ class Survey:
             est, low, high = 1 - r["est"], 1 - r["uci"], 1 - r["lci"]
         return Estimate(estimate=_round(est), se=_round(r["se"]), low=_round(low), high=_round(high),
                         df=int(r["df"]), n=n, confidence=self.confidence)
+
+    def weights(self) -> dict[str, float]:
+        """Each decided unit's design weight after the nonresponse adjustment (svy's)."""
+        if self._sample is None:
+            return {}
+        data = self._sample.data.select(["_id", self._sample.design.wgt])
+        return {str(i): float(w) for i, w in data.iter_rows()}
 
     def _count(self, where: dict[str, Any] | None) -> int:
         import polars as pl

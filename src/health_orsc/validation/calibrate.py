@@ -23,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -32,7 +34,8 @@ from health_orsc.core.config import BuildConfig
 from health_orsc.core.errors import InputError, shorten
 from health_orsc.core.files import read_id_csv
 from health_orsc.core.records import HARM_LABELS, JurorVote
-from health_orsc.core.stats import OperatingPoint, binary_agreement, operating_point
+from health_orsc.core.stats import OperatingPoint, binary_agreement, cohen_kappa, operating_point
+from health_orsc.core.survey import Estimate, Survey
 from health_orsc.inputs.load import BuildInputs, Taxonomy
 from health_orsc.llm import Gateway
 
@@ -147,13 +150,122 @@ def fit_thresholds(gold: list[GoldItem], votes: list[list[JurorVote]], config: B
         scored = [(g.label == "harmful", v[j].p_harmful) for g, v in zip(gold, votes, strict=True)
                   if v[j].p_harmful is not None]
         point = operating_point([t for t, _ in scored], [p for _, p in scored], target_recall)
-        role = config.roles[juror]
-        set_fields = role.model_dump(exclude_defaults=True, exclude={"endpoint", "model", "threshold"})
-        line = None
-        if point.threshold is not None:
-            fields = ", ".join(f"{k}: {v}" for k, v in {"endpoint": role.endpoint, "model": role.model,
-                                                       **set_fields, "scoring": role.scoring,
-                                                       "threshold": point.threshold}.items())
-            line = f"{juror}: {{{fields}}}"
-        out[juror] = ScoreFit(**point.model_dump(), unscored=len(gold) - len(scored), config_line=line)
+        out[juror] = score_fit(config, juror, point, len(gold) - len(scored))
     return out
+
+
+def score_fit(config: BuildConfig, juror: str, point: OperatingPoint, unscored: int,
+              source: str = "") -> ScoreFit:
+    """A score juror's operating point with the role's config line that sets its threshold
+    (and `source`, where the threshold came from, as a YAML comment)."""
+    role = config.roles[juror]
+    set_fields = role.model_dump(exclude_defaults=True, exclude={"endpoint", "model", "threshold"})
+    line = None
+    if point.threshold is not None:
+        fields = ", ".join(f"{k}: {v}" for k, v in {"endpoint": role.endpoint, "model": role.model,
+                                                   **set_fields, "scoring": role.scoring,
+                                                   "threshold": point.threshold}.items())
+        line = f"{juror}: {{{fields}}}" + (f"  # {source}" if source else "")
+    return ScoreFit(**point.model_dump(), unscored=unscored, config_line=line)
+
+
+# -- on people's labels ---------------------------------------------------------------
+
+class LabelledJuror(BaseModel):
+    """A juror (or the jury's decision, `rule`) against people's labels of a validation
+    sample, positive class harmful: recall and specificity design-weighted with their
+    intervals (health_orsc.core.survey), Cohen's kappa and, for a score juror, the AUROC of
+    its P(harmful), both with each item at its design weight (scikit-learn)."""
+    items: int                # decided sample items it gave a label for
+    unparseable: int          # decided sample items it gave none for
+    recall: Estimate
+    specificity: Estimate
+    kappa: float | None
+    auroc: float | None = None
+
+
+class LabelCalibration(BaseModel):
+    """What `orsc calibrate --labels` measures (and `--json` prints)."""
+    snapshot: str
+    digest: str
+    aggregate: str            # how an item's labels made its label (the report's)
+    items: int                # decided sample items
+    harmful: int              # of them, labelled harmful
+    confidence: float
+    positive: str = "harmful"
+    jurors: dict[str, LabelledJuror]   # each juror, then "rule": the jury's k-of-n decision
+    fit: dict[str, ScoreFit] | None = None
+
+
+def label_calibration(snapshot: Path, target_recall: float | None) -> LabelCalibration:
+    """The jurors of a validation snapshot measured on its people's labels; with
+    `target_recall`, each score juror's threshold fitted on them."""
+    from health_orsc.snapshot.compat import recorded_config
+    from health_orsc.snapshot.handle import read_rows
+    from health_orsc.snapshot.store import REPORT_FILE, load_manifest, read_sample
+    from health_orsc.validation.validity import (
+        aggregate_of,
+        by_item,
+        item_labels,
+        sample_units,
+        stored_labels,
+        ungated,
+    )
+
+    manifest = load_manifest(snapshot)
+    if manifest.kind != "validation":
+        raise InputError(snapshot, "--labels", f"is a snapshot of kind {manifest.kind}, without people's"
+                         " labels", "pass the snapshot `orsc validate` wrote")
+    config = recorded_config(manifest)
+    report = json.loads((snapshot / REPORT_FILE).read_text(encoding="utf-8"))
+    aggregate = aggregate_of(report)
+    rows = ungated(read_rows(snapshot))
+    sample = read_sample(snapshot)
+    decided, _ = item_labels(by_item(stored_labels(snapshot)), aggregate)
+    by_id = {r.id: r for r in rows}
+    jurors = config.jury.jurors
+    units = []
+    scores: dict[str, dict[str, float]] = {}  # item -> score juror -> P(harmful)
+    for u in sample_units(rows, sample, decided):
+        if u.values is None:
+            units.append(u)
+            continue
+        votes = {v.juror: v.label for v in by_id[u.id].votes}
+        scores[u.id] = {v.juror: v.p_harmful for v in by_id[u.id].votes if v.p_harmful is not None}
+        said = {j: votes.get(j) for j in jurors} | {RULE: "benign" if u.values["kept"] else "harmful"}
+        values = {"harmful": 1 - u.values["benign"]}
+        domains = dict(u.domains)
+        for j, label in said.items():
+            values[f"says:{j}"] = int(label == "harmful")
+            values[f"clears:{j}"] = int(label == "benign")
+            domains[f"voted:{j}"] = "yes" if label in HARM_LABELS else "no"
+        units.append(replace(u, values=values, domains=domains))
+    survey = Survey(units, confidence=config.sample.confidence)
+    weights = survey.weights()
+    labelled = [u for u in units if u.values is not None]
+    out: dict[str, LabelledJuror] = {}
+    fits: dict[str, ScoreFit] = {}
+    for j in [*jurors, RULE]:
+        voted = [u for u in labelled if u.domains[f"voted:{j}"] == "yes"]
+        people = ["harmful" if u.values["harmful"] else "benign" for u in voted]
+        theirs = ["harmful" if u.values[f"says:{j}"] else "benign" for u in voted]
+        w = [weights[u.id] for u in voted]
+        auroc = None
+        if j != RULE and config.roles[j].scored:
+            scored = [(u.values["harmful"] == 1, scores[u.id][j], weights[u.id]) for u in labelled
+                      if j in scores[u.id]]
+            point = operating_point([t for t, _, _ in scored], [p for _, p, _ in scored],
+                                    target_recall or 0.95, [x for _, _, x in scored])
+            auroc = point.auroc
+            if target_recall is not None:
+                fits[j] = score_fit(config, j, point, len(labelled) - len(scored),
+                                    f"fitted on people's labels of {snapshot.name} ({manifest.digest[:19]})")
+        out[j] = LabelledJuror(
+            items=len(voted), unparseable=len(labelled) - len(voted),
+            recall=survey.share(f"says:{j}", {"harmful": 1, f"voted:{j}": "yes"}),
+            specificity=survey.share(f"clears:{j}", {"harmful": 0, f"voted:{j}": "yes"}),
+            kappa=cohen_kappa(people, theirs, w), auroc=auroc)
+    return LabelCalibration(snapshot=str(snapshot), digest=manifest.digest, aggregate=aggregate,
+                            items=len(labelled), harmful=sum(u.values["harmful"] for u in labelled),
+                            confidence=config.sample.confidence, jurors=out,
+                            fit=fits if target_recall is not None else None)

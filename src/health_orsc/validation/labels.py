@@ -58,6 +58,7 @@ class LabelSet:
 def read_labels(paths: list[Path], sample_ids: set[str], digest: str) -> LabelSet:
     out = LabelSet()
     seen: dict[tuple[str, str], LabelRow] = {}
+    formats: dict[str, tuple[str, Path]] = {}  # annotator -> the format and file it first came in
     for path in paths:
         if not path.is_file():
             raise InputError(path, None, "not found", "pass the filled-in CSV files or Label Studio exports")
@@ -69,7 +70,14 @@ def read_labels(paths: list[Path], sample_ids: set[str], digest: str) -> LabelSe
             raise InputError(path, None, "is neither .csv nor .json",
                              "pass the CSV files `orsc annotate` wrote, or Label Studio's JSON export")
         out.files.append(path.name)
+        fmt = path.suffix.lower()
         for row in found:
+            first = formats.setdefault(row.annotator, (fmt, path))
+            if first[0] != fmt:
+                raise InputError(path, row.where, f"annotator '{shorten(row.annotator, 40)}' also labelled"
+                                 f" in {first[1].name}, a file of the other format: one person's labels"
+                                 " would be counted as one annotator from two tools",
+                                 "give the CSV's `annotator` column a name of its own")
             if row.prompt_id not in sample_ids:
                 raise InputError(path, row.where, f"item '{shorten(row.prompt_id, 40)}' is not in the"
                                  " snapshot's validation sample", "label the items `orsc annotate`"

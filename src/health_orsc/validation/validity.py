@@ -31,6 +31,7 @@ import shutil
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
+from statistics import median
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -49,6 +50,7 @@ from health_orsc.core.records import (
 from health_orsc.core.stats import (
     cohen_kappa,
     confusion,
+    dawid_skene,
     fleiss_kappa,
     krippendorff_alpha,
     krippendorff_interval,
@@ -69,6 +71,7 @@ from health_orsc.snapshot.store import (
     Manifest,
     SnapshotMeta,
     clone_metadata,
+    read_jsonl_rows,
     write_manifest,
     writing_snapshot,
 )
@@ -87,6 +90,15 @@ DESIGN_METHOD = ("each decided item weighs 1 / its inclusion probability, its st
                  " weight moved to it; Taylor-linearised variance over the strata (finite-population"
                  " corrected for a stratified draw); Korn-Graubard intervals; a stratum with one decided"
                  " item takes its variance from the overall mean (svy singleton 'center')")
+AGGREGATES = ("majority", "dawid-skene")
+DAWID_SKENE_RULE = ("Dawid-Skene's most probable label (crowd-kit: each annotator's confusion matrix and"
+                    " each item's posterior estimated together by EM); unsure labels do not count; a"
+                    " posterior of exactly one half leaves the item undecided")
+# An annotator is flagged when their estimated accuracy is both this far below the others'
+# median and below FLAG_UNDER: one slip among a handful of labels moves an estimate by
+# 0.2-0.3, which is not what a flag should say.
+FLAG_BELOW = 0.25
+FLAG_UNDER = 0.6
 MAJORITY_RULE = ("majority of benign/harmful labels; unsure labels do not vote; a tie leaves the"
                  " item undecided")
 
@@ -96,6 +108,11 @@ def majority(labels: list[str]) -> str | None:
     if votes["benign"] == votes["harmful"]:
         return None
     return "benign" if votes["benign"] > votes["harmful"] else "harmful"
+
+
+def stored_labels(snapshot: Path) -> LabelSet:
+    """A validation snapshot's labels (validation/labels.jsonl)."""
+    return LabelSet(rows=[LabelRow.model_validate(r) for r in read_jsonl_rows(snapshot / LABELS_FILE)])
 
 
 def by_item(labels: LabelSet) -> dict[str, list[LabelRow]]:
@@ -108,6 +125,40 @@ def by_item(labels: LabelSet) -> dict[str, list[LabelRow]]:
 def majorities_of(per_item: dict[str, list[LabelRow]]) -> dict[str, str | None]:
     """Each labelled item's majority label (None: undecided)."""
     return {pid: majority([r.label for r in rows]) for pid, rows in per_item.items()}
+
+
+def item_labels(per_item: dict[str, list[LabelRow]],
+                aggregate: str = "majority") -> tuple[dict[str, str | None], dict[str, Any] | None]:
+    """Each labelled item's label (None: undecided) by `aggregate` (`majority` or
+    `dawid-skene`), and, for Dawid-Skene, what it estimated (the report's `aggregation`)."""
+    majorities = majorities_of(per_item)
+    if aggregate == "majority":
+        return majorities, None
+    triples = [(pid, r.annotator, r.label) for pid, rows in per_item.items() for r in rows
+               if r.label in DECISIONS]
+    decided: dict[str, str | None] = dict.fromkeys(per_item)
+    fit = dawid_skene(triples, DECISIONS) if triples else None
+    posterior = fit.posterior if fit else {}
+    for pid, post in posterior.items():
+        decided[pid] = None if post["benign"] == post["harmful"] else max(post, key=post.get)
+    given = Counter(a for _, a, _ in triples)
+    accuracy = fit.accuracy if fit else {}
+    annotators = []
+    for a in sorted(accuracy):
+        others = [v for b, v in accuracy.items() if b != a]
+        annotators.append({"annotator": a, "labels": given[a], "accuracy": accuracy[a],
+                           "confusion": fit.confusion[a],
+                           "flagged": bool(others) and accuracy[a] < min(median(others) - FLAG_BELOW,
+                                                                         FLAG_UNDER)})
+    return decided, {
+        "method": "dawid-skene", "rule": DAWID_SKENE_RULE,
+        "prevalence": fit.prevalence if fit else None, "annotators": annotators,
+        "flag_rule": f"accuracy below {FLAG_UNDER} and more than {FLAG_BELOW} below the median of the"
+                     " other annotators'",
+        "differs_from_majority": [{"prompt_id": pid, "majority": majorities[pid], "dawid_skene": decided[pid],
+                                   "p_benign": posterior.get(pid, {}).get("benign")}
+                                  for pid in sorted(per_item) if decided[pid] != majorities[pid]],
+    }
 
 
 def _p(count: int, n: int, confidence: float) -> dict[str, Any]:
@@ -141,6 +192,7 @@ class ValidityReport(BaseModel):
     ambiguity: dict[str, Any]
     rubrics: dict[str, Any] | None = None  # with rubric reviews (validation.rubric_review)
     weighted: dict[str, Any] | None = None  # design-based estimates (reports written before: none)
+    aggregation: dict[str, Any] | None = None  # with --aggregate dawid-skene
 
 
 class ValidationResult(BaseModel):
@@ -155,15 +207,17 @@ class ValidationResult(BaseModel):
 
 def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], labels: LabelSet,
                     min_precision: float, confidence: float,
-                    reviews: list[ReviewRow] | None = None, weighted: bool = True) -> dict[str, Any]:
+                    reviews: list[ReviewRow] | None = None, weighted: bool = True,
+                    aggregate: str = "majority") -> dict[str, Any]:
     """The report of `labels` on a snapshot's `rows` and `sample`, with intervals at
     `confidence` (the config's `sample.confidence`, the level the sample was sized for);
     with rubric `reviews`, their summary too. `weighted`: with the design-based estimates
-    (`weighted`; reports written before them have none, and verify recomputes them so)."""
+    (`weighted`; reports written before them have none, and verify recomputes them so).
+    `aggregate`: how an item's labels make its label (`item_labels`)."""
     by_id = {r.id: r for r in rows}
     items = {s["id"]: s for s in sample}
     per_item = by_item(labels)
-    majorities = majorities_of(per_item)
+    majorities, aggregation = item_labels(per_item, aggregate)
     categories = list(dict.fromkeys(r.category for r in rows))
     population = Counter((r.category, r.level) for r in rows if r.reason is None)
     return {
@@ -180,6 +234,7 @@ def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], label
         "ambiguity": _ambiguity(items, labels.rows),
         **({} if reviews is None else {"rubrics": review_summary(reviews, rows, confidence)}),
         **({"weighted": _weighted(rows, sample, majorities, categories, confidence)} if weighted else {}),
+        **({} if aggregation is None else {"aggregation": aggregation}),
     }
 
 
@@ -274,10 +329,7 @@ def _weighted(rows, sample, decided, categories, confidence) -> dict[str, Any]:
     inclusion probability, so categories and the whole benchmark are estimated as the
     population they are, not as the pool of their labelled items."""
     units = sample_units(rows, sample, decided)
-    probabilities = defaultdict(set)
-    for u in units:
-        probabilities[u.stratum].add(u.probability)
-    survey = Survey(units, equal=all(len(p) == 1 for p in probabilities.values()), confidence=confidence)
+    survey = Survey(units, confidence=confidence)
     sizes: Counter[tuple[str, str]] = Counter()  # (source, category) -> population of its measured strata
     for _, source, category, size in {(u.stratum, u.domains["source"], u.domains["category"], u.population)
                                       for u in units if u.stratum not in survey.unmeasured}:
@@ -410,7 +462,7 @@ def validation_card(report: dict[str, Any], base: BaseRef, gated: int | None) ->
 People labelled this snapshot's validation sample: {lab['rows']} labels of {lab['items']} items by
 {len(lab['annotators'])} annotators, blind to the jury's votes and to each item's level
 (derived from `{base.name}`, digest `{base.digest}`; every label is in `{LABELS_FILE}`,
-every figure in `{REPORT_FILE}`). An item's label is the {MAJORITY_RULE}.
+every figure in `{REPORT_FILE}`). An item's label is the {_rule(report)}.
 
 Benign precision of the kept prompts (share labelled benign) and the harmful prompts that
 implies are left: per stratum with its Wilson {conf} interval; {_weighting(weighted)}
@@ -431,7 +483,21 @@ Strata whose lower bound is below {p['min_precision']:.0%}: {below or 'none'}. {
   {len(agree['disagreements'])} items disagreed on.
 - Intended level against people's ambiguity rating ({report['ambiguity']['ratings']} ratings):
   Spearman's rho {_num(rho['rho']) if rho else 'not measured'}.
-{_rubric_line(report.get("rubrics"))}"""
+{_aggregation_line(report.get("aggregation"))}{_rubric_line(report.get("rubrics"))}"""
+
+
+def _rule(report: dict[str, Any]) -> str:
+    return MAJORITY_RULE if report.get("aggregation") is None else report["aggregation"]["rule"]
+
+
+def _aggregation_line(aggregation: dict[str, Any] | None) -> str:
+    if aggregation is None:
+        return ""
+    each = ", ".join(f"{a['annotator']} {a['accuracy']:.2f}{' (flagged)' if a['flagged'] else ''}"
+                     for a in aggregation["annotators"])
+    return (f"- Each annotator's accuracy as Dawid-Skene estimates it: {each or 'n/a'}; flagged:"
+            f" {aggregation['flag_rule']}. {len(aggregation['differs_from_majority'])} items get another"
+            " label than the majority's.\n")
 
 
 def _weighting(weighted: dict[str, Any] | None) -> str:
@@ -486,9 +552,15 @@ def _share(p: dict[str, Any]) -> str:
     return "n/a" if not p["n"] else f"{p['share']:.1%} ({p['low']:.1%}-{p['high']:.1%})"
 
 
-def human_harmful(sample: list[dict[str, str]], labels: LabelSet) -> set[str]:
-    """Kept prompts whose majority label is harmful: what `--gate` moves to rejected."""
-    majorities = majorities_of(by_item(labels))
+def aggregate_of(report: dict[str, Any]) -> str:
+    """How a report's item labels were made (reports without `aggregation`: majority)."""
+    aggregation = report.get("aggregation") if isinstance(report, dict) else None
+    return aggregation.get("method", "majority") if isinstance(aggregation, dict) else "majority"
+
+
+def human_harmful(sample: list[dict[str, str]], labels: LabelSet, aggregate: str = "majority") -> set[str]:
+    """Kept prompts people labelled harmful (by `aggregate`): what `--gate` moves to rejected."""
+    majorities, _ = item_labels(by_item(labels), aggregate)
     return {s["id"] for s in sample if s["source"] == "kept" and majorities.get(s["id"]) == "harmful"}
 
 
@@ -523,7 +595,7 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
     otherwise every data file is the base's, byte for byte."""
     outputs_dir, root = base_path.parent.parent, base_path.parent
     ref = BaseRef(name=base_path.name, digest=base.digest)
-    moved = human_harmful(sample, labels) if gate else set()
+    moved = human_harmful(sample, labels, aggregate_of(report)) if gate else set()
     raw = base.model_dump(mode="json")
     with writing_snapshot(outputs_dir, name, root) as tmp:
         shutil.copytree(base_path, tmp, ignore=base_files_only(base_path))
