@@ -152,3 +152,19 @@ def test_mcnemar_exact_on_fagerland_et_al_2013():
     result = mcnemar(before, after)
     assert (result["only_a"], result["only_b"]) == (1, 7)
     assert result["pvalue"] == pytest.approx(0.0703, abs=5e-5)
+
+
+def test_weights_count_an_item_as_often_as_its_weight():
+    """A design weight of 2 counts an item twice: kappa and the operating point on weighted
+    items equal those on the items written out that many times (scikit-learn's sample_weight)."""
+    truth = ["harmful", "benign", "harmful", "benign", "benign"]
+    said = ["harmful", "benign", "benign", "harmful", "benign"]
+    scores = [0.9, 0.2, 0.4, 0.6, 0.1]
+    weights = [2, 1, 3, 1, 2]
+    rep = [i for i, w in enumerate(weights) for _ in range(w)]
+    assert cohen_kappa(truth, said, weights) == pytest.approx(
+        cohen_kappa([truth[i] for i in rep], [said[i] for i in rep]))
+    weighted = operating_point([t == "harmful" for t in truth], scores, 0.8, weights)
+    repeated = operating_point([truth[i] == "harmful" for i in rep], [scores[i] for i in rep], 0.8)
+    assert (weighted.auroc, weighted.threshold, weighted.recall, weighted.specificity) == (
+        repeated.auroc, repeated.threshold, repeated.recall, repeated.specificity)

@@ -90,7 +90,6 @@ DESIGN_METHOD = ("each decided item weighs 1 / its inclusion probability, its st
                  " weight moved to it; Taylor-linearised variance over the strata (finite-population"
                  " corrected for a stratified draw); Korn-Graubard intervals; a stratum with one decided"
                  " item takes its variance from the overall mean (svy singleton 'center')")
-AGGREGATES = ("majority", "dawid-skene")
 DAWID_SKENE_RULE = ("Dawid-Skene's most probable label (crowd-kit: each annotator's confusion matrix and"
                     " each item's posterior estimated together by EM); unsure labels do not count; a"
                     " posterior of exactly one half leaves the item undecided")
@@ -296,7 +295,7 @@ def sample_units(rows: list[SnapshotRow], sample: list[dict[str, str]],
                  decided: dict[str, str | None]) -> list[Unit]:
     """The sample as survey units: each item's stratum, its stratum's size in the snapshot,
     its inclusion probability (recorded in the sample from schema 5 on; before, a stratified
-    draw's n/N) and people's majority label (None: undecided or unlabelled)."""
+    draw's n/N) and people's label of it (`decided`; None: undecided or unlabelled)."""
     population = Counter(stratum_key("kept" if r.reason is None else "rejected", r.category, r.level)
                          for r in rows if r.reason in (None, *SAMPLED_REJECTIONS))
     drawn = Counter(stratum_key(s["source"], s["category"], s["level"] or None) for s in sample)
