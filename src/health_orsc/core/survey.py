@@ -19,8 +19,8 @@ finite-population correction), never from treating the sample as one simple rand
 - Shares have Korn-Graubard intervals (svy's `prop`, `ci_method="korn-graubard"`): defined at
   0 and 1, where benign precision usually is, and conservative for small samples.
 
-Every figure is rounded to 6 decimals, so a report recomputed on another machine compares
-equal (`orsc verify`).
+Every figure is rounded to 6 decimals, so differences in the last bits between machines do
+not reach a stored report that `orsc verify` recomputes.
 
 Example:
     units = [Unit(id="a", stratum="kept:x:easy", population=8, probability=0.25,
