@@ -71,6 +71,15 @@ def stratum_level(level: str | None) -> str:
     return level or UNLEVELED
 
 
+def without_none(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """`data` without those `keys` whose value is None: a field added later is left out where
+    it has no value, so files written before it existed re-serialise byte for byte."""
+    for key in keys:
+        if data.get(key) is None:
+            data.pop(key, None)
+    return data
+
+
 def stratum_key(source: str, category: str, level: str | None) -> str:
     """A validation sampling stratum's name: `kept:self_harm:easy`, `rejected:drug_abuse:unleveled`."""
     return f"{source}:{category}:{stratum_level(level)}"
@@ -136,10 +145,7 @@ class JurorVote(Record):
     def _without_unscored(self, handler):
         """A verdict juror's vote is written without `p_harmful`, as before score jurors
         existed: rows of older snapshots re-serialise byte for byte (orsc verify)."""
-        data = handler(self)
-        if data.get("p_harmful") is None:
-            data.pop("p_harmful", None)
-        return data
+        return without_none(handler(self), "p_harmful")
 
 
 class Criterion(Record):
@@ -291,11 +297,7 @@ class SnapshotRow(Record):
         """A row without a rubric (rejected, or from a snapshot made before rubrics) or not
         imported is written without those keys: rows of older snapshots re-serialise byte
         for byte."""
-        data = handler(self)
-        for key in ("rubric", "imported_from"):
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
+        return without_none(handler(self), "rubric", "imported_from")
 
     @classmethod
     def from_decision(cls, d: Decision) -> SnapshotRow:

@@ -28,7 +28,7 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer
 
 from health_orsc.core.errors import InputError, from_validation_error
-from health_orsc.core.records import RejectReason, StratumLevel, canonical_json, sha256_hex
+from health_orsc.core.records import RejectReason, StratumLevel, canonical_json, sha256_hex, without_none
 
 # The files of a snapshot (relative to its directory).
 MANIFEST = "MANIFEST.json"
@@ -219,10 +219,7 @@ class SnapshotMeta(_Strict):
     @model_serializer(mode="wrap")
     def _without_source(self, handler):
         """A built snapshot's MANIFEST has no `source` key (as before imports existed)."""
-        data = handler(self)
-        if data.get("source") is None:
-            data.pop("source", None)
-        return data
+        return without_none(handler(self), "source")
 
 
 class Manifest(SnapshotMeta):
