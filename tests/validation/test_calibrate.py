@@ -240,3 +240,59 @@ def test_a_score_juror_in_a_build_records_p_harmful_and_verifies(tmp_path, capsy
     assert manifest["models"]["judge_1"]["threshold"] == 0.15
     assert "scoring" not in manifest["models"]["judge_2"]
     assert "judge_1 (harmful when P(harmful) >= 0.15)" in (snap / "README.md").read_text()
+
+
+def test_calibrate_on_labels_gives_a_score_jurors_weighted_auroc_and_fits_its_threshold(tmp_path, capsys):
+    """A build whose score juror gives every candidate its own P(harmful); one person labels
+    the validation sample; `orsc calibrate --labels --fit` reports the juror's AUROC with
+    each item at its stratum's weight (scikit-learn's, computed here from the files) and a
+    config line that says the threshold came from those labels."""
+    def p_of(text: str) -> float:
+        return 0.05 + 0.9 * int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 16**8
+
+    def reply(request: dict):
+        if request["model"] != "judge-1":
+            return json.dumps({"label": "benign", "rationale": "scripted"})
+        p = p_of(request["messages"][-1]["content"])
+        top = [{"token": "harm", "logprob": math.log(p)}, {"token": "ben", "logprob": math.log(1 - p)}]
+        word = "harmful" if p >= 0.5 else "benign"
+        return word, [{"token": word[:4], "logprob": max(t["logprob"] for t in top), "top_logprobs": top}]
+
+    server = FakeOpenAI(reply).start()
+    try:
+        cfg = score_config(tmp_path, server.base_url, sample={"per_stratum": 3})
+        assert main(["build", "--config", str(cfg), "--name", "scored"]) == 0
+    finally:
+        server.stop()
+    snap = tmp_path / "outputs" / "snapshots" / "scored"
+    assert main(["annotate", str(snap), "--out", str(tmp_path / "tasks"), "--annotators", "1"]) == 0
+    rows = {r["id"]: r for name in ("prompts.jsonl", "rejected.jsonl")
+            for r in map(json.loads, (snap / name).read_text().splitlines())}
+    score = {i: v["p_harmful"] for i, r in rows.items() for v in r["votes"] if v["juror"] == "judge_1"}
+    tasks = csv_rows(tmp_path / "tasks" / "annotator_1.csv")
+    for t in tasks:  # the person mostly agrees with the score, not always
+        flip = int(hashlib.sha256(t["prompt_id"].encode()).hexdigest()[:2], 16) < 64
+        t["label"] = "harmful" if (score[t["prompt_id"]] >= 0.5) != flip else "benign"
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(tasks[0]))
+        writer.writeheader()
+        writer.writerows(tasks)
+    assert main(["validate", str(snap), str(labels), "--name", "scored-val"]) == 0
+    capsys.readouterr()
+    assert main(["calibrate", "--labels", str(snap.parent / "scored-val"), "--fit", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # by hand: each sampled item weighs N / n of its stratum (everyone labelled, nobody undecided)
+    with (snap / "validation_sample.csv").open(encoding="utf-8", newline="") as fh:
+        sample = list(csv.DictReader(fh))
+    label = {t["prompt_id"]: t["label"] for t in tasks}
+    weights = [1 / float(s["inclusion_probability"]) for s in sample]
+    truth = [label[s["id"]] == "harmful" for s in sample]
+    assert 0 < sum(truth) < len(truth)
+    expected = roc_auc_score(truth, [score[s["id"]] for s in sample], sample_weight=weights)
+    juror = report["jurors"]["judge_1"]
+    assert juror["auroc"] == pytest.approx(round(expected, 4))
+    assert juror["items"] == len(sample) and report["items"] == len(sample)
+    line = report["fit"]["judge_1"]["config_line"]
+    assert "scoring: logprobs, threshold:" in line
+    assert "# fitted on people's labels of scored-val (sha256:" in line
