@@ -263,7 +263,7 @@ def _check_sample(snapshot: Path, m: Manifest, decisions: list[Decision]) -> lis
         problems.append(f"{SAMPLE} is not the sample that {MANIFEST}'s sample settings draw")
     elif sample_design_recorded(m) and (
             [(row.get("stratum"), row.get("inclusion_probability")) for row in sample]
-            != [(s.stratum, repr(s.probability)) for s in expected]):
+            != [(s.stratum, s.probability_text) for s in expected]):
         problems.append(f"{SAMPLE}: the strata or inclusion probabilities are not the draw's")
     return problems
 

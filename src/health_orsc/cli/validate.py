@@ -8,7 +8,7 @@ from pathlib import Path
 
 from health_orsc.cli import render
 from health_orsc.cli.common import DEFAULT_GOLD, add_config, add_json, command, emit, model_calls, verified
-from health_orsc.core.config import load_config
+from health_orsc.core.config import AGGREGATES, load_config
 from health_orsc.core.errors import InputError
 
 
@@ -93,6 +93,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         score_jurors,
     )
 
+    if not 0 < args.target_recall <= 1:
+        raise InputError(None, "--target-recall", f"{args.target_recall} is not a share",
+                         "pass a number above 0 and at most 1, e.g. 0.95")
     if args.labels:
         return _calibrate_on_labels(args)
     config = load_config(args.config)
@@ -101,9 +104,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                          " with token probabilities, and no juror does",
                          "add 'scoring: logprobs' (or a guard model's 'scoring: guard') to a role listed"
                          " in jury.jurors")
-    if not 0 < args.target_recall <= 1:
-        raise InputError(None, "--target-recall", f"{args.target_recall} is not a share",
-                         "pass a number above 0 and at most 1, e.g. 0.95")
     inputs = load_inputs(config)
     gold = read_gold(Path(args.gold), inputs.taxonomy)
     missing = sorted({g.category for g in gold} - set(inputs.categories))
@@ -132,9 +132,6 @@ def _calibrate_on_labels(args: argparse.Namespace) -> int:
         raise InputError(snapshot, "--fit", "needs a juror that scores with token probabilities, and"
                          " the snapshot's jury has none", "leave out --fit, or pass a snapshot built"
                          " with a `scoring: logprobs` (or guard) juror")
-    if not 0 < args.target_recall <= 1:
-        raise InputError(None, "--target-recall", f"{args.target_recall} is not a share",
-                         "pass a number above 0 and at most 1, e.g. 0.95")
     report = label_calibration(snapshot, args.target_recall if args.fit else None)
     emit(args, report, lambda r: render.label_calibration(r, args.target_recall))
     return 0
@@ -172,7 +169,7 @@ def register(sub) -> None:
     v.add_argument("--name", required=True, help="name of the new snapshot (beside SNAPSHOT)")
     v.add_argument("--gate", action="store_true", help="move kept prompts that people labelled harmful"
                                                        " (by --aggregate) to rejected, reason human_harmful")
-    v.add_argument("--aggregate", choices=("majority", "dawid-skene"), default=None,
+    v.add_argument("--aggregate", choices=AGGREGATES, default=None,
                    help="how an item's labels make its label: the majority, or Dawid-Skene's estimate"
                         " (each annotator weighed by their estimated accuracy); default: the"
                         " snapshot's validation.aggregate (majority)")

@@ -12,7 +12,7 @@ import math
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -277,6 +277,11 @@ class SampleConfig(Strict):
         return self
 
 
+# How an item's labels make its label (`validation.aggregate`, `orsc validate --aggregate`).
+Aggregate = Literal["majority", "dawid-skene"]
+AGGREGATES: tuple[Aggregate, ...] = get_args(Aggregate)
+
+
 class ValidationConfig(Strict):
     """Human validation: how many people label the sample (`orsc annotate`), how many items
     every one of them labels (`overlap`, for agreement; None: all), and the benign precision
@@ -286,7 +291,7 @@ class ValidationConfig(Strict):
     min_precision: float = Field(0.9, gt=0, le=1)
     # how an item's labels make its label: the majority, or Dawid-Skene's estimate, which
     # weighs each annotator by their estimated accuracy (`orsc validate --aggregate`)
-    aggregate: Literal["majority", "dawid-skene"] = "majority"
+    aggregate: Aggregate = "majority"
 
     def labels_for(self, items: int) -> int:
         """The annotation budget: labels to collect for a sample of `items`."""

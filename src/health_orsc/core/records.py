@@ -450,3 +450,8 @@ class Sampled:
     decision: Decision
     stratum: str
     probability: float
+
+    @property
+    def probability_text(self) -> str:
+        """The probability as validation_sample.csv records it (and verify compares it)."""
+        return repr(self.probability)

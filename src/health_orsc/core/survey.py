@@ -88,13 +88,13 @@ class Survey:
                 probabilities[u.stratum].add(u.probability)
             equal = all(len(p) == 1 for p in probabilities.values())
         self.equal = equal
-        decided = defaultdict(int)
+        population = {u.stratum: u.population for u in units}
+        decided = dict.fromkeys(population, 0)
         for u in units:
             if u.values is not None:
                 decided[u.stratum] += 1
-        self.unmeasured = {u.stratum: u.population for u in units if not decided[u.stratum]}
-        self.singletons = sorted(h for h, m in decided.items()
-                                 if m == 1 and next(u.population for u in units if u.stratum == h) > 1)
+        self.unmeasured = {h: n for h, n in population.items() if not decided[h]}
+        self.singletons = sorted(h for h, m in decided.items() if m == 1 and population[h] > 1)
         kept = [u for u in units if decided[u.stratum]]
         names = sorted({k for u in kept if u.values is not None for k in u.values})
         domains = sorted({k for u in kept for k in u.domains})

@@ -145,7 +145,7 @@ def _sample_csv(sample: list[Sampled]) -> str:
     for s in sample:
         c = s.decision.candidate
         writer.writerow([c.id, c.category, c.level, s.decision.source, c.prompt, c.original_question,
-                         s.stratum, repr(s.probability)])
+                         s.stratum, s.probability_text])
     return buf.getvalue()
 
 
