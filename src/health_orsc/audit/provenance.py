@@ -27,8 +27,8 @@ from health_orsc.snapshot.store import (
     list_snapshots,
     load_manifest,
     read_jsonl_rows,
-    read_sample,
 )
+from health_orsc.validation.rounds import read_rounds
 
 
 class LLMCallRecord(BaseModel):
@@ -169,7 +169,7 @@ def trace(prompt_id: str, outputs_dir: Path, snapshot: Path | None = None,
                          "copy an id from prompts.jsonl or rejected.jsonl of a snapshot")
     snap, row, rows = found
     manifest = load_manifest(snap)
-    sampled = {r["id"] for r in read_sample(snap)}
+    sampled = {r["id"] for rows_of_round in read_rounds(snap) for r in rows_of_round}
     window = (manifest.started_at, manifest.created_at)
     cache = existing_request_cache(cache_config or CacheConfig(), outputs_dir, readonly=True)
     try:

@@ -67,9 +67,17 @@ from health_orsc.snapshot.store import (
     read_taxonomy,
 )
 from health_orsc.snapshot.writer import jury_of, models_of
-from health_orsc.validation.labels import LabelRow, LabelSet
+from health_orsc.validation.labels import LabelRow
+from health_orsc.validation.rounds import check_rounds, combined_sample, read_rounds
 from health_orsc.validation.rubric_review import ReviewRow
-from health_orsc.validation.validity import aggregate_of, human_harmful, ungated, validity_report
+from health_orsc.validation.validity import (
+    aggregate_of,
+    human_harmful,
+    stratum_sizes,
+    ungated,
+    validity_report,
+    with_counts,
+)
 
 
 class VerifyReport(BaseModel):
@@ -297,21 +305,29 @@ def _check_validation(snapshot: Path, m: Manifest, rows: list[SnapshotRow]) -> l
         stored = json.loads((snapshot / REPORT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError, ValidationError) as err:
         return [f"validation files: unreadable ({shorten(str(err), 200)})"]
-    sample = read_sample(snapshot)
+    rounds = read_rounds(snapshot)
+    sample = combined_sample(rounds, stratum_sizes(ungated(rows)))
     stray = sorted({r.prompt_id for r in labels} - {s["id"] for s in sample})
     if stray:
         return [f"{LABELS_FILE} labels items outside the validation sample ({', '.join(stray[:3])})"]
-    counts = stored.get("labels", {}) if isinstance(stored, dict) else {}
-    label_set = LabelSet(rows=labels, unlabelled=counts.get("unlabelled", 0),
-                         cancelled=counts.get("cancelled", 0), repeated=counts.get("repeated", 0),
-                         files=counts.get("files", []))
+    label_set = with_counts(labels, stored)
+    if len(rounds) > 1 or "rounds" in stored:
+        try:
+            cfg = recorded_config(m)
+        except ValidationError:
+            return []  # _check_config reports it
+        draws = (stored.get("rounds") or {}).get("draws") if isinstance(stored, dict) else None
+        problems = check_rounds(ungated(rows), cfg, m.categories, rounds, label_set, draws or [])
+        if problems:
+            return problems
     gated = {r.id for r in rows if r.reason == "human_harmful"}
     if gated and gated != human_harmful(sample, label_set, aggregate_of(stored)):
         return [f"rows rejected as human_harmful are not the kept prompts {LABELS_FILE} labels harmful"]
     try:
         expected = validity_report(ungated(rows), sample, label_set, stored["precision"]["min_precision"],
                                    stored["confidence"], reviews, weighted="weighted" in stored,
-                                   aggregate=aggregate_of(stored))
+                                   aggregate=aggregate_of(stored),
+                                   draws=(stored.get("rounds") or {}).get("draws"))
     except InputError as err:  # a sample whose probabilities cannot be read
         return [str(err)]
     except (KeyError, TypeError) as err:

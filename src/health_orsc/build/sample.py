@@ -116,19 +116,34 @@ def juror_thresholds(cfg: BuildConfig) -> dict[str, float]:
     return {j: cfg.roles[j].threshold for j in cfg.jury.jurors if j in cfg.roles and cfg.roles[j].scored}
 
 
-def stratified_sample(decisions: list[Decision], cfg: SampleConfig, order: list[str],
-                      thresholds: dict[str, float] | None = None) -> list[Sampled]:
-    """`order`: the categories in taxonomy order (the sample's order); `thresholds`: the
-    score jurors' (`juror_thresholds`), for the `uncertainty` design."""
+def sampling_strata(decisions: list[Decision], cfg: SampleConfig,
+                    order: list[str]) -> list[tuple[tuple[str, str, str], list[Decision]]]:
+    """The strata the sample draws from, (source, category, level) -> members, in the
+    sample's order: kept strata first, then by `order` (the categories in taxonomy order)
+    and level."""
     strata: dict[tuple[str, str, str], list[Decision]] = defaultdict(list)
     for d in decisions:
         if d.kept or samples_rejected(d, cfg):
             strata[(d.source, d.candidate.category, d.candidate.level)].append(d)
+    return [(key, strata[key]) for key in sorted(strata, key=lambda k: (
+        k[0] != "kept", order.index(k[1]), STRATUM_LEVELS.index(stratum_level(k[2]))))]
+
+
+def first_probabilities(members: list[Decision], kept: bool, cfg: SampleConfig,
+                        thresholds: dict[str, float]) -> dict[str, float]:
+    """Each member's inclusion probability in the first sample (by candidate id), drawn or not."""
+    size = stratum_size(len(members), cfg, kept)
+    if cfg.design == "uncertainty":
+        return uncertainty_probabilities(members, size, cfg, thresholds)
+    return {d.candidate.id: size / len(members) for d in members}
+
+
+def stratified_sample(decisions: list[Decision], cfg: SampleConfig, order: list[str],
+                      thresholds: dict[str, float] | None = None) -> list[Sampled]:
+    """`order`: the categories in taxonomy order (the sample's order); `thresholds`: the
+    score jurors' (`juror_thresholds`), for the `uncertainty` design."""
     picked: list[Sampled] = []
-    for key in sorted(strata, key=lambda k: (k[0] != "kept", order.index(k[1]),
-                                             STRATUM_LEVELS.index(stratum_level(k[2])))):
-        source, category, level = key
-        members = strata[key]
+    for (source, category, level), members in sampling_strata(decisions, cfg, order):
         # Kept strata keep the seed string they always had, so older snapshots verify.
         label = f"{cfg.seed}:{category}:{level}"
         size = stratum_size(len(members), cfg, source == "kept")

@@ -140,6 +140,12 @@ def verify(report, expected_digest: bool) -> None:
 
 
 def annotation(result) -> None:
+    if result.round > 1:
+        console.print(f"round {result.round}: {result.strata_wide} strata still wider than"
+                      f" +-{result.target_halfwidth:g}, {result.strata_met} meet it")
+        if not result.items:
+            console.print(f"nothing to label: round {result.round} draws no item, and nothing was written")
+            return
     console.print(f"{result.items} items for {result.annotators} annotators: {result.shared} labelled by"
                   f" every one, {result.items - result.shared} by one each; {result.labels} labels in all")
     if result.rubric_reviews:
@@ -211,6 +217,14 @@ def validation(result) -> None:
                       f" majority: {_num(k['share'], '.1%')}"
                       f" ({_num(k['low'], '.1%')}-{_num(k['high'], '.1%')});"
                       f" {len(r['to_fix'])} to drop or edit")
+    if report.rounds is not None:
+        r = report.rounds
+        console.print(f"rounds: {r['rounds']} ({' + '.join(map(str, r['items_by_round']))} items);"
+                      f" {r['met']} of {len(r['strata'])} strata within +-{r['target_halfwidth']:g}")
+        for st in r["strata"]:
+            if not st["met"]:
+                console.print(f"  {st['stratum']}: half-width {_num(st['halfwidth'], '.3f')} after"
+                              f" {st['decided']} decided of {st['population']}")
     if result.gated is not None:
         console.print(f"gate: {result.gated} kept prompts that people labelled harmful moved to rejected"
                       " (reason human_harmful)")

@@ -12,18 +12,40 @@ from health_orsc.core.config import AGGREGATES, load_config
 from health_orsc.core.errors import InputError
 
 
+def _round(args: argparse.Namespace) -> int:
+    if args.round < 1:
+        raise InputError(None, "--round", f"{args.round} is not a round", "pass 1, 2, ...")
+    return args.round
+
+
 def cmd_annotate(args: argparse.Namespace) -> int:
     from health_orsc.snapshot.compat import recorded_config
     from health_orsc.snapshot.store import load_manifest
     from health_orsc.validation.annotate import AnnotationResult, plan_tasks, write_tasks
 
     snapshot = Path(args.snapshot)
+    n = _round(args)
     verified(snapshot, "annotate")
     # Defaults: the snapshot's own config (validation.annotators, validation.overlap).
     planned = recorded_config(load_manifest(snapshot)).validation
     annotators = planned.annotators if args.annotators is None else args.annotators
     overlap = planned.overlap if args.overlap is None else args.overlap
-    tasks = plan_tasks(snapshot, annotators, overlap)
+    sample, rounds = None, {}
+    if n > 1:
+        from health_orsc.validation.rounds import next_round, sample_rows
+
+        _, draw = next_round(snapshot, n, args.target_halfwidth)
+        sample = sample_rows(draw.picked)
+        wide = sum(1 for s in draw.strata if s["drawn"])
+        rounds = {"round": n, "target_halfwidth": draw.target, "strata_wide": wide,
+                  "strata_met": sum(1 for s in draw.strata if s["met"])}
+        if args.overlap is None and overlap is not None:
+            overlap = min(overlap, len(sample))  # the config's overlap was set for the first round
+        if not sample:
+            emit(args, AnnotationResult(out=args.out, format=args.format, items=0, annotators=annotators,
+                                        shared=0, labels=0, files=[], **rounds), render.annotation)
+            return 0
+    tasks = plan_tasks(snapshot, annotators, overlap, sample=sample)
     reviews = {}
     if args.rubrics:
         from health_orsc.snapshot.handle import read_rows
@@ -37,7 +59,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     files = write_tasks(tasks, Path(args.out), args.format, extra)
     result = AnnotationResult(out=args.out, format=args.format, items=tasks.items, annotators=annotators,
                               shared=tasks.shared, labels=tasks.labels, files=[str(f) for f in files],
-                              rubric_reviews=sum(len(v) for v in reviews.values()))
+                              rubric_reviews=sum(len(v) for v in reviews.values()), **rounds)
     emit(args, result, render.annotation)
     return 0
 
@@ -56,31 +78,49 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
 
     snapshot = Path(args.snapshot)
+    n = _round(args)
     verified(snapshot, "validate")
     manifest = load_manifest(snapshot)
     check_snapshot_name(snapshot.parent.parent, args.name, snapshot.parent)  # before reading any label
-    sample = read_sample(snapshot)
     paths = [Path(p) for p in args.labels]
     review_paths = [p for p in paths if p.is_file() and is_review_file(p)]  # `orsc annotate --rubrics`
-    labels = read_labels([p for p in paths if p not in review_paths], {s["id"] for s in sample},
-                         manifest.digest)
+    label_paths = [p for p in paths if p not in review_paths]
     built = recorded_config(manifest)  # the validation gate and the level the sample was sized for
-    rows = read_rows(snapshot)
+    if n > 1:
+        later = _later_round(snapshot, n, args.target_halfwidth, label_paths, manifest.digest)
+        rows, sample, labels, draws = later.rows, later.sample, later.labels, later.draws
+        aggregate = args.aggregate or later.aggregate
+    else:
+        sample = read_sample(snapshot)
+        labels = read_labels(label_paths, {s["id"] for s in sample}, manifest.digest)
+        rows, draws, aggregate = read_rows(snapshot), None, args.aggregate or built.validation.aggregate
     reviews = None
     if review_paths:
         with_rubric = {r.id for r in rows if r.reason is None and r.rubric is not None}
-        reviewable = {s["id"] for s in sample if s["id"] in with_rubric}
-        reviews = read_reviews(review_paths, reviewable, manifest.digest)
+        reviewable = {s["id"] for s in sample if s["id"] in with_rubric and s.get("round", "1") == str(n)}
+        reviews = (later.reviews if n > 1 else []) + read_reviews(review_paths, reviewable, manifest.digest)
+    elif n > 1:
+        reviews = later.reviews or None
     report = validity_report(rows, sample, labels, built.validation.min_precision, built.sample.confidence,
-                             reviews, aggregate=args.aggregate or built.validation.aggregate)
+                             reviews, aggregate=aggregate, draws=draws)
     path = write_validation_snapshot(snapshot, manifest, args.name, rows, sample, labels, report, args.gate,
-                                     reviews)
+                                     reviews, later.files if n > 1 else None)
     new = load_manifest(path)
     gated = sum(c.get("human_harmful", 0) for c in new.counts.rejected.values()) if args.gate else None
     result = ValidationResult(snapshot=str(path), digest=new.digest, report_file=str(path / REPORT_FILE),
                               gated=gated, report=ValidityReport.model_validate(report))
     emit(args, result, render.validation)
     return 0
+
+
+def _later_round(snapshot: Path, n: int, target: float | None, paths: list[Path], digest: str):
+    """`orsc validate --round N` (N >= 2): round N's draw after `snapshot`, its labels read
+    (each must be of an item of the draw) and joined to the earlier rounds'."""
+    from health_orsc.validation.labels import read_labels
+    from health_orsc.validation.rounds import later_round
+
+    return later_round(snapshot, n, target, lambda ids: read_labels(
+        paths, ids, digest, f"round {n}'s draw (`orsc annotate {snapshot} --round {n}` wrote its tasks)"))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -137,6 +177,13 @@ def _calibrate_on_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-halfwidth", type=float, default=None,
+                   help="with --round 2 on: the half-width a stratum's interval must reach (default:"
+                        " the last round's, else the snapshot's sample.target_halfwidth); annotate"
+                        " and validate of one round need the same")
+
+
 def register(sub) -> None:
     a = command(sub, "annotate", cmd_annotate, "blind annotation tasks for a snapshot's validation sample",
                 "Write the validation sample of SNAPSHOT as blind tasks for people: one CSV per annotator"
@@ -151,6 +198,12 @@ def register(sub) -> None:
                                                   " validation.annotators)")
     a.add_argument("--overlap", type=int, help="items every annotator labels, for agreement; the rest"
                                                " are labelled once (default: validation.overlap, all)")
+    a.add_argument("--round", type=int, default=1,
+                   help="2, 3, ...: a further round after `orsc validate` of the one before (SNAPSHOT is"
+                        " the snapshot that wrote): more items only in strata whose interval is still"
+                        " wider than --target-halfwidth, none labelled before (default: %(default)s,"
+                        " the validation sample)")
+    add_target(a)
     a.add_argument("--rubrics", action="store_true",
                    help="also write rubric review tasks (<annotator>.rubrics.*): each kept prompt's"
                         " criteria for a keep / drop / edit verdict; they show which prompts were kept,"
@@ -169,6 +222,12 @@ def register(sub) -> None:
     v.add_argument("--name", required=True, help="name of the new snapshot (beside SNAPSHOT)")
     v.add_argument("--gate", action="store_true", help="move kept prompts that people labelled harmful"
                                                        " (by --aggregate) to rejected, reason human_harmful")
+    v.add_argument("--round", type=int, default=1,
+                   help="the round the labels are of (as `orsc annotate --round` gave it): 2, 3, ...:"
+                        " SNAPSHOT is the validation snapshot of the round before, and the new snapshot"
+                        " holds every round's labels, estimated with the combined design (default:"
+                        " %(default)s)")
+    add_target(v)
     v.add_argument("--aggregate", choices=AGGREGATES, default=None,
                    help="how an item's labels make its label: the majority, or Dawid-Skene's estimate"
                         " (each annotator weighed by their estimated accuracy); default: the"

@@ -39,6 +39,7 @@ SAMPLE = "validation_sample.csv"
 CARD = "README.md"
 LABELS_FILE = "validation/labels.jsonl"   # a validation snapshot's human labels
 REPORT_FILE = "validation/report.json"    # and its validity report
+ROUND_SAMPLE = "validation/round_{}_sample.csv"  # round N's further items (N >= 2; validation/rounds.py)
 RUBRIC_REVIEWS_FILE = "validation/rubric_reviews.jsonl"  # people's reviews of rubrics, when given
 TAXONOMY = "taxonomy.json"       # the categories' definitions the build used (annotation guidance)
 CROISSANT = "croissant.json"     # Croissant (MLCommons) metadata of the parquet files (schema 4 on)

@@ -138,7 +138,7 @@ def _write_lines(path: Path, lines: list[str]) -> None:
             fh.write(line + "\n")
 
 
-def _sample_csv(sample: list[Sampled]) -> str:
+def sample_csv(sample: list[Sampled]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(SAMPLE_COLUMNS)
@@ -492,7 +492,7 @@ def write_rows_snapshot(outputs_dir: Path, name: str, kept: list[SnapshotRow], r
         if calibration:
             _write_lines(tmp / CALIBRATION, [json.dumps(v.model_dump(), ensure_ascii=False, sort_keys=True)
                                              for v in calibration])
-        (tmp / SAMPLE).write_text(_sample_csv(sample), encoding="utf-8")
+        (tmp / SAMPLE).write_text(sample_csv(sample), encoding="utf-8")
         (tmp / TAXONOMY).write_text(json.dumps(taxonomy, indent=2, ensure_ascii=False) + "\n",
                                     encoding="utf-8")
         (tmp / CARD).write_text(dataset_card(counts, meta, [s.decision for s in sample], kept_decisions),

@@ -66,16 +66,23 @@ class AnnotationResult(BaseModel):
     labels: int               # labels asked for in all
     files: list[str]
     rubric_reviews: int = 0   # with --rubrics: rubric reviews asked for in all
+    round: int = 1            # the validation round (validation/rounds.py)
+    target_halfwidth: float | None = None  # rounds after the first: the half-width aimed at
+    strata_wide: int = 0      # rounds after the first: strata still wider than it, drawn from
+    strata_met: int = 0       # ... and strata that meet it
 
 
 def annotator_names(n: int) -> list[str]:
     return [f"annotator_{i + 1}" for i in range(n)]
 
 
-def plan_tasks(snapshot: Path, annotators: int, overlap: int | None, seed: int = 0) -> Tasks:
-    """Who labels what, in which order. `overlap` None: every annotator labels every item."""
+def plan_tasks(snapshot: Path, annotators: int, overlap: int | None, seed: int = 0,
+               sample: list[dict[str, str]] | None = None) -> Tasks:
+    """Who labels what, in which order. `overlap` None: every annotator labels every item.
+    `sample`: the items to label (default: the snapshot's validation sample; a later round's
+    draw, validation/rounds.py)."""
     manifest = load_manifest(snapshot)
-    sample = read_sample(snapshot)
+    sample = read_sample(snapshot) if sample is None else sample
     taxonomy = read_taxonomy(snapshot)
     if annotators < 1:
         raise InputError(None, "--annotators", f"{annotators} annotators", "pass 1 or more")

@@ -202,13 +202,15 @@ def label_calibration(snapshot: Path, target_recall: float | None) -> LabelCalib
     `target_recall`, each score juror's threshold fitted on them."""
     from health_orsc.snapshot.compat import recorded_config
     from health_orsc.snapshot.handle import read_rows
-    from health_orsc.snapshot.store import REPORT_FILE, load_manifest, read_sample
+    from health_orsc.snapshot.store import REPORT_FILE, load_manifest
+    from health_orsc.validation.rounds import combined_sample, read_rounds
     from health_orsc.validation.validity import (
         aggregate_of,
         by_item,
         item_labels,
         sample_units,
         stored_labels,
+        stratum_sizes,
         ungated,
     )
 
@@ -220,7 +222,7 @@ def label_calibration(snapshot: Path, target_recall: float | None) -> LabelCalib
     report = json.loads((snapshot / REPORT_FILE).read_text(encoding="utf-8"))
     aggregate = aggregate_of(report)
     rows = ungated(read_rows(snapshot))
-    sample = read_sample(snapshot)
+    sample = combined_sample(read_rounds(snapshot), stratum_sizes(rows))
     decided, _ = item_labels(by_item(stored_labels(snapshot)), aggregate)
     by_id = {r.id: r for r in rows}
     jurors = config.jury.jurors

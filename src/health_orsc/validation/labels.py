@@ -44,6 +44,7 @@ class LabelRow(BaseModel):
     notes: str
     file: str          # the file it came from (its name)
     where: str         # row N of a CSV, task N of a Label Studio export
+    round: int = 1     # the validation round it was given in (validation/rounds.py)
 
 
 @dataclass
@@ -55,7 +56,8 @@ class LabelSet:
     files: list[str] = field(default_factory=list)
 
 
-def read_labels(paths: list[Path], sample_ids: set[str], digest: str) -> LabelSet:
+def read_labels(paths: list[Path], sample_ids: set[str], digest: str,
+                sample_name: str = "the snapshot's validation sample") -> LabelSet:
     out = LabelSet()
     seen: dict[tuple[str, str], LabelRow] = {}
     formats: dict[str, tuple[str, Path]] = {}  # annotator -> the format and file it first came in
@@ -79,8 +81,8 @@ def read_labels(paths: list[Path], sample_ids: set[str], digest: str) -> LabelSe
                                  " would be counted as one annotator from two tools",
                                  "give the CSV's `annotator` column a name of its own")
             if row.prompt_id not in sample_ids:
-                raise InputError(path, row.where, f"item '{shorten(row.prompt_id, 40)}' is not in the"
-                                 " snapshot's validation sample", "label the items `orsc annotate`"
+                raise InputError(path, row.where, f"item '{shorten(row.prompt_id, 40)}' is not in"
+                                 f" {sample_name}", "label the items `orsc annotate`"
                                  " wrote for this snapshot, or pass the snapshot they came from")
             key = (row.prompt_id, row.annotator)
             before = seen.get(key)

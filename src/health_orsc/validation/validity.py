@@ -29,6 +29,7 @@ import itertools
 import json
 import shutil
 from collections import Counter, defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import median
@@ -114,6 +115,15 @@ def stored_labels(snapshot: Path) -> LabelSet:
     return LabelSet(rows=[LabelRow.model_validate(r) for r in read_jsonl_rows(snapshot / LABELS_FILE)])
 
 
+def with_counts(rows: list[LabelRow], report: dict[str, Any]) -> LabelSet:
+    """A validation snapshot's labels (`rows`) with the counts its report kept of the files
+    they came from: what `orsc validate` read."""
+    counts = report.get("labels", {}) if isinstance(report, dict) else {}
+    return LabelSet(rows=rows, unlabelled=counts.get("unlabelled", 0),
+                    cancelled=counts.get("cancelled", 0), repeated=counts.get("repeated", 0),
+                    files=counts.get("files", []))
+
+
 def by_item(labels: LabelSet) -> dict[str, list[LabelRow]]:
     per_item: dict[str, list[LabelRow]] = defaultdict(list)
     for row in labels.rows:
@@ -192,6 +202,7 @@ class ValidityReport(BaseModel):
     rubrics: dict[str, Any] | None = None  # with rubric reviews (validation.rubric_review)
     weighted: dict[str, Any] | None = None  # design-based estimates (reports written before: none)
     aggregation: dict[str, Any] | None = None  # with --aggregate dawid-skene
+    rounds: dict[str, Any] | None = None  # with rounds after the first (validation/rounds.py)
 
 
 class ValidationResult(BaseModel):
@@ -207,12 +218,14 @@ class ValidationResult(BaseModel):
 def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], labels: LabelSet,
                     min_precision: float, confidence: float,
                     reviews: list[ReviewRow] | None = None, weighted: bool = True,
-                    aggregate: str = "majority") -> dict[str, Any]:
+                    aggregate: str = "majority", draws: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The report of `labels` on a snapshot's `rows` and `sample`, with intervals at
     `confidence` (the config's `sample.confidence`, the level the sample was sized for);
     with rubric `reviews`, their summary too. `weighted`: with the design-based estimates
     (`weighted`; reports written before them have none, and verify recomputes them so).
-    `aggregate`: how an item's labels make its label (`item_labels`)."""
+    `aggregate`: how an item's labels make its label (`item_labels`). `draws`: with rounds
+    after the first (`sample` their items combined, validation/rounds.py), each later round's
+    draw as `RoundDraw.record` gives it; the report then says where they left each stratum."""
     by_id = {r.id: r for r in rows}
     items = {s["id"]: s for s in sample}
     per_item = by_item(labels)
@@ -234,6 +247,8 @@ def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], label
         **({} if reviews is None else {"rubrics": review_summary(reviews, rows, confidence)}),
         **({"weighted": _weighted(rows, sample, majorities, categories, confidence)} if weighted else {}),
         **({} if aggregation is None else {"aggregation": aggregation}),
+        **({"rounds": _rounds(sample_units(rows, sample, majorities), sample, draws, confidence)}
+           if draws else {}),
     }
 
 
@@ -291,13 +306,19 @@ def _jury(items, by_id, decided, confidence) -> dict[str, Any]:
                     " these describe the sampled items, not the whole candidate pool"}
 
 
+def stratum_sizes(rows: list[SnapshotRow]) -> Counter[str]:
+    """Each sampling stratum's size in the snapshot (as before any gate): its kept rows, or
+    the rejections the sample draws from."""
+    return Counter(stratum_key("kept" if r.reason is None else "rejected", r.category, r.level)
+                   for r in rows if r.reason in (None, *SAMPLED_REJECTIONS))
+
+
 def sample_units(rows: list[SnapshotRow], sample: list[dict[str, str]],
                  decided: dict[str, str | None]) -> list[Unit]:
     """The sample as survey units: each item's stratum, its stratum's size in the snapshot,
     its inclusion probability (recorded in the sample from schema 5 on; before, a stratified
     draw's n/N) and people's label of it (`decided`; None: undecided or unlabelled)."""
-    population = Counter(stratum_key("kept" if r.reason is None else "rejected", r.category, r.level)
-                         for r in rows if r.reason in (None, *SAMPLED_REJECTIONS))
+    population = stratum_sizes(rows)
     drawn = Counter(stratum_key(s["source"], s["category"], s["level"] or None) for s in sample)
     units = []
     for i, s in enumerate(sample, start=2):
@@ -368,6 +389,51 @@ def _weighted(rows, sample, decided, categories, confidence) -> dict[str, Any]:
                       "overall": precision(None)},
         "jury": jury,
     }
+
+
+def stratum_status(units: list[Unit], confidence: float, target: float) -> list[dict[str, Any]]:
+    """Per stratum of the sample, in its order: its size, items sampled and decided, the
+    design-based interval of its benign share, and whether its half-width is within `target`
+    (a stratum whose every item is decided is known exactly)."""
+    survey = Survey([replace(u, domains={**u.domains, "stratum": u.stratum}) for u in units],
+                    confidence=confidence)
+    population = {u.stratum: u.population for u in units}
+    sampled = Counter(u.stratum for u in units)
+    decided = Counter(u.stratum for u in units if u.values is not None)
+    out = []
+    for h, size in population.items():
+        share = survey.share("benign", {"stratum": h}) if decided[h] else None
+        if decided[h] == size:
+            halfwidth: float | None = 0.0
+        elif share is None or share.low is None:
+            halfwidth = None
+        else:
+            halfwidth = round((share.high - share.low) / 2, 6)
+        out.append({"stratum": h, "population": size, "sampled": sampled[h], "decided": decided[h],
+                    "benign": None if share is None else share.model_dump(), "halfwidth": halfwidth,
+                    "met": halfwidth is not None and halfwidth <= target})
+    return out
+
+
+def _rounds(units: list[Unit], sample: list[dict[str, str]], draws: list[dict[str, Any]],
+            confidence: float) -> dict[str, Any]:
+    """Where the rounds left each stratum: its interval against the last round's target, and
+    the labelled items each round added (validation/rounds.py)."""
+    target = draws[-1]["target_halfwidth"]
+    n = len(draws) + 1
+    by_round: dict[str, Counter[int]] = defaultdict(Counter)
+    for u, s in zip(units, sample, strict=True):
+        if u.values is not None:
+            by_round[u.stratum][int(s.get("round", 1))] += 1
+    strata = [{**st, "decided_by_round": [by_round[st["stratum"]][k] for k in range(1, n + 1)]}
+              for st in stratum_status(units, confidence, target)]
+    return {"rounds": n, "target_halfwidth": target, "draws": draws, "strata": strata,
+            "met": sum(st["met"] for st in strata),
+            "items_by_round": [sum(1 for s in sample if int(s.get("round", 1)) == k)
+                               for k in range(1, n + 1)],
+            "rule": "a stratum's target is met when the half-width of its design-based interval (or"
+                    " none, every item decided) is at most target_halfwidth; a round draws more items"
+                    " only in strata where it is not"}
 
 
 def _agreement(per_item: dict[str, list[LabelRow]], confidence: float) -> dict[str, Any]:
@@ -482,11 +548,22 @@ Strata whose lower bound is below {p['min_precision']:.0%}: {below or 'none'}. {
   {len(agree['disagreements'])} items disagreed on.
 - Intended level against people's ambiguity rating ({report['ambiguity']['ratings']} ratings):
   Spearman's rho {_num(rho['rho']) if rho else 'not measured'}.
-{_aggregation_line(report.get("aggregation"))}{_rubric_line(report.get("rubrics"))}"""
+{_rounds_line(report.get("rounds"))}{_aggregation_line(report.get("aggregation"))}{_rubric_line(report.get("rubrics"))}"""
 
 
 def _rule(report: dict[str, Any]) -> str:
     return MAJORITY_RULE if report.get("aggregation") is None else report["aggregation"]["rule"]
+
+
+def _rounds_line(rounds: dict[str, Any] | None) -> str:
+    if rounds is None:
+        return ""
+    wide = [st["stratum"] for st in rounds["strata"] if not st["met"]]
+    listed = "" if not wide else f" (not: {', '.join(wide[:5])}{'...' if len(wide) > 5 else ''})"
+    return (f"- Labelled in {rounds['rounds']} rounds ({' + '.join(map(str, rounds['items_by_round']))}"
+            " items), each later round drawing only in strata whose interval was wider than"
+            f" +-{rounds['target_halfwidth']:g}; {rounds['met']} of {len(rounds['strata'])} strata are"
+            f" within it now{listed}.\n")
 
 
 def _aggregation_line(aggregation: dict[str, Any] | None) -> str:
@@ -587,20 +664,24 @@ def base_files_only(base_path: Path):
 
 def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: list[SnapshotRow],
                               sample: list[dict[str, str]], labels: LabelSet, report: dict[str, Any],
-                              gate: bool, reviews: list[ReviewRow] | None = None) -> Path:
+                              gate: bool, reviews: list[ReviewRow] | None = None,
+                              rounds: dict[str, str] | None = None) -> Path:
     """A new snapshot beside the base (in the base's directory: outputs/snapshots/, or
     wherever a downloaded clone lives): the base's files, plus the labels and the report.
-    With `gate`, kept prompts people labelled harmful move to rejected (`human_harmful`);
-    otherwise every data file is the base's, byte for byte."""
+    `rows`: the base's, as before any gate (a later round's base may be gated); with `gate`,
+    kept prompts people labelled harmful move to rejected (`human_harmful`); otherwise every
+    data file is the ungated base's, byte for byte. `rounds`: the later rounds' sample files
+    (name -> text, validation/rounds.py)."""
     outputs_dir, root = base_path.parent.parent, base_path.parent
     ref = BaseRef(name=base_path.name, digest=base.digest)
     moved = human_harmful(sample, labels, aggregate_of(report)) if gate else set()
+    base_gated = any(c.get("human_harmful") for c in base.counts.rejected.values())
     raw = base.model_dump(mode="json")
     with writing_snapshot(outputs_dir, name, root) as tmp:
         shutil.copytree(base_path, tmp, ignore=base_files_only(base_path))
         rows = [r.model_copy(update={"reason": "human_harmful"}) if r.id in moved else r for r in rows]
         decisions = [r.to_decision() for r in rows]  # once: the costly part at paper scale
-        if moved:
+        if moved or base_gated:  # otherwise the copied row files are already these rows
             key = row_sort_key(base.categories)
             order = sorted(range(len(rows)), key=lambda i: key(decisions[i]))
             write_row_files(tmp, [rows[i] for i in order if rows[i].reason is None],
@@ -616,6 +697,8 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
         (tmp / LABELS_FILE).write_text("".join(json.dumps(r.model_dump(), ensure_ascii=False, sort_keys=True)
                                                + "\n" for r in labels.rows), encoding="utf-8")
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        for file, text in (rounds or {}).items():
+            (tmp / file).write_text(text, encoding="utf-8")
         if reviews is not None:
             (tmp / RUBRIC_REVIEWS_FILE).write_text("".join(r.model_dump_json() + "\n" for r in reviews),
                                                    encoding="utf-8")
