@@ -138,14 +138,20 @@ def _write_lines(path: Path, lines: list[str]) -> None:
             fh.write(line + "\n")
 
 
+def sample_record(s: Sampled) -> dict[str, str]:
+    """An item of the validation sample as its row of validation_sample.csv (or of a later
+    round's file): what reading the file back gives."""
+    c = s.decision.candidate
+    values = (c.id, c.category, c.level, s.decision.source, c.prompt, c.original_question, s.stratum,
+              s.probability_text)
+    return {k: "" if v is None else v for k, v in zip(SAMPLE_COLUMNS, values, strict=True)}
+
+
 def sample_csv(sample: list[Sampled]) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(SAMPLE_COLUMNS)
-    for s in sample:
-        c = s.decision.candidate
-        writer.writerow([c.id, c.category, c.level, s.decision.source, c.prompt, c.original_question,
-                         s.stratum, s.probability_text])
+    writer = csv.DictWriter(buf, fieldnames=SAMPLE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(sample_record(s) for s in sample)
     return buf.getvalue()
 
 

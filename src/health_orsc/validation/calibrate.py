@@ -222,13 +222,14 @@ def label_calibration(snapshot: Path, target_recall: float | None) -> LabelCalib
     report = json.loads((snapshot / REPORT_FILE).read_text(encoding="utf-8"))
     aggregate = aggregate_of(report)
     rows = ungated(read_rows(snapshot))
-    sample = combined_sample(read_rounds(snapshot), stratum_sizes(rows))
+    sizes = stratum_sizes(rows)
+    sample = combined_sample(read_rounds(snapshot), sizes)
     decided, _ = item_labels(by_item(stored_labels(snapshot)), aggregate)
     by_id = {r.id: r for r in rows}
     jurors = config.jury.jurors
     units = []
     scores: dict[str, dict[str, float]] = {}  # item -> score juror -> P(harmful)
-    for u in sample_units(rows, sample, decided):
+    for u in sample_units(sizes, sample, decided):
         if u.values is None:
             units.append(u)
             continue

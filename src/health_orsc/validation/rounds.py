@@ -5,10 +5,9 @@ into a validation snapshot. Round N (N >= 2) starts from the validation snapshot
 N - 1: per stratum (source x category x level), the design-based interval of the benign share
 (health_orsc.validation.validity.stratum_status) is compared with the target half-width; a
 stratum still wider gets more items, drawn at random from its items never drawn before, as many
-as a share at the interval's end nearest one half needs for that half-width
-(health_orsc.core.stats.sample_size, finite-population corrected) minus the items already
-decided. Each round draws with its own RNG, seeded by (seed, round, stratum), so the draw is a
-function of the snapshot and its labels: `orsc annotate --round N` writes it as tasks,
+as its interval needs to narrow to the target (`further_items`), or all that are left. Each
+round draws with its own RNG, seeded by (seed, round, stratum), so the draw is a function of
+the snapshot and its labels: `orsc annotate --round N` writes it as tasks,
 `orsc validate --round N` draws it again to check the labels, and `orsc verify` a third time.
 
 The combined design: round k draws n_k of the R_k items of a stratum not drawn before, so an
@@ -28,8 +27,8 @@ Example:
 from __future__ import annotations
 
 import csv
-import io
 import json
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from health_orsc.build.sample import first_probabilities, juror_thresholds, sampling_strata, seeded_subset
-from health_orsc.core.config import BuildConfig
+from health_orsc.core.config import BuildConfig, SampleConfig
 from health_orsc.core.errors import InputError
-from health_orsc.core.records import Sampled, SnapshotRow, stratum_key
+from health_orsc.core.records import Decision, Sampled, SnapshotRow, stratum_key
 from health_orsc.core.stats import sample_size
 from health_orsc.snapshot.store import (
     REPORT_FILE,
@@ -50,7 +49,7 @@ from health_orsc.snapshot.store import (
     read_jsonl_rows,
     read_sample,
 )
-from health_orsc.snapshot.writer import sample_csv
+from health_orsc.snapshot.writer import sample_csv, sample_record
 from health_orsc.validation.labels import LabelSet
 from health_orsc.validation.rubric_review import ReviewRow
 
@@ -129,43 +128,44 @@ def combined_sample(rounds: list[list[dict[str, str]]], population: Counter[str]
     return out
 
 
-def planning_share(status: dict[str, Any]) -> float:
-    """The share a stratum's next round is sized for: the end of its interval nearest one
-    half (one half when the interval holds it, or nothing is known)."""
-    share = status.get("benign") or {}
-    low, high = share.get("low"), share.get("high")
-    if low is None or high is None or low <= 0.5 <= high:
-        return 0.5
-    return high if high < 0.5 else low
+def further_items(status: dict[str, Any], target: float, confidence: float) -> int:
+    """How many more items a stratum needs for its interval's half-width to reach `target`.
+    The interval is Korn-Graubard's with the effective sample size truncated at the items
+    decided (health_orsc.core.survey), so its half-width h at m decided items shrinks as
+    1/sqrt(m), whatever the stratum's size: m (h / target)^2 items in all (conservative
+    near 0 and 1, where it narrows faster), never more than the stratum, which taken whole
+    is known exactly. A stratum nobody decided is sized for a share of one half
+    (health_orsc.core.stats.sample_size)."""
+    size, decided, halfwidth = status["population"], status["decided"], status["halfwidth"]
+    if not decided or not halfwidth:
+        return max(sample_size(size, 0.5, target, confidence) - decided, 1)
+    return max(math.ceil(decided * (halfwidth / target) ** 2) - decided, 1)
 
 
-def draw_round(rows: list[SnapshotRow], cfg: BuildConfig, categories: list[str],
-               sample: list[dict[str, str]], decided: dict[str, str | None], target: float,
-               n: int, aggregate: str) -> RoundDraw:
-    """Round `n`'s draw from `rows` (as before any gate) given the rounds so far (`sample`,
-    combined) and their items' labels (`decided`)."""
+def draw_round(decisions: list[Decision], cfg: SampleConfig, thresholds: dict[str, float],
+               categories: list[str], sample: list[dict[str, str]], decided: dict[str, str | None],
+               target: float, n: int, aggregate: str) -> RoundDraw:
+    """Round `n`'s draw from `decisions` (as before any gate; `cfg` the sample settings they
+    were first sampled by, `thresholds` the score jurors', build/sample.py) given the rounds
+    so far (`sample`, combined) and their items' labels (`decided`)."""
     from health_orsc.validation.validity import sample_units, stratum_sizes, stratum_status
 
-    confidence = cfg.sample.confidence
-    units = sample_units(rows, sample, decided)
-    status = {s["stratum"]: s for s in stratum_status(units, confidence, target)}
-    rates = round_rates([[s for s in sample if s["round"] == str(k)] for k in range(1, n)],
-                        stratum_sizes(rows))
+    sizes = stratum_sizes(decisions)
+    units = sample_units(sizes, sample, decided)
+    status = {s["stratum"]: s for s in stratum_status(units, cfg.confidence, target)}
+    rates = round_rates([[s for s in sample if s["round"] == str(k)] for k in range(1, n)], sizes)
     drawn_before = {s["id"] for s in sample}
-    thresholds = juror_thresholds(cfg)
     strata, picked = [], []
-    for (source, category, level), members in sampling_strata([r.to_decision() for r in rows], cfg.sample,
-                                                                categories):
+    for (source, category, level), members in sampling_strata(decisions, cfg, categories):
         h = stratum_key(source, category, level)
         st = status.get(h) or {"stratum": h, "population": len(members), "sampled": 0, "decided": 0,
                                "benign": None, "halfwidth": None, "met": False}
         left = [d for d in members if d.candidate.id not in drawn_before]
         extra = 0
         if not st["met"] and left:
-            needed = sample_size(len(members), planning_share(st), target, confidence) - st["decided"]
-            extra = min(len(left), max(needed, 1))
-            chosen = seeded_subset(left, extra, f"{cfg.sample.seed}:round{n}:{h}", lambda d: d.candidate.id)
-            first = first_probabilities(members, source == "kept", cfg.sample, thresholds)
+            extra = min(len(left), further_items(st, target, cfg.confidence))
+            chosen = seeded_subset(left, extra, f"{cfg.seed}:round{n}:{h}", lambda d: d.candidate.id)
+            first = first_probabilities(members, source == "kept", cfg, thresholds)
             q = extra / len(left)
             picked += [Sampled(d, h, _chain(first[d.candidate.id], [*rates[h], q])) for d in chosen]
         strata.append({**st, "drawn": extra})
@@ -227,14 +227,15 @@ def next_round(snapshot: Path, n: int, target: float | None) -> tuple[Predecesso
     pred = read_predecessor(snapshot, n)
     aggregate = aggregate_of(pred.report)
     decided, _ = item_labels(by_item(stored_labels(snapshot)), aggregate)
-    draw = draw_round(pred.rows, pred.config, pred.manifest.categories, pred.sample, decided,
+    draw = draw_round([r.to_decision() for r in pred.rows], pred.config.sample,
+                      juror_thresholds(pred.config), pred.manifest.categories, pred.sample, decided,
                       round_target(pred, target), n, aggregate)
     return pred, draw
 
 
 def sample_rows(picked: list[Sampled]) -> list[dict[str, str]]:
     """A round's items as its sample file records them (the rows `orsc annotate` shows)."""
-    return list(csv.DictReader(io.StringIO(sample_csv(picked))))
+    return [sample_record(s) for s in picked]
 
 
 @dataclass
@@ -291,13 +292,15 @@ def check_rounds(rows: list[SnapshotRow], cfg: BuildConfig, categories: list[str
         return [f"{REPORT_FILE} records {len(draws)} later rounds' draws, the snapshot has"
                 f" {len(rounds) - 1} round files"]
     sizes = stratum_sizes(rows)
+    decisions = [r.to_decision() for r in rows]
     for k, record in enumerate(draws, start=2):
         file = ROUND_SAMPLE.format(k)
         earlier = LabelSet(rows=[r for r in labels.rows if r.round < k])
         try:
             decided, _ = item_labels(by_item(earlier), record["aggregate"])
-            draw = draw_round(rows, cfg, categories, combined_sample(rounds[:k - 1], sizes), decided,
-                              record["target_halfwidth"], k, record["aggregate"])
+            draw = draw_round(decisions, cfg.sample, juror_thresholds(cfg), categories,
+                              combined_sample(rounds[:k - 1], sizes), decided, record["target_halfwidth"], k,
+                              record["aggregate"])
         except (KeyError, TypeError) as err:
             return [f"{REPORT_FILE}: round {k}'s draw is malformed ({err})"]
         if draw.record() != record:

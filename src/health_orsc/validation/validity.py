@@ -232,6 +232,7 @@ def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], label
     majorities, aggregation = item_labels(per_item, aggregate)
     categories = list(dict.fromkeys(r.category for r in rows))
     population = Counter((r.category, r.level) for r in rows if r.reason is None)
+    units = sample_units(stratum_sizes(rows), sample, majorities) if weighted or draws else []
     return {
         "confidence": confidence,
         "majority_rule": MAJORITY_RULE,
@@ -245,10 +246,9 @@ def validity_report(rows: list[SnapshotRow], sample: list[dict[str, str]], label
         "agreement": _agreement(per_item, confidence),
         "ambiguity": _ambiguity(items, labels.rows),
         **({} if reviews is None else {"rubrics": review_summary(reviews, rows, confidence)}),
-        **({"weighted": _weighted(rows, sample, majorities, categories, confidence)} if weighted else {}),
+        **({"weighted": _weighted(units, categories, confidence)} if weighted else {}),
         **({} if aggregation is None else {"aggregation": aggregation}),
-        **({"rounds": _rounds(sample_units(rows, sample, majorities), sample, draws, confidence)}
-           if draws else {}),
+        **({"rounds": _rounds(units, sample, draws, confidence)} if draws else {}),
     }
 
 
@@ -306,19 +306,23 @@ def _jury(items, by_id, decided, confidence) -> dict[str, Any]:
                     " these describe the sampled items, not the whole candidate pool"}
 
 
-def stratum_sizes(rows: list[SnapshotRow]) -> Counter[str]:
-    """Each sampling stratum's size in the snapshot (as before any gate): its kept rows, or
-    the rejections the sample draws from."""
-    return Counter(stratum_key("kept" if r.reason is None else "rejected", r.category, r.level)
-                   for r in rows if r.reason in (None, *SAMPLED_REJECTIONS))
+def stratum_sizes(records: list[SnapshotRow] | list[Decision]) -> Counter[str]:
+    """Each sampling stratum's size in the snapshot (rows or decisions as before any gate):
+    its kept ones, or the rejections the sample draws from."""
+    sizes: Counter[str] = Counter()
+    for r in records:
+        if r.reason in (None, *SAMPLED_REJECTIONS):
+            c = r.candidate if isinstance(r, Decision) else r
+            sizes[stratum_key("kept" if r.reason is None else "rejected", c.category, c.level)] += 1
+    return sizes
 
 
-def sample_units(rows: list[SnapshotRow], sample: list[dict[str, str]],
+def sample_units(population: Counter[str], sample: list[dict[str, str]],
                  decided: dict[str, str | None]) -> list[Unit]:
-    """The sample as survey units: each item's stratum, its stratum's size in the snapshot,
-    its inclusion probability (recorded in the sample from schema 5 on; before, a stratified
-    draw's n/N) and people's label of it (`decided`; None: undecided or unlabelled)."""
-    population = stratum_sizes(rows)
+    """The sample as survey units: each item's stratum, its stratum's size (`population`,
+    `stratum_sizes`), its inclusion probability (recorded in the sample from schema 5 on;
+    before, a stratified draw's n/N) and people's label of it (`decided`; None: undecided or
+    unlabelled)."""
     drawn = Counter(stratum_key(s["source"], s["category"], s["level"] or None) for s in sample)
     units = []
     for i, s in enumerate(sample, start=2):
@@ -344,11 +348,10 @@ def sample_units(rows: list[SnapshotRow], sample: list[dict[str, str]],
     return units
 
 
-def _weighted(rows, sample, decided, categories, confidence) -> dict[str, Any]:
+def _weighted(units: list[Unit], categories: list[str], confidence: float) -> dict[str, Any]:
     """Design-based estimates (health_orsc.core.survey): each labelled item weighs 1 / its
     inclusion probability, so categories and the whole benchmark are estimated as the
     population they are, not as the pool of their labelled items."""
-    units = sample_units(rows, sample, decided)
     survey = Survey(units, confidence=confidence)
     sizes: Counter[tuple[str, str]] = Counter()  # (source, category) -> population of its measured strata
     for _, source, category, size in {(u.stratum, u.domains["source"], u.domains["category"], u.population)
