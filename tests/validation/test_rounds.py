@@ -189,3 +189,30 @@ def test_union_probabilities_of_two_rounds():
     # A sample written before probabilities were recorded: round 1 at n/N.
     old = combined_sample([[row(0, None), row(1, None)], [row(2, 0.5)]], Counter({h: 10}))
     assert float(old[0]["inclusion_probability"]) == pytest.approx(0.2 + 0.8 / 8)
+
+
+def test_rounds_after_a_gated_round_gate_by_every_rounds_labels(first, tmp_path, capsys):
+    """Round 1 gated; round 2 gated moves every kept prompt people call harmful in either
+    round; round 2 ungated gives back the data files of the snapshot that was built."""
+    v1 = first["v1"]
+    assert main(["validate", str(v1), *sorted(str(p) for p in first["l1"].glob("*.csv")), "--name",
+                 "g1", "--gate"]) == 0
+    g1 = v1.parent / "g1"
+    assert main(["annotate", str(g1), "--round", "2", "--target-halfwidth", TARGET, "--out",
+                 str(tmp_path / "t2"), "--annotators", "1"]) == 0
+    labels = fill(tmp_path / "t2", tmp_path / "l2")
+    for name, gate in (("g2", ["--gate"]), ("g2-open", [])):
+        capsys.readouterr()
+        assert main(["validate", str(g1), *labels, "--round", "2", "--target-halfwidth", TARGET,
+                     "--name", name, "--json", *gate]) == 0
+        result = _json(capsys)
+        assert main(["verify", str(v1.parent / name)]) == 0
+        rejected = list(read_jsonl_rows(v1.parent / name / "rejected.jsonl"))
+        gated = {r["id"] for r in rejected if r["reason"] == "human_harmful"}
+        if gate:
+            every_kept = {r["id"] for r in _kept(v1)}  # both rounds labelled every kept prompt
+            assert gated == {i for i in every_kept if truth(i) == "harmful"} and result["gated"] == len(gated)
+        else:
+            assert not gated and result["gated"] is None
+            for f in ("prompts.jsonl", "rejected.jsonl"):
+                assert (v1.parent / name / f).read_bytes() == (v1 / f).read_bytes()
