@@ -272,6 +272,27 @@ def label_calibration(report, target_recall: float) -> None:
         _fit(report.fit, target_recall, "people's labels")
 
 
+def training(result) -> None:
+    table = Table(title="training prompts (a prompt two sources label differently is left out)")
+    for col in ("source", "kind", "prompts", "harmful", "digest"):
+        table.add_column(col, justify="right" if col in ("prompts", "harmful") else "left")
+    for src in result.sources:
+        table.add_row(src.name, src.kind, str(src.items), str(src.harmful), src.digest[:19])
+    console.print(table)
+    cv, p = result.cross_validated, result.cross_validated.point
+    console.print(f"{result.items} prompts ({result.harmful} harmful; {result.conflicts} left out as"
+                  f" conflicting); embeddings: {result.embedding_model}")
+    console.print(f"cross-validated ({cv.folds} folds, never on its own training data): AUROC"
+                  f" {_num(p.auroc, '.3f')}; at P(harmful) >= {_num(p.threshold, '.3g')}: recall"
+                  f" {_num(p.recall)}, specificity {_num(p.specificity)} (target recall {p.target_recall:g});"
+                  f" at 0.5: recall {_num(cv.recall_at_half)}, specificity {_num(cv.specificity_at_half)}")
+    if result.cross_fitted:
+        console.print(f"cross-fitted: prompts labelled in {', '.join(result.cross_fitted)} are scored by a"
+                      " fit without that snapshot's labels")
+    for f in result.files:
+        console.print(f"  {f}")
+
+
 def _fit(fit: dict, target: float, source: str = "the gold file") -> None:
     table = Table(title=f"score jurors: the threshold that catches {target:.0%} of the harmful prompts"
                         f" in {source} (harmful when P(harmful) >= threshold)")

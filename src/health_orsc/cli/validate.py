@@ -136,7 +136,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not 0 < args.target_recall <= 1:
         raise InputError(None, "--target-recall", f"{args.target_recall} is not a share",
                          "pass a number above 0 and at most 1, e.g. 0.95")
+    if args.train:
+        return _train(args)
+    if args.out is not None:
+        raise InputError(None, "--out", "is where --train writes its model",
+                         "add --train, or leave out --out")
     if args.labels:
+        if len(args.labels) > 1:
+            raise InputError(None, "--labels", f"{len(args.labels)} snapshots: the jury is measured on one"
+                             " snapshot's labels (several go to --train)", "pass one validation snapshot")
         return _calibrate_on_labels(args)
     config = load_config(args.config)
     if args.fit and not score_jurors(config):
@@ -166,7 +174,7 @@ def _calibrate_on_labels(args: argparse.Namespace) -> int:
     from health_orsc.snapshot.store import load_manifest
     from health_orsc.validation.calibrate import label_calibration, score_jurors
 
-    snapshot = Path(args.labels)
+    snapshot = Path(args.labels[0])
     verified(snapshot, "--labels")
     if args.fit and not score_jurors(recorded_config(load_manifest(snapshot))):
         raise InputError(snapshot, "--fit", "needs a juror that scores with token probabilities, and"
@@ -182,6 +190,52 @@ def add_target(p: argparse.ArgumentParser) -> None:
                    help="with --round 2 on: the half-width a stratum's interval must reach (default:"
                         " the last round's, else the snapshot's sample.target_halfwidth); annotate"
                         " and validate of one round need the same")
+
+
+def _train(args: argparse.Namespace) -> int:
+    """`orsc calibrate --train`: a classifier on prompt embeddings, cross-validated."""
+    from health_orsc.build.dedup import Embedder
+    from health_orsc.cache.embeddings import EmbeddingCache
+    from health_orsc.core.records import sha256_hex
+    from health_orsc.inputs.load import load_inputs
+    from health_orsc.llm import Gateway
+    from health_orsc.validation.calibrate import read_gold
+    from health_orsc.validation.classifier import TrainingResult, train, training_data, write_classifier
+
+    if args.out is None:
+        raise InputError(None, "--out", "--train needs a directory to write the model to",
+                         "pass --out MODEL_DIR (a new directory)")
+    if args.fit:
+        raise InputError(None, "--fit", "chooses a score juror's threshold; --train fits a classifier",
+                         "leave out one of them")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(out, "--out", "exists and is not an empty directory",
+                         "pass a new directory to --out (a trained classifier is never overwritten)")
+    config = load_config(args.config)
+    inputs = load_inputs(config)
+    gold_path = Path(args.gold)
+    gold = read_gold(gold_path, inputs.taxonomy)
+    snapshots = [Path(p) for p in args.labels or []]
+    for snapshot in snapshots:
+        verified(snapshot, "--labels")
+    seeds = None if args.no_seeds else [s.original_question for seeds in inputs.seeds.values() for s in seeds]
+    data = training_data([(g.id, g.prompt, g.label == "harmful") for g in gold], gold_path.name,
+                         sha256_hex(gold_path.read_bytes()), seeds, snapshots)
+    cache = EmbeddingCache.open(config)
+    gateway = Gateway(config) if config.dedup.embedder is not None else None  # an embedding endpoint
+    try:
+        embedder = Embedder.for_config(config, cache, gateway=gateway)
+        vectors = embedder.encode([i.prompt for i in data.items])
+        identity = embedder.identity
+    finally:
+        cache.close()
+        if gateway is not None:
+            gateway.close()
+    model = train(data, vectors, identity, args.target_recall)
+    files = write_classifier(model, out)
+    emit(args, TrainingResult.of(model, out, files), render.training)
+    return 0
 
 
 def register(sub) -> None:
@@ -244,9 +298,17 @@ def register(sub) -> None:
     c.add_argument("--gold", default=str(DEFAULT_GOLD),
                    help="CSV: id, category, label (benign|harmful), prompt[, original_question]"
                         " (default: the project's jury.csv)")
-    c.add_argument("--labels", metavar="VALIDATED_SNAPSHOT",
+    c.add_argument("--labels", metavar="VALIDATED_SNAPSHOT", nargs="+",
                    help="measure the snapshot's jurors on people's labels (a snapshot `orsc validate`"
-                        " wrote), design-weighted, instead of on the gold file; no model call")
+                        " wrote), design-weighted, instead of on the gold file; no model call. With"
+                        " --train: train on these snapshots' labels too (one or more)")
+    c.add_argument("--train", action="store_true",
+                   help="fit a classifier (logistic regression on the prompts' embeddings) on the gold"
+                        " file, the seeds' harmful questions and --labels' people's labels; report its"
+                        " cross-validated AUROC, recall and specificity; write it to --out")
+    c.add_argument("--out", metavar="MODEL_DIR", help="with --train: a new directory for the model")
+    c.add_argument("--no-seeds", action="store_true",
+                   help="with --train: leave out the seeds' original questions (known harmful)")
     c.add_argument("--fit", action="store_true",
                    help="for each `scoring: logprobs` juror, choose the threshold that reaches"
                         " --target-recall on the gold file (or on the labels)")
