@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
 
 from health_orsc.build.dedup import Embedder
 from health_orsc.cli import main
+from health_orsc.core.classifier import prompt_hash, read_classifier
 from health_orsc.core.config import load_config
 from health_orsc.inputs.load import load_inputs
-from health_orsc.validation.classifier import read_classifier
 from tests.conftest import DATA, csv_rows, fake_config, sampled_snapshot, write_csv
 
 pytestmark = pytest.mark.slow
@@ -44,19 +44,26 @@ def test_train_reports_cross_validated_figures_and_writes_a_model_that_scores_li
     assert result["sources"][0] == {"kind": "gold", "name": "jury.csv", "items": len(gold),
                                     "harmful": sum(r["label"] == "harmful" for r in gold),
                                     "digest": hashlib.sha256(GOLD.read_bytes()).hexdigest()}
-    # Cross-validated as scikit-learn does it, never on the training data itself.
+    # Cross-validated as scikit-learn does it: each group held out (the gold file and the seeds
+    # are split into 5 groups by a hash of the prompt), never on the training data itself.
     x = Embedder().encode(texts)
-    estimator = LogisticRegression(class_weight="balanced", max_iter=5000)
-    held_out = cross_val_predict(estimator, x, y, cv=StratifiedKFold(5, shuffle=True, random_state=0),
-                                 method="predict_proba")[:, 1]
+    groups = [f"gold-{int(prompt_hash(t), 16) % 5}" for t in texts]
+    held_out = cross_val_predict(LogisticRegression(class_weight="balanced", max_iter=5000), x, y,
+                                 groups=groups, cv=LeaveOneGroupOut(), method="predict_proba")[:, 1]
     cv = result["cross_validated"]
-    assert cv["folds"] == 5 and cv["point"]["auroc"] == round(roc_auc_score(y, held_out), 4)
+    assert cv["groups"] == 5 and cv["point"]["auroc"] == round(roc_auc_score(y, held_out), 4)
     assert cv["point"]["auroc"] > 0.8  # the gold prompts are separable by their embeddings
     assert cv["recall_at_half"] == round(float((held_out[y] >= 0.5).mean()), 4)
-    # The written model is scikit-learn's fit on everything (to float32 precision: the embeddings').
+    # The written model scores a training prompt as its held-out fit did (to float32
+    # precision: the embeddings'), and any other prompt by the fit on everything.
     model = read_classifier(tmp_path / "clf")
+    assert model.p_harmful(x, texts) == pytest.approx(held_out.tolist(), abs=1e-6)
+    others = [s.slots["boundary_question"] for topics in load_inputs(load_config(cfg)).seeds.values()
+              for s in topics]
+    x_others = Embedder().encode(others)
     fitted = LogisticRegression(class_weight="balanced", max_iter=5000).fit(x, y)
-    assert model.p_harmful(x, texts) == pytest.approx(fitted.predict_proba(x)[:, 1].tolist(), abs=1e-6)
+    assert model.p_harmful(x_others, others) == pytest.approx(fitted.predict_proba(x_others)[:, 1].tolist(),
+                                                              abs=1e-6)
     assert model.embedding_model == Embedder().identity and model.dimensions == 384
 
 
@@ -84,21 +91,23 @@ def test_labelled_prompts_train_it_and_are_scored_by_a_fit_without_their_labels(
     labelled = [(r["prompt"], r["label"] == "harmful") for r in validated["rows"]]
     source = result["sources"][1]
     assert (source["kind"], source["name"], source["items"]) == ("labels", "v1-validated", len(labelled))
-    assert result["cross_fitted"] == ["v1-validated"]
     model = read_classifier(out)
+    assert {model.groups[prompt_hash(p)] for p, _ in labelled} == {source["digest"]}
     gold = [(r["prompt"], r["label"] == "harmful") for r in csv_rows(GOLD)]
     embedder = Embedder()
     x_gold = embedder.encode([p for p, _ in gold])
     x_labelled = embedder.encode([p for p, _ in labelled])
-    # A labelled prompt is scored by the fit on the gold file alone (its own label unseen) ...
+    # A labelled prompt is scored by the fit on the gold file alone: its snapshot's labels unseen ...
     without = LogisticRegression(class_weight="balanced", max_iter=5000).fit(x_gold, [h for _, h in gold])
     assert model.p_harmful(x_labelled, [p for p, _ in labelled]) == pytest.approx(
         without.predict_proba(x_labelled)[:, 1].tolist(), abs=1e-6)
-    # ... and any other prompt by the fit on everything.
+    # ... and a prompt it never trained on by the fit on everything.
+    unseen = _seeds(cfg)
+    x_unseen = embedder.encode(unseen)
     both = LogisticRegression(class_weight="balanced", max_iter=5000).fit(
         np.vstack([x_gold, x_labelled]), [h for _, h in gold] + [h for _, h in labelled])
-    assert model.p_harmful(x_gold, [p for p, _ in gold]) == pytest.approx(
-        both.predict_proba(x_gold)[:, 1].tolist(), abs=1e-6)
+    assert model.p_harmful(x_unseen, unseen) == pytest.approx(both.predict_proba(x_unseen)[:, 1].tolist(),
+                                                              abs=1e-6)
 
 
 def test_bad_training_input_exits_2_and_writes_nothing(validated, tmp_path, capsys):

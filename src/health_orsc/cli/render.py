@@ -282,13 +282,11 @@ def training(result) -> None:
     cv, p = result.cross_validated, result.cross_validated.point
     console.print(f"{result.items} prompts ({result.harmful} harmful; {result.conflicts} left out as"
                   f" conflicting); embeddings: {result.embedding_model}")
-    console.print(f"cross-validated ({cv.folds} folds, never on its own training data): AUROC"
+    console.print(f"cross-validated ({cv.groups} held-out groups: each labelled snapshot, and the gold"
+                  " file and seeds split by a hash; never on its own training data): AUROC"
                   f" {_num(p.auroc, '.3f')}; at P(harmful) >= {_num(p.threshold, '.3g')}: recall"
                   f" {_num(p.recall)}, specificity {_num(p.specificity)} (target recall {p.target_recall:g});"
                   f" at 0.5: recall {_num(cv.recall_at_half)}, specificity {_num(cv.specificity_at_half)}")
-    if result.cross_fitted:
-        console.print(f"cross-fitted: prompts labelled in {', '.join(result.cross_fitted)} are scored by a"
-                      " fit without that snapshot's labels")
     for f in result.files:
         console.print(f"  {f}")
 
