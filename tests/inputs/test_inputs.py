@@ -124,9 +124,13 @@ def test_role_names_missing_endpoint(tmp_path, capsys, fake_llm):
 @pytest.mark.parametrize(("role", "change", "field", "message"), [
     ("generator", {"scoring": "logprobs"}, "roles.generator.scoring", "is not a juror"),
     ("judge_2", {"threshold": 0.3}, "roles.judge_2.threshold",
-     "applies to 'scoring: logprobs' and 'scoring: guard' jurors only"),
+     "applies to score jurors only"),
     ("judge_2", {"scoring": "logprobs", "threshold": 1.5}, "roles.judge_2.threshold",
      "less than or equal to 1"),
+    ("judge_2", {"classifier": "clf"}, "roles.judge_2", "add 'scoring: classifier'"),
+    ("judge_2", {"scoring": "classifier"}, "roles.judge_2", "names its model directory in 'classifier'"),
+    ("generator", {"scoring": "classifier", "classifier": "clf", "endpoint": None, "model": None},
+     "generation.role", "a classifier juror, which makes no model call"),
 ])
 def test_a_misplaced_scoring_setting(tmp_path, capsys, fake_llm, role, change, field, message):
     cfg = _edit(fake_config(tmp_path, fake_llm.base_url), lambda d: d["roles"][role].update(change))

@@ -18,10 +18,17 @@ def test_init_writes_a_project_that_loads_from_its_own_files(tmp_path, capsys):
     assert len(inputs.categories) == 7
     shipped = DATA_DIR / "seeds" / "self_harm.yaml"
     assert (demo / "seeds" / "self_harm.yaml").read_bytes() == shipped.read_bytes()
-    # the same settings as the default config, but for the three paths
+    # the classifier juror's model, copied too
+    assert cfg.classifier_dir("screen") == demo / "classifiers" / "health-gold"
+    shipped = DATA_DIR / "classifiers" / "health-gold" / "classifier.json"
+    assert (cfg.classifier_dir("screen") / "classifier.json").read_bytes() == shipped.read_bytes()
+    # the same settings as the default config, but for the paths pointing at the copies
     default = load_config(DEFAULT_CONFIG)
-    assert cfg.model_dump(exclude={"seeds_dir", "templates_dir", "outputs_dir"}) == default.model_dump(
-        exclude={"seeds_dir", "templates_dir", "outputs_dir"})
+    paths = {"seeds_dir", "templates_dir", "outputs_dir"}
+    mine, theirs = cfg.model_dump(exclude=paths), default.model_dump(exclude=paths)
+    assert mine["roles"]["screen"].pop("classifier") == "classifiers/health-gold"
+    assert theirs["roles"]["screen"].pop("classifier") == "../classifiers/health-gold"
+    assert mine == theirs
 
 
 def test_init_never_overwrites(tmp_path, capsys):

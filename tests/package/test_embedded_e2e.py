@@ -17,6 +17,7 @@ CATEGORIES = ["self_harm", "health_privacy"]
 
 def test_tiny_build_on_the_embedded_model(tmp_path, capsys):
     cfg = yaml.safe_load((DATA / "configs" / "default.yaml").read_text())
+    cfg["roles"]["screen"]["classifier"] = str(DATA / "classifiers" / "health-gold")  # the config moved
     cfg.update(seeds_dir=str(DATA / "seeds"), templates_dir=str(DATA / "prompts_templates"),
                outputs_dir=str(tmp_path / "outputs"), categories=CATEGORIES)
     cfg["generation"]["seeds_per_category"] = 2
@@ -49,6 +50,7 @@ def test_calibrate_runs_on_the_embedded_model(tmp_path, capsys):
     """The shipped gold file's format, judged by the embedded jury (one benign and one
     harmful prompt of a category: the whole file takes ~6 minutes here, see README)."""
     cfg = yaml.safe_load((DATA / "configs" / "default.yaml").read_text())
+    cfg["roles"]["screen"]["classifier"] = str(DATA / "classifiers" / "health-gold")  # the config moved
     cfg.update(seeds_dir=str(DATA / "seeds"), templates_dir=str(DATA / "prompts_templates"),
                outputs_dir=str(tmp_path / "outputs"))
     path = tmp_path / "config.yaml"
@@ -59,5 +61,5 @@ def test_calibrate_runs_on_the_embedded_model(tmp_path, capsys):
     assert main(["calibrate", "--config", str(path), "--gold", str(gold), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["items"] == 2 and report["model_calls"] == 6
-    assert set(report["jurors"]) == {"judge_1", "judge_2", "judge_3", "rule"}
+    assert set(report["jurors"]) == {"judge_1", "judge_2", "judge_3", "screen", "rule"}
     assert all(sum(map(sum, m["confusion"])) + m["unparseable"] == 2 for m in report["jurors"].values())

@@ -31,6 +31,8 @@ def _fake_project(config: dict, base_url: str) -> dict:
     config["endpoints"] = {"fake": {"base_url": base_url, "max_concurrency": 4, "max_retries": 2,
                                     "timeout_s": 10}}
     for name, role in config["roles"].items():
+        if role.get("scoring") == "classifier":
+            continue  # no model call: the classifier juror init copied out of the wheel judges as it is
         role.update(endpoint="fake", model=name.replace("_", "-").replace("generator", "gen-model"))
         role.pop("scoring", None)
     config.update(categories=["self_harm", "drug_abuse"], dedup={"threshold": 0.99})

@@ -39,7 +39,8 @@ STAGE_COMPONENTS: dict[str, tuple[str, ...]] = {
     "generate": ("taxonomy", "seeds", "templates", "rewrite_prompt", "roles", "generation",
                  "code_generate"),
     "dedup": ("dedup", "generation", "dedup_model", "code_dedup"),  # generation.min_similarity
-    "jury": ("taxonomy", "seeds", "judge_prompts", "roles", "jury", "code_jury", "rubric_writer"),
+    "jury": ("taxonomy", "seeds", "judge_prompts", "roles", "jury", "code_jury", "rubric_writer",
+             "classifiers"),
 }
 
 
@@ -90,6 +91,8 @@ def code_version(stage: str, root: Path = PACKAGE_DIR) -> str:
 
 def _role(cfg: BuildConfig, name: str) -> dict:
     role = cfg.roles[name]
+    if not role.calls:  # a classifier juror: its model file's digest is `classifiers`
+        return role.scoring_rule()
     endpoint = cfg.endpoints[role.endpoint]
     return {"model": role.model, "endpoint": endpoint.identity,
             "structured_output": endpoint.structured_output,
@@ -127,6 +130,8 @@ def fingerprint_parts(inputs: BuildInputs, category: str) -> dict:
                       for lvl, tpls in inputs.generation_templates.items()},
         "rewrite_prompt": [inputs.rewrite_template.name, inputs.rewrite_template.sha],
         "judge_prompts": {j: [t.name, t.sha] for j, t in inputs.judge_templates.items()},
+        # classifier jurors' model files; the key only with one, as before they existed
+        **({"classifiers": inputs.classifier_digests} if inputs.classifier_digests else {}),
         # read by the export, which runs in every build: it keys the category, no stage task
         "rubric_prompt": [inputs.rubric_templates[category].name, inputs.rubric_templates[category].sha],
         # the writer (jury stage) sees the template's criteria: both key its task, only with a writer

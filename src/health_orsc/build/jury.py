@@ -6,7 +6,10 @@ candidate, with every juror's vote and rationale. Kept when at least
 reason `jury_harmful` (too few benign votes) or `unparseable_verdict` (a juror
 gave no valid verdict after the bounded repair attempts). A score juror
 (`scoring: logprobs`) answers one word instead; its vote's P(harmful) comes from the
-label tokens' probabilities and its label from the juror's threshold.
+label tokens' probabilities and its label from the juror's threshold. A classifier juror
+(`scoring: classifier`) makes no call: its P(harmful) is its model's score of the prompt's
+embedding (health_orsc.core.classifier), computed beforehand for every text the stage judges
+(`classifier_scores`, given the embedder) and labelled by its threshold.
 
 The jury is also checked: `calibrate_jurors` asks every juror about the
 seeds' original (harmful) requests, and the share each labels harmful is
@@ -143,7 +146,7 @@ def juror_messages(inputs: BuildInputs, juror: str, prompt: str, entry: Category
 async def cast_vote(gateway: Gateway, juror: str, prompt_messages: list[dict[str, str]],
                     max_repairs: int) -> JurorVote:
     role = gateway.config.roles[juror]
-    model = role.identity(gateway.config.endpoints[role.endpoint])
+    model = gateway.config.role_identity(juror)
     if role.scoring == "logprobs":
         return await _score_vote(gateway, juror, model, prompt_messages)
     if role.scoring == "guard":
@@ -195,11 +198,57 @@ async def _guard_vote(gateway: Gateway, juror: str, model: str, messages: list[d
     return JurorVote(**vote, label=label, rationale=f"{fmt}: {reply!r} (no token log-probabilities)")
 
 
+# A classifier juror's scores: juror -> text -> P(harmful).
+Scores = dict[str, dict[str, float]]
+
+
+def calling_jurors(inputs: BuildInputs) -> list[str]:
+    return [j for j in inputs.config.jury.jurors if inputs.config.roles[j].calls]
+
+
 def planned_calls(inputs: BuildInputs, category: str, candidates: int) -> int:
     """Model calls judge_category and calibrate_jurors make for a category, without repairs."""
     jury = inputs.config.jury
     checks = 2 * len(inputs.seeds[category]) if jury.calibrate else 0  # harmful + benign control
-    return (candidates + checks) * len(jury.jurors)
+    return (candidates + checks) * len(calling_jurors(inputs))
+
+
+def check_texts(inputs: BuildInputs, category: str) -> list[str]:
+    """The texts the jury check asks about (calibrate_jurors): each seed's harmful request
+    and its benign boundary question."""
+    return [t for s in inputs.seeds[category] for t in (s.original_question, s.slots["boundary_question"])]
+
+
+def classifier_scores(inputs: BuildInputs, texts: list[str],
+                      embed: Callable[[list[str]], Any]) -> Scores:
+    """Every classifier juror's P(harmful) of each text, from the texts' embeddings (`embed`,
+    the config's embedder): a text it was trained on is scored by the fit that never saw
+    its label (health_orsc.core.classifier)."""
+    if not inputs.classifiers:
+        return {}
+    unique = list(dict.fromkeys(texts))
+    vectors = embed(unique)
+    return {j: dict(zip(unique, model.p_harmful(vectors, unique), strict=True))
+            for j, model in inputs.classifiers.items()}
+
+
+def classifier_vote(inputs: BuildInputs, juror: str, p: float) -> JurorVote:
+    role = inputs.config.roles[juror]
+    label = "harmful" if p >= role.threshold else "benign"
+    return JurorVote(juror=juror, model=f"classifier:{inputs.classifier_digests[juror][:16]}",
+                     judge_prompt="", calls=[], repairs=0, label=label, p_harmful=round(p, 4),
+                     rationale=f"classifier P(harmful) {p:.3f} {'>=' if label == 'harmful' else '<'}"
+                               f" threshold {role.threshold}")
+
+
+async def vote_on(inputs: BuildInputs, gateway: Gateway, juror: str, prompt: str, entry: CategoryEntry,
+                  beside: str, scores: Scores | None) -> JurorVote:
+    """One juror's vote on `prompt` (shown beside `beside`): a classifier juror's from
+    `scores`, any other's from its model."""
+    if juror in inputs.classifiers:
+        return classifier_vote(inputs, juror, (scores or {})[juror][prompt])
+    messages = juror_messages(inputs, juror, prompt, entry, beside)
+    return await cast_vote(gateway, juror, messages, inputs.config.jury.max_repairs)
 
 
 def jury_label(votes: list[JurorVote], required_benign: int) -> str:
@@ -229,13 +278,13 @@ async def ask_jurors(gateway: Gateway, jurors: list[str], items: list[T],
 
 
 async def judge_category(inputs: BuildInputs, category: str, candidates: list[Candidate],
-                         gateway: Gateway) -> list[Decision]:
+                         gateway: Gateway, scores: Scores | None = None) -> list[Decision]:
+    """`scores`: the classifier jurors' of the candidates' prompts (`classifier_scores`)."""
     jury = inputs.config.jury
     entry = inputs.taxonomy.entry(category)
 
     async def vote(cand: Candidate, juror: str) -> JurorVote:
-        messages = juror_messages(inputs, juror, cand.prompt, entry, cand.original_question)
-        return await cast_vote(gateway, juror, messages, jury.max_repairs)
+        return await vote_on(inputs, gateway, juror, cand.prompt, entry, cand.original_question, scores)
 
     votes = await ask_jurors(gateway, jury.jurors, candidates, vote)
     return [decide(c, v, jury.required_benign) for c, v in zip(candidates, votes, strict=True)]
@@ -257,16 +306,15 @@ def nearest_other(questions: list[str]) -> list[str]:
 
 
 async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedTopic],
-                           gateway: Gateway) -> list[CalibrationVote]:
+                           gateway: Gateway, scores: Scores | None = None) -> list[CalibrationVote]:
     """Ask every juror about the harmful requests the seeds neighbour, and about the seeds'
     hand-written benign boundary questions (paired with those requests, as a candidate is).
 
     A juror that calls the requests benign cannot be trusted to filter the hard prompts; one
     that calls the controls harmful throws benign boundary prompts away. Its recall and
     specificity are reported beside the benchmark, so a user sees how good the jury was,
-    not just what it decided.
+    not just what it decided. `scores`: the classifier jurors' of the check's texts (`check_texts`).
     """
-    jury = inputs.config.jury
     entry = inputs.taxonomy.entry(category)
     checks = [(seed, known) for seed in seeds for known in ("harmful", "benign")]
     other = dict(zip([s.id for s in seeds], nearest_other([s.original_question for s in seeds]), strict=True))
@@ -277,12 +325,11 @@ async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedT
             prompt, beside = seed.original_question, other[seed.id]
         else:  # a benign control, beside the harmful request it neighbours
             prompt, beside = seed.slots["boundary_question"], seed.original_question
-        messages = juror_messages(inputs, juror, prompt, entry, beside)
         return CalibrationVote(category=category, seed_id=seed.id, original_question=seed.original_question,
-                               vote=await cast_vote(gateway, juror, messages, jury.max_repairs),
+                               vote=await vote_on(inputs, gateway, juror, prompt, entry, beside, scores),
                                known=known, prompt="" if known == "harmful" else prompt)
 
-    votes = await ask_jurors(gateway, jury.jurors, checks, vote)
+    votes = await ask_jurors(gateway, inputs.config.jury.jurors, checks, vote)
     return [v for per_check in votes for v in per_check]  # check by check, jurors in order
 
 

@@ -125,7 +125,9 @@ def jury_stage(inputs: BuildInputs, category: str, deduped: str, fingerprint: st
     """Writes the category's decisions and, beside them, the jury check's votes."""
     candidates = [d.candidate for d in read_jsonl(dedup_file(Path(deduped), category), Decision) if d.kept]
     usage.expect(jury.planned_calls(inputs, category, len(candidates)))
-    decisions = gateway.run(jury.judge_category(inputs, category, candidates, gateway), usage)
+    checks = jury.check_texts(inputs, category) if inputs.config.jury.calibrate else []
+    scores = classify(inputs, [c.prompt for c in candidates] + checks, gateway)
+    decisions = gateway.run(jury.judge_category(inputs, category, candidates, gateway, scores), usage)
     if inputs.rubric_writer_template is not None:  # prompt-specific criteria for the kept ones
         kept = [d.candidate for d in decisions if d.kept]
         usage.expect(len(kept))
@@ -135,13 +137,30 @@ def jury_stage(inputs: BuildInputs, category: str, deduped: str, fingerprint: st
                      for d in decisions]
     calibration = []
     if inputs.config.jury.calibrate:
-        check = jury.calibrate_jurors(inputs, category, inputs.seeds[category], gateway)
+        check = jury.calibrate_jurors(inputs, category, inputs.seeds[category], gateway, scores)
         calibration = gateway.run(check, usage)
     out = stage_path(inputs.config.outputs_dir, "jury",
                      f"{category}-{content_id([Path(deduped).stem, fingerprint])}")
     write_jsonl(calibration_path(out), calibration)
     write_jsonl(out, decisions)
     return StageOutput(str(out), StageCounts.of(decisions))
+
+
+def classify(inputs: BuildInputs, texts: list[str], gateway: Gateway | None = None) -> jury.Scores:
+    """The classifier jurors' scores of `texts`, embedded by the config's embedder through
+    the embedding cache (the dedup stage embedded the candidates' prompts already); an
+    embedding endpoint through `gateway`, or a gateway of its own."""
+    if not inputs.classifiers:
+        return {}
+    own = Gateway(inputs.config) if gateway is None and inputs.config.dedup.embedder is not None else None
+    cache = EmbeddingCache.open(inputs.config)
+    try:
+        embedder = Embedder.for_config(inputs.config, cache, gateway=gateway or own)
+        return jury.classifier_scores(inputs, texts, embedder.encode)
+    finally:
+        cache.close()
+        if own is not None:
+            own.close()
 
 
 def calibration_path(jury_output: Path) -> Path:

@@ -13,7 +13,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     out = Path(args.dir)
     files = init_project(out)
-    console.print(f"wrote {len(files)} files to {out}: {CONFIG}, seeds/, prompts_templates/")
+    console.print(f"wrote {len(files)} files to {out}: {CONFIG}, seeds/, prompts_templates/, classifiers/")
     console.print(f"edit them, then: orsc build --config {out / CONFIG}", soft_wrap=True)
     return 0
 

@@ -124,6 +124,8 @@ def _later_round(snapshot: Path, n: int, target: float | None, paths: list[Path]
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from health_orsc.build.jury import calling_jurors
+    from health_orsc.build.stages import classify
     from health_orsc.inputs.load import load_inputs
     from health_orsc.validation.calibrate import (
         calibration_report,
@@ -158,8 +160,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if missing:
         raise InputError(Path(args.gold), "category", f"{', '.join(missing)} not among the config's"
                          " categories", "drop those rows, or remove `categories` from the config")
-    votes, calls, hits = model_calls(config, "calibrate", "gold", len(gold) * len(config.jury.jurors),
-                                     lambda gateway: judge_gold(inputs, gold, gateway))
+    scores = classify(inputs, [g.prompt for g in gold])
+    votes, calls, hits = model_calls(config, "calibrate", "gold", len(gold) * len(calling_jurors(inputs)),
+                                     lambda gateway: judge_gold(inputs, gold, gateway, scores))
     report = calibration_report(gold, votes, config.jury.jurors, config.jury.required_benign)
     report.model_calls, report.cache_hits = calls, hits
     if args.fit:

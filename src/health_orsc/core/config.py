@@ -92,10 +92,11 @@ class SamplingParams(Strict):
 
 
 class RoleConfig(SamplingParams):
-    """A role (generator, judge_1, ...) bound to an endpoint, a model and sampling."""
+    """A role (generator, judge_1, ...) bound to an endpoint, a model and sampling; or a
+    classifier juror (`scoring: classifier`), which has a model directory instead."""
 
-    endpoint: str
-    model: str
+    endpoint: str | None = None   # every role but a classifier juror
+    model: str | None = None
     # Judge roles: the judge prompt template (under templates_dir/judges/; a guard juror's
     # under guards/, default `<guard_format>.j2`).
     prompt: str | None = None
@@ -105,7 +106,11 @@ class RoleConfig(SamplingParams):
     # `guard`: a guard model (Llama Guard, ShieldGemma, WildGuard) asked in its own format
     # (`guard_format`), labelled from P(unsafe) as a score juror when the endpoint returns
     # token log-probabilities, else from its reply (health_orsc/build/guards.py).
-    scoring: Literal["verdict", "logprobs", "guard"] = "verdict"
+    # `classifier`: no model call; a logistic regression on the prompt's embedding, trained
+    # by `orsc calibrate --train` into the directory `classifier` names (relative to the
+    # config file; health_orsc/core/classifier.py), labelled by `threshold` like a score juror.
+    scoring: Literal["verdict", "logprobs", "guard", "classifier"] = "verdict"
+    classifier: str | None = None
     guard_format: Literal["llama-guard", "shieldgemma", "wildguard"] | None = None
     threshold: float = Field(0.5, ge=0, le=1)
     # Frontier and reasoning models (docs/configuration.md "Reasoning and frontier models"): what the
@@ -145,6 +150,21 @@ class RoleConfig(SamplingParams):
         return {**fields, **self.extra_body}
 
     @model_validator(mode="after")
+    def _classifier_alone(self) -> RoleConfig:
+        if self.scoring == "classifier":
+            if self.classifier is None:
+                raise ValueError("a 'scoring: classifier' juror names its model directory in"
+                                 " 'classifier' (what `orsc calibrate --train --out DIR` wrote)")
+            clash = [f for f in ("endpoint", "model", "prompt") if getattr(self, f) is not None]
+            if clash:
+                raise ValueError(f"a 'scoring: classifier' juror makes no model call: remove {clash}")
+            return self
+        if self.classifier is not None:
+            raise ValueError("'classifier' is the model directory of a 'scoring: classifier' juror:"
+                             " add 'scoring: classifier' (and remove endpoint and model), or remove it")
+        return self  # a missing endpoint or model: _check_references names the field
+
+    @model_validator(mode="after")
     def _guard_format_with_guard(self) -> RoleConfig:
         if (self.scoring == "guard") != (self.guard_format is not None):
             raise ValueError("'scoring: guard' and 'guard_format' go together: a guard juror names"
@@ -158,7 +178,12 @@ class RoleConfig(SamplingParams):
     @property
     def scored(self) -> bool:
         """A juror whose vote carries P(harmful) and is labelled by `threshold`."""
-        return self.scoring in ("logprobs", "guard")
+        return self.scoring in ("logprobs", "guard", "classifier")
+
+    @property
+    def calls(self) -> bool:
+        """A role that calls a model (every role but a classifier juror)."""
+        return self.scoring != "classifier"
 
     def judge_template(self) -> Path:
         """A juror's prompt template, relative to the templates directory."""
@@ -177,6 +202,8 @@ class RoleConfig(SamplingParams):
         verdict juror (so records of jurors from before score jurors keep their hashes)."""
         if self.scoring == "guard":
             return {"scoring": "guard", "guard_format": self.guard_format, "threshold": self.threshold}
+        if self.scoring == "classifier":
+            return {"scoring": "classifier", "classifier": self.classifier, "threshold": self.threshold}
         return {"scoring": "logprobs", "threshold": self.threshold} if self.scoring == "logprobs" else {}
 
 
@@ -408,6 +435,16 @@ class BuildConfig(Strict):
     def endpoint_for(self, role: str) -> EndpointConfig:
         return self.endpoints[self.roles[role].endpoint]
 
+    def role_identity(self, role: str) -> str:
+        """`model@endpoint` of a role; a classifier juror's `classifier:DIR`."""
+        r = self.roles[role]
+        return f"classifier:{r.classifier}" if not r.calls else r.identity(self.endpoint_for(role))
+
+    def classifier_dir(self, role: str) -> Path:
+        """A classifier juror's model directory, relative to the config file."""
+        base = self.source.parent if self.source is not None else Path.cwd()
+        return (base / (self.roles[role].classifier or "")).resolve()
+
     def embedding_identity(self) -> str:
         """Which model embeds for dedup: `model@endpoint` of the embedder role, or a hash
         of the local model's files. Keys the embedding cache; in every fingerprint."""
@@ -486,6 +523,11 @@ def _check_paths(cfg: BuildConfig, path: Path) -> None:
                 raise InputError(path, "outputs_dir", f"{parent} is a file, not a directory",
                                  "point 'outputs_dir' at a directory (it is created if missing)")
             break
+    for name in cfg.jury.jurors:
+        if not cfg.roles[name].calls:
+            from health_orsc.core.classifier import read_classifier
+
+            read_classifier(cfg.classifier_dir(name), f"roles.{name}.classifier")
     if cfg.dedup.model_path is not None:
         model = (path.resolve().parent / cfg.dedup.model_path).resolve()
         if not (model / "modules.json").is_file() and not (model / "config.json").is_file():
@@ -500,7 +542,12 @@ def _check_paths(cfg: BuildConfig, path: Path) -> None:
 def _check_references(cfg: BuildConfig, path: Path) -> None:
     """Cross-field checks pydantic cannot express: roles name endpoints, jurors name roles."""
     for name, role in cfg.roles.items():
-        if role.endpoint not in cfg.endpoints:
+        for field in ("endpoint", "model"):
+            if role.calls and getattr(role, field) is None:
+                raise InputError(path, f"roles.{name}.{field}", "is missing",
+                                 f"set the {field} the role calls (or, for a classifier juror,"
+                                 " 'scoring: classifier' and 'classifier')")
+        if role.calls and role.endpoint not in cfg.endpoints:
             raise InputError(
                 path,
                 f"roles.{name}.endpoint",
@@ -519,6 +566,13 @@ def _check_references(cfg: BuildConfig, path: Path) -> None:
                 path, field, f"names role '{role}', which is not defined",
                 f"add '{role}' under 'roles' or use one of {sorted(cfg.roles)}",
             )
+    callers = [("generation.role", cfg.generation.role), ("generation.rubric_writer", writer),
+               ("dedup.embedder", cfg.dedup.embedder), ("evaluation.grader", cfg.evaluation.grader),
+               *((f"evaluation.models[{i}]", m) for i, m in enumerate(cfg.evaluation.models))]
+    for field, role in callers:
+        if role in cfg.roles and not cfg.roles[role].calls:
+            raise InputError(path, field, f"names '{role}', a classifier juror, which makes no model call",
+                             "name a role with an endpoint and a model here")
     embedder = cfg.dedup.embedder
     if embedder is not None:
         if embedder not in cfg.roles:
@@ -539,10 +593,10 @@ def _check_references(cfg: BuildConfig, path: Path) -> None:
                              f"set 'scoring: {role.scoring}' on a role listed in jury.jurors, or remove it")
         if "threshold" in role.model_fields_set and not role.scored:
             raise InputError(path, f"roles.{name}.threshold",
-                             "applies to 'scoring: logprobs' and 'scoring: guard' jurors only",
+                             "applies to score jurors only ('scoring: logprobs', 'guard' or 'classifier')",
                              "add 'scoring: logprobs' to the role, or remove 'threshold'")
     for i, juror in enumerate(cfg.jury.jurors):
-        if cfg.roles[juror].prompt is None and cfg.roles[juror].scoring != "guard":
+        if cfg.roles[juror].prompt is None and cfg.roles[juror].scoring not in ("guard", "classifier"):
             raise InputError(
                 path, f"roles.{juror}.prompt", f"juror '{juror}' (jury.jurors[{i}]) has no judge prompt",
                 "set 'prompt' to a template file under prompts_templates/judges/",

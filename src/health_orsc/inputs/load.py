@@ -7,11 +7,12 @@ malformed file stops the build with one message naming file, field and fix.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from health_orsc.core.classifier import Classifier, classifier_digest, read_classifier
 from health_orsc.core.config import BuildConfig
 from health_orsc.core.errors import InputError, from_validation_error, shorten
 from health_orsc.core.files import load_yaml
@@ -88,6 +89,8 @@ class BuildInputs:
     dedup_model: str  # BuildConfig.embedding_identity()
     rubric_templates: dict[str, PromptTemplate]  # category -> rubrics/<category>.j2 or default.j2
     rubric_writer_template: PromptTemplate | None = None  # generation.rubric_writer's prompt
+    classifiers: dict[str, Classifier] = field(default_factory=dict)  # classifier juror -> its model
+    classifier_digests: dict[str, str] = field(default_factory=dict)  # ... -> sha256 of classifier.json
 
 
 def load_taxonomy(seeds_dir: Path) -> Taxonomy:
@@ -181,7 +184,15 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> Bui
     }
     rewrite = lib.get(Path(gen.rewrite_prompt), "generation.rewrite_prompt", cfg_file)
     judges = {j: lib.get(config.roles[j].judge_template(), f"roles.{j}.prompt", cfg_file)
-              for j in config.jury.jurors}
+              for j in config.jury.jurors if config.roles[j].calls}
+    classifiers = {j: read_classifier(config.classifier_dir(j), f"roles.{j}.classifier")
+                   for j in config.jury.jurors if not config.roles[j].calls}
+    for j, model in classifiers.items():
+        if model.embedding_model != config.embedding_identity():
+            raise InputError(cfg_file, f"roles.{j}.classifier", f"was trained on the embeddings of"
+                             f" {model.embedding_model}, and this config embeds with"
+                             f" {config.embedding_identity()}: its scores would mean nothing",
+                             "train it again with this config (orsc calibrate --train --config ...)")
 
     rubrics = {c: rubric_template(lib, c, cfg_file) for c in selected}
     writer_role = gen.rubric_writer
@@ -214,7 +225,8 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> Bui
                 tpl.render(judge_context("example prompt", entry, seed.original_question, answer), where)
 
     writers = [writer_role] if writer_role is not None else []
-    used_endpoints = {config.roles[r].endpoint for r in [gen.role, *config.jury.jurors, *writers]}
+    used_endpoints = {config.roles[r].endpoint for r in [gen.role, *config.jury.jurors, *writers]
+                      if config.roles[r].calls}
     for name in sorted(used_endpoints):
         var = config.endpoints[name].api_key_env
         if var and not os.environ.get(var):
@@ -223,4 +235,5 @@ def load_inputs(config: BuildConfig, categories: list[str] | None = None) -> Bui
                              f"export {var}=... before running, or point the roles at another endpoint")
     dedup_model = config.embedding_identity()
     return BuildInputs(config, taxonomy, selected, seeds, gen_templates, rewrite, judges, dedup_model,
-                       rubrics, writer)
+                       rubrics, writer, classifiers,
+                       {j: classifier_digest(config.classifier_dir(j)) for j in classifiers})

@@ -1,7 +1,7 @@
-"""`orsc init DIR`: a project of one's own - the default config, seeds and templates
+"""`orsc init DIR`: a project of one's own - the default config, seeds, templates and classifier
 copied out of the package into DIR, to edit and build with `orsc build --config
 DIR/config.yaml`. The copy is byte for byte except the config's paths, which point at the
-copied seeds and templates and at DIR/outputs.
+copied seeds, templates and classifier and at DIR/outputs.
 
 Example:
     files = init_project(Path("my-benchmark"))
@@ -14,13 +14,14 @@ from pathlib import Path
 from health_orsc.core.config import DATA_DIR, DEFAULT_CONFIG
 from health_orsc.core.files import write_new_dir
 
-COPIED = ("seeds", "prompts_templates")
+COPIED = ("seeds", "prompts_templates", "classifiers")
 CONFIG = "config.yaml"
 _EDITS = {
     "without outputs_dir,\n# snapshots, caches and evaluations go to ./outputs in the current directory.":
         "snapshots, caches\n# and evaluations go to outputs/ beside this file.",
     "seeds_dir: ../seeds\n": "seeds_dir: seeds\n",
     "templates_dir: ../prompts_templates\n": "templates_dir: prompts_templates\noutputs_dir: outputs\n",
+    "classifier: ../classifiers/health-gold}": "classifier: classifiers/health-gold}",
 }
 
 

@@ -81,13 +81,13 @@ def models_of(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
     """Each role's model, endpoint, sampling and prompt, as MANIFEST.json lists them."""
     return {r: {"endpoint": cfg.endpoint_for(r).identity, "model": cfg.roles[r].model,
                 "sampling": cfg.roles[r].request_fields(), "prompt": cfg.roles[r].prompt,
-                **cfg.roles[r].scoring_rule()}
+                **cfg.roles[r].scoring_rule()} if cfg.roles[r].calls else cfg.roles[r].scoring_rule()
             for r in [cfg.generation.role, *cfg.jury.jurors, *filter(None, [cfg.dedup.embedder])]}
 
 
 def jury_of(cfg: BuildConfig) -> dict[str, Any]:
     return {"jurors": cfg.jury.jurors, "required_benign": cfg.jury.required_benign,
-            "models": sorted({cfg.roles[j].identity(cfg.endpoint_for(j)) for j in cfg.jury.jurors})}
+            "models": sorted({cfg.role_identity(j) for j in cfg.jury.jurors})}
 
 
 def config_of(cfg: BuildConfig) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from health_orsc.build.jury import ask_jurors, cast_vote, juror_messages, jury_label
+from health_orsc.build.jury import Scores, ask_jurors, jury_label, vote_on
 from health_orsc.core.config import BuildConfig
 from health_orsc.core.errors import InputError, shorten
 from health_orsc.core.files import read_id_csv
@@ -72,16 +72,17 @@ def read_gold(path: Path, taxonomy: Taxonomy) -> list[GoldItem]:
     return items
 
 
-async def judge_gold(inputs: BuildInputs, gold: list[GoldItem], gateway: Gateway) -> list[list[JurorVote]]:
-    """Every juror's vote on every gold prompt: votes[item][juror]."""
-    jury = inputs.config.jury
-
+async def judge_gold(inputs: BuildInputs, gold: list[GoldItem], gateway: Gateway,
+                     scores: Scores | None = None) -> list[list[JurorVote]]:
+    """Every juror's vote on every gold prompt: votes[item][juror]. `scores`: the classifier
+    jurors' of the gold prompts (a classifier trained on this gold file scores each prompt
+    by a fit that never saw its label: health_orsc.core.classifier)."""
     async def vote(item: GoldItem, juror: str) -> JurorVote:
         entry = inputs.taxonomy.entry(item.category)
-        messages = juror_messages(inputs, juror, item.prompt, entry, item.original_question or item.prompt)
-        return await cast_vote(gateway, juror, messages, jury.max_repairs)
+        beside = item.original_question or item.prompt
+        return await vote_on(inputs, gateway, juror, item.prompt, entry, beside, scores)
 
-    return await ask_jurors(gateway, jury.jurors, gold, vote)
+    return await ask_jurors(gateway, inputs.config.jury.jurors, gold, vote)
 
 
 class JurorAgreement(BaseModel):
@@ -162,8 +163,8 @@ def score_fit(config: BuildConfig, juror: str, point: OperatingPoint, unscored: 
     set_fields = role.model_dump(exclude_defaults=True, exclude={"endpoint", "model", "threshold"})
     line = None
     if point.threshold is not None:
-        fields = ", ".join(f"{k}: {v}" for k, v in {"endpoint": role.endpoint, "model": role.model,
-                                                   **set_fields, "scoring": role.scoring,
+        called = {"endpoint": role.endpoint, "model": role.model} if role.calls else {}
+        fields = ", ".join(f"{k}: {v}" for k, v in {**called, **set_fields, "scoring": role.scoring,
                                                    "threshold": point.threshold}.items())
         line = f"{juror}: {{{fields}}}" + (f"  # {source}" if source else "")
     return ScoreFit(**point.model_dump(), unscored=unscored, config_line=line)
