@@ -216,3 +216,8 @@ def test_rounds_after_a_gated_round_gate_by_every_rounds_labels(first, tmp_path,
             assert not gated and result["gated"] is None
             for f in ("prompts.jsonl", "rejected.jsonl"):
                 assert (v1.parent / name / f).read_bytes() == (v1 / f).read_bytes()
+
+
+def test_a_probability_that_is_not_a_number_is_left_for_the_report_to_name():
+    rows = [{"id": "a", "source": "kept", "category": "c", "level": "easy", "inclusion_probability": "x"}]
+    assert combined_sample([rows], Counter({"kept:c:easy": 4}))[0]["inclusion_probability"] == "x"

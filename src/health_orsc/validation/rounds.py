@@ -122,7 +122,11 @@ def combined_sample(rounds: list[list[dict[str, str]]], population: Counter[str]
         for s in rows:
             h = stratum_of(s)
             recorded = s.get("inclusion_probability")
-            p = float(recorded) if recorded else first[h] / population[h]  # before schema 5: n/N
+            try:
+                p = float(recorded) if recorded else first[h] / population[h]  # before schema 5: n/N
+            except ValueError:  # left as it is: the report names the row (validity.sample_units)
+                out.append({**s, "round": str(k + 1)})
+                continue
             out.append({**s, "round": str(k + 1),
                         "inclusion_probability": repr(_chain(p, rates[h][k:]))})
     return out
