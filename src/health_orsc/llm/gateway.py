@@ -43,7 +43,7 @@ from health_orsc.llm.cache_io import CacheReader, CacheWriter
 from health_orsc.llm.embedded import EmbeddedServer
 from health_orsc.llm.replies import ChatResult, choice_logprobs, parse_embeddings, parse_reply
 from health_orsc.llm.request import ChatRequest, response_format
-from health_orsc.llm.retry import LLMError, Retryable, backoff_s, post
+from health_orsc.llm.retry import LLMError, Poster, Retryable, backoff_s, post
 from health_orsc.runtime.progress import note
 
 T = TypeVar("T")
@@ -70,7 +70,7 @@ class Gateway:
         running.wait()
         self._writer = CacheWriter(self.cache, self._loop)
         self._reader = CacheReader(self.cache, self._loop)
-        self._clients: dict[str, openai.AsyncOpenAI] = {}
+        self._clients: dict[str, Poster] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._sampling_fields: dict[tuple[str, int], dict[str, Any]] = {}
         self._admission: asyncio.Semaphore | None = None  # made on the loop, by gather()
@@ -198,11 +198,11 @@ class Gateway:
         the successful attempt's latency."""
         where = f"endpoint '{ep_name}' ({ep.identity})"
         async with self._semaphore(ep_name):
-            client = await self._client(ep_name)
+            poster = await self._client(ep_name)
             for attempt in range(ep.max_retries + 1):
                 started = time.monotonic()
                 try:
-                    raw = await post(client, path, body, where)
+                    raw = await post(poster, path, body, where)
                     return raw, parse(raw), time.monotonic() - started
                 except Retryable as err:
                     if attempt == ep.max_retries:
@@ -236,7 +236,7 @@ class Gateway:
             self._semaphores[ep_name] = asyncio.Semaphore(self.config.endpoints[ep_name].max_concurrency)
         return self._semaphores[ep_name]
 
-    async def _client(self, ep_name: str) -> openai.AsyncOpenAI:
+    async def _client(self, ep_name: str) -> Poster:
         if ep_name in self._clients:
             return self._clients[ep_name]
         lock = self._start_locks.setdefault(ep_name, asyncio.Lock())
@@ -266,16 +266,18 @@ def _choice_details(choice: dict[str, Any] | None,
     return (None if top_logprobs is None else choice_logprobs(choice)), choice.get("finish_reason")
 
 
-def make_client(ep: EndpointConfig, base_url: str) -> openai.AsyncOpenAI:
-    """An openai client for one endpoint: no retries of its own (the gateway's policy
-    applies), a connection pool as large as the endpoint's concurrency bound."""
+def make_client(ep: EndpointConfig, base_url: str) -> Poster:
+    """An openai client for one endpoint, and its HTTP client to post through (retry.Poster):
+    no retries of its own (the gateway's policy applies), a connection pool as large as the
+    endpoint's concurrency bound."""
     api_key = os.environ.get(ep.api_key_env, "") if ep.api_key_env else "not-needed"
     limits = httpx2.Limits(max_connections=ep.max_concurrency, max_keepalive_connections=ep.max_concurrency)
     http_client = openai.DefaultAioHttpClient(timeout=ep.timeout_s, limits=limits)
     common = {"api_key": api_key, "max_retries": 0, "timeout": ep.timeout_s, "http_client": http_client}
     if ep.azure_api_version:
-        return openai.AsyncAzureOpenAI(base_url=base_url, api_version=ep.azure_api_version, **common)
-    return openai.AsyncOpenAI(base_url=base_url, **common)
+        return Poster(openai.AsyncAzureOpenAI(base_url=base_url, api_version=ep.azure_api_version, **common),
+                      http_client)
+    return Poster(openai.AsyncOpenAI(base_url=base_url, **common), http_client)
 
 
 _gateways: dict[str, Gateway] = {}

@@ -64,23 +64,69 @@ def backoff_s(attempt: int, asked_s: float | None = None) -> float:
     return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt) * (0.5 + random.random())
 
 
-async def post(client: openai.AsyncOpenAI, path: str, body: dict[str, Any], where: str) -> bytes:
+class Poster:
+    """POSTs to one endpoint. Through the openai client's own HTTP client, with the client's
+    headers (its authentication included) built once: openai's per-request options and
+    header merging cost about half the gateway's CPU per call (bench/README.md). To Azure,
+    through the openai client's `post`, which reads the body's `model` to build the
+    deployment's URL."""
+
+    def __init__(self, client: openai.AsyncOpenAI, http_client: httpx2.AsyncClient):
+        self.client, self.http = client, http_client
+        self.azure = isinstance(client, openai.AsyncAzureOpenAI)
+        self.base = str(client.base_url).rstrip("/")
+        sent = {**client.default_headers, **client.auth_headers, "Content-Type": "application/json"}
+        self.headers = httpx2.Headers({k: v for k, v in sent.items() if isinstance(v, str)})  # not Omit
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def post(poster: Poster, path: str, body: dict[str, Any], where: str) -> bytes:
     """One attempt: POST `body` and return the reply's bytes; Retryable for a failure
     worth another attempt, LLMError (naming `where`) for one that is final. The body goes
-    as JSON bytes made here (the client's own encoder costs more per call), except to
-    Azure, whose client reads the body's `model` to build the deployment's URL."""
-    sent = ({"body": body} if isinstance(client, openai.AsyncAzureOpenAI)
-            else {"content": json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()})
+    as JSON bytes made here (the client's own encoder costs more per call)."""
+    if poster.azure:
+        return await _post_azure(poster.client, path, body, where)
+    content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     try:
-        response = await client.post(path, cast_to=httpx2.Response, **sent)
+        response = await poster.http.post(poster.base + path, content=content, headers=poster.headers)
+    except httpx2.TransportError as err:  # timeouts included
+        raise Retryable(connection_problem(err)) from err
+    status = response.status_code
+    if status >= 400:
+        _status_failure(status, error_message(response.content), response.headers, where)
+    return response.content
+
+
+def error_message(content: bytes) -> str:
+    """What an error reply says: its JSON `error.message` (OpenAI's and vLLM's form), else its text."""
+    text = content.decode("utf-8", errors="replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    error = data.get("error", data) if isinstance(data, dict) else data
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) and message else text
+
+
+def _status_failure(status: int, message: str, headers: httpx2.Headers, where: str) -> None:
+    problem = f"HTTP {status}: {shorten(message, 200)}"
+    if status in RETRYABLE_STATUS or status >= 500:
+        raise Retryable(problem, retry_after_s(headers))
+    raise LLMError(f"{where} refused the request with {problem}")
+
+
+async def _post_azure(client: openai.AsyncOpenAI, path: str, body: dict[str, Any], where: str) -> bytes:
+    try:
+        response = await client.post(path, cast_to=httpx2.Response, body=body)
     except openai.APIConnectionError as err:  # timeouts included
         raise Retryable(connection_problem(err)) from err
     except openai.APIStatusError as err:
         status = err.status_code
-        problem = f"HTTP {status}: {shorten(err.message.removeprefix(f'Error code: {status} - '), 200)}"
-        if status in RETRYABLE_STATUS or status >= 500:
-            raise Retryable(problem, retry_after_s(err.response.headers)) from err
-        raise LLMError(f"{where} refused the request with {problem}") from err
+        _status_failure(status, err.message.removeprefix(f"Error code: {status} - "), err.response.headers,
+                        where)
     return response.content
 
 
