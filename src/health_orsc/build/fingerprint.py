@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import threading
 from pathlib import Path
 
 from health_orsc.core.config import BuildConfig
@@ -53,10 +54,17 @@ def _module_file(module: str, root: Path) -> Path | None:
     return None
 
 
+# CPython 3.11's AST constructor is not safe to run in two threads at once ("AST constructor
+# recursion depth mismatch"), and the stage tasks of a build fingerprint in parallel threads.
+_PARSING = threading.Lock()
+
+
 def _imported_modules(source: Path, root: Path) -> set[str]:
     """The package's modules that a source file imports, at any depth of the file."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(source.read_bytes(), str(source))):
+    with _PARSING:
+        tree = ast.parse(source.read_bytes(), str(source))
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

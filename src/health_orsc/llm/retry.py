@@ -67,7 +67,9 @@ def backoff_s(attempt: int, asked_s: float | None = None) -> float:
 class Poster:
     """POSTs to one endpoint. Through the openai client's own HTTP client, with the client's
     headers (its authentication included) built once: openai's per-request options and
-    header merging cost about half the gateway's CPU per call (bench/README.md). To Azure,
+    header merging cost about half the gateway's CPU per call (3,000 juror calls against
+    bench/fake_endpoint.py, 2026-12-06: 0.73-0.86 ms through `client.post`, 0.40-0.44 ms
+    this way). To Azure,
     through the openai client's `post`, which reads the body's `model` to build the
     deployment's URL."""
 
