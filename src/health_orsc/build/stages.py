@@ -146,21 +146,26 @@ def jury_stage(inputs: BuildInputs, category: str, deduped: str, fingerprint: st
     return StageOutput(str(out), StageCounts.of(decisions))
 
 
-def classify(inputs: BuildInputs, texts: list[str], gateway: Gateway | None = None) -> jury.Scores:
-    """The classifier jurors' scores of `texts`, embedded by the config's embedder through
-    the embedding cache (the dedup stage embedded the candidates' prompts already); an
-    embedding endpoint through `gateway`, or a gateway of its own."""
-    if not inputs.classifiers:
-        return {}
-    own = Gateway(inputs.config) if gateway is None and inputs.config.dedup.embedder is not None else None
-    cache = EmbeddingCache.open(inputs.config)
+def embed(config: BuildConfig, texts: list[str], gateway: Gateway | None = None) -> tuple[Any, str]:
+    """`texts`' vectors by the config's embedder through the embedding cache (an embedding
+    endpoint through `gateway`, or a gateway of its own), and the embedder's identity."""
+    own = Gateway(config) if gateway is None and config.dedup.embedder is not None else None
+    cache = EmbeddingCache.open(config)
     try:
-        embedder = Embedder.for_config(inputs.config, cache, gateway=gateway or own)
-        return jury.classifier_scores(inputs, texts, embedder.encode)
+        embedder = Embedder.for_config(config, cache, gateway=gateway or own)
+        return embedder.encode(texts), embedder.identity
     finally:
         cache.close()
         if own is not None:
             own.close()
+
+
+def classify(inputs: BuildInputs, texts: list[str], gateway: Gateway | None = None) -> jury.Scores:
+    """The classifier jurors' scores of `texts`, embedded by `embed` (the dedup stage
+    embedded the candidates' prompts already)."""
+    if not inputs.classifiers:
+        return {}
+    return jury.classifier_scores(inputs, texts, lambda unique: embed(inputs.config, unique, gateway)[0])
 
 
 def calibration_path(jury_output: Path) -> Path:

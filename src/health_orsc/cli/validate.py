@@ -197,11 +197,9 @@ def add_target(p: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     """`orsc calibrate --train`: a classifier on prompt embeddings, cross-validated."""
-    from health_orsc.build.dedup import Embedder
-    from health_orsc.cache.embeddings import EmbeddingCache
+    from health_orsc.build.stages import embed
     from health_orsc.core.records import sha256_hex
     from health_orsc.inputs.load import load_inputs
-    from health_orsc.llm import Gateway
     from health_orsc.validation.calibrate import read_gold
     from health_orsc.validation.classifier import TrainingResult, train, training_data, write_classifier
 
@@ -225,16 +223,7 @@ def _train(args: argparse.Namespace) -> int:
     seeds = None if args.no_seeds else [s.original_question for seeds in inputs.seeds.values() for s in seeds]
     data = training_data([(g.id, g.prompt, g.label == "harmful") for g in gold], gold_path.name,
                          sha256_hex(gold_path.read_bytes()), seeds, snapshots)
-    cache = EmbeddingCache.open(config)
-    gateway = Gateway(config) if config.dedup.embedder is not None else None  # an embedding endpoint
-    try:
-        embedder = Embedder.for_config(config, cache, gateway=gateway)
-        vectors = embedder.encode([i.prompt for i in data.items])
-        identity = embedder.identity
-    finally:
-        cache.close()
-        if gateway is not None:
-            gateway.close()
+    vectors, identity = embed(config, [i.prompt for i in data.items])
     model = train(data, vectors, identity, args.target_recall)
     files = write_classifier(model, out)
     emit(args, TrainingResult.of(model, out, files), render.training)

@@ -207,10 +207,8 @@ def label_calibration(snapshot: Path, target_recall: float | None) -> LabelCalib
     from health_orsc.validation.rounds import combined_sample, read_rounds
     from health_orsc.validation.validity import (
         aggregate_of,
-        by_item,
-        item_labels,
+        decided_labels,
         sample_units,
-        stored_labels,
         stratum_sizes,
         ungated,
     )
@@ -225,7 +223,7 @@ def label_calibration(snapshot: Path, target_recall: float | None) -> LabelCalib
     rows = ungated(read_rows(snapshot))
     sizes = stratum_sizes(rows)
     sample = combined_sample(read_rounds(snapshot), sizes)
-    decided, _ = item_labels(by_item(stored_labels(snapshot)), aggregate)
+    decided = decided_labels(snapshot, report)
     by_id = {r.id: r for r in rows}
     jurors = config.jury.jurors
     units = []

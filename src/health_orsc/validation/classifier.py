@@ -101,14 +101,14 @@ def people_labels(snapshot: Path) -> tuple[str, str, list[tuple[str, bool]]]:
     """A validation snapshot's name, digest and its decided items as (prompt, harmful)."""
     from health_orsc.snapshot.handle import read_rows
     from health_orsc.snapshot.store import REPORT_FILE, load_manifest
-    from health_orsc.validation.validity import aggregate_of, by_item, item_labels, stored_labels
+    from health_orsc.validation.validity import decided_labels
 
     manifest = load_manifest(snapshot)
     if manifest.kind != "validation":
         raise InputError(snapshot, "--labels", f"is a snapshot of kind {manifest.kind}, without people's"
                          " labels", "pass a snapshot `orsc validate` wrote")
     report = json.loads((snapshot / REPORT_FILE).read_text(encoding="utf-8"))
-    decided, _ = item_labels(by_item(stored_labels(snapshot)), aggregate_of(report))
+    decided = decided_labels(snapshot, report)
     prompts = {r.id: r.prompt for r in read_rows(snapshot)}
     rows = [(prompts[pid], label == "harmful") for pid, label in sorted(decided.items()) if label is not None]
     return snapshot.name, manifest.digest, rows

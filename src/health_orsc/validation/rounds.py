@@ -226,11 +226,11 @@ def round_target(pred: Predecessor, given: float | None) -> float:
 
 def next_round(snapshot: Path, n: int, target: float | None) -> tuple[Predecessor, RoundDraw]:
     """Round `n`'s draw after the validation snapshot `snapshot` (of round n - 1)."""
-    from health_orsc.validation.validity import aggregate_of, by_item, item_labels, stored_labels
+    from health_orsc.validation.validity import aggregate_of, decided_labels
 
     pred = read_predecessor(snapshot, n)
     aggregate = aggregate_of(pred.report)
-    decided, _ = item_labels(by_item(stored_labels(snapshot)), aggregate)
+    decided = decided_labels(snapshot, pred.report)
     draw = draw_round([r.to_decision() for r in pred.rows], pred.config.sample,
                       juror_thresholds(pred.config), pred.manifest.categories, pred.sample, decided,
                       round_target(pred, target), n, aggregate)

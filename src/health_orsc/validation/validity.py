@@ -115,6 +115,12 @@ def stored_labels(snapshot: Path) -> LabelSet:
     return LabelSet(rows=[LabelRow.model_validate(r) for r in read_jsonl_rows(snapshot / LABELS_FILE)])
 
 
+def decided_labels(snapshot: Path, report: dict[str, Any]) -> dict[str, str | None]:
+    """A validation snapshot's items' labels, made as its report made them (`aggregate_of`)."""
+    decided, _ = item_labels(by_item(stored_labels(snapshot)), aggregate_of(report))
+    return decided
+
+
 def with_counts(rows: list[LabelRow], report: dict[str, Any]) -> LabelSet:
     """A validation snapshot's labels (`rows`) with the counts its report kept of the files
     they came from: what `orsc validate` read."""
