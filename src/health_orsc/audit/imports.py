@@ -46,7 +46,7 @@ from health_orsc.evaluation.scores import empirical_level
 from health_orsc.inputs.load import Taxonomy, load_taxonomy, load_taxonomy_file
 from health_orsc.snapshot.compat import SCHEMA_VERSION
 from health_orsc.snapshot.store import ImportFormat, ImportSource, SnapshotMeta, SourceFile, file_sha256
-from health_orsc.snapshot.writer import config_of, row_sort_key, write_rows_snapshot
+from health_orsc.snapshot.writer import RubricUse, config_of, row_sort_key, write_rows_snapshot
 
 FORMATS: tuple[str, ...] = get_args(ImportFormat)
 TAXONOMIES = Path(__file__).resolve().parents[1] / "data" / "taxonomies"  # xstest.yaml, or-bench.yaml
@@ -293,6 +293,5 @@ def import_snapshot(fmt: str, files: list[Path], name: str, config: BuildConfig,
         source=ImportSource(format=fmt, files=sources, license=license or LICENSES[fmt]))
     counts = StageCounts.of(decisions)
     return write_rows_snapshot(
-        config.outputs_dir, name, [r for r in rows if r.reason is None], [r for r in rows if r.reason],
-        counts, sample, [], meta, [taxonomy.entry(c).model_dump() for c in categories],
-        [d for d in decisions if d.kept])
+        config.outputs_dir, name, rows, counts, sample, [], meta,
+        [taxonomy.entry(c).model_dump() for c in categories], RubricUse.of(d for d in decisions if d.kept))

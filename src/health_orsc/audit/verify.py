@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
 from health_orsc.build.fingerprint import config_components, fingerprint_of
-from health_orsc.build.jury import calibration_summary, jury_agreement
+from health_orsc.build.jury import calibration_summary, jury_agreement, vote_labels
 from health_orsc.build.sample import juror_thresholds, stratified_sample
 from health_orsc.core.errors import InputError, shorten
 from health_orsc.core.records import (
@@ -178,7 +178,8 @@ def _check_content(snapshot: Path, m: Manifest) -> list[str]:
     calibration_file = snapshot / CALIBRATION
     votes = ([CalibrationVote.model_validate(r) for r in read_jsonl_rows(calibration_file)]
              if calibration_file.is_file() else [])
-    if m.jury_agreement is not None and jury_agreement(decisions) != m.jury_agreement:
+    agreement = jury_agreement(vote_labels(d.votes) for d in decisions)
+    if m.jury_agreement is not None and agreement != m.jury_agreement:
         problems.append(f"{MANIFEST} jury_agreement differs from the rows' votes")
     if calibration_summary(votes) != m.jury_calibration:
         problems.append(f"{MANIFEST} jury_calibration differs from {CALIBRATION}")

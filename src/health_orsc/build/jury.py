@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -333,11 +333,16 @@ async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedT
     return [v for per_check in votes for v in per_check]  # check by check, jurors in order
 
 
-def jury_agreement(decisions: list[Decision]) -> dict[str, Any] | None:
-    """How much the jurors agree with each other on the candidates they judged: Fleiss'
-    kappa over the candidates every juror gave a verdict on (health_orsc.core.stats, statsmodels)."""
-    judged = [d for d in decisions if d.votes]
-    complete = [[v.label for v in d.votes] for d in judged if all(v.label != "unparseable" for v in d.votes)]
+def vote_labels(votes: list[JurorVote]) -> tuple[str, ...]:
+    return tuple(v.label for v in votes)
+
+
+def jury_agreement(judged: Iterable[tuple[str, ...]]) -> dict[str, Any] | None:
+    """How much the jurors agree with each other on the candidates they judged (`judged`:
+    each one's jurors' labels, `vote_labels`): Fleiss' kappa over the candidates every juror
+    gave a verdict on (health_orsc.core.stats, statsmodels)."""
+    judged = [labels for labels in judged if labels]
+    complete = [list(labels) for labels in judged if "unparseable" not in labels]
     if not judged:
         return None
     unanimous = sum(len(set(labels)) == 1 for labels in complete)

@@ -14,7 +14,7 @@ One candidate's path, top to bottom:
                     and the jury check on the seeds' harmful        (+ .calibration.jsonl)
                     requests
     export_stage    kept (each with its rubric) + rejected, rows carried over from a
-                    base, the validation sample -> outputs/snapshots/<name>/
+    (build/export)  base, the validation sample -> outputs/snapshots/<name>/
 
 Each stage writes its records to a content-addressed file and returns a StageOutput:
 the file and the stage's counts, counted once here and read by the Prefect artifact,
@@ -31,14 +31,10 @@ from pydantic import BaseModel
 
 from health_orsc.build import generate, jury
 from health_orsc.build.dedup import Embedder, dedup_candidates, embedding_texts
-from health_orsc.build.fingerprint import fingerprint_components, fingerprint_of
-from health_orsc.build.sample import juror_thresholds, stratified_sample
 from health_orsc.cache.embeddings import EmbeddingCache
 from health_orsc.core.config import BuildConfig
 from health_orsc.core.records import (
-    CalibrationVote,
     Decision,
-    Rubric,
     StageClock,
     StageCounts,
     content_id,
@@ -46,13 +42,10 @@ from health_orsc.core.records import (
     write_jsonl,
 )
 from health_orsc.inputs.load import BuildInputs
-from health_orsc.inputs.rubrics import candidate_rubric
 from health_orsc.llm import Gateway, Usage
 from health_orsc.runtime.progress import TaskProgress
-from health_orsc.snapshot.compat import SCHEMA_VERSION
 from health_orsc.snapshot.handle import Snapshot
-from health_orsc.snapshot.store import SnapshotMeta, stage_path
-from health_orsc.snapshot.writer import config_of, jury_of, models_of, write_snapshot
+from health_orsc.snapshot.store import stage_path
 
 
 @dataclass(frozen=True)
@@ -170,57 +163,6 @@ def classify(inputs: BuildInputs, texts: list[str], gateway: Gateway | None = No
 
 def calibration_path(jury_output: Path) -> Path:
     return jury_output.with_name(jury_output.stem + ".calibration.jsonl")
-
-
-def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: list[str], deduped: str,
-                 judged: list[str], base: Snapshot | None, carried: list[str], started_at: str) -> Path:
-    """Merge the `built` categories' decisions with the rows carried over from `base` (as
-    they are), draw the validation sample and write the snapshot."""
-    decisions = [d for p in generated for d in read_jsonl(Path(p), Decision) if not d.kept]
-    decisions += [d for c in built for d in read_jsonl(dedup_file(Path(deduped), c), Decision)
-                  if not d.kept]
-    decisions += with_rubrics(inputs, [d for p in judged for d in read_jsonl(Path(p), Decision)])
-    calibration = [v for p in judged for v in read_jsonl(calibration_path(Path(p)), CalibrationVote)]
-    components = {c: fingerprint_components(inputs, c) for c in built}
-    versions = dict.fromkeys(built, inputs.taxonomy.version)
-    if base:
-        decisions += base.decisions(carried)
-        calibration += base.calibration(carried)
-        components.update({c: base.manifest.fingerprint_components[c] for c in carried})
-        versions.update({c: base.manifest.taxonomy_versions[c] for c in carried})
-    categories = [c for c in inputs.taxonomy.ids if c in components]
-    kept = [d for d in decisions if d.kept]
-    cfg = inputs.config
-    meta = SnapshotMeta(
-        categories=categories, built=built, base=base.ref if base else None, started_at=started_at,
-        fingerprints={c: fingerprint_of(components[c]) for c in categories},
-        fingerprint_components={c: components[c] for c in categories},
-        taxonomy_version=inputs.taxonomy.version, taxonomy_versions={c: versions[c] for c in categories},
-        models=models_of(cfg), config=config_of(cfg), jury=jury_of(cfg),
-        jury_calibration=jury.calibration_summary(calibration),
-        jury_agreement=jury.jury_agreement(decisions), schema_version=SCHEMA_VERSION)
-    sample = stratified_sample(decisions, cfg.sample, categories, juror_thresholds(cfg))
-    taxonomy = [inputs.taxonomy.entry(c).model_dump() for c in categories]
-    return write_snapshot(cfg.outputs_dir, name, kept, [d for d in decisions if not d.kept], sample,
-                          calibration, meta, taxonomy)
-
-
-def with_rubrics(inputs: BuildInputs, decisions: list[Decision]) -> list[Decision]:
-    """Each kept prompt with its rubric, rendered from its category's rubric template and
-    its seed (inputs/rubrics.py), then the rubric writer's criteria when the jury stage
-    drafted some (its `rubric` holds the draft); rejected ones as they are."""
-    seeds = {s.id: s for c in inputs.categories for s in inputs.seeds[c]}
-    entries = {c: inputs.taxonomy.entry(c).model_dump() for c in inputs.categories}
-
-    def rubric(d: Decision) -> Rubric:
-        own = candidate_rubric(inputs.rubric_templates[d.candidate.category], seeds[d.candidate.seed_id],
-                               entries[d.candidate.category], d.candidate)
-        draft = d.rubric
-        if draft is None:
-            return own
-        return own.model_copy(update={"criteria": own.criteria + draft.criteria, "writer": draft.writer})
-
-    return [d.model_copy(update={"rubric": rubric(d)}) if d.kept else d for d in decisions]
 
 
 class SummaryRow(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import reprlib
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,22 @@ class Resumable(RuntimeError):
     """A failure after which running the same command again resumes from what the caches
     hold: an endpoint that failed for good, the embedded model server, the cache database.
     Exit code 1, with a message that says so."""
+
+
+class DiskFull(Resumable):
+    """The disk filled while writing: what was being written is removed, what the caches
+    committed stays."""
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether `err` (or what caused it) is a full disk or an exhausted quota."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "database or disk is full" in str(err):  # SQLite's way of saying it
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 class InputError(Exception):

@@ -371,19 +371,22 @@ class StageCounts(BaseModel):
 
     @classmethod
     def of(cls, decisions: typing.Iterable[Decision]) -> StageCounts:
-        return cls._of_tally(Counter(
-            (d.candidate.category, stratum_level(d.candidate.level), KEPT if d.kept else d.reason or "")
-            for d in decisions))
+        return cls.of_tally(Counter(map(cls.key, decisions)))
+
+    @staticmethod
+    def key(d: Decision) -> tuple[str, str, str]:
+        """A decision's place in the tally: (category, level, outcome)."""
+        return d.candidate.category, stratum_level(d.candidate.level), KEPT if d.kept else d.reason or ""
 
     def merge(self, other: StageCounts) -> StageCounts:
-        return StageCounts._of_tally(self._tally() + other._tally())
+        return StageCounts.of_tally(self._tally() + other._tally())
 
     def _tally(self) -> Counter[tuple[str, str, str]]:
         return Counter({(cat, lvl, outcome): n for cat, levels in self.strata.items()
                         for lvl, outcomes in levels.items() for outcome, n in outcomes.items()})
 
     @classmethod
-    def _of_tally(cls, tally: Counter[tuple[str, str, str]]) -> StageCounts:
+    def of_tally(cls, tally: Counter[tuple[str, str, str]]) -> StageCounts:
         strata: dict[str, dict[str, dict[str, int]]] = {}
         for (cat, lvl, outcome), n in sorted(tally.items()):
             strata.setdefault(cat, {}).setdefault(lvl, {})[outcome] = n

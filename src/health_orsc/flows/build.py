@@ -23,6 +23,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from health_orsc.audit.verify import open_verified
+from health_orsc.build.export import export_stage
 from health_orsc.build.fingerprint import stage_keys
 from health_orsc.build.plan import plan_rebuild
 from health_orsc.build.stages import (
@@ -31,7 +32,6 @@ from health_orsc.build.stages import (
     dedup_key,
     dedup_stage,
     embed_stage,
-    export_stage,
     generate_stage,
     jury_stage,
     summary_rows,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,8 @@ def license_of(meta: SnapshotMeta) -> str:
     return meta.source.license if meta.source else meta.config["snapshot"]["license"]
 
 
-def croissant(directory: Path, meta: SnapshotMeta, validated: bool) -> dict[str, Any]:
+def croissant(directory: Path, meta: SnapshotMeta, validated: bool,
+              sha256: Callable[[str], str] | None = None) -> dict[str, Any]:
     """The JSON-LD of the snapshot being written in `directory` (its parquet files exist).
     Like every file of a snapshot it depends on the inputs only: neither the snapshot's
     name nor a date is in it (MANIFEST.json holds both), so rebuilding the same inputs under
@@ -94,7 +96,8 @@ def croissant(directory: Path, meta: SnapshotMeta, validated: bool) -> dict[str,
     files = parquet_files(meta.categories)
     distribution = [mlc.FileObject(id=f"{rs}-parquet", name=path, content_url=path,
                                    encoding_formats=["application/x-parquet"],
-                                   sha256=file_sha256(directory / path)) for rs, path in files.items()]
+                                   sha256=sha256(path) if sha256 else file_sha256(directory / path))
+                    for rs, path in files.items()]
     record_sets = [mlc.RecordSet(id=rs, name=rs, fields=[
         mlc.Field(id=f"{rs}/{col}", name=col, data_types=mlc.DataType.TEXT,
                   source=mlc.Source(file_object=f"{rs}-parquet", extract=mlc.Extract(column=col)))
@@ -108,8 +111,11 @@ def croissant(directory: Path, meta: SnapshotMeta, validated: bool) -> dict[str,
     return metadata.to_json()
 
 
-def write_croissant(directory: Path, meta: SnapshotMeta, validated: bool = False) -> None:
-    data = croissant(directory, meta, validated)
+def write_croissant(directory: Path, meta: SnapshotMeta, validated: bool = False,
+                    sha256: Callable[[str], str] | None = None) -> None:
+    """`sha256`: a file's checksum by its path in the snapshot, when the writer took it
+    already (otherwise the file is read)."""
+    data = croissant(directory, meta, validated, sha256)
     (directory / CROISSANT).write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n",
                                        encoding="utf-8")
 

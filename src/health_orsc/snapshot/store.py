@@ -27,7 +27,7 @@ from typing import Any, Literal
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer
 
-from health_orsc.core.errors import InputError, from_validation_error
+from health_orsc.core.errors import DiskFull, InputError, disk_full, from_validation_error
 from health_orsc.core.records import RejectReason, StratumLevel, canonical_json, sha256_hex, without_none
 
 # The files of a snapshot (relative to its directory).
@@ -118,8 +118,12 @@ def writing_snapshot(outputs_dir: Path, name: str, root: Path | None = None) -> 
     try:
         yield tmp
         tmp.rename(final)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(err):
+            raise DiskFull(f"{root}: the disk filled while snapshot '{name}' was being written; nothing of"
+                           " it was kept. Free space (docs/scaling.md says how much a snapshot needs) and"
+                           " run the same command again: what the caches hold is not asked again") from err
         raise
 
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from health_orsc import __version__
@@ -36,10 +38,10 @@ from health_orsc.core.records import (
     STRATUM_LEVELS,
     CalibrationVote,
     Decision,
+    Rubric,
     Sampled,
     SnapshotRow,
     StageCounts,
-    arrow_schema,
     stratum_level,
 )
 from health_orsc.snapshot.compat import publishable
@@ -51,6 +53,7 @@ from health_orsc.snapshot.croissant import (
     title,
     write_croissant,
 )
+from health_orsc.snapshot.rowfiles import RowSink, SnapshotFiles
 from health_orsc.snapshot.store import (
     CALIBRATION,
     CARD,
@@ -64,7 +67,6 @@ from health_orsc.snapshot.store import (
     ManifestCounts,
     SnapshotMeta,
     data_file,
-    file_sha256,
     snapshots_dir,
     write_manifest,
     writing_snapshot,
@@ -74,7 +76,6 @@ from health_orsc.snapshot.store import (
 # From schema 5 on, each item's sampling stratum and inclusion probability (build/sample.py).
 SAMPLE_COLUMNS = ("id", "category", "level", "source", "prompt", "original_question", "stratum",
                   "inclusion_probability")
-ROW_SCHEMA = arrow_schema(SnapshotRow)
 
 
 def models_of(cfg: BuildConfig) -> dict[str, dict[str, Any]]:
@@ -102,40 +103,9 @@ def row_sort_key(order: list[str]):
                       d.candidate.id)
 
 
-def write_row_files(directory: Path, kept: list[SnapshotRow], rejected: list[SnapshotRow],
-                    categories: list[str], parquet: bool = True) -> None:
-    """prompts.* and rejected.* (parquet and jsonl), and data/<category>.jsonl per category
-    (and .parquet, unless `parquet` is false: a snapshot older than schema_version 4)."""
-    _write_rows(directory, PROMPTS, kept)
-    _write_rows(directory, REJECTED, rejected)
-    for cat in categories:
-        mine = [r for r in kept if r.category == cat]
-        _write_lines(directory / data_file(cat), [r.json_line() for r in mine])
-        if parquet:
-            _write_parquet(directory / data_file(cat, "parquet"), mine)
-
-
 def listed_files(directory: Path) -> dict[str, FileEntry]:
     """MANIFEST's `files`: every file below `directory` with its sha256 and size."""
-    return {p.relative_to(directory).as_posix(): FileEntry(sha256=file_sha256(p), bytes=p.stat().st_size)
-            for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def _write_rows(directory: Path, stem: str, rows: list[SnapshotRow]) -> None:
-    _write_parquet(directory / f"{stem}.parquet", rows)
-    _write_lines(directory / f"{stem}.jsonl", [r.json_line() for r in rows])
-
-
-def _write_parquet(path: Path, rows: list[SnapshotRow]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist([r.model_dump(mode="json") for r in rows], schema=ROW_SCHEMA), path)
-
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="\n") as fh:
-        for line in lines:
-            fh.write(line + "\n")
+    return SnapshotFiles(directory).listed()
 
 
 def sample_record(s: Sampled) -> dict[str, str]:
@@ -197,7 +167,7 @@ def size_category(n: int) -> str:
 
 
 def dataset_card(counts: StageCounts, meta: SnapshotMeta, sample: list[Decision],
-                 kept_prompts: list[Decision], validation: str = "") -> str:
+                 rubrics: RubricUse, validation: str = "") -> str:
     """`validation`: a validation snapshot's section (validity.validation_card), put before
     the citation."""
     warning, cite = card_notice(meta)
@@ -251,7 +221,7 @@ answer, each paired with the harmful request it neighbours
    cosine threshold {cfg['dedup']['threshold']}; the earliest prompt of a group is kept.
 4. **Jury**: {len(jury['jurors'])} jurors ({', '.join(jury['models'])}); a prompt is kept
    when at least {jury['required_benign']} of {len(jury['jurors'])} say benign.{scoring}
-{_rubric_text(kept_prompts, cats)}
+{_rubric_text(rubrics, cats)}
 5. **Sample**: `{SAMPLE}`, a stratified sample for human validation: {_sample_text(cfg["sample"], sample)}
    `orsc annotate` turns it into blind annotation tasks.
 
@@ -373,21 +343,41 @@ file, and `orsc verify <dir>` re-checks them.
 {cite}"""
 
 
-def _rubric_text(kept: list[Decision], cats: list[str]) -> str:
+@dataclass
+class RubricUse:
+    """What the card says of the kept prompts' rubrics, gathered one row at a time: the
+    templates each category's rubrics came from, and the rubric writer's drafts by (model,
+    used)."""
+
+    templates: dict[str, set[str]] = field(default_factory=dict)
+    drafts: Counter = field(default_factory=Counter)
+
+    def add(self, category: str, rubric: Rubric | None) -> None:
+        if rubric is None:
+            return
+        self.templates.setdefault(category, set()).add(f"`{rubric.template}` ({rubric.template_sha})")
+        if rubric.writer:
+            self.drafts[(rubric.writer.model, rubric.writer.rejected is None)] += 1
+
+    @classmethod
+    def of(cls, kept: Iterable[Decision]) -> RubricUse:
+        use = cls()
+        for d in kept:
+            use.add(d.candidate.category, d.rubric)
+        return use
+
+
+def _rubric_text(use: RubricUse, cats: list[str]) -> str:
     """The card's rubric step: which template each category's rubrics come from."""
-    templates: dict[str, set[str]] = {}
-    for d in kept:
-        if d.rubric:
-            templates.setdefault(d.candidate.category, set()).add(
-                f"`{d.rubric.template}` ({d.rubric.template_sha})")
+    templates = use.templates
     if not templates:
         return "   Kept prompts carry no rubric (built before rubrics existed)."
     used = "; ".join(f"{c}: {', '.join(sorted(templates[c]))}" for c in cats if c in templates)
-    drafts = [d.rubric.writer for d in kept if d.rubric and d.rubric.writer]
+    drafts = use.drafts
     writer = "" if not drafts else (
-        f" A rubric writer ({', '.join(sorted({w.model for w in drafts}))}) added prompt-specific"
-        f" criteria after the template's to {sum(w.rejected is None for w in drafts)} of them; its"
-        f" draft for {sum(w.rejected is not None for w in drafts)} failed validation and was not"
+        f" A rubric writer ({', '.join(sorted({model for model, _ in drafts}))}) added prompt-specific"
+        f" criteria after the template's to {sum(n for (_, ok), n in drafts.items() if ok)} of them; its"
+        f" draft for {sum(n for (_, ok), n in drafts.items() if not ok)} failed validation and was not"
         " used (`rubric.writer` says why).")
     return f"""   **Rubrics**: every kept prompt carries a `rubric`, criteria with signed points
    rendered from its category's rubric template and its seed ({used}).{writer} A `helpful`
@@ -476,39 +466,74 @@ similar other request of its category (word overlap), not beside itself.
 def write_snapshot(outputs_dir: Path, name: str, kept: list[Decision], rejected: list[Decision],
                    sample: list[Sampled], calibration: list[CalibrationVote], meta: SnapshotMeta,
                    taxonomy: list[dict[str, str]]) -> Path:
-    """Write the snapshot atomically and return its directory."""
+    """Write the snapshot of these decisions atomically and return its directory."""
     key = row_sort_key(meta.categories)
-    kept = sorted(kept, key=key)
-    rejected = sorted(rejected, key=key)
-    return write_rows_snapshot(outputs_dir, name, [SnapshotRow.from_decision(d) for d in kept],
-                               [SnapshotRow.from_decision(d) for d in rejected],
-                               StageCounts.of([*kept, *rejected]), sample, calibration, meta, taxonomy, kept)
+    decisions = sorted(kept, key=key) + sorted(rejected, key=key)
+    return write_rows_snapshot(outputs_dir, name, [SnapshotRow.from_decision(d) for d in decisions],
+                               StageCounts.of(decisions), sample, calibration, meta, taxonomy,
+                               RubricUse.of(kept))
 
 
-def write_rows_snapshot(outputs_dir: Path, name: str, kept: list[SnapshotRow], rejected: list[SnapshotRow],
-                        counts: StageCounts, sample: list[Sampled], calibration: list[CalibrationVote],
-                        meta: SnapshotMeta, taxonomy: list[dict[str, str]],
-                        kept_decisions: list[Decision]) -> Path:
-    """Write a snapshot of these rows (in order) atomically and return its directory.
-    `kept_decisions`: the kept rows as Decisions, for the card."""
-    with writing_snapshot(outputs_dir, name) as tmp:
-        tmp.mkdir()
-        write_row_files(tmp, kept, rejected, meta.categories)
-        write_croissant(tmp, meta)
+def write_rows_snapshot(outputs_dir: Path, name: str, rows: Iterable[SnapshotRow], counts: StageCounts,
+                        sample: list[Sampled], calibration: list[CalibrationVote], meta: SnapshotMeta,
+                        taxonomy: list[dict[str, str]], rubrics: RubricUse) -> Path:
+    """Write a snapshot of these rows (kept and rejected, each in snapshot order)
+    atomically and return its directory."""
+    with streaming_snapshot(outputs_dir, name, meta.categories) as snapshot:
+        for row in rows:
+            snapshot.add(row)
+        snapshot.finish(counts, meta, sample, calibration, taxonomy, rubrics)
+    return snapshots_dir(outputs_dir) / name
+
+
+class StreamingSnapshot:
+    """A snapshot being written: rows first (`add`, in snapshot order), then `finish` with
+    what was gathered from them."""
+
+    def __init__(self, directory: Path, name: str, categories: list[str]):
+        self.directory, self.name = directory, name
+        self.files = SnapshotFiles(directory)
+        self.rows = RowSink(self.files, categories)
+
+    def add(self, row: SnapshotRow) -> None:
+        self.rows.add(row)
+
+    def finish(self, counts: StageCounts, meta: SnapshotMeta, sample: list[Sampled],
+               calibration: list[CalibrationVote], taxonomy: list[dict[str, str]],
+               rubrics: RubricUse) -> None:
+        """The rest of the snapshot: croissant.json, the jury check's votes, the sample, the
+        taxonomy, the card and MANIFEST.json."""
+        tmp = self.directory
+        self.rows.close()
+        write_croissant(tmp, meta, sha256=self.files.sha256)
         if calibration:
-            _write_lines(tmp / CALIBRATION, [json.dumps(v.model_dump(), ensure_ascii=False, sort_keys=True)
-                                             for v in calibration])
+            votes = (json.dumps(v.model_dump(), ensure_ascii=False, sort_keys=True) for v in calibration)
+            (tmp / CALIBRATION).write_text("".join(f"{line}\n" for line in votes), encoding="utf-8")
         (tmp / SAMPLE).write_text(sample_csv(sample), encoding="utf-8")
         (tmp / TAXONOMY).write_text(json.dumps(taxonomy, indent=2, ensure_ascii=False) + "\n",
                                     encoding="utf-8")
-        (tmp / CARD).write_text(dataset_card(counts, meta, [s.decision for s in sample], kept_decisions),
+        (tmp / CARD).write_text(dataset_card(counts, meta, [s.decision for s in sample], rubrics),
                                 encoding="utf-8")
         manifest = Manifest(
-            name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
-            package={"name": "health-orsc", "version": __version__}, files=listed_files(tmp),
+            name=self.name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            package={"name": "health-orsc", "version": __version__}, files=self.files.listed(),
             counts=ManifestCounts(kept=counts.kept_by_stratum(meta.categories),
                                   rejected=counts.rejected_by_category(meta.categories),
                                   validation_sample=len(sample)),
             kind="import" if meta.source else "build", **meta.model_dump())
         write_manifest(tmp, manifest.model_dump(mode="json"))
-    return snapshots_dir(outputs_dir) / name
+
+
+@contextmanager
+def streaming_snapshot(outputs_dir: Path, name: str, categories: list[str]) -> Iterator[StreamingSnapshot]:
+    """Snapshot `name`, written into a temp directory and renamed into place when the block
+    ends; on any failure (a full disk among them: snapshot.store.writing_snapshot) nothing
+    of it is left."""
+    with writing_snapshot(outputs_dir, name) as tmp:
+        tmp.mkdir()
+        snapshot = StreamingSnapshot(tmp, name, categories)
+        try:
+            yield snapshot
+        except BaseException:
+            snapshot.rows.abort()
+            raise

@@ -61,6 +61,7 @@ from health_orsc.core.stats import (
 from health_orsc.core.survey import Estimate, Survey, Unit
 from health_orsc.snapshot.compat import publishable
 from health_orsc.snapshot.croissant import write_croissant
+from health_orsc.snapshot.rowfiles import SnapshotFiles, write_row_files
 from health_orsc.snapshot.store import (
     CARD,
     LABELS_FILE,
@@ -76,12 +77,7 @@ from health_orsc.snapshot.store import (
     write_manifest,
     writing_snapshot,
 )
-from health_orsc.snapshot.writer import (
-    dataset_card,
-    listed_files,
-    row_sort_key,
-    write_row_files,
-)
+from health_orsc.snapshot.writer import RubricUse, dataset_card, row_sort_key
 from health_orsc.validation.labels import LabelRow, LabelSet
 from health_orsc.validation.rubric_review import ReviewRow, review_summary
 
@@ -688,6 +684,7 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
     raw = base.model_dump(mode="json")
     with writing_snapshot(outputs_dir, name, root) as tmp:
         shutil.copytree(base_path, tmp, ignore=base_files_only(base_path))
+        files = SnapshotFiles(tmp)
         rows = [r.model_copy(update={"reason": "human_harmful"}) if r.id in moved else r for r in rows]
         decisions = [r.to_decision() for r in rows]  # once: the costly part at paper scale
         if moved or base_gated:  # otherwise the copied row files are already these rows
@@ -695,7 +692,7 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
             order = sorted(range(len(rows)), key=lambda i: key(decisions[i]))
             write_row_files(tmp, [rows[i] for i in order if rows[i].reason is None],
                             [rows[i] for i in order if rows[i].reason is not None], base.categories,
-                            parquet=publishable(base))
+                            parquet=publishable(base), files=files)
         counts = StageCounts.of(decisions)
         raw["counts"].update(kept=counts.kept_by_stratum(base.categories),
                              rejected=counts.rejected_by_category(base.categories))
@@ -712,12 +709,12 @@ def write_validation_snapshot(base_path: Path, base: Manifest, name: str, rows: 
             (tmp / RUBRIC_REVIEWS_FILE).write_text("".join(r.model_dump_json() + "\n" for r in reviews),
                                                    encoding="utf-8")
         if publishable(base):  # its checksums follow the rows; its annotation protocol, the labels
-            write_croissant(tmp, meta, validated=True)
-        card = dataset_card(counts, meta, sampled, [d for d in decisions if d.kept],
+            write_croissant(tmp, meta, validated=True, sha256=files.sha256)
+        card = dataset_card(counts, meta, sampled, RubricUse.of(d for d in decisions if d.kept),
                             validation_card(report, ref, len(moved) if gate else None))
         (tmp / CARD).write_text(card, encoding="utf-8")
         raw.update(name=name, created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
-                   files={k: v.model_dump() for k, v in listed_files(tmp).items()}, built=[],
+                   files={k: v.model_dump() for k, v in files.listed().items()}, built=[],
                    base=ref.model_dump(), kind="validation")
         write_manifest(tmp, raw)
     return root / name

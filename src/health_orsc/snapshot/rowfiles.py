@@ -1,0 +1,232 @@
+"""A snapshot's row files, written as the rows arrive and hashed as they are written.
+
+`prompts.*` and `rejected.*` (parquet and JSON lines) and `data/<category>.*` take one row at
+a time: a JSON line goes out at once, parquet rows in row groups of `ROW_GROUP` rows (a
+pyarrow ParquetWriter), so a million-row snapshot never holds more than a row group in
+memory. Every byte passes through a sha256 on its way to the disk, so MANIFEST.json's
+checksums cost no second read of the files (`SnapshotFiles.listed`).
+
+A snapshot of at most `ROW_GROUP` rows per file is byte for byte what writing each file in
+one piece gave (one row group).
+
+Example:
+    files = SnapshotFiles(tmp)
+    with RowSink(files, categories) as sink:
+        for row in kept_rows:
+            sink.add(row)
+    manifest_files = files.listed()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from health_orsc.core.records import SnapshotRow, arrow_schema
+from health_orsc.snapshot.store import PROMPTS, REJECTED, FileEntry, data_file, file_sha256
+
+ROW_SCHEMA = arrow_schema(SnapshotRow)
+ROW_GROUP = 65_536  # rows per parquet row group: a few hundred MB of rows at most in memory
+
+
+class HashingFile(io.RawIOBase):
+    """A file opened for writing whose sha256 and size follow every write."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = path.open("wb")
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._fh.write(view)
+        self.sha256.update(view)
+        self.size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.size
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._fh.close()
+            finally:
+                super().close()
+
+    def entry(self) -> FileEntry:
+        return FileEntry(sha256=self.sha256.hexdigest(), bytes=self.size)
+
+
+class SnapshotFiles:
+    """The files written into a snapshot directory through `binary`/`text`, with their
+    checksums taken while writing."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.entries: dict[str, FileEntry] = {}
+        self._open: dict[str, HashingFile] = {}
+
+    def binary(self, rel: str) -> HashingFile:
+        raw = HashingFile(self.directory / rel)
+        self._open[rel] = raw
+        return raw
+
+    def text(self, rel: str) -> io.TextIOWrapper:
+        """A UTF-8 text file with '\\n' line ends; `done(rel)` once it is closed."""
+        return io.TextIOWrapper(io.BufferedWriter(self.binary(rel), 1 << 20), encoding="utf-8", newline="\n")
+
+    def done(self, rel: str) -> None:
+        """Record a closed file's checksum."""
+        raw = self._open.pop(rel)
+        raw.close()
+        self.entries[rel] = raw.entry()
+
+    def close(self) -> None:
+        """Close whatever is still open (a failed write), recording nothing."""
+        for raw in self._open.values():
+            raw.close()
+        self._open.clear()
+
+    def listed(self) -> dict[str, FileEntry]:
+        """MANIFEST's `files`: every file below the directory with its sha256 and size;
+        those written here as they were written, the rest read once."""
+        return {rel: self.entries.get(rel) or FileEntry(sha256=file_sha256(p), bytes=p.stat().st_size)
+                for p in sorted(self.directory.rglob("*")) if p.is_file()
+                for rel in [p.relative_to(self.directory).as_posix()]}
+
+    def sha256(self, rel: str) -> str:
+        """A written file's sha256 (or the file's, read once)."""
+        entry = self.entries.get(rel)
+        return entry.sha256 if entry else file_sha256(self.directory / rel)
+
+
+class RowFiles:
+    """`<stem>.jsonl` and (unless `parquet` is false) `<stem>.parquet`, one row at a time."""
+
+    def __init__(self, files: SnapshotFiles, stem: str, parquet: bool = True, row_group: int = ROW_GROUP):
+        self.files, self.stem, self.row_group = files, stem, row_group
+        self.rows = 0
+        self._lines = files.text(f"{stem}.jsonl")
+        self._parquet = pq.ParquetWriter(files.binary(f"{stem}.parquet"), ROW_SCHEMA) if parquet else None
+        self._batch: list[dict[str, Any]] = []
+
+    def add(self, row: SnapshotRow) -> None:
+        self._lines.write(row.json_line() + "\n")
+        self.rows += 1
+        if self._parquet is not None:
+            self._batch.append(row.model_dump(mode="json"))
+            if len(self._batch) == self.row_group:
+                self._flush()
+
+    def _flush(self) -> None:
+        self._parquet.write_table(pa.Table.from_pylist(self._batch, schema=ROW_SCHEMA))
+        self._batch = []
+
+    def abort(self) -> None:
+        """Stop writing after a failure: the files are left to be removed."""
+        if self._parquet is not None:
+            with contextlib.suppress(Exception):
+                self._parquet.close()
+            self._parquet = None
+
+    def close(self) -> None:
+        self._lines.close()
+        self.files.done(f"{self.stem}.jsonl")
+        if self._parquet is not None:
+            if self._batch or not self.rows:  # an empty file holds one empty row group, as before
+                self._flush()
+            self._parquet.close()
+            self.files.done(f"{self.stem}.parquet")
+
+
+class RowSink:
+    """prompts.* (kept rows), rejected.* and data/<category>.* (each category's kept rows),
+    fed in snapshot order (by category, then level and id: writer.row_sort_key). Every
+    category of `categories` gets its data files, empty when it kept nothing; without
+    `parquet` (a snapshot older than schema_version 4) the data files are JSON lines only."""
+
+    def __init__(self, files: SnapshotFiles, categories: list[str], parquet: bool = True,
+                 row_group: int = ROW_GROUP):
+        self.files, self.categories, self.parquet, self.row_group = files, categories, parquet, row_group
+        self.kept = RowFiles(files, PROMPTS, row_group=row_group)
+        self.rejected = RowFiles(files, REJECTED, row_group=row_group)
+        self._data: RowFiles | None = None
+        self._category: str | None = None
+        self._position = -1  # the current category's place in `categories`
+        self._done: set[str] = set()
+
+    def add(self, row: SnapshotRow) -> None:
+        if row.reason is not None:
+            self.rejected.add(row)
+            return
+        self.kept.add(row)
+        if row.category != self._category:
+            at = self.categories.index(row.category) if row.category in self.categories else -1
+            if at <= self._position:
+                raise ValueError(f"kept rows of {row.category!r} are out of the snapshot's order")
+            self._position = at
+            self._open_data(row.category)
+        self._data.add(row)
+
+    def _open_data(self, category: str) -> None:
+        self._close_data()
+        self._category = category
+        self._data = RowFiles(self.files, data_file(category).removesuffix(".jsonl"), self.parquet,
+                              self.row_group)
+
+    def _close_data(self) -> None:
+        if self._data is not None:
+            self._data.close()
+            self._done.add(self._category)
+            self._data = None
+
+    def __enter__(self) -> RowSink:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is not None:
+            self.abort()
+            return
+        self.close()
+
+    def abort(self) -> None:
+        """Stop writing after a failure, closing every file (whose directory goes next)."""
+        for rows in (self.kept, self.rejected, self._data):
+            if rows is not None:
+                rows.abort()
+        self.files.close()
+
+    def close(self) -> None:
+        self._close_data()
+        for category in self.categories:  # the categories that kept nothing
+            if category not in self._done:
+                self._open_data(category)
+                self._close_data()
+        self.kept.close()
+        self.rejected.close()
+
+
+def write_row_files(directory: Path, kept: list[SnapshotRow], rejected: list[SnapshotRow],
+                    categories: list[str], parquet: bool = True, files: SnapshotFiles | None = None
+                    ) -> SnapshotFiles:
+    """prompts.* and rejected.* (parquet and jsonl), and data/<category>.* per category
+    (no parquet if `parquet` is false: a snapshot older than schema_version 4), from rows
+    in snapshot order."""
+    files = files or SnapshotFiles(directory)
+    with RowSink(files, categories, parquet) as sink:
+        for row in kept:
+            sink.add(row)
+        for row in rejected:
+            sink.add(row)
+    return files
