@@ -48,8 +48,8 @@ from health_orsc.snapshot.writer import RubricUse, config_of, jury_of, models_of
 
 @dataclass(frozen=True)
 class Lines:
-    """A JSON lines file holding rows of the snapshot: Decisions of a stage (those `take`
-    accepts), or a base snapshot's rows (`rows`), all of `category` unless it is None."""
+    """A JSON lines file holding rows of the snapshot: Decisions of a stage, or a base
+    snapshot's rows (`rows`); those `take` accepts are the snapshot's."""
 
     path: Path
     take: Callable[[Decision], bool] = lambda d: True
@@ -60,8 +60,8 @@ def _not_kept(d: Decision) -> bool:
     return not d.kept
 
 
-def read_decision(fh, rows: bool) -> Decision:
-    line = fh.readline()
+def parse(line: bytes, rows: bool) -> Decision:
+    """A line as a Decision: a stage's as it is, a snapshot row's converted."""
     return SnapshotRow.model_validate_json(line).to_decision() if rows else Decision.model_validate_json(line)
 
 
@@ -76,8 +76,7 @@ def decisions_at(files: list[Lines]) -> Iterator[tuple[int, int, Decision]]:
                     break
                 if not raw.strip():
                     continue
-                d = (SnapshotRow.model_validate_json(raw).to_decision() if lines.rows
-                     else Decision.model_validate_json(raw))
+                d = parse(raw, lines.rows)
                 if lines.take(d):
                     yield i, offset, d
 
@@ -163,7 +162,7 @@ class Gathered:
         try:
             for _, _, i, offset in index:
                 handles[i].seek(offset)
-                d = read_decision(handles[i], files[i].rows)
+                d = parse(handles[i].readline(), files[i].rows)
                 if fresh and d.kept:
                     d = d.model_copy(update={"rubric": self.rubric_of(d)})
                 if d.kept:

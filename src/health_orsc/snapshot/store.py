@@ -122,8 +122,8 @@ def writing_snapshot(outputs_dir: Path, name: str, root: Path | None = None) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         if disk_full(err):
             raise DiskFull(f"{root}: the disk filled while snapshot '{name}' was being written; nothing of"
-                           " it was kept. Free space (docs/scaling.md says how much a snapshot needs) and"
-                           " run the same command again: what the caches hold is not asked again") from err
+                           " it was kept. Free space and run the same command again: what the caches"
+                           " hold is not asked again") from err
         raise
 
 
