@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from health_orsc.build.dedup import Embedder, dedup_candidates, near_duplicate_pairs
+from health_orsc.build import dedup
+from health_orsc.build.dedup import Embedder, dedup_candidates, dedup_files, near_duplicate_pairs
 from health_orsc.build.generate import clean_rewrite
 from health_orsc.build.jury import (
     decide,
@@ -21,7 +22,7 @@ from health_orsc.build.jury import (
 from health_orsc.build.sample import stratified_sample
 from health_orsc.cache.embeddings import EmbeddingCache
 from health_orsc.core.config import DedupConfig, SampleConfig, load_config
-from health_orsc.core.records import Candidate, Decision, JurorVote
+from health_orsc.core.records import Candidate, Decision, JurorVote, read_jsonl, write_jsonl
 from health_orsc.inputs.load import load_inputs
 from health_orsc.inputs.templates import to_messages
 from health_orsc.llm import Gateway
@@ -133,6 +134,60 @@ def test_exact_search_finds_every_pair_and_ivf_finds_the_planted_ones():
     found_ivf = {(i, j) for i, js in ivf.items() for j, _ in js}
     assert found_ivf <= truth
     assert len(planted & found_ivf) >= 0.95 * len(planted)
+
+
+class TableEmbedder(Embedder):
+    """Vectors from a table (text -> row), counting the texts asked for at once."""
+
+    def __init__(self, table: dict[str, np.ndarray]):
+        super().__init__()
+        self.table, self.largest = table, 0
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.largest = max(self.largest, len(texts))
+        return np.stack([self.table[t] for t in texts]) if texts else np.zeros((0, 384), "float32")
+
+
+@pytest.mark.parametrize("exact_max", [50_000, 500])  # exact search; the fp16 IVF index
+def test_dedup_over_files_decides_as_in_memory_and_embeds_a_slice_at_a_time(tmp_path, monkeypatch, exact_max):
+    vectors, _ = _planted(3000, 400)
+    texts = [f"question {i}?" for i in range(3000)]
+    table = dict(zip(texts, vectors, strict=True))
+    keepers = [cand(i, texts[i]) for i in range(40)]
+    files, everyone = [], []
+    for n, category in enumerate(["self_harm", "drug_abuse", "health_privacy"]):
+        made = []
+        for k in range(40 + n * 980, 40 + (n + 1) * 980, 5):  # a template and its 4 rewrites
+            template = texts[k] if k % 7 else "question 2999?"  # or a rewrite of a text made later
+            for v in range(5):
+                if v == 0 and not k % 7:
+                    continue
+                made.append(cand(k + v, texts[k + v], category).model_copy(update={
+                    "template_text": template, "variant": v, "generator": "template" if v == 0 else "m@e"}))
+        everyone += made
+        src = tmp_path / f"{category}.jsonl"
+        unusable = Decision(candidate=cand(9000 + n, "unusable", category), kept=False,
+                            reason="unusable_rewrite")
+        write_jsonl(src, [Decision(candidate=c, kept=True) for c in made] + [unusable])
+        files.append((src, tmp_path / "dedup" / f"{category}.jsonl"))
+    cfg = DedupConfig(threshold=0.9, exact_max=exact_max)
+    in_memory = dedup_candidates(everyone, cfg, TableEmbedder(table), keepers, min_similarity=0.1)
+    monkeypatch.setattr(dedup, "SLICE", 700)
+    embedder = TableEmbedder(table)
+    counts = dedup_files(files, cfg, embedder, keepers, 0.1, tmp_path / "vectors.tmp")
+    written = [d for _, dst in files for d in read_jsonl(dst, Decision)]
+    assert [d.model_dump() for d in written] == [d.model_dump() for d in in_memory]
+    reasons = collections.Counter(d.reason for d in written)
+    assert reasons[None] and reasons["duplicate"] >= 20 and reasons["off_topic_rewrite"]
+    assert any(d.duplicate_of in {k.id for k in keepers} for d in written)
+    for d in written:  # the off-topic check, against the template prompts' own vectors
+        on_topic = float(table[d.candidate.prompt] @ table[d.candidate.template_text])
+        if d.reason == "off_topic_rewrite":
+            assert on_topic < 0.1 and d.similarity == round(on_topic, 4)
+        elif d.candidate.variant:
+            assert on_topic >= 0.1
+    assert counts.total() == len(written) and counts.total(level="easy", outcome="kept") == reasons[None]
+    assert embedder.largest == 700 and not (tmp_path / "vectors.tmp").exists()
 
 
 def _token(token: str, **rivals: float) -> dict:

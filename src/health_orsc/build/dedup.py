@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 import queue
 import threading
-from collections.abc import Callable
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -35,7 +39,7 @@ import numpy as np
 from health_orsc.cache.embeddings import EmbeddingCache
 from health_orsc.core.config import BuildConfig, DedupConfig
 from health_orsc.core.files import default_embedding_model, model_identity
-from health_orsc.core.records import Candidate, Decision
+from health_orsc.core.records import Candidate, Decision, StageCounts, iter_jsonl, write_jsonl
 from health_orsc.llm import Gateway, Usage
 from health_orsc.runtime.progress import TaskProgress
 
@@ -45,6 +49,8 @@ EXACT_BLOCK_CELLS = 1 << 25   # similarity cells per block of the exact search (
 IVF_LISTS_PER_SQRT_N = 2      # IVF cells: 2 * sqrt(n)
 IVF_NPROBE = 16               # cells searched per vector
 PROGRESS_SLICE = 512          # texts per encode call (a few seconds on a 2-core CPU)
+SLICE = 8192                  # texts read, embedded and searched at a time
+FP16_SLACK = 2e-3             # the IVF index's fp16 codes move a cosine by < 5e-4
 
 
 Store = Callable[[list[tuple[int, np.ndarray]]], None]
@@ -176,25 +182,34 @@ class Embedder:
 
 def near_duplicate_pairs(vectors: np.ndarray, threshold: float,
                          exact_max: int = EXACT_MAX) -> dict[int, list[tuple[int, float]]]:
-    """For each row, the earlier rows whose cosine similarity is >= threshold.
-
-    Vectors must be L2-normalised (inner product = cosine). Up to `exact_max`
-    rows the search is exact (every pair); beyond, a faiss IVF index finds the
-    pairs (bench/ measures its recall of planted near-duplicates).
-    """
-    if len(vectors) == 0:
-        return {}
-    # float32 dot products of equal unit vectors can land just below 1: the rule is
-    # "at or above", so compare with a hair of slack.
-    floor = float(threshold) - SIMILARITY_EPS
-    if len(vectors) <= exact_max:
-        i, j, s = _exact_pairs(vectors, floor)
-    else:
-        i, j, s = _ivf_pairs(vectors, floor)
+    """For each row, the earlier rows whose cosine similarity is >= threshold (as a dict;
+    `pair_arrays` gives the same as arrays)."""
     pairs: dict[int, list[tuple[int, float]]] = {}
+    i, j, s = pair_arrays(vectors, threshold, exact_max)
     for a, b, sim in zip(i.tolist(), j.tolist(), s.tolist(), strict=True):
         pairs.setdefault(a, []).append((b, sim))
     return pairs
+
+
+def pair_arrays(vectors: np.ndarray, threshold: float,
+                exact_max: int = EXACT_MAX) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i, j < i) of rows whose cosine similarity is >= threshold, as arrays
+    (i, j, similarity) ordered by i.
+
+    Vectors must be L2-normalised (inner product = cosine); they may be a memory-mapped
+    file, read a slice at a time. Up to `exact_max` rows the search is exact (every
+    pair); beyond, a faiss IVF index finds the pairs (bench/ measures its recall of
+    planted near-duplicates) and their similarities are then computed exactly.
+    """
+    if len(vectors) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    # float32 dot products of equal unit vectors can land just below 1: the rule is
+    # "at or above", so compare with a hair of slack.
+    floor = float(threshold) - SIMILARITY_EPS
+    i, j, s = (_exact_pairs if len(vectors) <= exact_max else _ivf_pairs)(vectors, floor)
+    order = np.argsort(i, kind="stable")
+    return i[order], j[order], s[order]
 
 
 def _exact_pairs(vectors: np.ndarray, floor: float) -> tuple[np.ndarray, ...]:
@@ -216,61 +231,215 @@ def _exact_pairs(vectors: np.ndarray, floor: float) -> tuple[np.ndarray, ...]:
 
 
 def _ivf_pairs(vectors: np.ndarray, floor: float) -> tuple[np.ndarray, ...]:
-    """Range search on a faiss IVF-Flat index: each vector is compared with the
-    vectors in its IVF_NPROBE nearest k-means cells only."""
+    """Range search on a faiss IVF index with fp16 codes (half the memory of the float32
+    vectors): each vector is compared with the vectors in its IVF_NPROBE nearest k-means
+    cells only, with FP16_SLACK below the floor, and each pair found is then scored
+    exactly in float32. Vectors go in and queries go out SLICE rows at a time."""
     n, dim = vectors.shape
-    nlist = max(64, int(IVF_LISTS_PER_SQRT_N * np.sqrt(n)))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    nlist = min(n, max(64, int(IVF_LISTS_PER_SQRT_N * np.sqrt(n))))  # k-means needs n >= cells
+    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                          faiss.METRIC_INNER_PRODUCT)
     sample = np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)
-    index.train(vectors[np.sort(sample)])
-    index.add(vectors)
+    index.train(np.ascontiguousarray(vectors[np.sort(sample)]))
+    for a in range(0, n, SLICE):
+        index.add(np.ascontiguousarray(vectors[a:a + SLICE]))
     index.nprobe = IVF_NPROBE
-    lims, sims, ids = index.range_search(vectors, floor)
-    rows = np.repeat(np.arange(n), np.diff(lims).astype(np.int64))
-    earlier = (ids < rows) & (sims >= floor)
-    return rows[earlier], ids[earlier], sims[earlier]
+    out_i, out_j, out_s = [], [], []
+    for a in range(0, n, SLICE):
+        queries = np.ascontiguousarray(vectors[a:a + SLICE])
+        lims, _, ids = index.range_search(queries, floor - FP16_SLACK)
+        rows = np.repeat(np.arange(a, a + len(queries)), np.diff(lims).astype(np.int64))
+        earlier = ids < rows
+        rows, ids = rows[earlier], ids[earlier]
+        sims = np.einsum("ij,ij->i", queries[rows - a], vectors[ids]) if len(ids) else np.zeros(0, np.float32)
+        close = sims >= floor
+        out_i.append(rows[close])
+        out_j.append(ids[close])
+        out_s.append(sims[close])
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
 
 
-def embedding_texts(keepers: list[Candidate], candidates: list[Candidate]) -> list[str]:
-    """What dedup embeds: every prompt (keepers first), then the template prompts of the
-    candidates' rewrites (for the off-topic check) that are not among them. A template
-    prompt is embedded once, as the candidate it also is (variant 0)."""
-    texts = [c.prompt for c in [*keepers, *candidates]]
-    known = set(texts)
-    return texts + [t for t in dict.fromkeys(c.template_text for c in candidates if c.is_rewrite)
-                    if t not in known]
+def text_hash(text: str) -> int:
+    """A text as a 64-bit number (blake2b), to find a text's row without holding the texts."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+class PoolTexts:
+    """What dedup embeds, one text per row of its matrix: every prompt of the pool (keepers
+    first), then the template prompts of rewrites (for the off-topic check) that are not
+    among them. A template prompt is embedded once, as the candidate it also is (variant 0,
+    which generate writes just before its rewrites). `rows` yields the texts as the
+    candidates stream by; only 64-bit hashes stay behind."""
+
+    def __init__(self) -> None:
+        self.hashes = array("q")     # each row's text
+        self.templates = array("q")  # each pool row's template prompt (0: not a rewrite)
+        self.pool = 0                # rows that are candidates or keepers
+        self._loose: dict[int, str] = {}  # template prompts not seen as the latest variant 0
+
+    def rows(self, candidates: Iterable[Candidate], keepers: Iterable[Candidate] = ()) -> Iterator[str]:
+        for c in keepers:
+            self.hashes.append(text_hash(c.prompt))
+            self.templates.append(0)
+            yield c.prompt
+        latest = 0
+        for c in candidates:
+            h = text_hash(c.prompt)
+            self.hashes.append(h)
+            if c.is_rewrite:
+                t = text_hash(c.template_text)
+                if t != latest:
+                    self._loose.setdefault(t, c.template_text)
+                self.templates.append(t)
+            else:
+                latest = h
+                self.templates.append(0)
+            yield c.prompt
+        self.pool = len(self.hashes)
+        loose = list(self._loose.items())
+        seen = np.isin(np.array([h for h, _ in loose], dtype=np.int64), self.hash_array())
+        for (h, text), known in zip(loose, seen.tolist(), strict=True):
+            if not known:
+                self.hashes.append(h)
+                yield text
+
+    def hash_array(self) -> np.ndarray:
+        return np.frombuffer(self.hashes, dtype=np.int64) if self.hashes else np.zeros(0, dtype=np.int64)
+
+    def template_rows(self) -> np.ndarray:
+        """Each pool row's template prompt's row (-1: not a rewrite)."""
+        hashes, templates = self.hash_array(), np.frombuffer(self.templates, dtype=np.int64)
+        order = np.argsort(hashes, kind="stable")
+        rewrites = templates != 0
+        rows = np.full(self.pool, -1, dtype=np.int64)
+        # any row holding the text will do: equal texts have equal vectors
+        rows[rewrites] = order[np.searchsorted(hashes[order], templates[rewrites])]
+        return rows
+
+
+def slices(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+@dataclass
+class Outcomes:
+    """Dedup's verdicts on the pool's rows, as arrays: `reason` 0 kept, 1 an off-topic
+    rewrite, 2 a duplicate of row `other`; `similarity` to that row or, for an off-topic
+    rewrite, to its template prompt. Keepers' rows are kept."""
+
+    reason: np.ndarray
+    other: np.ndarray
+    similarity: np.ndarray
+
+    def decision(self, i: int, candidate: Candidate, id_of: Callable[[int], str]) -> Decision:
+        reason = int(self.reason[i])
+        if reason == 0:
+            return Decision(candidate=candidate, kept=True)
+        similarity = round(float(self.similarity[i]), 4)
+        if reason == 1:
+            return Decision(candidate=candidate, kept=False, reason="off_topic_rewrite",
+                            similarity=similarity)
+        return Decision(candidate=candidate, kept=False, reason="duplicate",
+                        duplicate_of=id_of(int(self.other[i])), similarity=similarity)
+
+
+def dedup_rows(embedded: np.ndarray, pool: int, keepers: int, template_row: np.ndarray, cfg: DedupConfig,
+               min_similarity: float | None) -> Outcomes:
+    """The pool is rows 0..`pool` of `embedded` (keepers first); `template_row` is each
+    pool row's template prompt's row (-1: not a rewrite). `min_similarity` None: no
+    off-topic check."""
+    vectors = embedded[:pool]
+    pair_i, pair_j, pair_s = pair_arrays(vectors, cfg.threshold, cfg.exact_max)
+    bounds = np.searchsorted(pair_i, np.arange(pool + 1)).tolist()
+    reason = np.zeros(pool, dtype=np.int8)
+    other = np.full(pool, -1, dtype=np.int64)
+    similarity = np.zeros(pool, dtype=np.float64)
+    kept = np.zeros(pool, dtype=bool)
+    kept[:keepers] = True
+    checked = min_similarity is not None
+    for i in range(keepers, pool):
+        t = int(template_row[i])
+        if checked and t >= 0:
+            on_topic = float(np.dot(embedded[i], embedded[t]))
+            if on_topic < min_similarity:
+                reason[i], similarity[i] = 1, on_topic
+                continue
+        # Compare only with kept candidates, so every dropped one points at a
+        # prompt that is in the benchmark; ties go to the earliest keeper.
+        lo, hi = bounds[i], bounds[i + 1]
+        matches = [(j, s) for j, s in zip(pair_j[lo:hi].tolist(), pair_s[lo:hi].tolist(), strict=True)
+                   if kept[j]] if hi > lo else []
+        if matches:
+            j, sim = max(matches, key=lambda m: (m[1], -m[0]))
+            reason[i], other[i], similarity[i] = 2, j, min(sim, 1.0)
+        else:
+            kept[i] = True
+    return Outcomes(reason, other, similarity)
+
+
+def embed_to_file(texts: Iterable[str], embedder: Embedder, path: Path) -> np.ndarray:
+    """Embed `texts` SLICE at a time into a float32 file at `path`, memory-mapped back."""
+    rows, dim = 0, 384
+    with path.open("wb") as out:
+        for chunk in slices(texts, SLICE):
+            vectors = np.ascontiguousarray(embedder.encode(chunk), dtype="float32")
+            rows, dim = rows + len(vectors), vectors.shape[1]
+            out.write(vectors.tobytes())
+    if rows == 0:
+        return np.zeros((0, dim), dtype="float32")
+    return np.memmap(path, dtype="float32", mode="r", shape=(rows, dim))
 
 
 def dedup_candidates(candidates: list[Candidate], cfg: DedupConfig, embedder: Embedder,
                      keepers: list[Candidate] = (), min_similarity: float | None = None) -> list[Decision]:
     """`keepers` are prompts already in the benchmark (carried over from a base snapshot):
     they come first, are always kept, and get no Decision of their own. `min_similarity`
-    None: no off-topic check."""
+    None: no off-topic check. In memory; `dedup_files` is the same over files."""
     pool = [*keepers, *candidates]
-    texts = embedding_texts(keepers, candidates)
-    embedded = embedder.encode(texts)
-    row_of = {text: i for i, text in enumerate(texts)}
-    vectors = embedded[:len(pool)]
-    pairs = near_duplicate_pairs(vectors, cfg.threshold, cfg.exact_max)
-    kept: set[int] = set(range(len(keepers)))
-    decisions = []
-    for i, cand in enumerate(pool):
-        if i < len(keepers):
-            continue
-        if cand.is_rewrite and min_similarity is not None:
-            on_topic = float(vectors[i] @ embedded[row_of[cand.template_text]])
-            if on_topic < min_similarity:
-                decisions.append(Decision(candidate=cand, kept=False, reason="off_topic_rewrite",
-                                          similarity=round(on_topic, 4)))
-                continue
-        # Compare only with kept candidates, so every dropped one points at a
-        # prompt that is in the benchmark; ties go to the earliest keeper.
-        matches = [(j, s) for j, s in pairs.get(i, []) if j in kept]
-        if matches:
-            j, sim = max(matches, key=lambda m: (m[1], -m[0]))
-            decisions.append(Decision(candidate=cand, kept=False, reason="duplicate",
-                                      duplicate_of=pool[j].id, similarity=round(min(sim, 1.0), 4)))
-        else:
-            kept.add(i)
-            decisions.append(Decision(candidate=cand, kept=True))
-    return decisions
+    texts = PoolTexts()
+    embedded = embedder.encode(list(texts.rows(candidates, keepers)))
+    outcomes = dedup_rows(embedded, texts.pool, len(keepers), texts.template_rows(), cfg, min_similarity)
+    return [outcomes.decision(i, c, lambda j: pool[j].id) for i, c in enumerate(pool) if i >= len(keepers)]
+
+
+def usable(path: Path) -> Iterator[Candidate]:
+    """The candidates generate kept in one of its files, read a line at a time."""
+    return (d.candidate for d in iter_jsonl(path, Decision) if d.kept)
+
+
+def dedup_files(generated: list[tuple[Path, Path]], cfg: DedupConfig, embedder: Embedder,
+                keepers: list[Candidate], min_similarity: float | None, vectors: Path) -> StageCounts:
+    """`dedup_candidates` over generate's files without holding their candidates: each
+    (generated file, dedup file) pair is read once to embed its usable prompts SLICE at a
+    time into the float32 file `vectors` (memory-mapped for the search, removed at the
+    end) and once more to write the decisions; in between only 64-bit hashes and the
+    verdict arrays are held. Returns the decisions' counts."""
+    texts = PoolTexts()
+    try:
+        candidates = itertools.chain.from_iterable(usable(src) for src, _ in generated)
+        embedded = embed_to_file(texts.rows(candidates, keepers), embedder, vectors)
+        outcomes = dedup_rows(embedded, texts.pool, len(keepers), texts.template_rows(), cfg, min_similarity)
+        del embedded
+    finally:
+        vectors.unlink(missing_ok=True)
+    # the ids duplicates point at, taken as the files are read again (a keeper comes first)
+    wanted = set(np.unique(outcomes.other[outcomes.other >= 0]).tolist())
+    ids = {i: c.id for i, c in enumerate(keepers) if i in wanted}
+    tally: Counter = Counter()
+    row = len(keepers)
+
+    def decisions(src: Path) -> Iterator[Decision]:
+        nonlocal row
+        for c in usable(src):
+            if row in wanted:
+                ids[row] = c.id
+            d = outcomes.decision(row, c, ids.__getitem__)
+            tally[StageCounts.key(d)] += 1
+            row += 1
+            yield d
+
+    for src, dst in generated:
+        write_jsonl(dst, decisions(src))
+    return StageCounts.of_tally(tally)

@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from health_orsc.build import generate, jury
-from health_orsc.build.dedup import Embedder, dedup_candidates, embedding_texts
+from health_orsc.build.dedup import SLICE, Embedder, PoolTexts, dedup_files, slices, usable
 from health_orsc.cache.embeddings import EmbeddingCache
 from health_orsc.core.config import BuildConfig
 from health_orsc.core.records import (
@@ -68,11 +68,11 @@ def embed_stage(config: BuildConfig, generated: str, gateway: Gateway | None,
     """Embed one category's usable prompts into the embedding cache as soon as they are
     generated, so the dedup stage finds them there. Only a head start: dedup embeds
     whatever is missing itself. Returns the embedder role's calls."""
-    candidates = [d.candidate for d in read_jsonl(Path(generated), Decision) if d.kept]
     cache = EmbeddingCache.open(config)
     try:
         embedder = Embedder.for_config(config, cache, progress, gateway)
-        embedder.encode(embedding_texts([], candidates))
+        for texts in slices(PoolTexts().rows(usable(Path(generated))), SLICE):
+            embedder.encode(texts)
     finally:
         cache.close()
     return embedder.usage
@@ -81,22 +81,22 @@ def embed_stage(config: BuildConfig, generated: str, gateway: Gateway | None,
 def dedup_stage(config: BuildConfig, categories: list[str], generated: list[str], key: str,
                 base: Snapshot | None, carried: list[str], progress: TaskProgress | None = None,
                 gateway: Gateway | None = None) -> StageOutput:
-    """Across all categories being built; the kept prompts of carried-over categories are
-    fixed keepers. Writes a directory with one file per category, so each jury task reads
-    only its own. `progress` counts the texts embedded; `gateway` serves an embedder role."""
-    candidates = [d.candidate for p in generated for d in read_jsonl(Path(p), Decision) if d.kept]
+    """Across all categories being built (`generated`: their files, in `categories`'
+    order); the kept prompts of carried-over categories are fixed keepers. Writes a
+    directory with one file per category, so each jury task reads only its own.
+    `progress` counts the texts embedded; `gateway` serves an embedder role."""
     keepers = base.keepers(carried) if base else []
+    out = dedup_dir(config.outputs_dir, key)
+    out.parent.mkdir(parents=True, exist_ok=True)
     cache = EmbeddingCache.open(config)
     try:
         embedder = Embedder.for_config(config, cache, progress, gateway)
-        decisions = dedup_candidates(candidates, config.dedup, embedder, keepers,
-                                     config.generation.min_similarity)
+        files = [(Path(p), dedup_file(out, c)) for c, p in zip(categories, generated, strict=True)]
+        counts = dedup_files(files, config.dedup, embedder, keepers, config.generation.min_similarity,
+                             out.with_name(out.name + ".vectors.tmp"))
     finally:
         cache.close()
-    out = dedup_dir(config.outputs_dir, key)
-    for category in categories:
-        write_jsonl(dedup_file(out, category), [d for d in decisions if d.candidate.category == category])
-    return StageOutput(str(out), StageCounts.of(decisions))
+    return StageOutput(str(out), counts)
 
 
 def dedup_dir(outputs_dir: Path, key: str) -> Path:

@@ -442,8 +442,15 @@ def write_jsonl(path: Path, records: typing.Iterable[BaseModel | dict[str, Any]]
 
 
 def read_jsonl(path: Path, model: type[BaseModel]) -> list[Any]:
+    return list(iter_jsonl(path, model))
+
+
+def iter_jsonl(path: Path, model: type[BaseModel]) -> typing.Iterator[Any]:
+    """The records of a JSON lines file, one line at a time."""
     with path.open(encoding="utf-8") as fh:
-        return [model.model_validate_json(line) for line in fh if line.strip()]
+        for line in fh:
+            if line.strip():
+                yield model.model_validate_json(line)
 
 
 @dataclass(frozen=True)
