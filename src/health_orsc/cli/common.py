@@ -15,7 +15,7 @@ from rich.console import Console
 
 from health_orsc.cache.database import connect_postgres
 from health_orsc.core.config import DATA_DIR, DEFAULT_CONFIG, BuildConfig
-from health_orsc.core.errors import InputError, Resumable, disk_full
+from health_orsc.core.errors import RERUN_WITH_ROOM, InputError, Resumable, disk_full
 
 T = TypeVar("T")
 
@@ -47,8 +47,7 @@ def describe_failure(err: BaseException) -> tuple[str, bool]:
     if isinstance(err, Resumable):
         return str(err), True
     if disk_full(err):
-        return (f"the disk is full ({type(err).__name__}: {err}); free space and run the same command"
-                " again: what the caches hold is not asked again"), True
+        return f"the disk is full ({type(err).__name__}: {err}); {RERUN_WITH_ROOM}", True
     return f"{type(err).__name__}: {err}", False
 
 

@@ -32,6 +32,9 @@ class Resumable(RuntimeError):
     Exit code 1, with a message that says so."""
 
 
+RERUN_WITH_ROOM = "free space and run the same command again: what the caches hold is not asked again"
+
+
 class DiskFull(Resumable):
     """The disk filled while writing: what was being written is removed, what the caches
     committed stays."""

@@ -164,7 +164,6 @@ class RowSink:
         self._data: RowFiles | None = None
         self._category: str | None = None
         self._position = -1  # the current category's place in `categories`
-        self._done: set[str] = set()
 
     def add(self, row: SnapshotRow) -> None:
         if row.reason is not None:
@@ -175,21 +174,24 @@ class RowSink:
             at = self.categories.index(row.category) if row.category in self.categories else -1
             if at <= self._position:
                 raise ValueError(f"kept rows of {row.category!r} are out of the snapshot's order")
-            self._position = at
-            self._open_data(row.category)
+            self._advance(at)
         self._data.add(row)
 
-    def _open_data(self, category: str) -> None:
-        self._close_data()
-        self._category = category
-        self._data = RowFiles(self.files, data_file(category).removesuffix(".jsonl"), self.parquet,
-                              self.row_group)
-
-    def _close_data(self) -> None:
+    def _advance(self, at: int) -> None:
+        """Close the current category's data files and move to `categories[at]` (nothing
+        past the end), giving the categories passed over (they kept nothing) empty ones."""
         if self._data is not None:
             self._data.close()
-            self._done.add(self._category)
             self._data = None
+        for category in self.categories[self._position + 1:at]:
+            self._data_files(category).close()
+        if at < len(self.categories):
+            self._category = self.categories[at]
+            self._data = self._data_files(self._category)
+        self._position = at
+
+    def _data_files(self, category: str) -> RowFiles:
+        return RowFiles(self.files, data_file(category).removesuffix(".jsonl"), self.parquet, self.row_group)
 
     def __enter__(self) -> RowSink:
         return self
@@ -208,11 +210,7 @@ class RowSink:
         self.files.close()
 
     def close(self) -> None:
-        self._close_data()
-        for category in self.categories:  # the categories that kept nothing
-            if category not in self._done:
-                self._open_data(category)
-                self._close_data()
+        self._advance(len(self.categories))  # and the categories after the last that kept rows
         self.kept.close()
         self.rejected.close()
 

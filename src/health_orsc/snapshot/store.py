@@ -27,7 +27,7 @@ from typing import Any, Literal
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer
 
-from health_orsc.core.errors import DiskFull, InputError, disk_full, from_validation_error
+from health_orsc.core.errors import RERUN_WITH_ROOM, DiskFull, InputError, disk_full, from_validation_error
 from health_orsc.core.records import RejectReason, StratumLevel, canonical_json, sha256_hex, without_none
 
 # The files of a snapshot (relative to its directory).
@@ -122,8 +122,7 @@ def writing_snapshot(outputs_dir: Path, name: str, root: Path | None = None) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         if disk_full(err):
             raise DiskFull(f"{root}: the disk filled while snapshot '{name}' was being written; nothing of"
-                           " it was kept. Free space and run the same command again: what the caches"
-                           " hold is not asked again") from err
+                           f" it was kept: {RERUN_WITH_ROOM}") from err
         raise
 
 
