@@ -78,12 +78,57 @@ class RssSampler:
                 for name, st in stages.items()}
 
 
+class HeapSampler:
+    """With ORSC_BENCH_TRACE=1: the Python heap's peak (tracemalloc, numpy arrays included,
+    memory maps and C++ allocations not) in every 0.5 s, and at each new high the top
+    allocation sites, to tell what a stage itself holds from what the process kept."""
+
+    def __init__(self):
+        import tracemalloc
+
+        self.tm = tracemalloc
+        tracemalloc.start(6)
+        self.samples: list[tuple[float, float]] = []
+        self.highs: list[tuple[float, float, list[str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        high = 0.0
+        while not self._stop.wait(0.5):
+            _, peak = self.tm.get_traced_memory()
+            self.tm.reset_peak()
+            mb = peak / 2**20
+            self.samples.append((time.monotonic(), mb))
+            if mb > 1.25 * high:
+                high = mb
+                top = self.tm.take_snapshot().statistics("traceback")[:12]
+                self.highs.append((time.monotonic(), round(mb), [
+                    f"{s.size / 2**20:.1f} MB {s.count} blocks: "
+                    + " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in s.traceback)
+                    for s in top]))
+
+    def by_stage(self, stages: dict) -> dict:
+        self._stop.set()
+        self._thread.join()
+        self.tm.stop()
+        return {"heap_mb_by_stage": {
+                    name: round(max((mb for t, mb in self.samples if st.clock[0] <= t <= st.clock[1]),
+                                    default=0.0))
+                    for name, st in stages.items()},
+                "heap_highs": [{"stage": next((n for n, st in stages.items()
+                                               if st.clock[0] <= t <= st.clock[1]), None),
+                                "mb": mb, "top": top} for t, mb, top in self.highs]}
+
+
 def build_once(args: argparse.Namespace) -> None:
     """(child) Run the build-benchmark flow once; write its result, wall time and peak RSS
-    (also per stage)."""
+    (also per stage; with ORSC_BENCH_TRACE=1 the Python heap's per stage too)."""
     started = time.perf_counter()
     from health_orsc.flows.build import build_benchmark
 
+    heap = HeapSampler() if os.environ.get("ORSC_BENCH_TRACE") == "1" else None
     sampler = RssSampler()
     flow_started = time.perf_counter()
     result = build_benchmark(args.config, [args.categories] if args.categories else None,
@@ -93,6 +138,7 @@ def build_once(args: argparse.Namespace) -> None:
         "result": result.model_dump(mode="json"), "flow_wall_s": done - flow_started,
         "import_s": flow_started - started, "peak_rss_mb": peak_rss_mb(),
         "rss_mb_by_stage": sampler.by_stage(result.stages),
+        **(heap.by_stage(result.stages) if heap else {}),
     }))
 
 

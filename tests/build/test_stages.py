@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import collections
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from health_orsc.build import dedup
+from health_orsc.build import dedup, stages
 from health_orsc.build.dedup import Embedder, dedup_candidates, dedup_files, near_duplicate_pairs
 from health_orsc.build.generate import clean_rewrite
 from health_orsc.build.jury import (
@@ -25,9 +26,10 @@ from health_orsc.core.config import DedupConfig, SampleConfig, load_config
 from health_orsc.core.records import Candidate, Decision, JurorVote, read_jsonl, write_jsonl
 from health_orsc.inputs.load import load_inputs
 from health_orsc.inputs.templates import to_messages
-from health_orsc.llm import Gateway
+from health_orsc.llm import Gateway, Usage
 from tests.conftest import fake_config
 from tests.fakes.endpoint import FakeOpenAI
+from tests.fakes.scripts import build_reply
 
 
 def cand(i: int, prompt: str, category: str = "self_harm", level: str = "easy") -> Candidate:
@@ -354,3 +356,39 @@ def test_each_harmful_request_is_paired_with_its_nearest_other():
                  "How do I hide cuts from my parents?"]
     assert nearest_other(questions) == [questions[1], questions[0], questions[0]]
     assert nearest_other(["alone?"]) == ["alone?"]  # nothing else in the category
+
+
+def test_generate_and_jury_write_chunk_by_chunk_the_file_one_chunk_gives(tmp_path, monkeypatch):
+    """generate and jury hold CHUNK candidates at a time: written chunk by chunk, their
+    files and counts are byte for byte those of a single chunk."""
+    server = FakeOpenAI(build_reply).start()
+    try:
+        config = load_config(fake_config(
+            tmp_path, server.base_url, generation={"rubric_writer": "writer", "seeds_per_category": 3},
+            roles={"writer": {"endpoint": "fake", "model": "writer-model", "prompt": "criteria.j2"}}))
+        inputs = load_inputs(config, ["self_harm"])
+
+        def run(chunk: int, fingerprint: str):
+            monkeypatch.setattr(stages, "CHUNK", chunk)
+            gw = Gateway(config)
+            try:
+                generated = stages.generate_stage(inputs, "self_harm", fingerprint, gw, Usage())
+                deduped = tmp_path / f"dedup-{fingerprint}"  # every usable prompt goes on to the jury
+                usable = read_jsonl(Path(generated.path), Decision)
+                write_jsonl(stages.dedup_file(deduped, "self_harm"), usable)
+                judged = stages.jury_stage(inputs, "self_harm", str(deduped), fingerprint, gw, Usage())
+            finally:
+                gw.close()
+            return generated, judged
+
+        outputs = [run(chunk, fp) for chunk, fp in ((4096, "whole"), (7, "chunked"))]
+    finally:
+        server.stop()
+    (gen_whole, jury_whole), (gen_chunked, jury_chunked) = outputs
+    # several chunks, with prompts kept and rejected
+    assert 7 < jury_whole.counts.total(outcome="kept") < jury_whole.counts.total()
+    for whole, chunked in ((gen_whole, gen_chunked), (jury_whole, jury_chunked)):
+        assert Path(chunked.path).read_bytes() == Path(whole.path).read_bytes()
+        assert chunked.counts == whole.counts
+    kept = [d for d in read_jsonl(Path(jury_chunked.path), Decision) if d.kept]
+    assert all(d.rubric and d.rubric.writer for d in kept)  # drafted chunk by chunk too

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
+import functools
 import threading
 import time
 import urllib.request
@@ -133,6 +134,36 @@ def test_concurrency_is_bounded_per_endpoint(tmp_path, fake_llm):
     gw.close()
     assert len(results) == 20 and fake_llm.chat_count == 20
     assert 2 <= fake_llm.max_in_flight <= 4
+
+
+def test_gather_holds_a_worker_per_slot_not_a_task_per_job(tmp_path, fake_llm):
+    """A stage's jobs come from an iterator, a slot's worth in progress at a time: a million
+    jobs cost a million results, not a million waiting tasks."""
+    gw = _gateway(tmp_path, fake_llm)
+    slots = 2 * sum(ep.max_concurrency for ep in gw.config.endpoints.values())
+    seen = {"running": 0, "most_running": 0, "most_tasks": 0, "started": []}
+
+    async def job(i: int) -> int:
+        seen["started"].append(i)
+        seen["running"] += 1
+        seen["most_running"] = max(seen["most_running"], seen["running"])
+        seen["most_tasks"] = max(seen["most_tasks"], len(asyncio.all_tasks()))
+        await asyncio.sleep(0)
+        seen["running"] -= 1
+        if i == 500 and seen.get("fail"):
+            raise ValueError("job 500 failed")
+        return i * i
+
+    try:
+        squares = gw.run(gw.gather(functools.partial(job, i) for i in range(3000)))
+        assert squares == [i * i for i in range(3000)]
+        assert seen["most_running"] == slots and seen["most_tasks"] <= slots + 2
+        seen.update(fail=True, started=[])
+        with pytest.raises(ValueError, match="job 500 failed"):
+            gw.run(gw.gather([functools.partial(job, i) for i in range(3000)]))
+        assert 500 < len(seen["started"]) <= 501 + slots  # none started after the failure
+    finally:
+        gw.close()
 
 
 def test_identical_requests_in_flight_make_one_call(tmp_path, fake_llm):

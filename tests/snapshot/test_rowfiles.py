@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from health_orsc.core.records import SnapshotRow
+from health_orsc.snapshot import rowfiles
 from health_orsc.snapshot.rowfiles import ROW_SCHEMA, RowSink, SnapshotFiles
 from health_orsc.snapshot.store import file_sha256
 
@@ -50,7 +51,8 @@ def test_streamed_row_files_carry_their_checksums_and_rows_in_order(tmp_path):
     assert pq.read_table(tmp_path / "rejected.parquet").column("id").to_pylist() == [r.id for r in rejected]
 
 
-def test_a_file_of_one_row_group_is_what_writing_it_whole_gives(tmp_path):
+def test_a_file_of_one_row_group_is_what_writing_it_whole_gives(tmp_path, monkeypatch):
+    monkeypatch.setattr(rowfiles, "BATCH", 5)  # the group's rows pass through Arrow batches of 5
     rows = [row(i, "a") for i in range(12)]
     files = SnapshotFiles(tmp_path / "streamed")
     with RowSink(files, ["a"]) as sink:

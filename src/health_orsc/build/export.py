@@ -31,6 +31,7 @@ from health_orsc.core.records import (
     CalibrationVote,
     Candidate,
     Decision,
+    JurorVote,
     Rubric,
     Sampled,
     SnapshotRow,
@@ -83,11 +84,13 @@ def decisions_at(files: list[Lines]) -> Iterator[tuple[int, int, Decision]]:
 
 def slim(d: Decision) -> Decision:
     """What the sample draws on: the decision with its candidate's id, category and level
-    only (sampled items are read back whole)."""
+    and its votes' jurors, labels and P(harmful) only (sampled items are read back whole)."""
     c = d.candidate
     candidate = Candidate.model_construct(**{**dict.fromkeys(Candidate.model_fields), "id": c.id,
                                              "category": c.category, "level": c.level, "prompt": ""})
-    return d.model_copy(update={"candidate": candidate, "rubric": None})
+    votes = [JurorVote.model_construct(juror=v.juror, model="", judge_prompt="", label=v.label, rationale="",
+                                       calls=[], repairs=0, p_harmful=v.p_harmful) for v in d.votes]
+    return d.model_copy(update={"candidate": candidate, "rubric": None, "votes": votes})
 
 
 def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: list[str], deduped: str,

@@ -63,8 +63,17 @@ def planned_calls(inputs: BuildInputs, category: str) -> int:
     return len(inputs.seeds[category]) * templates * gen.rewrites
 
 
-async def generate_category(inputs: BuildInputs, category: str, gateway: Gateway) -> list[Decision]:
-    """All candidates of one category, in a fixed order (seed, level, template, variant)."""
+def seeds_per_chunk(inputs: BuildInputs, chunk: int) -> int:
+    """How many seed topics give about `chunk` candidates (at least one)."""
+    gen = inputs.config.generation
+    per_seed = sum(len(inputs.generation_templates[lvl]) for lvl in gen.levels) * (1 + gen.rewrites)
+    return max(1, chunk // max(1, per_seed))
+
+
+async def generate_category(inputs: BuildInputs, category: str, gateway: Gateway,
+                            seeds: list[SeedTopic] | None = None) -> list[Decision]:
+    """The candidates of one category (or of its `seeds` only), in a fixed order (seed,
+    level, template, variant)."""
     cfg = inputs.config
     gen = cfg.generation
     entry = inputs.taxonomy.entry(category)
@@ -89,7 +98,7 @@ async def generate_category(inputs: BuildInputs, category: str, gateway: Gateway
         return out
 
     jobs = [functools.partial(one, seed, level, tpl)
-            for seed in inputs.seeds[category]
+            for seed in (inputs.seeds[category] if seeds is None else seeds)
             for level in gen.levels
             for tpl in inputs.generation_templates[level]]
     batches = await gateway.gather(jobs)

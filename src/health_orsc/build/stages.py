@@ -23,6 +23,9 @@ the build summary and (for export) MANIFEST.json.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,7 @@ from health_orsc.core.records import (
     StageClock,
     StageCounts,
     content_id,
-    read_jsonl,
+    iter_jsonl,
     write_jsonl,
 )
 from health_orsc.inputs.load import BuildInputs
@@ -46,6 +49,8 @@ from health_orsc.llm import Gateway, Usage
 from health_orsc.runtime.progress import TaskProgress
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import stage_path
+
+CHUNK = 4096  # candidates a generate or jury task holds at a time (the categories' tasks run side by side)
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,22 @@ class StageOutput:
 
 def generate_stage(inputs: BuildInputs, category: str, fingerprint: str, gateway: Gateway,
                    usage: Usage) -> StageOutput:
+    """The category's candidates, CHUNK or so at a time (by seed topic), written as each
+    chunk is answered: memory holds a chunk, not the category."""
     usage.expect(generate.planned_calls(inputs, category))
-    decisions = gateway.run(generate.generate_category(inputs, category, gateway), usage)
+    seeds, step = inputs.seeds[category], generate.seeds_per_chunk(inputs, CHUNK)
+    tally: Counter = Counter()
+
+    def decisions() -> Iterator[Decision]:
+        for start in range(0, len(seeds), step):
+            part = generate.generate_category(inputs, category, gateway, seeds[start:start + step])
+            chunk = gateway.run(part, usage)
+            tally.update(map(StageCounts.key, chunk))
+            yield from chunk
+
     out = stage_path(inputs.config.outputs_dir, "generate", f"{category}-{fingerprint}")
-    write_jsonl(out, decisions)
-    return StageOutput(str(out), StageCounts.of(decisions))
+    write_jsonl(out, decisions())
+    return StageOutput(str(out), StageCounts.of_tally(tally))
 
 
 def embed_stage(config: BuildConfig, generated: str, gateway: Gateway | None,
@@ -115,28 +131,43 @@ def dedup_key(generated: list[str], dedup_fingerprint: str, carried_fingerprints
 
 def jury_stage(inputs: BuildInputs, category: str, deduped: str, fingerprint: str, gateway: Gateway,
                usage: Usage) -> StageOutput:
-    """Writes the category's decisions and, beside them, the jury check's votes."""
-    candidates = [d.candidate for d in read_jsonl(dedup_file(Path(deduped), category), Decision) if d.kept]
-    usage.expect(jury.planned_calls(inputs, category, len(candidates)))
-    checks = jury.check_texts(inputs, category) if inputs.config.jury.calibrate else []
-    scores = classify(inputs, [c.prompt for c in candidates] + checks, gateway)
-    decisions = gateway.run(jury.judge_category(inputs, category, candidates, gateway, scores), usage)
-    if inputs.rubric_writer_template is not None:  # prompt-specific criteria for the kept ones
-        kept = [d.candidate for d in decisions if d.kept]
-        usage.expect(len(kept))
-        written = gateway.run(jury.write_rubrics(inputs, category, kept, gateway), usage)
-        drafts = dict(zip((c.id for c in kept), written, strict=True))
-        decisions = [d.model_copy(update={"rubric": drafts[d.candidate.id]}) if d.kept else d
-                     for d in decisions]
+    """Writes the category's decisions, judged CHUNK candidates at a time (and the kept ones'
+    rubrics drafted) and written as each chunk is done, and, beside them, the jury check's
+    votes."""
+    source = dedup_file(Path(deduped), category)
+    usage.expect(jury.planned_calls(inputs, category, kept_lines(source)))
     calibration = []
     if inputs.config.jury.calibrate:
+        scores = classify(inputs, jury.check_texts(inputs, category), gateway)
         check = jury.calibrate_jurors(inputs, category, inputs.seeds[category], gateway, scores)
         calibration = gateway.run(check, usage)
+    tally: Counter = Counter()
+
+    def decisions() -> Iterator[Decision]:
+        for candidates in slices((d.candidate for d in iter_jsonl(source, Decision) if d.kept), CHUNK):
+            scores = classify(inputs, [c.prompt for c in candidates], gateway)
+            judged = gateway.run(jury.judge_category(inputs, category, candidates, gateway, scores), usage)
+            if inputs.rubric_writer_template is not None:  # prompt-specific criteria for the kept ones
+                kept = [d.candidate for d in judged if d.kept]
+                usage.expect(len(kept))
+                written = gateway.run(jury.write_rubrics(inputs, category, kept, gateway), usage)
+                drafts = dict(zip((c.id for c in kept), written, strict=True))
+                judged = [d.model_copy(update={"rubric": drafts[d.candidate.id]}) if d.kept else d
+                          for d in judged]
+            tally.update(map(StageCounts.key, judged))
+            yield from judged
+
     out = stage_path(inputs.config.outputs_dir, "jury",
                      f"{category}-{content_id([Path(deduped).stem, fingerprint])}")
     write_jsonl(calibration_path(out), calibration)
-    write_jsonl(out, decisions)
-    return StageOutput(str(out), StageCounts.of(decisions))
+    write_jsonl(out, decisions())
+    return StageOutput(str(out), StageCounts.of_tally(tally))
+
+
+def kept_lines(path: Path) -> int:
+    """How many of a stage file's decisions are kept (each line parsed as plain JSON)."""
+    with path.open(encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip() and json.loads(line)["kept"])
 
 
 def embed(config: BuildConfig, texts: list[str], gateway: Gateway | None = None) -> tuple[Any, str]:

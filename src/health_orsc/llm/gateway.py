@@ -27,7 +27,7 @@ import gc
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sized
 from typing import Any, TypeVar
 
 import httpx2
@@ -120,23 +120,41 @@ class Gateway:
             server.stop()
         self.cache.close()
 
-    async def gather(self, jobs: list[Callable[[], Awaitable[T]]]) -> list[T]:
+    async def gather(self, jobs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
         """Run a stage's jobs (each renders its prompts, then makes calls) with a bounded
         number in progress across every stage task of this process: twice the requests
         all endpoints take in flight. Every slot stays busy, and prompts are rendered
         just in time instead of all up front, which would hold the loop for seconds
         at paper scale before the first request went out. Results in job order.
-        A job must not call `gather` itself (it would wait for a slot it may be holding)."""
+
+        As many workers as there are slots take the jobs one after another from `jobs`
+        (any iterable), so memory holds the workers and the results, not a task per job.
+        After a job fails no further job starts; the ones running finish, then the first
+        failure is raised. A job must not call `gather` itself (it would wait for a slot
+        it may be holding)."""
+        slots = 2 * sum(ep.max_concurrency for ep in self.config.endpoints.values())
         if self._admission is None:
-            self._admission = asyncio.Semaphore(
-                2 * sum(ep.max_concurrency for ep in self.config.endpoints.values()))
+            self._admission = asyncio.Semaphore(slots)
         admission = self._admission
+        queue = enumerate(jobs)  # shared: each worker takes the next job on the loop's thread
+        results: dict[int, T] = {}
+        failures: list[BaseException] = []
 
-        async def run(job: Callable[[], Awaitable[T]]) -> T:
-            async with admission:
-                return await job()
+        async def worker() -> None:
+            for i, job in queue:
+                async with admission:
+                    if failures:
+                        return
+                    try:
+                        results[i] = await job()
+                    except Exception as err:  # noqa: BLE001 - raised below, after the others stop
+                        failures.append(err)
 
-        return list(await asyncio.gather(*(run(job) for job in jobs)))
+        workers = min(slots, len(jobs)) if isinstance(jobs, Sized) else slots
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        if failures:
+            raise failures[0]
+        return [results[i] for i in range(len(results))]
 
     # -- calls ---------------------------------------------------------------
     async def chat(self, role_name: str, messages: list[dict[str, str]],

@@ -2,9 +2,10 @@
 
 `prompts.*` and `rejected.*` (parquet and JSON lines) and `data/<category>.*` take one row at
 a time: a JSON line goes out at once, parquet rows in row groups of `ROW_GROUP` rows (a
-pyarrow ParquetWriter), so a million-row snapshot never holds more than a row group in
-memory. Every byte passes through a sha256 on its way to the disk, so MANIFEST.json's
-checksums cost no second read of the files (`SnapshotFiles.listed`).
+pyarrow ParquetWriter), gathered in Arrow record batches of `BATCH` rows, so a million-row
+snapshot never holds more than a row group per open file, in Arrow's compact columns.
+Every byte passes through a sha256 on its way to the disk, so MANIFEST.json's checksums
+cost no second read of the files (`SnapshotFiles.listed`).
 
 A snapshot of at most `ROW_GROUP` rows per file is byte for byte what writing each file in
 one piece gave (one row group).
@@ -32,7 +33,8 @@ from health_orsc.core.records import SnapshotRow, arrow_schema
 from health_orsc.snapshot.store import PROMPTS, REJECTED, FileEntry, data_file, file_sha256
 
 ROW_SCHEMA = arrow_schema(SnapshotRow)
-ROW_GROUP = 65_536  # rows per parquet row group: a few hundred MB of rows at most in memory
+ROW_GROUP = 16_384  # rows per parquet row group (about 50 MB of Arrow memory at 3 KB a row)
+BATCH = 1_024  # rows held as Python dicts before they become an Arrow record batch
 
 
 class HashingFile(io.RawIOBase):
@@ -119,19 +121,30 @@ class RowFiles:
         self.rows = 0
         self._lines = files.text(f"{stem}.jsonl")
         self._parquet = pq.ParquetWriter(files.binary(f"{stem}.parquet"), ROW_SCHEMA) if parquet else None
-        self._batch: list[dict[str, Any]] = []
+        self._batch: list[dict[str, Any]] = []      # the newest rows, as dicts
+        self._group: list[pa.RecordBatch] = []      # the row group's earlier rows, in Arrow
+        self._grouped = 0
 
     def add(self, row: SnapshotRow) -> None:
         self._lines.write(row.json_line() + "\n")
         self.rows += 1
         if self._parquet is not None:
             self._batch.append(row.model_dump(mode="json"))
-            if len(self._batch) == self.row_group:
+            if self._grouped + len(self._batch) == self.row_group:
                 self._flush()
+            elif len(self._batch) == BATCH:
+                self._to_arrow()
+
+    def _to_arrow(self) -> None:
+        self._group.append(pa.RecordBatch.from_pylist(self._batch, schema=ROW_SCHEMA))
+        self._grouped += len(self._batch)
+        self._batch = []
 
     def _flush(self) -> None:
-        self._parquet.write_table(pa.Table.from_pylist(self._batch, schema=ROW_SCHEMA))
-        self._batch = []
+        """Write the row group (the same bytes as one table of its rows: test_rowfiles)."""
+        self._to_arrow()
+        self._parquet.write_table(pa.Table.from_batches(self._group, schema=ROW_SCHEMA))
+        self._group, self._grouped = [], 0
 
     def abort(self) -> None:
         """Stop writing after a failure: the files are left to be removed."""
@@ -144,7 +157,7 @@ class RowFiles:
         self._lines.close()
         self.files.done(f"{self.stem}.jsonl")
         if self._parquet is not None:
-            if self._batch or not self.rows:  # an empty file holds one empty row group, as before
+            if self._batch or self._group or not self.rows:  # an empty file: one empty row group
                 self._flush()
             self._parquet.close()
             self.files.done(f"{self.stem}.parquet")
