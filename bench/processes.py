@@ -67,15 +67,21 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            self.samples.append((time.monotonic(), rss_mb()))
+            self.samples.append((time.monotonic(), rss_mb(), _status_mb("RssFile") or 0.0))
 
-    def by_stage(self, stages: dict) -> dict[str, float]:
-        """Peak RSS (MB) sampled within each stage's clock."""
+    def by_stage(self, stages: dict) -> dict[str, dict[str, float]]:
+        """Peak RSS (MB) sampled within each stage's clock, and of it the pages of mapped
+        files (the dedup stage's memory-mapped vectors: the kernel drops them first)."""
         self._stop.set()
         self._thread.join()
-        return {name: round(max((mb for t, mb in self.samples if st.clock[0] <= t <= st.clock[1]),
-                                default=0.0))
-                for name, st in stages.items()}
+
+        def peak(name: str, column: int) -> float:
+            st = stages[name]
+            return round(max((s[column] for s in self.samples if st.clock[0] <= s[0] <= st.clock[1]),
+                             default=0.0))
+
+        return {"rss_mb_by_stage": {name: peak(name, 1) for name in stages},
+                "file_rss_mb_by_stage": {name: peak(name, 2) for name in stages}}
 
 
 class HeapSampler:
@@ -137,7 +143,7 @@ def build_once(args: argparse.Namespace) -> None:
     Path(args.result).write_text(json.dumps({
         "result": result.model_dump(mode="json"), "flow_wall_s": done - flow_started,
         "import_s": flow_started - started, "peak_rss_mb": peak_rss_mb(),
-        "rss_mb_by_stage": sampler.by_stage(result.stages),
+        **sampler.by_stage(result.stages),
         **(heap.by_stage(result.stages) if heap else {}),
     }))
 

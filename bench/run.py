@@ -370,7 +370,8 @@ def scale_probe(bench: Bench, seeds_per_category: list[int]) -> dict:
                      "model_calls": sum(1 for c in b["calls_log"] if c[3] != "embed"),
                      "flow_wall_s": round(b["flow_wall_s"], 1), "peak_rss_mb": round(b["peak_rss_mb"]),
                      "rss_mb_by_stage": b["rss_mb_by_stage"],
-                     **{k: b[k] for k in ("heap_mb_by_stage", "heap_highs") if k in b},
+                     **{k: b[k] for k in ("file_rss_mb_by_stage", "heap_mb_by_stage", "heap_highs")
+                        if k in b},
                      "request_cache_mb": size_mb(out / "cache" / "llm.sqlite"),
                      "embedding_cache_mb": size_mb(out / "cache" / "embeddings.sqlite"),
                      "stage_files_mb": size_mb(out / "stages"),

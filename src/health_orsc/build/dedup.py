@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import mmap
 import os
 import queue
 import threading
@@ -243,6 +244,7 @@ def _ivf_pairs(vectors: np.ndarray, floor: float) -> tuple[np.ndarray, ...]:
     index.train(np.ascontiguousarray(vectors[np.sort(sample)]))
     for a in range(0, n, SLICE):
         index.add(np.ascontiguousarray(vectors[a:a + SLICE]))
+        release(vectors)
     index.nprobe = IVF_NPROBE
     out_i, out_j, out_s = [], [], []
     for a in range(0, n, SLICE):
@@ -256,7 +258,17 @@ def _ivf_pairs(vectors: np.ndarray, floor: float) -> tuple[np.ndarray, ...]:
         out_i.append(rows[close])
         out_j.append(ids[close])
         out_s.append(sims[close])
+        release(vectors)
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
+
+
+def release(vectors: np.ndarray) -> None:
+    """Drop a memory-mapped matrix's pages from this process's resident set (the kernel
+    keeps them in its page cache): read through the map, a million vectors would otherwise
+    count 1.5 GB against the build. Nothing for an array in memory."""
+    mapped = getattr(vectors, "_mmap", None)
+    if mapped is not None:
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def text_hash(text: str) -> int:
