@@ -484,3 +484,29 @@ def test_provenance_shows_every_answer_and_grade(evaluated, capsys):
     assert run1["complier"]["grade"] == run1["complier"]["detector"] == "full_compliance"
     assert main(["provenance", prompt["id"], "--outputs", outputs]) == 0
     assert "answer in evaluation run1: refuser" in capsys.readouterr().out
+
+
+def test_answers_written_chunk_by_chunk_are_the_file_one_chunk_gives(evaluated, monkeypatch):
+    """An evaluate task holds CHUNK items at a time; its file is byte for byte one chunk's."""
+    from health_orsc.core.config import load_config
+    from health_orsc.evaluation import stages
+    from health_orsc.evaluation.answer import load_evaluation
+    from health_orsc.llm import Gateway, Usage
+    from health_orsc.snapshot.handle import Snapshot
+
+    config = load_config(evaluated["cfg"])
+    snapshot = Snapshot.open(evaluated["snapshot"])
+    inputs = load_evaluation(config, snapshot, None)
+    category = snapshot.manifest.categories[0]
+    items = stages.write_items(config, snapshot, "chunks")[category]
+    written = []
+    for chunk, run in ((4096, "whole"), (2, "chunked")):
+        monkeypatch.setattr(stages, "CHUNK", chunk)
+        gateway = Gateway(config)
+        try:
+            written.append(stages.answer_stage(inputs, "complier", category, items, run, gateway, Usage()))
+        finally:
+            gateway.close()
+    (whole, n_whole), (chunked, n_chunked) = written
+    assert n_whole == n_chunked == len(rows(items)) > 2
+    assert chunked.read_bytes() == whole.read_bytes()

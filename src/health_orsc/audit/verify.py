@@ -16,8 +16,11 @@ A snapshot protects itself in two ways:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +140,55 @@ def _check_required(m: Manifest) -> list[str]:
             for rel in required_files(m) if rel not in m.files]
 
 
+@dataclass
+class RowFile:
+    """A row file (prompts.jsonl or rejected.jsonl) read once, a line at a time: its rows
+    without what no later check reads (texts beside the prompt, rubrics, the votes'
+    rationales and call keys), and what the checks of the published files and rubrics need
+    from the rows in full, taken as they pass: per category the sha256 of the rows' JSON
+    lines and of their ids, and the rubric problems of kept rows."""
+
+    rows: list[SnapshotRow] = dataclasses.field(default_factory=list)
+    lines: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ids: dict[str, Any] = dataclasses.field(default_factory=dict)
+    unrubricked: set[str] = dataclasses.field(default_factory=set)     # categories whose kept rows lack one
+    bad_rubrics: list[str] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: Path, m: Manifest, kept: bool) -> RowFile:
+        out = cls()
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    out.add(SnapshotRow.model_validate(json.loads(line)), m, kept)
+        return out
+
+    def add(self, row: SnapshotRow, m: Manifest, kept: bool) -> None:
+        if kept:
+            self.lines.setdefault(row.category, hashlib.sha256()).update(f"{row.json_line()}\n".encode())
+            self.ids.setdefault(row.category, hashlib.sha256()).update(f"{row.id}\n".encode())
+            if row.rubric is None and rubrics_required(m, row.category):
+                self.unrubricked.add(row.category)
+            elif (row.rubric is not None and len(self.bad_rubrics) < 20
+                  and (why := rubric_problems(row.rubric.criteria))):
+                self.bad_rubrics.append(f"{PROMPTS}.jsonl: the rubric of {row.id}: {'; '.join(why)}")
+        votes = [v.model_copy(update={"rationale": "", "calls": []}) for v in row.votes]
+        self.rows.append(row.model_copy(update={
+            "votes": votes, "rubric": None, "template_text": None, "original_question": None,
+            "seed_topic": None, "generation_call": None}))
+
+    def digest(self, of: dict[str, Any], category: str) -> str:
+        return of.get(category, hashlib.sha256()).hexdigest()
+
+
 def _check_content(snapshot: Path, m: Manifest) -> list[str]:
     problems: list[str] = []
     try:
-        kept = [SnapshotRow.model_validate(r) for r in read_jsonl_rows(snapshot / f"{PROMPTS}.jsonl")]
-        rejected = [SnapshotRow.model_validate(r) for r in read_jsonl_rows(snapshot / f"{REJECTED}.jsonl")]
+        kept_file = RowFile.read(snapshot / f"{PROMPTS}.jsonl", m, kept=True)
+        rejected_file = RowFile.read(snapshot / f"{REJECTED}.jsonl", m, kept=False)
     except (OSError, ValueError, ValidationError) as err:
         return [f"rows: unreadable ({shorten(str(err), 200)})"]
+    kept, rejected = kept_file.rows, rejected_file.rows
     problems += _check_categories(m)
     if problems:
         return problems
@@ -155,14 +200,13 @@ def _check_content(snapshot: Path, m: Manifest) -> list[str]:
     for stem, rows in ((PROMPTS, kept), (REJECTED, rejected)):
         if pq.read_metadata(snapshot / f"{stem}.parquet").num_rows != len(rows):
             problems.append(f"{stem}.parquet and {stem}.jsonl hold different numbers of rows")
-    for cat in m.categories:
-        path = snapshot / data_file(cat)
-        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else None
-        if lines != [r.json_line() for r in kept if r.category == cat]:
+    for cat in m.categories:  # the files' checksums passed: MANIFEST's sha256 is the file's
+        entry = m.files.get(data_file(cat))
+        if entry is None or entry.sha256 != kept_file.digest(kept_file.lines, cat):
             problems.append(f"{data_file(cat)}: differs from the {cat} rows of {PROMPTS}.jsonl")
-    problems += _check_rubrics(m, kept)
+    problems += _check_rubrics(kept_file)
     if publishable(m):
-        problems += _check_published_files(snapshot, m, kept)
+        problems += _check_published_files(snapshot, m, kept_file)
     decisions = [r.to_decision() for r in kept + rejected]
     counts = StageCounts.of(decisions)
     if counts.kept_by_stratum(m.categories) != m.counts.kept:
@@ -186,13 +230,13 @@ def _check_content(snapshot: Path, m: Manifest) -> list[str]:
     return problems
 
 
-def _check_published_files(snapshot: Path, m: Manifest, kept: list[SnapshotRow]) -> list[str]:
+def _check_published_files(snapshot: Path, m: Manifest, kept: RowFile) -> list[str]:
     """data/<category>.parquet holds the category's kept rows, and croissant.json names
     exactly the parquet files people load, each with its checksum."""
     problems = []
     for cat in m.categories:
         ids = pq.read_table(snapshot / data_file(cat, "parquet"), columns=["id"]).column("id").to_pylist()
-        if ids != [r.id for r in kept if r.category == cat]:
+        if hashlib.sha256("".join(f"{i}\n" for i in ids).encode()).hexdigest() != kept.digest(kept.ids, cat):
             problems.append(f"{data_file(cat, 'parquet')}: differs from the {cat} rows of {PROMPTS}.jsonl")
     try:
         described = {f["contentUrl"]: f.get("sha256") for f in
@@ -207,17 +251,13 @@ def _check_published_files(snapshot: Path, m: Manifest, kept: list[SnapshotRow])
     return problems
 
 
-def _check_rubrics(m: Manifest, kept: list[SnapshotRow]) -> list[str]:
+def _check_rubrics(kept: RowFile) -> list[str]:
     """Every kept prompt of a category built with rubrics has a usable one (each criterion
     was checked as the rows were read: kind, points, id)."""
     problems = []
-    missing = sorted({r.category for r in kept if r.rubric is None and rubrics_required(m, r.category)})
-    if missing:
-        problems.append(f"{PROMPTS}.jsonl: kept rows of {missing} have no rubric")
-    for row in kept:
-        if row.rubric is not None and (why := rubric_problems(row.rubric.criteria)):
-            problems.append(f"{PROMPTS}.jsonl: the rubric of {row.id}: {'; '.join(why)}")
-    return problems[:20]
+    if kept.unrubricked:
+        problems.append(f"{PROMPTS}.jsonl: kept rows of {sorted(kept.unrubricked)} have no rubric")
+    return (problems + kept.bad_rubrics)[:20]
 
 
 def _check_categories(m: Manifest) -> list[str]:

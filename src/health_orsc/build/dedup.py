@@ -40,7 +40,7 @@ import numpy as np
 from health_orsc.cache.embeddings import EmbeddingCache
 from health_orsc.core.config import BuildConfig, DedupConfig
 from health_orsc.core.files import default_embedding_model, model_identity
-from health_orsc.core.records import Candidate, Decision, StageCounts, iter_jsonl, write_jsonl
+from health_orsc.core.records import Candidate, Decision, StageCounts, iter_jsonl, slices, write_jsonl
 from health_orsc.llm import Gateway, Usage
 from health_orsc.runtime.progress import TaskProgress
 
@@ -327,12 +327,6 @@ class PoolTexts:
         # any row holding the text will do: equal texts have equal vectors
         rows[rewrites] = order[np.searchsorted(hashes[order], templates[rewrites])]
         return rows
-
-
-def slices(items: Iterable, size: int) -> Iterator[list]:
-    it = iter(items)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
 
 
 @dataclass

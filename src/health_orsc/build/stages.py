@@ -33,15 +33,17 @@ from typing import Any
 from pydantic import BaseModel
 
 from health_orsc.build import generate, jury
-from health_orsc.build.dedup import SLICE, Embedder, PoolTexts, dedup_files, slices, usable
+from health_orsc.build.dedup import SLICE, Embedder, PoolTexts, dedup_files, usable
 from health_orsc.cache.embeddings import EmbeddingCache
 from health_orsc.core.config import BuildConfig
 from health_orsc.core.records import (
+    CHUNK,
     Decision,
     StageClock,
     StageCounts,
     content_id,
     iter_jsonl,
+    slices,
     write_jsonl,
 )
 from health_orsc.inputs.load import BuildInputs
@@ -49,8 +51,6 @@ from health_orsc.llm import Gateway, Usage
 from health_orsc.runtime.progress import TaskProgress
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import stage_path
-
-CHUNK = 4096  # candidates a generate or jury task holds at a time (the categories' tasks run side by side)
 
 
 @dataclass(frozen=True)

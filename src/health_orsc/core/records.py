@@ -11,6 +11,7 @@ that order as an argument.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import types
 import typing
@@ -443,6 +444,16 @@ def write_jsonl(path: Path, records: typing.Iterable[BaseModel | dict[str, Any]]
 
 def read_jsonl(path: Path, model: type[BaseModel]) -> list[Any]:
     return list(iter_jsonl(path, model))
+
+
+CHUNK = 4096  # records a stage task holds at a time (generate, jury, evaluate: written as each is done)
+
+
+def slices(items: typing.Iterable, size: int) -> typing.Iterator[list]:
+    """`items` in lists of `size` (the last one shorter), read as they are needed."""
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
 
 
 def iter_jsonl(path: Path, model: type[BaseModel]) -> typing.Iterator[Any]:

@@ -26,6 +26,9 @@ Example:
 from __future__ import annotations
 
 import functools
+import itertools
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -158,26 +161,25 @@ def derived_rubrics(config: BuildConfig, snapshot: Path, kept: list[dict]) -> di
     return out
 
 
-def eval_items(snap: Snapshot, categories: list[str], config: BuildConfig) -> dict[str, list[dict[str, Any]]]:
-    """Per category: its kept prompts (all, or `evaluation.sample` per level, seeded), then
-    the distinct harmful requests they neighbour (with `evaluation.contrast`; in an imported
-    snapshot also its `source_harmful` rows), as EvalItem's
-    fields: the task that asks them validates them as it reads them (validating every
-    rubric here held the evaluation's first call back by seconds at paper scale). A kept
-    row without a rubric gets a derived one where it can (derived_rubrics)."""
+def eval_items(snap: Snapshot, categories: list[str],
+               config: BuildConfig) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Per category of `categories`, in that order: its kept prompts (all, or
+    `evaluation.sample` per level, seeded), then the distinct harmful requests they
+    neighbour (with `evaluation.contrast`; in an imported snapshot also its `source_harmful`
+    rows), as EvalItem's fields: the task that asks them validates them as it reads them
+    (validating every rubric here held the evaluation's first call back by seconds at paper
+    scale). A kept row without a rubric gets a derived one where it can (derived_rubrics).
+    The kept rows are read a category at a time (one pass over prompts.jsonl)."""
     ev = config.evaluation
     snapshot = snap.path
-    out: dict[str, list[dict[str, Any]]] = {}
-    # the kept rows' fields as stored (the snapshot has verified): parsing every row into a
-    # SnapshotRow costs seconds at paper scale and is not needed here
-    kept = read_jsonl_rows(snapshot / f"{PROMPTS}.jsonl")
-    derived = {i: r.model_dump(mode="json") for i, r in derived_rubrics(config, snapshot, kept).items()}
     # an imported snapshot's contrast prompts are rows of their own (source_harmful)
-    imported = ev.contrast and snap.manifest.source is not None
-    contrasts = [r for r in read_jsonl_rows(snapshot / f"{REJECTED}.jsonl")
-                 if r["reason"] == "source_harmful"] if imported else []
-    for cat in categories:
-        rows = [r for r in kept if r["category"] == cat]
+    contrasts = []
+    if ev.contrast and snap.manifest.source is not None:
+        with (snapshot / f"{REJECTED}.jsonl").open(encoding="utf-8") as fh:
+            contrasts = [r for line in fh if line.strip()
+                         for r in [json.loads(line)] if r["reason"] == "source_harmful"]
+    for cat, rows in category_rows(snapshot / f"{PROMPTS}.jsonl", categories):
+        derived = {i: r.model_dump(mode="json") for i, r in derived_rubrics(config, snapshot, rows).items()}
         items: list[dict[str, Any]] = []
         for level in (*LEVELS, None):  # None: imported rows without a level
             members = [r for r in rows if r["level"] == level]
@@ -192,8 +194,33 @@ def eval_items(snap: Snapshot, categories: list[str], config: BuildConfig) -> di
                                | {r["prompt"] for r in contrasts if r["category"] == cat})
             items += [{"prompt_id": contrast_id(cat, q), "kind": "harmful", "category": cat, "level": None,
                        "prompt": q} for q in questions]
-        out[cat] = items
-    return out
+        yield cat, items
+
+
+EVAL_FIELDS = ("id", "category", "level", "prompt", "rubric", "original_question", "seed_id")
+
+
+def category_rows(path: Path, categories: list[str]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """The rows of a row file per category of `categories` (the snapshot's, in its order),
+    each with the fields the evaluation reads, as stored (the snapshot has verified, and
+    parsing every row into a SnapshotRow costs seconds at paper scale). A snapshot holds
+    its rows in category order, so one pass holds one category's rows at a time."""
+    position = {c: i for i, c in enumerate(categories)}
+    at = 0  # categories[:at] are done
+    with path.open(encoding="utf-8") as fh:
+        rows = (json.loads(line) for line in fh if line.strip())
+        for cat, group in itertools.groupby(rows, key=lambda r: r["category"]):
+            if cat not in position:
+                continue
+            if position[cat] < at:
+                raise InputError(path, None, f"holds rows of {cat} out of the snapshot's category order",
+                                 "rebuild the snapshot (`orsc build`) or import it again (`orsc import`)")
+            for empty in categories[at:position[cat]]:
+                yield empty, []
+            yield cat, [{k: r.get(k) for k in EVAL_FIELDS} for r in group]
+            at = position[cat] + 1
+    for empty in categories[at:]:
+        yield empty, []
 
 
 @dataclass(frozen=True)

@@ -106,10 +106,10 @@ def write_inspect(snapshot: Snapshot, config: BuildConfig, out: Path) -> dict[st
         template = library.get(Path("graders", "xstest.j2"), "evaluation.grader", config.source)
     else:
         template = load_grader(config, entries)
-    items = eval_items(snapshot, categories, config)
     rows = [{"id": i["prompt_id"], "input": i["prompt"],
              "metadata": {"kind": i["kind"], "category": i["category"], "level": i["level"],
-                          "rubric": i.get("rubric")}} for cat in categories for i in items[cat]]
+                          "rubric": i.get("rubric")}}
+            for _, items in eval_items(snapshot, categories, config) for i in items]
     grader = {"template": template.name, "template_sha": template.sha, "refusal_starts": list(REFUSAL_STARTS),
               "messages": {c: template.render_messages(grade_context(PROMPT_SLOT, ANSWER_SLOT, entries[c]))
                            for c in categories}}

@@ -12,13 +12,22 @@ counterpart of build/stages.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from health_orsc.core.config import BuildConfig
-from health_orsc.core.records import StageClock, content_id, read_jsonl, write_jsonl
+from health_orsc.core.records import (
+    CHUNK,
+    StageClock,
+    content_id,
+    iter_jsonl,
+    read_jsonl,
+    slices,
+    write_jsonl,
+)
 from health_orsc.evaluation.answer import (
     DETECTOR,
     EvalInputs,
@@ -51,7 +60,7 @@ class EvaluationResult(BaseModel):
 def write_items(config: BuildConfig, snapshot: Snapshot, run: str) -> dict[str, Path]:
     """Per category of the snapshot, the stage file holding its items (prompts to ask)."""
     items = {}
-    for cat, cat_items in eval_items(snapshot, snapshot.manifest.categories, config).items():
+    for cat, cat_items in eval_items(snapshot, snapshot.manifest.categories, config):
         items[cat] = stage_path(config.outputs_dir, "evaluate", f"{run}-items-{content_id([cat])}")
         write_jsonl(items[cat], cat_items)
     return items
@@ -59,14 +68,24 @@ def write_items(config: BuildConfig, snapshot: Snapshot, run: str) -> dict[str, 
 
 def answer_stage(inputs: EvalInputs, model: str, category: str, items_path: Path, run: str,
                  gateway: Gateway, usage: Usage) -> tuple[Path, int]:
-    """`model`'s graded answers to one category's items: their stage file and how many."""
-    items = read_jsonl(items_path, EvalItem)
-    usage.expect(planned_calls(items, inputs.grader_template is not None, inputs.rubric_template is not None,
-                               inputs.config.evaluation.per_criterion))
-    responses = gateway.run(answer_category(inputs, model, category, items, gateway), usage)
+    """`model`'s graded answers to one category's items: their stage file and how many.
+    The items are answered CHUNK at a time, each chunk's responses written as it is done."""
+    def planned(items: list[EvalItem]) -> int:
+        return planned_calls(items, inputs.grader_template is not None, inputs.rubric_template is not None,
+                             inputs.config.evaluation.per_criterion)
+
+    usage.expect(sum(planned(items) for items in slices(iter_jsonl(items_path, EvalItem), CHUNK)))
+    answered = [0]
+
+    def responses() -> Iterator[Response]:
+        for items in slices(iter_jsonl(items_path, EvalItem), CHUNK):
+            chunk = gateway.run(answer_category(inputs, model, category, items, gateway), usage)
+            answered[0] += len(chunk)
+            yield from chunk
+
     out = stage_path(inputs.config.outputs_dir, "evaluate", f"{run}-{content_id([model, category])}")
-    write_jsonl(out, responses)
-    return out, len(responses)
+    write_jsonl(out, responses())
+    return out, answered[0]
 
 
 def grader_meta(config: BuildConfig, template: PromptTemplate | None,
