@@ -180,6 +180,48 @@ def test_losing_the_database_mid_build_exits_1_and_the_next_build_resumes(pg, tm
     assert (tmp_path / "outputs" / "snapshots" / "v1" / "MANIFEST.json").is_file()
 
 
+@pytest.mark.slow
+def test_connections_dropped_mid_build_are_opened_again_and_no_reply_is_lost(pg, tmp_path):
+    """The server ends the build's sessions three times while the jury is at work (as a
+    restart, a proxy or an idle timeout would): the build goes on, every reply it got is
+    in the cache, and the same build again asks for nothing."""
+    url = new_database(pg)
+    ended = []
+
+    def reply(request: dict) -> str:
+        if request["model"].startswith("judge-"):
+            asked = sum(1 for r in server.requests if r["model"].startswith("judge-"))
+            if asked in (5, 15, 25):
+                ended.append(_end_sessions(url))
+            return json.dumps({"label": "benign", "rationale": "scripted"})
+        return "Could you tell me: " + request["messages"][-1]["content"].removeprefix("Paraphrase: ")
+
+    server = FakeOpenAI(reply).start()
+    try:
+        cfg = _pg_config(tmp_path, server, url)
+        assert main(["build", "--config", str(cfg), "--name", "v1"]) == 0
+        calls = server.chat_count
+        stored = RequestCache.at(CacheConfig(url=url), None)
+        try:
+            assert len(stored.find()) == calls  # every reply the build got was kept
+        finally:
+            stored.close()
+        assert main(["build", "--config", str(cfg), "--name", "v2"]) == 0
+        assert server.chat_count == calls
+    finally:
+        server.stop()
+    assert len(ended) == 3 and all(ended)  # the build's sessions were ended each time
+
+
+def _end_sessions(url: str) -> int:
+    """End every other session on the database (pg_terminate_backend); how many."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return len(conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                " WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall())
+
+
 def _wait_for_a_verdict(url: str, timeout_s: float = 60) -> None:
     import time
 

@@ -19,9 +19,10 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from health_orsc.core.config import CacheConfig
 from health_orsc.core.errors import InputError, Resumable, shorten
@@ -48,35 +49,56 @@ class CacheUnavailable(Resumable):
     once it is back, and the run resumes from it."""
 
 
-class Database:
-    """One connection, shared by threads (each call holds a lock)."""
+T = TypeVar("T")
+RECONNECT_WAITS_S = (0.2, 0.5, 1.0, 2.0)  # before each new connection to a PostgreSQL cache
 
-    def __init__(self, conn: Any, postgres: bool, where: str):
+
+class Database:
+    """One connection, shared by threads (each call holds a lock). On PostgreSQL a
+    connection that drops (a restart, a proxy or the server ending idle or busy sessions)
+    is opened again through `reconnect` and the statement run again, up to
+    len(RECONNECT_WAITS_S) times: every write is idempotent (INSERT ... ON CONFLICT, DELETE
+    by key), so a transaction whose commit was lost with the connection is safe to repeat.
+    A server still away after that is CacheUnavailable."""
+
+    def __init__(self, conn: Any, postgres: bool, where: str, reconnect: Callable[[], Any] | None = None):
         self._conn = conn
         self.postgres = postgres
         self.where = where  # the file or URL, for messages
+        self._reconnect = reconnect
         self._lock = threading.Lock()
+        self.reconnects = 0
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.postgres else sql
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
-        with self._lock, self._lost():
-            return list(self._conn.execute(self._sql(sql), args).fetchall())
+        return self._run(lambda conn: list(conn.execute(self._sql(sql), args).fetchall()))
 
-    @contextlib.contextmanager
-    def _lost(self):
-        """A PostgreSQL server that went away: CacheUnavailable, naming it."""
-        if not self.postgres:
-            yield
-            return
-        import psycopg
+    def _run(self, action: Callable[[Any], T]) -> T:
+        """`action(connection)` under the lock; on PostgreSQL, again on a new connection
+        when it dropped (see the class)."""
+        with self._lock:
+            if not self.postgres:
+                return action(self._conn)
+            import psycopg
 
-        try:
-            yield
-        except (psycopg.OperationalError, psycopg.InterfaceError) as err:
-            problem = shorten(" ".join(str(err).split()), 300)
-            raise CacheUnavailable(f"the cache database {self.where} failed: {problem}") from err
+            for wait in (*RECONNECT_WAITS_S, None):
+                try:
+                    return action(self._conn)
+                except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+                    if wait is None or self._reconnect is None:
+                        problem = shorten(" ".join(str(err).split()), 300)
+                        raise CacheUnavailable(f"the cache database {self.where} failed: {problem}") from err
+                time.sleep(wait)
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.close()
+                try:
+                    self._conn = self._reconnect()
+                    self.reconnects += 1
+                except (InputError, psycopg.Error):
+                    pass  # still away: the next attempt fails at once and waits longer
+            raise AssertionError("unreachable")
 
     def query_keys(self, sql: str, keys: Sequence[str], chunk: int = 500) -> list[tuple]:
         """`sql` with `IN ({keys})` run over `keys` a chunk at a time (bounded parameter lists)."""
@@ -92,26 +114,37 @@ class Database:
 
     def write(self, *statements: tuple[str, Sequence[Any] | Iterable[Sequence[Any]], bool]) -> list[int]:
         """Run (sql, args, many) statements in one transaction; their row counts."""
-        counts = []
-        with self._lock, self._lost():
-            if self.postgres:
-                with self._conn.transaction(), self._conn.cursor() as cur:
-                    for sql, args, many in statements:
-                        if many:
-                            cur.executemany(self._sql(sql), list(args))
-                        else:
-                            cur.execute(self._sql(sql), args)
-                        counts.append(cur.rowcount)
-            else:
-                try:
-                    for sql, args, many in statements:
-                        cur = (self._conn.executemany if many else self._conn.execute)(sql, args)
-                        counts.append(cur.rowcount)
-                    self._conn.commit()
-                except BaseException:
-                    self._conn.rollback()
-                    raise
-        return counts
+        statements = tuple((sql, list(args) if many else args, many) for sql, args, many in statements)
+        write = self._postgres_write if self.postgres else self._sqlite_write
+        return self._run(write(statements))
+
+    def _postgres_write(self, statements: tuple) -> Callable[[Any], list[int]]:
+        def write(conn: Any) -> list[int]:
+            counts = []
+            with conn.transaction(), conn.cursor() as cur:
+                for sql, args, many in statements:
+                    if many:
+                        cur.executemany(self._sql(sql), args)
+                    else:
+                        cur.execute(self._sql(sql), args)
+                    counts.append(cur.rowcount)
+            return counts
+        return write
+
+    @staticmethod
+    def _sqlite_write(statements: tuple) -> Callable[[Any], list[int]]:
+        def write(conn: Any) -> list[int]:
+            counts = []
+            try:
+                for sql, args, many in statements:
+                    cur = (conn.executemany if many else conn.execute)(sql, args)
+                    counts.append(cur.rowcount)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            return counts
+        return write
 
     def close(self) -> None:
         with self._lock:
@@ -133,7 +166,7 @@ def open_database(cache: CacheConfig, outputs_dir: Path, name: str, schema: dict
     if cache.url is None:
         return open_sqlite(outputs_dir / "cache" / SQLITE_FILES[name], schema["sqlite"], readonly)
     conn = connect_postgres(cache, source)
-    db = Database(conn, postgres=True, where=cache.url)
+    db = Database(conn, postgres=True, where=cache.url, reconnect=lambda: connect_postgres(cache, source))
     # The tables are made even to read (a database no build has used reads as empty).
     # Many processes may start at once: one creates the tables, the others wait.
     lock = int.from_bytes(hashlib.sha256(f"health-orsc:{name}".encode()).digest()[:4], "big")
