@@ -242,6 +242,7 @@ def _ivf_pairs(vectors: np.ndarray, floor: float) -> tuple[np.ndarray, ...]:
                                           faiss.METRIC_INNER_PRODUCT)
     sample = np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)
     index.train(np.ascontiguousarray(vectors[np.sort(sample)]))
+    release(vectors)  # the training sample touched most of the file's pages
     for a in range(0, n, SLICE):
         index.add(np.ascontiguousarray(vectors[a:a + SLICE]))
         release(vectors)
