@@ -177,8 +177,12 @@ class RowFile:
             "votes": votes, "rubric": None, "template_text": None, "original_question": None,
             "seed_topic": None, "generation_call": None}))
 
-    def digest(self, of: dict[str, Any], category: str) -> str:
-        return of.get(category, hashlib.sha256()).hexdigest()
+    def lines_sha256(self, category: str) -> str:
+        """What data/<category>.jsonl's sha256 must be."""
+        return self.lines.get(category, hashlib.sha256()).hexdigest()
+
+    def ids_sha256(self, category: str) -> str:
+        return self.ids.get(category, hashlib.sha256()).hexdigest()
 
 
 def _check_content(snapshot: Path, m: Manifest) -> list[str]:
@@ -202,7 +206,7 @@ def _check_content(snapshot: Path, m: Manifest) -> list[str]:
             problems.append(f"{stem}.parquet and {stem}.jsonl hold different numbers of rows")
     for cat in m.categories:  # the files' checksums passed: MANIFEST's sha256 is the file's
         entry = m.files.get(data_file(cat))
-        if entry is None or entry.sha256 != kept_file.digest(kept_file.lines, cat):
+        if entry is None or entry.sha256 != kept_file.lines_sha256(cat):
             problems.append(f"{data_file(cat)}: differs from the {cat} rows of {PROMPTS}.jsonl")
     problems += _check_rubrics(kept_file)
     if publishable(m):
@@ -236,7 +240,7 @@ def _check_published_files(snapshot: Path, m: Manifest, kept: RowFile) -> list[s
     problems = []
     for cat in m.categories:
         ids = pq.read_table(snapshot / data_file(cat, "parquet"), columns=["id"]).column("id").to_pylist()
-        if hashlib.sha256("".join(f"{i}\n" for i in ids).encode()).hexdigest() != kept.digest(kept.ids, cat):
+        if hashlib.sha256("".join(f"{i}\n" for i in ids).encode()).hexdigest() != kept.ids_sha256(cat):
             problems.append(f"{data_file(cat, 'parquet')}: differs from the {cat} rows of {PROMPTS}.jsonl")
     try:
         described = {f["contentUrl"]: f.get("sha256") for f in
