@@ -446,7 +446,7 @@ def read_jsonl(path: Path, model: type[BaseModel]) -> list[Any]:
     return list(iter_jsonl(path, model))
 
 
-CHUNK = 4096  # records a stage task holds at a time (generate, jury, evaluate: written as each is done)
+CHUNK = 1024  # records a stage task holds at a time (generate, jury, evaluate: written as each is done)
 
 
 def slices(items: typing.Iterable, size: int) -> typing.Iterator[list]:
