@@ -88,3 +88,64 @@ def test_a_long_lived_worker_follows_an_edited_config(prefect_api, tmp_path):
     assert "judge-1-new" in judge_models and "judge-1" not in judge_models
     manifest = json.loads((tmp_path / "outputs" / "snapshots" / "after" / "MANIFEST.json").read_text())
     assert manifest["models"]["judge_1"]["model"] == "judge-1-new"
+
+
+def test_a_worker_killed_mid_jury_loses_no_completed_call(tmp_path):
+    """SIGKILL of a Dask worker process while the jury votes: Dask runs its task again on a
+    worker that is up, the build finishes, and no call whose reply was in the request cache
+    at the kill is sent again (only those in flight or not yet committed may be)."""
+    import signal
+    import sqlite3
+    import threading
+    import time
+
+    from tests.conftest import ENDPOINT_EMBEDDER
+
+    server = FakeOpenAI(reply, delay_s=0.05).start()
+    seen: dict = {}
+
+    def judged() -> int:
+        return sum(1 for r in list(server.requests) if r["model"].startswith("judge-"))
+
+    def kill_a_worker() -> None:
+        deadline = time.monotonic() + 240
+        while judged() < 12 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        workers = [pid for pid, cmd in _our_children_pids()
+                   if "multiprocessing" in cmd and "resource_tracker" not in cmd]
+        with sqlite3.connect(tmp_path / "outputs" / "cache" / "llm.sqlite") as db:
+            [(seen["committed"],)] = db.execute("SELECT COUNT(*) FROM calls").fetchall()
+        seen["before"] = {json.dumps(r, sort_keys=True) for r in list(server.requests)}
+        seen["workers"] = len(workers)
+        os.kill(workers[0], signal.SIGKILL)
+
+    try:
+        cfg = fake_config(tmp_path, server.base_url, **ENDPOINT_EMBEDDER,
+                          task_runner={"name": "dask", "n_workers": 2, "threads_per_worker": 2})
+        killer = threading.Thread(target=kill_a_worker, daemon=True)
+        killer.start()
+        assert main(["build", "--config", str(cfg), "--name", "k"]) == 0
+        killer.join(timeout=10)
+        after = [json.dumps(r, sort_keys=True) for r in server.requests]
+    finally:
+        server.stop()
+    assert seen["workers"] == 2 and seen["committed"] > 0
+    repeated = {r for r in after[len(seen["before"]):] if r in seen["before"]}
+    assert len(repeated) <= len(seen["before"]) - seen["committed"], (len(repeated), seen)
+    assert len(after) > len(seen["before"])  # it was killed before the end
+    assert main(["verify", str(tmp_path / "outputs" / "snapshots" / "k")]) == 0
+
+
+def _our_children_pids() -> list[tuple[int, str]]:
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                ppid = next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, StopIteration):
+            continue
+        if ppid == os.getpid():
+            out.append((int(pid), cmd))
+    return out
