@@ -49,18 +49,7 @@ def test_dask_local_cluster_builds_the_same_snapshot(tmp_path, capsys):
 
 
 def _our_children() -> list[str]:
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                ppid = next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, StopIteration):
-            continue
-        if ppid == os.getpid():
-            out.append(cmd)
-    return out
+    return [cmd for _, cmd in _our_children_pids()]
 
 
 def test_a_long_lived_worker_follows_an_edited_config(prefect_api, tmp_path):
