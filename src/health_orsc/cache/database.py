@@ -67,7 +67,6 @@ class Database:
         self.where = where  # the file or URL, for messages
         self._reconnect = reconnect
         self._lock = threading.Lock()
-        self.reconnects = 0
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.postgres else sql
@@ -95,7 +94,6 @@ class Database:
                     self._conn.close()
                 try:
                     self._conn = self._reconnect()
-                    self.reconnects += 1
                 except (InputError, psycopg.Error):
                     pass  # still away: the next attempt fails at once and waits longer
             raise AssertionError("unreachable")
