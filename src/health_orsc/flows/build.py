@@ -43,6 +43,7 @@ from health_orsc.flows.runner import run_on
 from health_orsc.inputs.load import BuildInputs, load_inputs
 from health_orsc.llm import Usage, close_gateways, gateway_for
 from health_orsc.llm.accounting import StageTally, TaskResult
+from health_orsc.runtime.memory import limit_arenas
 from health_orsc.runtime.progress import note, tracked
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import (
@@ -206,6 +207,7 @@ def build_benchmark(config_path: str, categories: list[str] | None = None,
     With `task_runner: dask` in the config, the stages run as a subflow on Dask.
     """
     started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+    limit_arenas()  # before the stage tasks' threads first allocate (runtime/memory.py)
     inputs = load_inputs(load_config(config_path), categories)
     cfg = inputs.config
     name = check_snapshot_name(cfg.outputs_dir, name or default_snapshot_name())
