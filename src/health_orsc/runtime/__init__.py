@@ -1,3 +1,3 @@
 """runtime: the process around the work - live progress and what the terminal shows
-(progress, terminal) and the child processes a command starts and must stop (procs). It
-never shapes a record, so no fingerprint hashes it."""
+(progress, terminal), the child processes a command starts and must stop (procs) and its
+allocator (memory). It never shapes a record, so no fingerprint hashes it."""
