@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,17 +65,23 @@ def generate_stage(inputs: BuildInputs, category: str, fingerprint: str, gateway
     chunk is answered: memory holds a chunk, not the category."""
     usage.expect(generate.planned_calls(inputs, category))
     seeds, step = inputs.seeds[category], generate.seeds_per_chunk(inputs, CHUNK)
+    parts = (generate.generate_category(inputs, category, gateway, seeds[start:start + step])
+             for start in range(0, len(seeds), step))
+    chunks = (gateway.run(part, usage) for part in parts)
+    return write_decisions(stage_path(inputs.config.outputs_dir, "generate", f"{category}-{fingerprint}"),
+                           chunks)
+
+
+def write_decisions(out: Path, chunks: Iterable[list[Decision]]) -> StageOutput:
+    """Write a stage's decisions to `out` as each chunk of them comes; the file and its counts."""
     tally: Counter = Counter()
 
-    def decisions() -> Iterator[Decision]:
-        for start in range(0, len(seeds), step):
-            part = generate.generate_category(inputs, category, gateway, seeds[start:start + step])
-            chunk = gateway.run(part, usage)
+    def each() -> Iterator[Decision]:
+        for chunk in chunks:
             tally.update(map(StageCounts.key, chunk))
             yield from chunk
 
-    out = stage_path(inputs.config.outputs_dir, "generate", f"{category}-{fingerprint}")
-    write_jsonl(out, decisions())
+    write_jsonl(out, each())
     return StageOutput(str(out), StageCounts.of_tally(tally))
 
 
@@ -141,9 +147,7 @@ def jury_stage(inputs: BuildInputs, category: str, deduped: str, fingerprint: st
         scores = classify(inputs, jury.check_texts(inputs, category), gateway)
         check = jury.calibrate_jurors(inputs, category, inputs.seeds[category], gateway, scores)
         calibration = gateway.run(check, usage)
-    tally: Counter = Counter()
-
-    def decisions() -> Iterator[Decision]:
+    def judged_chunks() -> Iterator[list[Decision]]:
         for candidates in slices((d.candidate for d in iter_jsonl(source, Decision) if d.kept), CHUNK):
             scores = classify(inputs, [c.prompt for c in candidates], gateway)
             judged = gateway.run(jury.judge_category(inputs, category, candidates, gateway, scores), usage)
@@ -154,14 +158,12 @@ def jury_stage(inputs: BuildInputs, category: str, deduped: str, fingerprint: st
                 drafts = dict(zip((c.id for c in kept), written, strict=True))
                 judged = [d.model_copy(update={"rubric": drafts[d.candidate.id]}) if d.kept else d
                           for d in judged]
-            tally.update(map(StageCounts.key, judged))
-            yield from judged
+            yield judged
 
     out = stage_path(inputs.config.outputs_dir, "jury",
                      f"{category}-{content_id([Path(deduped).stem, fingerprint])}")
     write_jsonl(calibration_path(out), calibration)
-    write_jsonl(out, decisions())
-    return StageOutput(str(out), StageCounts.of_tally(tally))
+    return write_decisions(out, judged_chunks())
 
 
 def kept_lines(path: Path) -> int:
