@@ -75,13 +75,14 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
 
-        def peak(name: str, column: int) -> float:
-            st = stages[name]
-            return round(max((s[column] for s in self.samples if st.clock[0] <= s[0] <= st.clock[1]),
-                             default=0.0))
+        return {"rss_mb_by_stage": {name: peak_within(self.samples, st) for name, st in stages.items()},
+                "file_rss_mb_by_stage": {name: peak_within(self.samples, st, 2)
+                                         for name, st in stages.items()}}
 
-        return {"rss_mb_by_stage": {name: peak(name, 1) for name in stages},
-                "file_rss_mb_by_stage": {name: peak(name, 2) for name in stages}}
+
+def peak_within(samples: list[tuple], stage, column: int = 1) -> float:
+    """The highest `column` of the (monotonic time, ...) samples taken within a stage's clock."""
+    return round(max((s[column] for s in samples if stage.clock[0] <= s[0] <= stage.clock[1]), default=0.0))
 
 
 class HeapSampler:
@@ -119,10 +120,7 @@ class HeapSampler:
         self._stop.set()
         self._thread.join()
         self.tm.stop()
-        return {"heap_mb_by_stage": {
-                    name: round(max((mb for t, mb in self.samples if st.clock[0] <= t <= st.clock[1]),
-                                    default=0.0))
-                    for name, st in stages.items()},
+        return {"heap_mb_by_stage": {name: peak_within(self.samples, st) for name, st in stages.items()},
                 "heap_highs": [{"stage": next((n for n, st in stages.items()
                                                if st.clock[0] <= t <= st.clock[1]), None),
                                 "mb": mb, "top": top} for t, mb, top in self.highs]}
