@@ -245,6 +245,14 @@ def search_synthetic(n: int, exact_max: int | None) -> dict:
             "recall_all_pairs": round(len(ours & exact) / len(exact), 4)}
 
 
+def orsc_seconds(env: dict, *args: str) -> float:
+    """Wall time of one `orsc` command (process start and imports included)."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "health_orsc", *args], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
 def validation_figure(snapshot: Path, labels: int, work: Path, env: dict) -> dict:
     """`orsc annotate`, then scripted people fill `labels` labels (1 in 10 harmful, every
     item labelled by all annotators), then `orsc validate` and `orsc verify` of its snapshot,
@@ -253,17 +261,12 @@ def validation_figure(snapshot: Path, labels: int, work: Path, env: dict) -> dic
     import hashlib
     import math
 
-    def orsc(*args: str) -> float:
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "health_orsc", *args], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-        return time.perf_counter() - started
-
     with (snapshot / "validation_sample.csv").open(encoding="utf-8") as fh:
         items = sum(1 for _ in csv.DictReader(fh))
     annotators = max(2, math.ceil(labels / items))
     tasks = work / "tasks"
-    annotate_s = orsc("annotate", str(snapshot), "--out", str(tasks), "--annotators", str(annotators))
+    annotate_s = orsc_seconds(env, "annotate", str(snapshot), "--out", str(tasks),
+                              "--annotators", str(annotators))
     left, files = labels, []
     for path in sorted(tasks.glob("*.csv")):
         with path.open(encoding="utf-8", newline="") as fh:
@@ -280,8 +283,8 @@ def validation_figure(snapshot: Path, labels: int, work: Path, env: dict) -> dic
             writer.writerows(rows)
         files.append(str(filled))
     name = f"{snapshot.name}-validated"
-    validate_s = orsc("validate", str(snapshot), *files, "--name", name, "--gate")
-    verify_s = orsc("verify", str(snapshot.parent / name))
+    validate_s = orsc_seconds(env, "validate", str(snapshot), *files, "--name", name, "--gate")
+    verify_s = orsc_seconds(env, "verify", str(snapshot.parent / name))
     rows = sum(len((snapshot / f).read_text(encoding="utf-8").splitlines())
                for f in ("prompts.jsonl", "rejected.jsonl"))
     return {"snapshot_rows": rows, "sample_items": items, "annotators": annotators, "labels": labels,

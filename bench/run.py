@@ -35,11 +35,13 @@ from pathlib import Path
 
 import numpy as np
 from figures import (
+    busy_seconds,
     embedder_build,
     embedding,
     growth_figure,
     machine,
     orchestration,
+    orsc_seconds,
     plain_load,
     rebuild,
     rubric_cost,
@@ -359,12 +361,14 @@ def scale_probe(bench: Bench, seeds_per_category: list[int]) -> dict:
     one's growth per 1,000 candidates (least squares over the builds)."""
     rows = []
     bench.start()
+    capacity = bench.capacity()
     for n in seeds_per_category:
         seeds = synth_seeds(bench.work / f"seeds-{n}", n)
         out = bench.work / f"probe-{n}" / "outputs"
         cfg = write_config(out.parent / "config.yaml", seeds, out, bench.base_url, 4, 2 * bench.slots,
                            embedder=2 * bench.embed_slots)
         b = bench.build(cfg, f"probe-{n}")
+        snapshot = out / "snapshots" / f"probe-{n}"
         rows.append({"seeds_per_category": n,
                      "candidates": sum(r["generated"] for r in b["result"]["summary"]),
                      "model_calls": sum(1 for c in b["calls_log"] if c[3] != "embed"),
@@ -375,20 +379,40 @@ def scale_probe(bench: Bench, seeds_per_category: list[int]) -> dict:
                      "request_cache_mb": size_mb(out / "cache" / "llm.sqlite"),
                      "embedding_cache_mb": size_mb(out / "cache" / "embeddings.sqlite"),
                      "stage_files_mb": size_mb(out / "stages"),
-                     "snapshot_mb": size_mb(out / "snapshots" / f"probe-{n}")})
+                     "snapshot_mb": size_mb(snapshot),
+                     "saturation": scale_saturation(b, capacity["measured_calls_per_s"]),
+                     "verify_s": round(orsc_seconds(bench.env, "verify", str(snapshot)), 1)})
+    head = {"machine": machine(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "endpoint": {"service_ms": bench.service_ms, "slots": bench.slots, **capacity}, "builds": rows}
+    if len(rows) < 2:  # one build: no slope to take
+        return head
     x = np.array([r["candidates"] for r in rows], dtype=float) / 1000
 
     def per_1k(values: list[float]) -> float:
         return round(float(np.polyfit(x, np.array(values, dtype=float), 1)[0]), 2)
 
     stages = rows[-1]["rss_mb_by_stage"]
-    return {"builds": rows, "per_1k_candidates": {
+    return {**head, "per_1k_candidates": {
         "model_calls": per_1k([r["model_calls"] for r in rows]),
         "flow_wall_s": per_1k([r["flow_wall_s"] for r in rows]),
         "peak_rss_mb": per_1k([r["peak_rss_mb"] for r in rows]),
         "rss_mb_by_stage": {st: per_1k([r["rss_mb_by_stage"][st] for r in rows]) for st in stages},
         **{k: per_1k([r[k] for r in rows])
            for k in ("request_cache_mb", "embedding_cache_mb", "stage_files_mb", "snapshot_mb")}}}
+
+
+def scale_saturation(build: dict, capacity: float) -> dict:
+    """A probe build's calls/s per endpoint-bound stage against the endpoint's measured
+    capacity (figure 1's measure), and its flow wall time over the time some call was at
+    the endpoint (figure 2's), with how long embedding ran on after generate."""
+    figure = saturation(build, capacity)
+    busy = busy_seconds(build["calls_log"])
+    stages = build["result"]["stages"]
+    return {**{stage: {k: figure[stage][k] for k in ("calls", "wall_s", "calls_per_s", "ratio")}
+               for stage in ("generate", "jury")},
+            "endpoint_busy_s": round(busy, 1), "wall_over_busy": round(build["flow_wall_s"] / busy, 3),
+            "embed_tail_s": round(stages["embed"]["clock"][1] - stages["generate"]["clock"][1], 1),
+            "export_s": round(stages["export"]["wall_s"], 1)}
 
 
 def evaluation_only(bench: Bench) -> dict:
@@ -451,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         with bench_in(args, "paper") as bench:
             results = scale_probe(bench, args.seeds)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
-        print(json.dumps(results["per_1k_candidates"], indent=2))
+        print(json.dumps(results.get("per_1k_candidates", results["builds"]), indent=2))
         return 0
     with bench_in(args, args.size) as bench:
         results = bench.run()

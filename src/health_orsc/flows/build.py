@@ -55,6 +55,10 @@ from health_orsc.snapshot.store import (
 
 FLOW_NAME = "build-benchmark"
 
+# As this module is imported, before the flow starts Prefect's threads and the stage
+# tasks': a thread keeps the arena it first allocated in (runtime/memory.py).
+limit_arenas()
+
 def _inputs(config_path: str, categories: list[str]) -> BuildInputs:
     return load_inputs(load_config(config_path), categories)
 
@@ -207,7 +211,6 @@ def build_benchmark(config_path: str, categories: list[str] | None = None,
     With `task_runner: dask` in the config, the stages run as a subflow on Dask.
     """
     started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-    limit_arenas()  # before the stage tasks' threads first allocate (runtime/memory.py)
     inputs = load_inputs(load_config(config_path), categories)
     cfg = inputs.config
     name = check_snapshot_name(cfg.outputs_dir, name or default_snapshot_name())

@@ -3,9 +3,10 @@
 glibc gives each thread that allocates its own arena (up to 8 per core), and an arena
 keeps what was freed in it: a build's stage tasks run on 16 threads, and at 100,000
 candidates the arenas held a few hundred MB that no stage was using (bench/README.md,
-"Beyond paper scale": peak RSS 1,473 MB; 1,384 MB with this cap, set as the flow starts;
+"Beyond paper scale": peak RSS 1,473 MB; 1,384 MB with this cap set as the flow started;
 1,265 MB with MALLOC_ARENA_MAX=2 in the environment, which also covers the threads that
-started before; none slower). `limit_arenas` caps the arenas made from then on; a
+started before; none slower). `limit_arenas` caps the arenas made from then on, so the
+build flow's module calls it as it is imported, before Prefect's threads start; a
 MALLOC_ARENA_MAX in the environment is left to rule, and nothing happens where the C
 library is not glibc.
 """
