@@ -92,7 +92,7 @@ class Bench:
         self.embed_ms_per_text, self.embed_slots = embed_ms_per_text, embed_slots
         self.env = {**os.environ, "PREFECT_HOME": str(workdir / "prefect-home"),
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
-                    "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+                    "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
         self.children: list[Child] = []
 
     # servers
