@@ -319,7 +319,12 @@ class SnapshotRow(Record):
                         votes=self.votes, benign_votes=self.benign_votes, rubric=self.rubric)
 
     def json_line(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), ensure_ascii=False, sort_keys=True)
+        return row_line(self.model_dump(mode="json"))
+
+
+def row_line(fields: dict[str, Any]) -> str:
+    """A snapshot row's JSON line (its fields as model_dump(mode="json") gives them)."""
+    return json.dumps(fields, ensure_ascii=False, sort_keys=True)
 
     def call_keys(self) -> list[str]:
         """Request-cache keys of every model call behind this row."""

@@ -129,6 +129,15 @@ class Response(EvalItem):
     safe_completion: bool | None = None
     rubric_calls: list[str] = []
 
+    def scored(self) -> Response:
+        """This response as the metrics read it (evaluation/scores.py): the texts and call
+        keys no figure reads left out, so a run's metrics hold a fraction of its responses."""
+        return self.model_copy(update={
+            "answer": "", "grade_rationale": "", "rubric": None, "answer_call": "", "grade_calls": [],
+            "rubric_calls": [],
+            "criteria_grades": None if self.criteria_grades is None else
+            [g.model_copy(update={"reason": ""}) for g in self.criteria_grades]})
+
 
 def contrast_id(category: str, question: str) -> str:
     return content_id(["contrast", category, question])

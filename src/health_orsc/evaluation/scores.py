@@ -252,6 +252,13 @@ def truncation(responses: list[Response]) -> dict[str, int]:
     return {"truncated": len(cut), "truncated_ungraded": sum(r.grade_source == "truncated" for r in cut)}
 
 
+def score_run(responses: list[Response], models: list[str], ev: EvaluationConfig, paired_rates: bool = True,
+              truncated: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A run's metrics.json and difficulty.csv rows (see evaluation_metrics)."""
+    rows = difficulty(responses, ev)
+    return evaluation_metrics(responses, models, ev, rows, paired_rates, truncated), rows
+
+
 def evaluation_metrics(responses: list[Response], models: list[str], ev: EvaluationConfig,
                        rows: list[dict[str, Any]], paired_rates: bool = True,
                        truncated: bool = True) -> dict[str, Any]:

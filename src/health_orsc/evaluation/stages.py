@@ -24,7 +24,6 @@ from health_orsc.core.records import (
     StageClock,
     content_id,
     iter_jsonl,
-    read_jsonl,
     slices,
     write_jsonl,
 )
@@ -39,7 +38,6 @@ from health_orsc.evaluation.answer import (
 )
 from health_orsc.evaluation.probe import latest_probe
 from health_orsc.evaluation.run import snapshot_ref, write_evaluation
-from health_orsc.evaluation.scores import difficulty, evaluation_metrics
 from health_orsc.inputs.templates import PromptTemplate
 from health_orsc.llm import Gateway, Usage
 from health_orsc.snapshot.handle import Snapshot
@@ -106,12 +104,9 @@ def grader_identity(config: BuildConfig, rubric: PromptTemplate | None) -> dict[
 
 def write_run(inputs: EvalInputs, run: str, answered: list[Path],
               started_at: str) -> tuple[Path, dict[str, Any]]:
-    """The run's directory and metrics, from the answer stages' files."""
+    """The run's directory and metrics, from the answer stages' files (read as written)."""
     config, snapshot = inputs.config, inputs.snapshot
-    responses = [resp for path in answered for resp in read_jsonl(path, Response)]
     ev = config.evaluation
-    rows = difficulty(responses, ev)
-    metrics = evaluation_metrics(responses, inputs.models, ev, rows)
     rubric = inputs.rubric_template
     meta = {"started_at": started_at, "snapshot": snapshot_ref(snapshot.path, snapshot.manifest.digest),
             "models": {m: config.roles[m].identity(config.endpoint_for(m)) for m in inputs.models},
@@ -120,5 +115,6 @@ def write_run(inputs: EvalInputs, run: str, answered: list[Path],
     probe = latest_probe(config.outputs_dir, meta["grader"]) if rubric else None
     if probe is not None:
         meta["grader"]["probe"] = Path(probe.written_to or "").name
-    return write_evaluation(config.outputs_dir, run, responses, metrics, rows, meta,
-                            None if probe is None else probe.model_dump(mode="json")), metrics
+    responses = (resp for path in answered for resp in iter_jsonl(path, Response))
+    return write_evaluation(config.outputs_dir, run, responses, inputs.models, ev, meta,
+                            None if probe is None else probe.model_dump(mode="json"))

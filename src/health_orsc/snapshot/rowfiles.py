@@ -23,13 +23,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
-from health_orsc.core.records import SnapshotRow, arrow_schema
+from health_orsc.core.records import SnapshotRow, arrow_schema, row_line
 from health_orsc.snapshot.store import PROMPTS, REJECTED, FileEntry, data_file, file_sha256
 
 ROW_SCHEMA = arrow_schema(SnapshotRow)
@@ -114,36 +116,41 @@ class SnapshotFiles:
 
 
 class RowFiles:
-    """`<stem>.jsonl` and (unless `parquet` is false) `<stem>.parquet`, one row at a time."""
+    """`<stem>.jsonl` and (unless `parquet` is false) `<stem>.parquet`, one row at a time:
+    snapshot rows by default; other records with their Arrow `schema` and `line` (a JSON
+    line of a record's fields)."""
 
-    def __init__(self, files: SnapshotFiles, stem: str, parquet: bool = True, row_group: int = ROW_GROUP):
-        self.files, self.stem, self.row_group = files, stem, row_group
+    def __init__(self, files: SnapshotFiles, stem: str, parquet: bool = True, row_group: int | None = None,
+                 schema: pa.Schema = ROW_SCHEMA, line: Callable[[dict[str, Any]], str] = row_line):
+        self.files, self.stem, self.schema, self.line = files, stem, schema, line
+        self.row_group = row_group or ROW_GROUP
         self.rows = 0
         self._lines = files.text(f"{stem}.jsonl")
-        self._parquet = pq.ParquetWriter(files.binary(f"{stem}.parquet"), ROW_SCHEMA) if parquet else None
+        self._parquet = pq.ParquetWriter(files.binary(f"{stem}.parquet"), schema) if parquet else None
         self._batch: list[dict[str, Any]] = []      # the newest rows, as dicts
         self._group: list[pa.RecordBatch] = []      # the row group's earlier rows, in Arrow
         self._grouped = 0
 
-    def add(self, row: SnapshotRow) -> None:
-        self._lines.write(row.json_line() + "\n")
+    def add(self, row: BaseModel) -> None:
+        fields = row.model_dump(mode="json")
+        self._lines.write(self.line(fields) + "\n")
         self.rows += 1
         if self._parquet is not None:
-            self._batch.append(row.model_dump(mode="json"))
+            self._batch.append(fields)
             if self._grouped + len(self._batch) == self.row_group:
                 self._flush()
             elif len(self._batch) == BATCH:
                 self._to_arrow()
 
     def _to_arrow(self) -> None:
-        self._group.append(pa.RecordBatch.from_pylist(self._batch, schema=ROW_SCHEMA))
+        self._group.append(pa.RecordBatch.from_pylist(self._batch, schema=self.schema))
         self._grouped += len(self._batch)
         self._batch = []
 
     def _flush(self) -> None:
         """Write the row group (the same bytes as one table of its rows: test_rowfiles)."""
         self._to_arrow()
-        self._parquet.write_table(pa.Table.from_batches(self._group, schema=ROW_SCHEMA))
+        self._parquet.write_table(pa.Table.from_batches(self._group, schema=self.schema))
         self._group, self._grouped = [], 0
 
     def abort(self) -> None:
@@ -152,6 +159,16 @@ class RowFiles:
             with contextlib.suppress(Exception):
                 self._parquet.close()
             self._parquet = None
+
+    def __enter__(self) -> RowFiles:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+            self.files.close()
 
     def close(self) -> None:
         self._lines.close()
@@ -170,7 +187,7 @@ class RowSink:
     `parquet` (a snapshot older than schema_version 4) the data files are JSON lines only."""
 
     def __init__(self, files: SnapshotFiles, categories: list[str], parquet: bool = True,
-                 row_group: int = ROW_GROUP):
+                 row_group: int | None = None):
         self.files, self.categories, self.parquet, self.row_group = files, categories, parquet, row_group
         self.kept = RowFiles(files, PROMPTS, row_group=row_group)
         self.rejected = RowFiles(files, REJECTED, row_group=row_group)
