@@ -45,10 +45,12 @@ def synth_seeds(dest: Path, per_category: int) -> Path:
 
 def write_config(path: Path, seeds: Path, outputs: Path, base_url: str, rewrites: int,
                  concurrency: int, exact_max: int | None = None, grader_model: str = "bench-grader",
-                 embedder: int | None = None, cache_url: str | None = None) -> Path:
+                 embedder: int | None = None, cache_url: str | None = None,
+                 task_runner: dict | None = None) -> Path:
     """A bench build's config; `embedder`: embed through the endpoint's /v1/embeddings with
     this many requests in flight (default: the local model); `cache_url`: the caches in
-    that PostgreSQL database (default: SQLite under outputs/cache/)."""
+    that PostgreSQL database (default: SQLite under outputs/cache/); `task_runner`: the
+    config's (default: threads)."""
     judges = ["harm_definition.j2", "asker_intent.j2", "contrast.j2"]
     cfg = {
         "seeds_dir": str(seeds), "templates_dir": str(DATA_DIR / "prompts_templates"),
@@ -80,6 +82,8 @@ def write_config(path: Path, seeds: Path, outputs: Path, base_url: str, rewrites
         cfg["dedup"] = {**cfg.get("dedup", {}), "embedder": "embedder"}
     if cache_url:
         cfg["cache"] = {"url": cache_url}
+    if task_runner:
+        cfg["task_runner"] = task_runner
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path

@@ -4,6 +4,7 @@
     python bench/run.py --size tiny      # seconds-scale smoke run (tests/package/test_bench.py)
     python bench/run.py scale            # per-candidate costs at 4 sizes, for estimates beyond
     python bench/run.py evaluation       # figure 8 alone: a cold build, evaluate, re-grade (~16 min)
+    python bench/run.py callers          # figure 10: calls from one process and from two (Dask)
 
 Writes bench/results.json (or --out) and prints a markdown table. Everything runs
 in this process tree, offline: a fake OpenAI-compatible endpoint with a fixed
@@ -16,6 +17,7 @@ Figures (see bench/README.md for what each measures and the numbers we got):
 5 warm rebuild and one-category regeneration  6 growth  7 validation
 8 evaluating two models on the cold snapshot (answers, grades; a re-grade alone)
 9 the request cache in PostgreSQL against SQLite (hit and miss cost, a cold build's saturation)
+10 (`callers`) the build, evaluation and re-grade on one process and on a 2-worker Dask cluster
 """
 
 from __future__ import annotations
@@ -156,11 +158,15 @@ class Bench:
     # figures
     def capacity(self) -> dict:
         self.calls_log()
+        cpu = time.process_time()
         rate = asyncio.run(plain_load(self.port, self.size["capacity_calls"], 2 * self.slots))
+        cpu = time.process_time() - cpu
         self.calls_log()
         return {"nominal_calls_per_s": self.slots / (self.service_ms / 1000),
                 "measured_calls_per_s": round(rate, 1), "calls": self.size["capacity_calls"],
-                "connections": 2 * self.slots}
+                "connections": 2 * self.slots,
+                # the plain load generator's own CPU per call, beside the gateway's (figure 1)
+                "load_generator_cpu_ms_per_call": round(1000 * cpu / self.size["capacity_calls"], 3)}
 
     def embedding_endpoint(self, texts: list[str], seeds: Path) -> dict:
         """The dedup stage's Embedder with an embedder role (requests of `dedup.batch_size`
@@ -415,6 +421,49 @@ def scale_saturation(build: dict, capacity: float) -> dict:
             "export_s": round(stages["export"]["wall_s"], 1)}
 
 
+def callers(bench: Bench) -> dict:
+    """Figure 10: model calls from one process and from two. The same cold build (embedding
+    through the endpoint) and the evaluation and re-grade of its snapshot, once on the thread
+    runner (one process makes every call) and once on a two-worker Dask LocalCluster
+    (`task_runner: {name: dask, n_workers: 2}`: each worker process its own gateway), each
+    from an empty outputs directory: per stage the calls/s against the endpoint's measured
+    capacity, the build's wall over endpoint-busy time, and whether the two snapshots' row
+    files and the two leaderboards are the same."""
+    s = bench.size
+    bench.start()
+    capacity = bench.capacity()
+    out: dict = {"size": bench.size_name, "machine": machine(),
+                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                 "endpoint": {"service_ms": bench.service_ms, "slots": bench.slots, **capacity},
+                 "gateway": bench.gateway_cpu()}
+    rate = capacity["measured_calls_per_s"]
+    seeds = synth_seeds(bench.work / "seeds", s["seeds"])
+    files, boards = {}, {}
+    for runner, task_runner in (("threads", None), ("dask", {"name": "dask", "n_workers": 2})):
+        root = bench.work / runner
+        common = (seeds, root / "outputs", bench.base_url, s["rewrites"], 2 * bench.slots, s["exact_max"])
+        cfg = write_config(root / "config.yaml", *common, embedder=2 * bench.embed_slots,
+                           task_runner=task_runner)
+        build = bench.build(cfg, f"cold-{runner}")
+        snapshot = root / "outputs" / "snapshots" / f"cold-{runner}"
+        first = bench.evaluate(cfg, snapshot, f"eval-{runner}")
+        regrade_cfg = write_config(root / "config-regrade.yaml", *common, grader_model="bench-grader-2",
+                                   embedder=2 * bench.embed_slots, task_runner=task_runner)
+        regrade = bench.evaluate(regrade_cfg, snapshot, f"eval-regrade-{runner}")
+        out[runner] = {"flow_wall_s": round(build["flow_wall_s"], 1),
+                       "build": scale_saturation(build, rate),
+                       "evaluation": stage_rate(first, "evaluate", rate),
+                       "regrade": stage_rate(regrade, "evaluate", rate),
+                       "build_peak_rss_mb": round(build["peak_rss_mb"])}
+        manifest = json.loads((snapshot / "MANIFEST.json").read_text(encoding="utf-8"))
+        files[runner] = {rel: f["sha256"] for rel, f in manifest["files"].items()
+                         if rel.startswith(("prompts.", "rejected.", "data/", "validation_sample"))}
+        boards[runner] = first["result"]["leaderboard"]
+    out["same_row_files"] = files["threads"] == files["dask"]
+    out["same_leaderboard"] = boards["threads"] == boards["dask"]
+    return out
+
+
 def evaluation_only(bench: Bench) -> dict:
     """Figure 8 alone: a cold build (rubric writer on), then `orsc evaluate` on it and the
     re-grade by a second grader, as `bench/run.py` measures them, without the other figures."""
@@ -446,8 +495,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--snapshot")
         (build_once if argv[0] == "build-once" else evaluate_once)(ap.parse_args(argv[1:]))
         return 0
-    scale, evaluation = argv[:1] == ["scale"], argv[:1] == ["evaluation"]
-    if evaluation:
+    scale, evaluation, two = argv[:1] == ["scale"], argv[:1] == ["evaluation"], argv[:1] == ["callers"]
+    if two:
+        ap = argparse.ArgumentParser(prog="bench/run.py callers", description=callers.__doc__)
+        ap.add_argument("--size", choices=sorted(SIZES), default="paper")
+        ap.add_argument("--out", type=Path, default=BENCH / "callers.json")
+    elif evaluation:
         ap = argparse.ArgumentParser(prog="bench/run.py evaluation", description=evaluation_only.__doc__)
         ap.add_argument("--size", choices=sorted(SIZES), default="paper")
         ap.add_argument("--out", type=Path, default=BENCH / "evaluation.json")
@@ -463,7 +516,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="where builds go (default: a temp dir, removed)")
     ap.add_argument("--service-ms", type=float, default=50.0)
     ap.add_argument("--slots", type=int, default=64)
-    args = ap.parse_args(argv[1:] if scale or evaluation else argv)
+    args = ap.parse_args(argv[1:] if scale or evaluation or two else argv)
+    if two:
+        with bench_in(args, args.size) as bench:
+            results = callers(bench)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps({k: results[k] for k in ("threads", "dask", "same_row_files", "same_leaderboard")},
+                         indent=2))
+        return 0
     if evaluation:
         with bench_in(args, args.size) as bench:
             results = evaluation_only(bench)
