@@ -341,3 +341,20 @@ def test_frontier_fields_that_cannot_work_are_refused_at_config_load(tmp_path, c
     rc, err = _build(capsys, cfg)
     _assert_rejected(rc, tmp_path, fake_llm)
     assert "config.yaml" in err and "roles.generator" in err and message in err, err
+
+
+def test_stage_tasks_read_inputs_without_rendering_every_seed_again(tmp_path):
+    """The build flow renders every template against every seed as it starts; its stage
+    tasks read the same inputs without doing it again (minutes at a million candidates)."""
+    from health_orsc.core.config import load_config
+    from health_orsc.core.errors import InputError
+    from health_orsc.inputs.load import load_inputs
+
+    templates = tmp_path / "prompts_templates"
+    shutil.copytree(DATA / "prompts_templates", templates)
+    (templates / "generate" / "medium.j2").write_text("About {{ subjekt }}: {{ question }}?\n")
+    config = load_config(fake_config(tmp_path, "http://127.0.0.1:9/v1", templates_dir=str(templates)))
+    with pytest.raises(InputError, match="subjekt"):
+        load_inputs(config)
+    inputs = load_inputs(config, renders=False)
+    assert inputs.seeds["self_harm"] and inputs.generation_templates["medium"][0].name.endswith("medium.j2")

@@ -60,7 +60,9 @@ FLOW_NAME = "build-benchmark"
 limit_arenas()
 
 def _inputs(config_path: str, categories: list[str]) -> BuildInputs:
-    return load_inputs(load_config(config_path), categories)
+    """A stage task's inputs: its templates are not rendered against every seed again
+    (build_benchmark did that as it started, before any task)."""
+    return load_inputs(load_config(config_path), categories, renders=False)
 
 
 def _finish(stage: str, out: StageOutput, order: list[str], usage: Usage | None = None,
