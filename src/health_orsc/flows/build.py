@@ -231,6 +231,7 @@ def build_benchmark(config_path: str, categories: list[str] | None = None,
     carried_fps = [base_snap.manifest.fingerprints[c] for c in plan.carry] if base_snap else []
     args = (config_path, plan.rebuild, fps, name, str(base_snap.path) if base_snap else None,
             plan.carry, carried_fps, started_at)
+    del inputs  # every seed of every category: each stage task reads what it needs itself
     try:
         result = run_on(cfg.task_runner, run_stages, f"{FLOW_NAME}-stages", *args)
     finally:
