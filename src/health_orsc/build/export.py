@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from sys import intern
+from typing import NamedTuple
 
 from health_orsc.build import jury
 from health_orsc.build.fingerprint import fingerprint_components, fingerprint_of
@@ -29,9 +31,7 @@ from health_orsc.core.config import SampleConfig
 from health_orsc.core.records import (
     STRATUM_LEVELS,
     CalibrationVote,
-    Candidate,
     Decision,
-    JurorVote,
     Rubric,
     Sampled,
     SnapshotRow,
@@ -82,15 +82,40 @@ def decisions_at(files: list[Lines]) -> Iterator[tuple[int, int, Decision]]:
                     yield i, offset, d
 
 
-def slim(d: Decision) -> Decision:
-    """What the sample draws on: the decision with its candidate's id, category and level
-    and its votes' jurors, labels and P(harmful) only (sampled items are read back whole)."""
-    c = d.candidate
-    candidate = Candidate.model_construct(**{**dict.fromkeys(Candidate.model_fields), "id": c.id,
-                                             "category": c.category, "level": c.level, "prompt": ""})
-    votes = [JurorVote.model_construct(juror=v.juror, model="", judge_prompt="", label=v.label, rationale="",
-                                       calls=[], repairs=0, p_harmful=v.p_harmful) for v in d.votes]
-    return d.model_copy(update={"candidate": candidate, "rubric": None, "votes": votes})
+class VoteView(NamedTuple):
+    juror: str
+    label: str | None
+    p_harmful: float | None
+
+
+class CandidateView(NamedTuple):
+    id: str
+    category: str
+    level: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SampleView:
+    """What the validation sample draws on (build/sample.py reads a Decision's `candidate`
+    id, category and level, `kept`, `reason`, `source` and its votes' jurors, labels and
+    P(harmful)), and nothing else: about a tenth of a Decision's memory, for every kept
+    prompt of a category at once. Sampled items are read back whole."""
+
+    candidate: CandidateView
+    kept: bool
+    reason: str | None
+    votes: tuple[VoteView, ...]
+
+    @property
+    def source(self) -> str:
+        return "kept" if self.kept else "rejected"
+
+    @classmethod
+    def of(cls, d: Decision) -> SampleView:
+        c = d.candidate
+        votes = tuple(VoteView(intern(v.juror), v.label and intern(v.label), v.p_harmful) for v in d.votes)
+        return cls(CandidateView(c.id, intern(c.category), c.level and intern(c.level)), d.kept,
+                   d.reason and intern(d.reason), votes)
 
 
 def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: list[str], deduped: str,
@@ -155,7 +180,7 @@ class Gathered:
             c = d.candidate
             self.counts[StageCounts.key(d)] += 1
             if d.kept or samples_rejected(d, self.sample_config):
-                drawable.append(slim(d))
+                drawable.append(SampleView.of(d))
             index.append((STRATUM_LEVELS.index(stratum_level(c.level)), c.id, i, offset))
         index.sort()
         picked = {s.decision.candidate.id: s
