@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from health_orsc.cli import main
+from health_orsc.snapshot.rowfiles import SnapshotFiles
 from health_orsc.snapshot.store import load_manifest, write_manifest
-from health_orsc.snapshot.writer import listed_files
 from tests.conftest import DATA, fake_config
 from tests.fakes.endpoint import FakeOpenAI
 from tests.fakes.scripts import build_reply as reply
@@ -77,7 +77,7 @@ def test_verify_finds_a_kept_prompt_without_its_rubric(built, tmp_path, capsys):
         lines[0] = json.dumps(first, ensure_ascii=False, sort_keys=True)
         (copy / rel).write_text("\n".join(lines) + "\n")
     manifest = load_manifest(copy).model_dump(mode="json")
-    manifest["files"] = {k: v.model_dump() for k, v in listed_files(copy).items() if k != "MANIFEST.json"}
+    manifest["files"] = {k: v.model_dump() for k, v in SnapshotFiles(copy).listed().items() if k != "MANIFEST.json"}
     write_manifest(copy, manifest)
     assert main(["verify", str(copy)]) == 1
     assert "prompts.jsonl: kept rows of ['self_harm'] have no rubric" in capsys.readouterr().err

@@ -59,6 +59,7 @@ FLOW_NAME = "build-benchmark"
 # tasks': a thread keeps the arena it first allocated in (runtime/memory.py).
 limit_arenas()
 
+
 def _inputs(config_path: str, categories: list[str]) -> BuildInputs:
     """A stage task's inputs: its templates are not rendered against every seed again
     (build_benchmark did that as it started, before any task)."""

@@ -62,7 +62,6 @@ from health_orsc.snapshot.store import (
     REJECTED,
     SAMPLE,
     TAXONOMY,
-    FileEntry,
     Manifest,
     ManifestCounts,
     SnapshotMeta,
@@ -101,11 +100,6 @@ def row_sort_key(order: list[str]):
     index = {c: i for i, c in enumerate(order)}
     return lambda d: (index[d.candidate.category], STRATUM_LEVELS.index(stratum_level(d.candidate.level)),
                       d.candidate.id)
-
-
-def listed_files(directory: Path) -> dict[str, FileEntry]:
-    """MANIFEST's `files`: every file below `directory` with its sha256 and size."""
-    return SnapshotFiles(directory).listed()
 
 
 def sample_record(s: Sampled) -> dict[str, str]:
