@@ -77,7 +77,8 @@ def test_verify_finds_a_kept_prompt_without_its_rubric(built, tmp_path, capsys):
         lines[0] = json.dumps(first, ensure_ascii=False, sort_keys=True)
         (copy / rel).write_text("\n".join(lines) + "\n")
     manifest = load_manifest(copy).model_dump(mode="json")
-    manifest["files"] = {k: v.model_dump() for k, v in SnapshotFiles(copy).listed().items() if k != "MANIFEST.json"}
+    manifest["files"] = {k: v.model_dump() for k, v in SnapshotFiles(copy).listed().items()
+                         if k != "MANIFEST.json"}
     write_manifest(copy, manifest)
     assert main(["verify", str(copy)]) == 1
     assert "prompts.jsonl: kept rows of ['self_harm'] have no rubric" in capsys.readouterr().err
