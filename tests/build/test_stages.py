@@ -358,6 +358,32 @@ def test_each_harmful_request_is_paired_with_its_nearest_other():
     assert nearest_other(["alone?"]) == ["alone?"]  # nothing else in the category
 
 
+def test_nearest_other_is_every_pair_compared_in_blocks(monkeypatch):
+    """The blocked sparse products pick what comparing every pair by Jaccard overlap picks,
+    ties (the first) and questions without a word included."""
+    import random
+    import re
+
+    from health_orsc.build import jury
+
+    def every_pair(questions):
+        words = [set(re.findall(r"[a-z0-9]+", q.lower())) for q in questions]
+
+        def overlap(i, j):
+            union = words[i] | words[j]
+            return len(words[i] & words[j]) / len(union) if union else 0.0
+
+        return [questions[max((j for j in range(len(questions)) if j != i), key=lambda j: overlap(i, j),
+                              default=i)] for i in range(len(questions))]
+
+    rng = random.Random(3)
+    vocabulary = [f"w{i}" for i in range(40)] + ["How", "do", "I"]
+    questions = [" ".join(rng.choice(vocabulary) for _ in range(rng.randint(0, 6))) + "?" for _ in range(300)]
+    questions += ["", "?!", questions[0]]
+    monkeypatch.setattr(jury, "NEAREST_BLOCK_CELLS", 1000)  # blocks of 3 rows
+    assert nearest_other(questions) == every_pair(questions)
+
+
 def test_generate_and_jury_write_chunk_by_chunk_the_file_one_chunk_gives(tmp_path, monkeypatch):
     """generate and jury hold CHUNK candidates at a time: written chunk by chunk, their
     files and counts are byte for byte those of a single chunk."""

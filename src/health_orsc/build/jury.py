@@ -27,7 +27,9 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from scipy import sparse
 
 from health_orsc.build.guards import text_verdict, unsafe_probability
 from health_orsc.core.errors import shorten
@@ -120,6 +122,7 @@ async def ask_labelled(gateway: Gateway, role: str, messages: list[dict[str, str
 
 
 TOP_LOGPROBS = 20  # rivals per token a score juror asks for (OpenAI's maximum)
+NEAREST_BLOCK_CELLS = 1 << 21  # question pairs per block of nearest_other (16 MB of float64)
 
 
 def label_probability(logprobs: list[dict[str, Any]] | None) -> float | None:
@@ -294,15 +297,32 @@ def nearest_other(questions: list[str]) -> list[str]:
     """For each question, the most similar other one (word overlap, Jaccard; the first on a
     tie); a lone question gets itself. The jury check pairs each harmful request with its
     nearest other request: a juror that compares a question with its harmful request would
-    otherwise see the request paired with itself, the easiest case there is."""
-    words = [set(re.findall(r"[a-z0-9]+", q.lower())) for q in questions]
+    otherwise see the request paired with itself, the easiest case there is.
 
-    def overlap(i: int, j: int) -> float:
-        union = words[i] | words[j]
-        return len(words[i] & words[j]) / len(union) if union else 0.0
-
-    return [questions[max((j for j in range(len(questions)) if j != i), key=lambda j: overlap(i, j),
-                          default=i)] for i in range(len(questions))]
+    Every pair is compared, as sparse word-incidence products a block of rows at a time
+    (scipy): thousands of seeds per category take seconds, not the minutes a loop over
+    pairs took, and memory holds one block."""
+    n = len(questions)
+    if n < 2:
+        return list(questions)
+    vocabulary: dict[str, int] = {}
+    rows = [sorted({vocabulary.setdefault(w, len(vocabulary)) for w in re.findall(r"[a-z0-9]+", q.lower())})
+            for q in questions]
+    indptr = np.cumsum([0, *map(len, rows)])
+    columns = np.concatenate([*rows, []]).astype(np.int64)
+    words = sparse.csr_matrix((np.ones(len(columns), dtype=np.int32), columns, indptr),
+                              shape=(n, max(1, len(vocabulary))))
+    sizes = np.diff(indptr)
+    nearest = np.empty(n, dtype=np.int64)
+    block = max(1, NEAREST_BLOCK_CELLS // n)
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        shared = (words[a:b] @ words.T).toarray().astype(np.float64)
+        union = sizes[a:b, None] + sizes[None, :] - shared
+        overlap = np.divide(shared, union, out=np.zeros_like(shared), where=union > 0)
+        overlap[np.arange(b - a), np.arange(a, b)] = -1.0  # not itself
+        nearest[a:b] = overlap.argmax(axis=1)  # the first on a tie
+    return [questions[j] for j in nearest.tolist()]
 
 
 async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedTopic],
