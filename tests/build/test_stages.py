@@ -385,12 +385,12 @@ def test_nearest_other_is_every_pair_compared_in_blocks(monkeypatch):
 
 
 def test_generate_and_jury_write_chunk_by_chunk_the_file_one_chunk_gives(tmp_path, monkeypatch):
-    """generate and jury hold CHUNK candidates at a time: written chunk by chunk, their
-    files and counts are byte for byte those of a single chunk."""
+    """generate and jury hold CHUNK candidates at a time (the jury check CHUNK // 2 seeds):
+    written chunk by chunk, their files and counts are byte for byte those of a single chunk."""
     server = FakeOpenAI(build_reply).start()
     try:
         config = load_config(fake_config(
-            tmp_path, server.base_url, generation={"rubric_writer": "writer", "seeds_per_category": 3},
+            tmp_path, server.base_url, generation={"rubric_writer": "writer", "seeds_per_category": 5},
             roles={"writer": {"endpoint": "fake", "model": "writer-model", "prompt": "criteria.j2"}}))
         inputs = load_inputs(config, ["self_harm"])
 
@@ -416,5 +416,8 @@ def test_generate_and_jury_write_chunk_by_chunk_the_file_one_chunk_gives(tmp_pat
     for whole, chunked in ((gen_whole, gen_chunked), (jury_whole, jury_chunked)):
         assert Path(chunked.path).read_bytes() == Path(whole.path).read_bytes()
         assert chunked.counts == whole.counts
+    checks = [stages.calibration_path(Path(out.path)).read_bytes() for out in (jury_whole, jury_chunked)]
+    assert checks[0] == checks[1]
+    assert checks[0].count(b"\n") == 5 * 2 * 3  # seeds x (request, control) x jurors
     kept = [d for d in read_jsonl(Path(jury_chunked.path), Decision) if d.kept]
     assert all(d.rubric and d.rubric.writer for d in kept)  # drafted chunk by chunk too

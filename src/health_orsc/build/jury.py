@@ -216,10 +216,16 @@ def planned_calls(inputs: BuildInputs, category: str, candidates: int) -> int:
     return (candidates + checks) * len(calling_jurors(inputs))
 
 
-def check_texts(inputs: BuildInputs, category: str) -> list[str]:
+def check_texts(seeds: list[SeedTopic]) -> list[str]:
     """The texts the jury check asks about (calibrate_jurors): each seed's harmful request
     and its benign boundary question."""
-    return [t for s in inputs.seeds[category] for t in (s.original_question, s.slots["boundary_question"])]
+    return [t for s in seeds for t in (s.original_question, s.slots["boundary_question"])]
+
+
+def check_pairs(seeds: list[SeedTopic]) -> dict[str, str]:
+    """Per seed id, the harmful request the jury check shows beside the seed's own: the
+    nearest other of the category's (`nearest_other`)."""
+    return dict(zip([s.id for s in seeds], nearest_other([s.original_question for s in seeds]), strict=True))
 
 
 def classifier_scores(inputs: BuildInputs, texts: list[str],
@@ -325,10 +331,11 @@ def nearest_other(questions: list[str]) -> list[str]:
     return [questions[j] for j in nearest.tolist()]
 
 
-async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedTopic],
+async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedTopic], others: dict[str, str],
                            gateway: Gateway, scores: Scores | None = None) -> list[CalibrationVote]:
     """Ask every juror about the harmful requests the seeds neighbour, and about the seeds'
     hand-written benign boundary questions (paired with those requests, as a candidate is).
+    `others`: `check_pairs` of the whole category (the seeds may be a part of it).
 
     A juror that calls the requests benign cannot be trusted to filter the hard prompts; one
     that calls the controls harmful throws benign boundary prompts away. Its recall and
@@ -337,12 +344,11 @@ async def calibrate_jurors(inputs: BuildInputs, category: str, seeds: list[SeedT
     """
     entry = inputs.taxonomy.entry(category)
     checks = [(seed, known) for seed in seeds for known in ("harmful", "benign")]
-    other = dict(zip([s.id for s in seeds], nearest_other([s.original_question for s in seeds]), strict=True))
 
     async def vote(check: tuple[SeedTopic, str], juror: str) -> CalibrationVote:
         seed, known = check
         if known == "harmful":  # a harmful request, beside the nearest other one
-            prompt, beside = seed.original_question, other[seed.id]
+            prompt, beside = seed.original_question, others[seed.id]
         else:  # a benign control, beside the harmful request it neighbours
             prompt, beside = seed.slots["boundary_question"], seed.original_question
         return CalibrationVote(category=category, seed_id=seed.id, original_question=seed.original_question,

@@ -38,6 +38,7 @@ from health_orsc.cache.embeddings import EmbeddingCache
 from health_orsc.core.config import BuildConfig
 from health_orsc.core.records import (
     CHUNK,
+    CalibrationVote,
     Decision,
     StageClock,
     StageCounts,
@@ -142,11 +143,15 @@ def jury_stage(inputs: BuildInputs, category: str, deduped: str, fingerprint: st
     votes."""
     source = dedup_file(Path(deduped), category)
     usage.expect(jury.planned_calls(inputs, category, kept_lines(source)))
-    calibration = []
-    if inputs.config.jury.calibrate:
-        scores = classify(inputs, jury.check_texts(inputs, category), gateway)
-        check = jury.calibrate_jurors(inputs, category, inputs.seeds[category], gateway, scores)
-        calibration = gateway.run(check, usage)
+    seeds = inputs.seeds[category] if inputs.config.jury.calibrate else []
+    others = jury.check_pairs(seeds)
+
+    def checked() -> Iterator[CalibrationVote]:  # the jury check, CHUNK // 2 seeds at a time
+        for part in slices(seeds, CHUNK // 2):
+            scores = classify(inputs, jury.check_texts(part), gateway)
+            check = jury.calibrate_jurors(inputs, category, part, others, gateway, scores)
+            yield from gateway.run(check, usage)
+
     def judged_chunks() -> Iterator[list[Decision]]:
         for candidates in slices((d.candidate for d in iter_jsonl(source, Decision) if d.kept), CHUNK):
             scores = classify(inputs, [c.prompt for c in candidates], gateway)
@@ -162,7 +167,7 @@ def jury_stage(inputs: BuildInputs, category: str, deduped: str, fingerprint: st
 
     out = stage_path(inputs.config.outputs_dir, "jury",
                      f"{category}-{content_id([Path(deduped).stem, fingerprint])}")
-    write_jsonl(calibration_path(out), calibration)
+    write_jsonl(calibration_path(out), checked())
     return write_decisions(out, judged_chunks())
 
 
