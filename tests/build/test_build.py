@@ -352,6 +352,13 @@ def test_regenerate_one_category_from_a_base(built, tmp_path, capsys):
     regen = tmp_path / "outputs" / "snapshots" / "regen"
     assert main(["verify", str(regen)]) == 0
     assert _lines(regen, "self_harm") == _lines(built["snapshot"], "self_harm")
+    # the jury check's votes: drug_abuse's asked again, then self_harm's carried from the base
+    votes, base_votes = ([json.loads(v) for v in (s / "jury_calibration.jsonl").read_text().splitlines()]
+                         for s in (regen, built["snapshot"]))
+    order = [v["category"] for v in votes]
+    assert order == sorted(order, key=["drug_abuse", "self_harm"].index) and "self_harm" in order
+    assert [v for v in votes if v["category"] == "self_harm"] == \
+        [v for v in base_votes if v["category"] == "self_harm"]
     manifest = json.loads((regen / "MANIFEST.json").read_text())
     assert manifest["categories"] == ["self_harm", "drug_abuse"]
     assert manifest["base"] == {"name": "first", "digest": load_manifest(built["snapshot"]).digest}

@@ -36,7 +36,7 @@ from health_orsc.core.records import (
     Sampled,
     SnapshotRow,
     StageCounts,
-    read_jsonl,
+    iter_jsonl,
     stratum_level,
 )
 from health_orsc.inputs.load import BuildInputs
@@ -125,13 +125,12 @@ def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: li
     cfg = inputs.config
     components = {c: fingerprint_components(inputs, c) for c in built}
     versions = dict.fromkeys(built, inputs.taxonomy.version)
-    calibration = [v for p in judged for v in read_jsonl(calibration_path(Path(p)), CalibrationVote)]
+    calibration = CalibrationVotes(judged, base, carried)
     sources: dict[str, list[Lines]] = {}
     for c, gen, jud in zip(built, generated, judged, strict=True):
         sources[c] = [Lines(Path(gen), _not_kept), Lines(dedup_file(Path(deduped), c), _not_kept),
                       Lines(Path(jud))]
     if base:
-        calibration += base.calibration(carried)
         components.update({c: base.manifest.fingerprint_components[c] for c in carried})
         versions.update({c: base.manifest.taxonomy_versions[c] for c in carried})
         for c in carried:
@@ -154,6 +153,23 @@ def export_stage(inputs: BuildInputs, name: str, built: list[str], generated: li
         snapshot.finish(StageCounts.of_tally(gathered.counts), meta, gathered.sample(), calibration,
                         [inputs.taxonomy.entry(c).model_dump() for c in categories], gathered.rubrics)
     return snapshots_dir(cfg.outputs_dir) / name
+
+
+@dataclass(frozen=True)
+class CalibrationVotes:
+    """The jury check's votes of the snapshot: the built categories' (their jury files'),
+    then the carried ones' (the base's), read from their files each time they are iterated
+    (the card's summary, then jury_calibration.jsonl), never held: six per seed."""
+
+    judged: list[str]
+    base: Snapshot | None
+    carried: list[str]
+
+    def __iter__(self) -> Iterator[CalibrationVote]:
+        for path in self.judged:
+            yield from iter_jsonl(calibration_path(Path(path)), CalibrationVote)
+        if self.base:
+            yield from self.base.calibration(self.carried)
 
 
 class Gathered:

@@ -377,7 +377,7 @@ def jury_agreement(judged: Iterable[tuple[str, ...]]) -> dict[str, Any] | None:
             "unanimous": unanimous, "fleiss_kappa": None if kappa is None else round(kappa, 4)}
 
 
-def calibration_summary(votes: list[CalibrationVote]) -> dict[str, dict]:
+def calibration_summary(votes: Iterable[CalibrationVote]) -> dict[str, dict]:
     """Per juror: how many known-harmful requests it saw and labelled harmful (recall), and,
     where the check had benign controls, how many of those it labelled benign (specificity)."""
     out: dict[str, dict] = {}

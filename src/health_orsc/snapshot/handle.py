@@ -11,10 +11,11 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from health_orsc.core.records import CalibrationVote, Candidate, Decision, SnapshotRow
+from health_orsc.core.records import CalibrationVote, Candidate, Decision, SnapshotRow, iter_jsonl
 from health_orsc.snapshot.store import (
     CALIBRATION,
     PROMPTS,
@@ -60,7 +61,8 @@ class Snapshot:
         return [SnapshotRow.model_validate(r).to_decision().candidate
                 for r in read_jsonl_rows(self.path / f"{PROMPTS}.jsonl") if r["category"] in categories]
 
-    def calibration(self, categories: list[str]) -> list[CalibrationVote]:
+    def calibration(self, categories: list[str]) -> Iterator[CalibrationVote]:
+        """The jury check's votes on these categories' seeds, a line at a time."""
         path = self.path / CALIBRATION
-        rows = read_jsonl_rows(path) if path.is_file() else []
-        return [CalibrationVote.model_validate(r) for r in rows if r["category"] in categories]
+        if path.is_file():
+            yield from (v for v in iter_jsonl(path, CalibrationVote) if v.category in categories)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -493,16 +494,18 @@ class StreamingSnapshot:
         self.rows.add(row)
 
     def finish(self, counts: StageCounts, meta: SnapshotMeta, sample: list[Sampled],
-               calibration: list[CalibrationVote], taxonomy: list[dict[str, str]],
+               calibration: Iterable[CalibrationVote], taxonomy: list[dict[str, str]],
                rubrics: RubricUse) -> None:
-        """The rest of the snapshot: croissant.json, the jury check's votes, the sample, the
-        taxonomy, the card and MANIFEST.json."""
+        """The rest of the snapshot: croissant.json, the jury check's votes (a line at a
+        time; no file without any), the sample, the taxonomy, the card and MANIFEST.json."""
         tmp = self.directory
         self.rows.close()
         write_croissant(tmp, meta, sha256=self.files.sha256)
-        if calibration:
-            votes = (json.dumps(v.model_dump(), ensure_ascii=False, sort_keys=True) for v in calibration)
-            (tmp / CALIBRATION).write_text("".join(f"{line}\n" for line in votes), encoding="utf-8")
+        votes = iter(calibration)
+        if (first := next(votes, None)) is not None:
+            with (tmp / CALIBRATION).open("w", encoding="utf-8", newline="\n") as fh:
+                for v in itertools.chain([first], votes):
+                    fh.write(json.dumps(v.model_dump(), ensure_ascii=False, sort_keys=True) + "\n")
         (tmp / SAMPLE).write_text(sample_csv(sample), encoding="utf-8")
         (tmp / TAXONOMY).write_text(json.dumps(taxonomy, indent=2, ensure_ascii=False) + "\n",
                                     encoding="utf-8")
