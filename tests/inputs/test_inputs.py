@@ -358,3 +358,32 @@ def test_stage_tasks_read_inputs_without_rendering_every_seed_again(tmp_path):
         load_inputs(config)
     inputs = load_inputs(config, renders=False)
     assert inputs.seeds["self_harm"] and inputs.generation_templates["medium"][0].name.endswith("medium.j2")
+
+
+def test_the_same_inputs_are_rendered_against_every_seed_once_per_process(tmp_path, monkeypatch):
+    """`orsc build` checks the inputs, then its flow loads them again: the second check of
+    the same content renders nothing; edited content is checked again."""
+    from health_orsc.core.config import load_config
+    from health_orsc.core.errors import InputError
+    from health_orsc.inputs import load
+    from health_orsc.inputs.templates import PromptTemplate
+
+    templates = tmp_path / "prompts_templates"
+    shutil.copytree(DATA / "prompts_templates", templates)
+    config = load_config(fake_config(tmp_path, "http://127.0.0.1:9/v1", templates_dir=str(templates)))
+    monkeypatch.setattr(load, "_RENDERED", set())
+    renders = []
+    real = PromptTemplate.render
+
+    def counted(self, *args, **kwargs):
+        renders.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(PromptTemplate, "render", counted)
+    load.load_inputs(config)
+    first = len(renders)
+    load.load_inputs(config)
+    assert first > 0 and len(renders) == first
+    (templates / "generate" / "medium.j2").write_text("About {{ subjekt }}: {{ question }}?\n")
+    with pytest.raises(InputError, match="subjekt"):
+        load.load_inputs(config)
