@@ -321,14 +321,14 @@ class SnapshotRow(Record):
     def json_line(self) -> str:
         return row_line(self.model_dump(mode="json"))
 
+    def call_keys(self) -> list[str]:
+        """Request-cache keys of every model call behind this row."""
+        return [k for k in [self.generation_call, *(c for v in self.votes for c in v.calls)] if k]
+
 
 def row_line(fields: dict[str, Any]) -> str:
     """A snapshot row's JSON line (its fields as model_dump(mode="json") gives them)."""
     return json.dumps(fields, ensure_ascii=False, sort_keys=True)
-
-    def call_keys(self) -> list[str]:
-        """Request-cache keys of every model call behind this row."""
-        return [k for k in [self.generation_call, *(c for v in self.votes for c in v.calls)] if k]
 
 
 def arrow_schema(model: type[BaseModel]) -> pa.Schema:
