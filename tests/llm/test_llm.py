@@ -189,6 +189,8 @@ def test_api_key_is_sent_but_never_written(tmp_path, fake_llm, monkeypatch):
     gw.run(gw.chat("generator", MESSAGES))
     gw.close()
     assert fake_llm.headers[0]["authorization"] == f"Bearer {secret}"
+    # the openai client's own headers and its HTTP client's, as any openai-based tool sends them
+    assert fake_llm.headers[0]["x-stainless-lang"] == "python" and "accept-encoding" in fake_llm.headers[0]
     for path in (tmp_path / "outputs").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path

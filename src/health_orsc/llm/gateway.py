@@ -14,8 +14,9 @@ cache only once it has been validated (`llm/replies.py`); the cache is read and 
 off the loop (`llm/cache_io.py`); calls are counted per role (`llm/accounting.py`).
 
 Per-call CPU in this one loop is what caps a build against a fast endpoint
-(bench/, figure 1): requests use the client's low-level `post` (its typed
-`chat.completions.create` spends twice the CPU building params and response models).
+(bench/, figure 1): each request is built once and sent through the openai client's
+HTTP client (llm/retry.py, Poster; its typed `chat.completions.create` spends twice the
+CPU building params and response models).
 """
 
 from __future__ import annotations
