@@ -225,7 +225,7 @@ def search_vs_limit(vectors: np.ndarray, exact_max: int | None,
     exact = numpy_blocked_pairs(vectors, threshold)
     limit_s = time.perf_counter() - started
     method = ("exact (numpy blocked)" if len(vectors) <= limit
-              else "faiss IVF (fp16 codes) range search, rescored in float32")
+              else "faiss IVF (8-bit codes) range search, rescored in float32")
     return ours, exact, {"vectors": len(vectors), "method": method, "seconds": round(ours_s, 2),
                          "numpy_blocked_seconds": round(limit_s, 2),
                          "time_ratio": round(ours_s / limit_s, 3), "pairs_exact": len(exact)}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from health_orsc.build import dedup, stages
-from health_orsc.build.dedup import Embedder, dedup_candidates, dedup_files, near_duplicate_pairs
+from health_orsc.build.dedup import Embedder, code_slack, dedup_candidates, dedup_files, near_duplicate_pairs
 from health_orsc.build.generate import clean_rewrite
 from health_orsc.build.jury import (
     decide,
@@ -138,6 +138,22 @@ def test_exact_search_finds_every_pair_and_ivf_finds_the_planted_ones():
     assert len(planted & found_ivf) >= 0.95 * len(planted)
 
 
+def test_the_ivf_codes_slack_bounds_how_far_a_code_moves_a_cosine():
+    """8-bit codes round each component; code_slack must cover the most any unit query's
+    inner product moves, or the IVF search would miss pairs just above the threshold."""
+    import faiss
+
+    vectors, _ = _planted(4000, 0, seed=3)
+    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(384), 384, 16, faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_INNER_PRODUCT, False)
+    index.train(vectors)
+    decoded = index.sa_decode(index.sa_encode(vectors))
+    slack = code_slack(vectors.max(axis=0) - vectors.min(axis=0))
+    moved = np.abs(vectors @ vectors[:200].T - decoded @ vectors[:200].T).max()
+    worst = np.linalg.norm(vectors - decoded, axis=1).max()  # the largest move any unit query sees
+    assert moved <= worst <= slack < 0.05  # covered, and tight enough to keep the search cheap
+
+
 class TableEmbedder(Embedder):
     """Vectors from a table (text -> row), counting the texts asked for at once."""
 
@@ -150,7 +166,7 @@ class TableEmbedder(Embedder):
         return np.stack([self.table[t] for t in texts]) if texts else np.zeros((0, 384), "float32")
 
 
-@pytest.mark.parametrize("exact_max", [50_000, 500])  # exact search; the fp16 IVF index
+@pytest.mark.parametrize("exact_max", [50_000, 500])  # exact search; the IVF index
 def test_dedup_over_files_decides_as_in_memory_and_embeds_a_slice_at_a_time(tmp_path, monkeypatch, exact_max):
     vectors, _ = _planted(3000, 400)
     texts = [f"question {i}?" for i in range(3000)]
