@@ -241,7 +241,7 @@ class Bench:
         bursts = self.juror_bursts(write_config(work / "config.yaml", DATA_DIR / "seeds", work / "outputs",
                                                 self.base_url, 1, 2 * self.slots))
         return {"calls": bursts["calls"],
-                "client": "openai.AsyncOpenAI over openai.DefaultAioHttpClient (post)",
+                "client": "openai.AsyncOpenAI's headers over an aiohttp session (llm/retry.py, Poster)",
                 "cpu_ms_per_call": round(bursts["miss"]["cpu_us_per_call"] / 1000, 3),
                 "calls_per_s": bursts["miss"]["calls_per_s"], "sqlite_bursts": bursts}
 

@@ -5,9 +5,9 @@ token log-probabilities (the `logprobs.content` list of an OpenAI chat completio
 POST .../embeddings answers with `embed(text) -> list[float]` per input (default: a
 bag of words hashed into 64 dimensions, so texts sharing words are similar) and is
 recorded apart, in `embedding_requests` with its arrival time;
-`fail_next(n, status, body, headers)` makes
-the next n requests get another answer (an error status, an HTML page, a Retry-After
-header); with `cap_words`, a reply longer than the request's token cap
+`fail_next(n, status, body, headers)` makes the next n requests get another answer (an
+error status, an HTML page, a Retry-After header; status 0: the connection closed
+without an answer); with `cap_words`, a reply longer than the request's token cap
 (`max_completion_tokens` or `max_tokens`, counted in words) is cut there with
 finish_reason `length`; every request is recorded with its path and headers, and the
 highest number of requests in flight at once is tracked.
@@ -152,6 +152,9 @@ class FakeOpenAI:
                     # request as soon as it has read this one
                     with fake._lock:
                         fake._in_flight -= 1
+                if status == 0:  # a dropped connection: no answer at all
+                    self.close_connection = True
+                    return
                 self._send(status, body, headers)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -223,6 +223,17 @@ def test_a_reply_that_is_not_a_chat_completion_is_retried_and_never_cached(tmp_p
     assert _cached_texts(tmp_path) == [result.text]  # only the real completion was stored
 
 
+def test_a_connection_closed_without_an_answer_is_retried(tmp_path, fake_llm):
+    fake_llm.fail_next(2, 0)
+    gw = _gateway(tmp_path, fake_llm)  # max_retries: 2
+    result = gw.run(gw.chat("generator", MESSAGES))
+    assert fake_llm.chat_count == 3 and not result.cached
+    fake_llm.fail_next(3, 0)
+    with pytest.raises(LLMError, match="after 3 attempts: connection error: Server disconnected"):
+        gw.run(gw.chat("generator", [{"role": "user", "content": "another question"}]))
+    gw.close()
+
+
 def test_an_endpoint_that_never_sends_a_completion_fails_clearly_and_caches_nothing(tmp_path, fake_llm):
     fake_llm.fail_next(10, 200, HTML, {"Content-Type": "text/html"})
     gw = _gateway(tmp_path, fake_llm)  # max_retries: 2

@@ -4,19 +4,20 @@ One event loop on a background thread owns every client, semaphore and the
 cache handle, so stages running in several Prefect worker threads share one
 concurrency bound per endpoint. Sync code calls `gateway.run(coro)`.
 
-Requests go out through the `openai` package: `openai.AsyncOpenAI` (or
-`AsyncAzureOpenAI` for an endpoint with `azure_api_version`) over its aiohttp
-transport (`openai.DefaultAioHttpClient`), so keys, headers, proxies (HTTPS_PROXY,
-NO_PROXY) and TLS behave as in every other openai-based tool. The client's own
-retries are off: the gateway keeps its cache, bounds, coalescing of identical
-requests and its own retry policy (`llm/retry.py`). A reply is stored in the request
+Requests are made with the `openai` package: `openai.AsyncOpenAI` (or
+`AsyncAzureOpenAI` for an endpoint with `azure_api_version`) makes the key and the
+headers, and the requests go out over aiohttp, the library under openai's own aiohttp
+transport (Azure's through the client itself), with proxies (HTTPS_PROXY, NO_PROXY)
+and TLS as in other openai-based tools. The client's own retries are off: the gateway
+keeps its cache, bounds, coalescing of identical requests and its own retry policy
+(`llm/retry.py`). A reply is stored in the request
 cache only once it has been validated (`llm/replies.py`); the cache is read and written
 off the loop (`llm/cache_io.py`); calls are counted per role (`llm/accounting.py`).
 
 Per-call CPU in this one loop is what caps a build against a fast endpoint
-(bench/, figure 1): each request is built once and sent through the openai client's
-HTTP client (llm/retry.py, Poster; its typed `chat.completions.create` spends twice the
-CPU building params and response models).
+(bench/, figures 1 and 10): each request's body is built once and posted through an
+aiohttp session (llm/retry.py, Poster; the typed `chat.completions.create` spends several
+times the CPU building params and response models).
 """
 
 from __future__ import annotations
@@ -286,17 +287,20 @@ def _choice_details(choice: dict[str, Any] | None,
 
 
 def make_client(ep: EndpointConfig, base_url: str) -> Poster:
-    """An openai client for one endpoint, and its HTTP client to post through (retry.Poster):
-    no retries of its own (the gateway's policy applies), a connection pool as large as the
-    endpoint's concurrency bound."""
+    """An openai client for one endpoint (its headers; Azure's calls) and the aiohttp session
+    to post through (retry.Poster): no retries of its own (the gateway's policy applies), a
+    connection pool as large as the endpoint's concurrency bound."""
     api_key = os.environ.get(ep.api_key_env, "") if ep.api_key_env else "not-needed"
-    limits = httpx2.Limits(max_connections=ep.max_concurrency, max_keepalive_connections=ep.max_concurrency)
-    http_client = openai.DefaultAioHttpClient(timeout=ep.timeout_s, limits=limits)
-    common = {"api_key": api_key, "max_retries": 0, "timeout": ep.timeout_s, "http_client": http_client}
+    common = {"api_key": api_key, "max_retries": 0, "timeout": ep.timeout_s}
     if ep.azure_api_version:
-        return Poster(openai.AsyncAzureOpenAI(base_url=base_url, api_version=ep.azure_api_version, **common),
-                      http_client)
-    return Poster(openai.AsyncOpenAI(base_url=base_url, **common), http_client)
+        n = ep.max_concurrency
+        limits = httpx2.Limits(max_connections=n, max_keepalive_connections=n)
+        http_client = openai.DefaultAioHttpClient(timeout=ep.timeout_s, limits=limits)
+        client = openai.AsyncAzureOpenAI(base_url=base_url, api_version=ep.azure_api_version,
+                                         http_client=http_client, **common)
+    else:
+        client = openai.AsyncOpenAI(base_url=base_url, **common)
+    return Poster(client, ep.timeout_s, ep.max_concurrency)
 
 
 _gateways: dict[str, Gateway] = {}

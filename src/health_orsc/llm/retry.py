@@ -13,10 +13,13 @@ import email.utils
 import json
 import random
 import time
+from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
+import yarl
 
 from health_orsc.core.errors import Resumable, shorten
 
@@ -38,7 +41,7 @@ class Retryable(Exception):
         self.wait_s = wait_s  # what the server asked for (Retry-After), if anything
 
 
-def retry_after_s(headers: httpx2.Headers) -> float | None:
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """The wait a server asks for: `retry-after-ms`, or `retry-after` in seconds or as an
     HTTP date; None if it names none (or nonsense)."""
     for name, unit in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
@@ -65,27 +68,48 @@ def backoff_s(attempt: int, asked_s: float | None = None) -> float:
 
 
 class Poster:
-    """POSTs to one endpoint. Through the openai client's own HTTP client, with the HTTP
-    client's and the openai client's headers (its authentication included) merged once, and
-    each request built here and handed to the HTTP client's `send`: openai's per-request
-    options and header merging cost about half the gateway's CPU per call (3,000 juror calls
-    against bench/fake_endpoint.py, 2026-12-06: 0.73-0.86 ms through `client.post`, 0.40-0.44
-    ms through the HTTP client's `post`), and that `post`'s merging of the headers again
-    another eighth (6,000 calls on another machine, 2026-12-07: 0.60-0.62 ms through `post`,
-    0.53-0.56 ms through `send`). To Azure,
-    through the openai client's `post`, which reads the body's `model` to build the
-    deployment's URL."""
+    """POSTs to one endpoint. The openai client makes the headers (its authentication and
+    identity headers, merged once) and each request goes out through an aiohttp session
+    (the library under the openai client's own aiohttp transport) with a connection pool as
+    large as the endpoint's concurrency bound, the proxy HTTPS_PROXY / NO_PROXY name and
+    httpx's TLS defaults. Per-call CPU is what caps a build against a fast endpoint
+    (bench/README.md, figure 10): through openai's `client.post` a juror call cost 0.73-0.86
+    ms of CPU, through its HTTP client's `post` 0.60-0.62 and `send` 0.53-0.56 (a Request,
+    two Headers and a streamed Response per call); aiohttp's own session cost a third less
+    than `send` (0.21 against 0.31-0.34 ms, 6,000 calls against bench/fake_endpoint.py, the
+    two run in turn on a 2-core AMD EPYC machine, 2026-12-07). To Azure, through the openai
+    client's `post`, which reads the body's `model` to build the deployment's URL."""
 
-    def __init__(self, client: openai.AsyncOpenAI, http_client: httpx2.AsyncClient):
-        self.client, self.http = client, http_client
+    def __init__(self, client: openai.AsyncOpenAI, timeout_s: float, max_connections: int):
+        self.client = client
         self.azure = isinstance(client, openai.AsyncAzureOpenAI)
         self.base = str(client.base_url).rstrip("/")
-        sent = {**http_client.headers, **client.default_headers, **client.auth_headers,
-                "Content-Type": "application/json"}
-        self.headers = httpx2.Headers({k: v for k, v in sent.items() if isinstance(v, str)})  # not Omit
-        self.extensions = {"timeout": http_client.timeout.as_dict()}
+        sent = {**client.default_headers, **client.auth_headers, "Content-Type": "application/json"}
+        self.headers = {k: v for k, v in sent.items() if isinstance(v, str)}  # not openai's Omit
+        # as the openai client's own: each phase (pool, connect, each read) within timeout_s
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_connect=timeout_s,
+                                             sock_read=timeout_s)
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """The endpoint's session, made on first use (on the loop that sends)."""
+        if self._session is None:
+            # the proxy looked up once (trust_env would look it up, and ~/.netrc, on a
+            # thread per request: two thread hops per call)
+            try:
+                proxy, proxy_auth = aiohttp.helpers.get_env_proxy_for_url(yarl.URL(self.base))
+            except LookupError:
+                proxy, proxy_auth = None, None
+            connector = aiohttp.TCPConnector(limit=self.max_connections, ssl=httpx2.create_ssl_context())
+            self._session = aiohttp.ClientSession(connector=connector, headers=self.headers,
+                                                  timeout=self.timeout, proxy=proxy, proxy_auth=proxy_auth,
+                                                  cookie_jar=aiohttp.DummyCookieJar())
+        return self._session
 
     async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
         await self.client.close()
 
 
@@ -97,15 +121,14 @@ async def post(poster: Poster, path: str, body: dict[str, Any], where: str) -> b
         return await _post_azure(poster.client, path, body, where)
     content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     try:
-        request = httpx2.Request("POST", poster.base + path, content=content, headers=poster.headers,
-                                 cookies=poster.http.cookies or None, extensions=poster.extensions)
-        response = await poster.http.send(request)
-    except httpx2.TransportError as err:  # timeouts included
+        async with poster.session().post(poster.base + path, data=content) as response:
+            raw = await response.read()
+            status, headers = response.status, response.headers
+    except (aiohttp.ClientError, TimeoutError) as err:  # timeouts included
         raise Retryable(connection_problem(err)) from err
-    status = response.status_code
     if status >= 400:
-        _status_failure(status, error_message(response.content), response.headers, where)
-    return response.content
+        _status_failure(status, error_message(raw), headers, where)
+    return raw
 
 
 def error_message(content: bytes) -> str:
@@ -120,7 +143,7 @@ def error_message(content: bytes) -> str:
     return message if isinstance(message, str) and message else text
 
 
-def _status_failure(status: int, message: str, headers: httpx2.Headers, where: str) -> None:
+def _status_failure(status: int, message: str, headers: Mapping[str, str], where: str) -> None:
     problem = f"HTTP {status}: {shorten(message, 200)}"
     if status in RETRYABLE_STATUS or status >= 500:
         raise Retryable(problem, retry_after_s(headers))
@@ -140,8 +163,8 @@ async def _post_azure(client: openai.AsyncOpenAI, path: str, body: dict[str, Any
 
 
 def connection_problem(err: BaseException) -> str:
-    """What went wrong on the way to the endpoint, from the innermost cause: the aiohttp
-    transport reports a refused connection as a timeout."""
+    """What went wrong on the way to the endpoint, from the innermost cause: a refused or
+    reset connection, a timeout, or a reply cut off."""
     chain = []
     while err is not None and len(chain) < 10:
         chain.append(err)
@@ -150,4 +173,7 @@ def connection_problem(err: BaseException) -> str:
                    None)
     if refused is not None:
         return f"connection error: {shorten(str(refused), 200)}"
-    return "timed out"
+    if any(isinstance(e, TimeoutError) for e in chain):
+        return "timed out"
+    innermost = chain[-1]
+    return f"connection error: {shorten(str(innermost) or type(innermost).__name__, 200)}"
