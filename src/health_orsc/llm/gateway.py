@@ -79,6 +79,7 @@ class Gateway:
         self._in_flight: dict[str, asyncio.Future] = {}  # request key -> its answer
         self._start_locks: dict[str, asyncio.Lock] = {}
         self._servers: dict[str, EmbeddedServer] = {}
+        self._frozen = False  # gc.freeze() done (submit)
 
     # -- sync bridge -------------------------------------------------------
     def run(self, coro, usage: Usage | None = None):
@@ -91,10 +92,16 @@ class Gateway:
         if not self._loop.is_running():
             coro.close()
             raise LLMError("the LLM gateway is closed; no further model calls in this build")
-        # Everything alive now (modules, the embedding model, inputs) lives for the whole
-        # build: move it out of the cyclic collector's way. Otherwise each full collection
-        # scans it all and stalls this loop for ~0.3 s every ~2 s at paper scale (bench/).
-        gc.freeze()
+        # Everything alive at the first call (modules, the embedding model, inputs) lives
+        # for the whole build: move it out of the cyclic collector's way. Otherwise each
+        # full collection scans it all and stalls this loop for ~0.3 s every ~2 s at paper
+        # scale (bench/). Once: a freeze at every call also froze the calls then in flight
+        # on other threads (asyncio tasks, futures, their frames: cycles the collector then
+        # never freed), ~38,000 objects a minute in a 100k build's jury stage, 6.5 GB of
+        # RSS by the end of a million's (bench/README.md).
+        if not self._frozen:
+            gc.freeze()
+            self._frozen = True
         # Each call allocates a few hundred short-lived objects (the openai client's request
         # and response models); at the default threshold (700) the young generation is
         # collected every few calls, and those collections held the jury stage at 0.75 of
