@@ -102,8 +102,8 @@ class Gateway:
         if not self._frozen:
             gc.freeze()
             self._frozen = True
-        # Each call allocates a few hundred short-lived objects (the openai client's request
-        # and response models); at the default threshold (700) the young generation is
+        # Each call allocates a few hundred short-lived objects (its request, the reply's
+        # models); at the default threshold (700) the young generation is
         # collected every few calls, and those collections held the jury stage at 0.75 of
         # endpoint capacity at paper scale. With this threshold: 0.93 (bench/README.md).
         if gc.get_threshold()[0] < YOUNG_GC_THRESHOLD:
