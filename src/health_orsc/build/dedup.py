@@ -227,6 +227,7 @@ def _exact_pairs(vectors: np.ndarray, floor: float) -> tuple[np.ndarray, ...]:
         out_i.append(rows[earlier] + a)
         out_j.append(cols[earlier])
         out_s.append(sims[rows[earlier], cols[earlier]])
+        release(vectors)
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
 
 
@@ -385,6 +386,8 @@ def dedup_rows(embedded: np.ndarray, pool: int, keepers: int, template_row: np.n
     kept[:keepers] = True
     checked = min_similarity is not None
     for i in range(keepers, pool):
+        if i % SLICE == 0:
+            release(embedded)  # the on-topic check reads rows from the whole file
         t = int(template_row[i])
         if checked and t >= 0:
             on_topic = float(np.dot(embedded[i], embedded[t]))
@@ -401,6 +404,7 @@ def dedup_rows(embedded: np.ndarray, pool: int, keepers: int, template_row: np.n
             reason[i], other[i], similarity[i] = 2, j, min(sim, 1.0)
         else:
             kept[i] = True
+    release(embedded)
     return Outcomes(reason, other, similarity)
 
 
