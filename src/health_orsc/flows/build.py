@@ -43,7 +43,7 @@ from health_orsc.flows.runner import run_on
 from health_orsc.inputs.load import BuildInputs, load_inputs
 from health_orsc.llm import Usage, close_gateways, gateway_for
 from health_orsc.llm.accounting import StageTally, TaskResult
-from health_orsc.runtime.memory import limit_arenas
+from health_orsc.runtime.memory import give_back, limit_arenas
 from health_orsc.runtime.progress import note, tracked
 from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import (
@@ -169,6 +169,7 @@ def collect(tally: StageTally, submitted: Submitted) -> list[str]:
             again = stage_task.with_options(refresh_cache=True)(*args)
             result, cached = TaskResult.model_validate(again), False
         results.append((result, cached))
+    give_back()  # what the stage's tasks freed, before the next stage allocates
     return tally.add(stage_task.name, started, results, categories)
 
 
@@ -233,6 +234,7 @@ def build_benchmark(config_path: str, categories: list[str] | None = None,
     args = (config_path, plan.rebuild, fps, name, str(base_snap.path) if base_snap else None,
             plan.carry, carried_fps, started_at)
     del inputs  # every seed of every category: each stage task reads what it needs itself
+    give_back()  # the pages the checks above freed (runtime/memory.py)
     try:
         result = run_on(cfg.task_runner, run_stages, f"{FLOW_NAME}-stages", *args)
     finally:
