@@ -154,11 +154,11 @@ def test_the_ivf_codes_slack_bounds_how_far_a_code_moves_a_cosine():
     assert moved <= worst <= slack < 0.05  # covered, and tight enough to keep the search cheap
 
 
-def _file_rss_mb() -> float:
+def _status_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssFile:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    pytest.skip("no RssFile in /proc/self/status")
+    pytest.skip(f"no {field} in /proc/self/status")
 
 
 def test_dedup_over_a_mapped_file_does_not_keep_its_pages(tmp_path):
@@ -170,11 +170,32 @@ def test_dedup_over_a_mapped_file_does_not_keep_its_pages(tmp_path):
     path = tmp_path / "vectors.f32"
     path.write_bytes(vectors.tobytes())
     mapped = np.memmap(path, dtype="float32", mode="r", shape=vectors.shape)
-    before = _file_rss_mb()
+    before = _status_mb("RssFile")
     template_row = np.arange(-1, len(vectors) - 1)  # every row a rewrite of the row before
     outcomes = dedup.dedup_rows(mapped, len(vectors), 0, template_row, DedupConfig(), min_similarity=-1.0)
     assert (outcomes.reason == 0).all()  # random vectors: nothing close, everything read
-    assert _file_rss_mb() - before < path.stat().st_size / 2**20 / 4
+    assert _status_mb("RssFile") - before < path.stat().st_size / 2**20 / 4
+
+
+def test_a_sample_of_rows_spread_over_a_mapped_file_is_read_without_mapping_it_all(tmp_path):
+    """The IVF index trains on rows drawn from all over the memory-mapped vectors: read
+    at once they would map the whole file (1.5 GB at a million), read a slice at a time
+    they do not."""
+    status = Path("/proc/self/clear_refs")
+    rng = np.random.default_rng(6)
+    path = tmp_path / "vectors.f32"
+    path.write_bytes(rng.normal(size=(100_000, 384)).astype("float32").tobytes())
+    mapped = np.memmap(path, dtype="float32", mode="r", shape=(100_000, 384))
+    rows = np.sort(rng.choice(100_000, 10_000, replace=False))
+    try:
+        status.write_text("5")  # VmHWM starts again from the current RSS
+    except OSError:
+        pytest.skip("cannot reset the peak RSS here")
+    before = _status_mb("VmRSS")
+    sample = dedup.gather(mapped, rows)
+    peak = _status_mb("VmHWM") - before
+    assert np.array_equal(sample, np.asarray(mapped[rows]))
+    assert peak < 60  # the sample (15 MB) and a slice of the file, not its 147 MB
 
 
 class TableEmbedder(Embedder):
