@@ -7,18 +7,24 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from health_orsc.build import stages
+from health_orsc.build.dedup import usable
+from health_orsc.cache.embeddings import EmbeddingCache
 from health_orsc.cli import main
 from health_orsc.core.config import load_config
 from health_orsc.core.errors import InputError
-from health_orsc.llm import Gateway, LLMError
+from health_orsc.inputs.load import load_inputs
+from health_orsc.llm import Gateway, LLMError, Usage
 from health_orsc.snapshot.store import load_manifest
 from tests.conftest import fake_config
-from tests.fakes.endpoint import FakeOpenAI, bag_of_words
+from tests.fakes.endpoint import FakeOpenAI, bag_of_words, default_reply
 
 EMBEDDER = {"endpoint": "fake", "model": "emb-model"}
 DRUG_ABUSE = re.compile(r"opioid|benzodiazepine|xanax|oxycodone|alcohol|drink", re.I)
@@ -118,6 +124,44 @@ def test_another_embedding_model_rebuilds_every_category(tmp_path, capsys):
     assert "self_harm: rebuilt" in err and "drug_abuse: rebuilt" in err
     assert models == {"emb-model", "emb-model-2"} and len(second) == first  # every text again
     assert load_manifest(tmp_path / "outputs" / "snapshots" / "v2").built == ["self_harm", "drug_abuse"]
+
+
+def test_generate_embeds_its_prompts_as_it_writes_them_and_the_embed_stage_finds_them(tmp_path, monkeypatch):
+    """With an embedding endpoint, a category's prompts are embedded chunk by chunk while
+    its generate task still makes calls, not after it: the embed stage finds them all."""
+    monkeypatch.setattr(stages, "CHUNK", 7)  # several chunks
+    answered: list[float] = []
+
+    def reply(request: dict) -> str:
+        answered.append(time.monotonic())
+        return default_reply(request)
+
+    server = FakeOpenAI(reply, delay_s=0.02).start()
+    try:
+        config = load_config(_config(tmp_path, server))
+        inputs = load_inputs(config, ["self_harm"])
+        gw = Gateway(config)
+        try:
+            usage = Usage()
+            with stages.embedder_alongside(config, gw) as embedder:
+                out = stages.generate_stage(inputs, "self_harm", "fp", gw, usage, embedder)
+            last_call = max(answered)
+            embedded = len(server.embedding_requests)
+            later = stages.embed_stage(config, out.path, gw)
+        finally:
+            gw.close()
+    finally:
+        server.stop()
+    prompts = [c.prompt for c in usable(Path(out.path))]
+    assert len(prompts) > 7 and set(_sent(server)) == set(prompts)  # each usable prompt, once
+    assert server.embedding_requests[0][0] < last_call  # embedding began while generate called
+    assert usage.calls["embedder"] == embedded  # counted as the generate task's calls
+    assert sum(later.calls.values()) == 0 and len(server.embedding_requests) == embedded
+    cache = EmbeddingCache.open(config)
+    try:
+        assert cache.db.query("SELECT COUNT(*) FROM vectors")[0][0] == len(set(prompts))
+    finally:
+        cache.close()
 
 
 def test_the_gateway_embeds_in_order_normalised_and_retries_a_bad_reply(tmp_path):

@@ -32,6 +32,7 @@ from health_orsc.build.stages import (
     dedup_key,
     dedup_stage,
     embed_stage,
+    embedder_alongside,
     generate_stage,
     jury_stage,
     summary_rows,
@@ -83,9 +84,10 @@ def _finish(stage: str, out: StageOutput, order: list[str], usage: Usage | None 
 @task(name="generate", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint: str) -> TaskResult:
     inputs = _inputs(config_path, [category])
-    with tracked("generate", category) as progress:
+    gateway = gateway_for(inputs.config)
+    with tracked("generate", category) as progress, embedder_alongside(inputs.config, gateway) as embedder:
         usage = Usage(progress=progress)
-        out = generate_stage(inputs, category, fingerprint, gateway_for(inputs.config), usage)
+        out = generate_stage(inputs, category, fingerprint, gateway, usage, embedder)
     return _finish("generate", out, [category], usage, category)
 
 
@@ -93,8 +95,10 @@ def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint
 def embed_task(config_path: str, outputs_dir: str, category: str, key: str,
                generated: TaskResult) -> TaskResult:
     """A category's prompts into the embedding cache, as soon as its generate task has
-    returned (`generated`, its result): with an embedder endpoint this overlaps the other
-    categories' model calls. `key`: the generate task's fingerprint and the embedding
+    returned (`generated`, its result): with the local model this overlaps the other
+    categories' model calls; with an embedder endpoint generate embedded them as it wrote
+    them, and this finds them in the cache (or embeds what it did not, e.g. for a
+    generate result from Prefect's cache). `key`: the generate task's fingerprint and the embedding
     model (Prefect's cache key; `generated` differs between runs in its call counts)."""
     config = load_config(config_path)
     generated = TaskResult.model_validate(generated)  # (a dict, from a run before TaskResult)

@@ -38,6 +38,11 @@ class Usage:
         if self.progress:
             self.progress.expect(calls)
 
+    def add(self, other: Usage) -> None:
+        """Count `other`'s calls and hits here too (not into the progress)."""
+        self.calls.update(other.calls)
+        self.cache_hits.update(other.cache_hits)
+
     def count(self, role: str, cached: bool) -> None:
         (self.cache_hits if cached else self.calls)[role] += 1
         if self.progress:
