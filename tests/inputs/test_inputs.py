@@ -387,3 +387,21 @@ def test_the_same_inputs_are_rendered_against_every_seed_once_per_process(tmp_pa
     (templates / "generate" / "medium.j2").write_text("About {{ subjekt }}: {{ question }}?\n")
     with pytest.raises(InputError, match="subjekt"):
         load.load_inputs(config)
+
+
+def test_a_seed_file_is_parsed_once_per_content_and_again_once_edited(tmp_path):
+    """Every stage task reads its category's seeds: the same file gives the same topics
+    without a second parse, an edited one its new topics."""
+    from health_orsc.inputs.load import load_seed_file
+
+    seeds = tmp_path / "seeds"
+    shutil.copytree(DATA / "seeds", seeds)
+    first = load_seed_file(seeds, "self_harm", None)
+    again = load_seed_file(seeds, "self_harm", 2)
+    assert [s.id for s in again] == [s.id for s in first[:2]] and again[0] is first[0]  # not parsed again
+    path = seeds / "self_harm.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace(first[0].topic, "an edited topic", 1),
+                    encoding="utf-8")
+    edited = load_seed_file(seeds, "self_harm", None)
+    assert edited[0].topic == "an edited topic" and edited[0].id != first[0].id
+    assert [s.id for s in edited[1:]] == [s.id for s in first[1:]]

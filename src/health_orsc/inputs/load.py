@@ -6,6 +6,7 @@ malformed file stops the build with one message naming file, field and fix.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from health_orsc.core.classifier import Classifier, classifier_digest, read_clas
 from health_orsc.core.config import BuildConfig
 from health_orsc.core.errors import InputError, from_validation_error, shorten
 from health_orsc.core.files import load_yaml
-from health_orsc.core.records import CATEGORY_ID_PATTERN, SeedTopic, content_id
+from health_orsc.core.records import CATEGORY_ID_PATTERN, SeedTopic, content_id, sha256_hex
 from health_orsc.inputs.rubrics import (
     RUBRIC_WRITERS_DIR,
     render_rubric,
@@ -111,11 +112,23 @@ def load_taxonomy_file(path: Path) -> Taxonomy:
 
 
 def load_seed_file(seeds_dir: Path, category: str, limit: int | None) -> list[SeedTopic]:
+    """A category's seed topics (the first `limit`). Parsed once per content per process:
+    each stage task reads its category's seeds, and at a million candidates parsing a
+    category's file took ~5 s of CPU and ~80 MB while it lasted (seven tasks at once, at
+    the start of every stage); the topics are shared, never changed."""
     path = seeds_dir / f"{category}.yaml"  # a plain name: category ids match CATEGORY_ID_PATTERN
     if not path.is_file():
         raise InputError(path, None, f"seed file for category '{category}' not found",
                          f"create {path.name} in {seeds_dir} (see seeds/self_harm.yaml), or remove"
                          f" '{category}' from taxonomy.yaml")
+    seeds = _parsed_seeds(path, category, sha256_hex(path.read_bytes()))
+    return list(seeds[:limit] if limit else seeds)
+
+
+@functools.lru_cache(maxsize=32)
+def _parsed_seeds(path: Path, category: str, digest: str) -> tuple[SeedTopic, ...]:
+    """The topics of a seed file with content `digest` (the cache key: an edited file is
+    parsed again)."""
     raw, node = load_yaml(path, "seed file")
     try:
         parsed = SeedFile.model_validate(raw)
@@ -138,7 +151,7 @@ def load_seed_file(seeds_dir: Path, category: str, limit: int | None) -> list[Se
                 "original_question": entry.original_question, "slots": entry.slots}
         seeds.append(SeedTopic(id=content_id(body), **body, source_file=path.name,
                                source_line=item_node.start_mark.line + 1))
-    return seeds[:limit] if limit else seeds
+    return tuple(seeds)
 
 
 def judge_context(candidate_prompt: str, entry: CategoryEntry, original_question: str,
