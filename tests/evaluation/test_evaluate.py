@@ -498,15 +498,18 @@ def test_answers_written_chunk_by_chunk_are_the_file_one_chunk_gives(evaluated, 
     snapshot = Snapshot.open(evaluated["snapshot"])
     inputs = load_evaluation(config, snapshot, None)
     category = snapshot.manifest.categories[0]
-    items = stages.write_items(config, snapshot, "chunks")[category]
-    written = []
+    items, planned = {c: (path, n) for c, path, n in stages.write_items(inputs, "chunks")}[category]
+    written, usages = [], []
     for chunk, run in ((4096, "whole"), (2, "chunked")):
         monkeypatch.setattr(stages, "CHUNK", chunk)
         gateway = Gateway(config)
+        usages.append(Usage())
         try:
-            written.append(stages.answer_stage(inputs, "complier", category, items, run, gateway, Usage()))
+            written.append(stages.answer_stage(inputs, "complier", category, items, run, gateway, usages[-1]))
         finally:
             gateway.close()
+    # the calls write_items counted are the calls made (the second run's from the cache)
+    assert [sum(u.calls.values()) + sum(u.cache_hits.values()) for u in usages] == [planned, planned]
     (whole, n_whole), (chunked, n_chunked) = written
     assert n_whole == n_chunked == len(rows(items)) > 2
     assert chunked.read_bytes() == whole.read_bytes()

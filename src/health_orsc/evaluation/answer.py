@@ -410,9 +410,10 @@ def ask(role: RoleConfig, prompt: str) -> list[dict[str, str]]:
     return [*system, {"role": "user", "content": prompt}]
 
 
-def planned_calls(items: list[EvalItem], grader: bool, rubrics: bool, per_criterion: bool = False) -> int:
-    """Calls answer_category makes (answers, first grades with a `grader` and, with
-    `rubrics`, first rubric grades, one per answer or `per_criterion`; without repairs or
-    empty answers)."""
-    rubric_calls = sum(len(i.rubric.criteria) if per_criterion else 1 for i in items if i.rubric is not None)
-    return (1 + grader) * len(items) + (rubric_calls if rubrics else 0)
+def planned_calls(criteria: list[int | None], grader: bool, rubrics: bool,
+                  per_criterion: bool = False) -> int:
+    """Calls answer_category makes for items whose rubrics have `criteria` criteria each
+    (None: no rubric): answers, first grades with a `grader` and, with `rubrics`, first
+    rubric grades, one per answer or `per_criterion`; without repairs or empty answers."""
+    rubric_calls = sum(n if per_criterion else 1 for n in criteria if n is not None)
+    return (1 + grader) * len(criteria) + (rubric_calls if rubrics else 0)

@@ -2,7 +2,8 @@
 `evaluate-benchmark` flow calls (flows/evaluate.py only wires these into Prefect), the
 counterpart of build/stages.py.
 
-- `write_items`: the snapshot is read once; each category's items go to a stage file.
+- `write_items`: the snapshot is read once; each category's items go to a stage file,
+  whose tasks can start before the next category's is written.
 - `answer_stage`: one (model x category): the model answers each item and the grader
   grades each answer, through the process's gateway (every call in the request cache);
   the responses go to a stage file.
@@ -40,7 +41,6 @@ from health_orsc.evaluation.probe import latest_probe
 from health_orsc.evaluation.run import snapshot_ref, write_evaluation
 from health_orsc.inputs.templates import PromptTemplate
 from health_orsc.llm import Gateway, Usage
-from health_orsc.snapshot.handle import Snapshot
 from health_orsc.snapshot.store import stage_path
 
 
@@ -55,24 +55,32 @@ class EvaluationResult(BaseModel):
     stages: dict[str, StageClock]           # evaluate (answers and grades), write (the run's files)
 
 
-def write_items(config: BuildConfig, snapshot: Snapshot, run: str) -> dict[str, Path]:
-    """Per category of the snapshot, the stage file holding its items (prompts to ask)."""
-    items = {}
+def write_items(inputs: EvalInputs, run: str) -> Iterator[tuple[str, Path, int]]:
+    """Per category of the snapshot, as soon as it is written: the stage file holding its
+    items (prompts to ask) and the calls one model's answer stage makes for them."""
+    config, snapshot = inputs.config, inputs.snapshot
     for cat, cat_items in eval_items(snapshot, snapshot.manifest.categories, config):
-        items[cat] = stage_path(config.outputs_dir, "evaluate", f"{run}-items-{content_id([cat])}")
-        write_jsonl(items[cat], cat_items)
-    return items
+        path = stage_path(config.outputs_dir, "evaluate", f"{run}-items-{content_id([cat])}")
+        write_jsonl(path, cat_items)
+        criteria = [len(i["rubric"]["criteria"]) if i.get("rubric") else None for i in cat_items]
+        yield cat, path, planned_item_calls(inputs, criteria)
+
+
+def planned_item_calls(inputs: EvalInputs, criteria: list[int | None]) -> int:
+    """`planned_calls` under the evaluation's grader, rubric grader and per_criterion."""
+    return planned_calls(criteria, inputs.grader_template is not None, inputs.rubric_template is not None,
+                         inputs.config.evaluation.per_criterion)
 
 
 def answer_stage(inputs: EvalInputs, model: str, category: str, items_path: Path, run: str,
-                 gateway: Gateway, usage: Usage) -> tuple[Path, int]:
+                 gateway: Gateway, usage: Usage, planned: int | None = None) -> tuple[Path, int]:
     """`model`'s graded answers to one category's items: their stage file and how many.
-    The items are answered CHUNK at a time, each chunk's responses written as it is done."""
-    def planned(items: list[EvalItem]) -> int:
-        return planned_calls(items, inputs.grader_template is not None, inputs.rubric_template is not None,
-                             inputs.config.evaluation.per_criterion)
-
-    usage.expect(sum(planned(items) for items in slices(iter_jsonl(items_path, EvalItem), CHUNK)))
+    The items are answered CHUNK at a time, each chunk's responses written as it is done.
+    `planned`: the calls it makes (write_items counted them), or None to count them here."""
+    if planned is None:
+        planned = planned_item_calls(inputs, [len(i.rubric.criteria) if i.rubric else None
+                                              for i in iter_jsonl(items_path, EvalItem)])
+    usage.expect(planned)
     answered = [0]
 
     def responses() -> Iterator[Response]:

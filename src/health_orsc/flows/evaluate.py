@@ -2,8 +2,9 @@
 health_orsc/evaluation/stages.py (answers, grades, the run's files).
 
 The flow reads the snapshot's prompts once and writes each category's items to a stage
-file. Tasks are (model x category); with `task_runner: dask` in the config they run as a
-subflow on Dask, as the build's stages do. Each answers and grades its prompts through
+file, submitting that category's tasks as soon as it is written. Tasks are (model x
+category); with `task_runner: dask` in the config they run as a subflow on Dask, as the
+build's stages do. Each answers and grades its prompts through
 the process's shared gateway, so every call is in the request cache: a run killed half-way resumes from
 it, and adding a model to the panel calls only that model and the grader for its answers.
 """
@@ -21,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from health_orsc.audit.verify import open_verified
 from health_orsc.core.config import load_config
-from health_orsc.evaluation.answer import load_evaluation
+from health_orsc.evaluation.answer import EvalInputs, load_evaluation
 from health_orsc.evaluation.report import leaderboard_markdown
 from health_orsc.evaluation.stages import EvaluationResult, answer_stage, write_items, write_run
 from health_orsc.flows.runner import run_on
@@ -34,26 +35,37 @@ from health_orsc.snapshot.store import check_snapshot_name, evaluations_dir
 FLOW_NAME = "evaluate-benchmark"
 
 
+def _inputs(config_path: str, snapshot: str, models: list[str]) -> EvalInputs:
+    """A task's inputs: the flow checked every input; the items carry their rubrics (write_items)."""
+    config = load_config(config_path)
+    return load_evaluation(config, Snapshot.open(Path(snapshot)), models, count_rubrics=False)
+
+
 @task(name="evaluate")
 def evaluate_task(config_path: str, snapshot: str, models: list[str], model: str, category: str,
-                  items_path: str, run: str) -> TaskResult:
-    config = load_config(config_path)
-    # the flow checked every input; the items carry their rubrics (write_items)
-    inputs = load_evaluation(config, Snapshot.open(Path(snapshot)), models, count_rubrics=False)
+                  items_path: str, run: str, planned: int) -> TaskResult:
+    inputs = _inputs(config_path, snapshot, models)
     with tracked("evaluate", f"{model} {category}") as progress:
         usage = Usage(progress=progress)
-        out, n = answer_stage(inputs, model, category, Path(items_path), run, gateway_for(config), usage)
+        out, n = answer_stage(inputs, model, category, Path(items_path), run, gateway_for(inputs.config),
+                              usage, planned)
     get_run_logger().info("%s %s: %d answers graded", model, category, n)
     return TaskResult.of(out, usage=usage)
 
 
-def run_tasks(config_path: str, snapshot: str, models: list[str], cats: list[str], items: dict[str, str],
-              run: str) -> list[TaskResult]:
-    """One evaluate task per (model x category); their results."""
-    futures = [evaluate_task.submit(config_path, snapshot, models, m, c, items[c], run)
-               for m in models for c in cats]
-    wait(futures)  # every task ends before one's failure is raised: they share the gateway
-    return [f.result() for f in futures]
+def run_tasks(config_path: str, snapshot: str, models: list[str], run: str) -> list[TaskResult]:
+    """One evaluate task per (model x category), a category's submitted as soon as its
+    items are written (the first calls go out while the rest are written); their results,
+    by model, then category."""
+    futures = {}
+    try:
+        for cat, items, planned in write_items(_inputs(config_path, snapshot, models), run):
+            for m in models:
+                futures[m, cat] = evaluate_task.submit(config_path, snapshot, models, m, cat, str(items), run,
+                                                       planned)
+    finally:  # every task ends before a failure is raised: they share the gateway
+        wait(list(futures.values()))
+    return [futures[key].result() for key in sorted(futures, key=lambda k: models.index(k[0]))]
 
 
 @flow(name=FLOW_NAME, log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=16))
@@ -67,10 +79,8 @@ def evaluate_benchmark(config_path: str, snapshot: str, models: list[str] | None
     inputs = load_evaluation(config, base, models)
     name = check_snapshot_name(config.outputs_dir, name or datetime.now(UTC).strftime("eval-%Y%m%d-%H%M%S"),
                                evaluations_dir(config.outputs_dir))
-    cats = base.manifest.categories
     started = time.monotonic()
-    items = write_items(config, base, name)
-    args = (config_path, str(base.path), inputs.models, cats, {c: str(p) for c, p in items.items()}, name)
+    args = (config_path, str(base.path), inputs.models, name)
     try:
         results = run_on(config.task_runner, run_tasks, f"{FLOW_NAME}-tasks", *args)
     finally:
