@@ -133,7 +133,12 @@ class RowFiles:
 
     def add(self, row: BaseModel) -> None:
         fields = row.model_dump(mode="json")
-        self._lines.write(self.line(fields) + "\n")
+        self.add_dumped(fields, self.line(fields))
+
+    def add_dumped(self, fields: dict[str, Any], line: str) -> None:
+        """A row already dumped (`model_dump(mode="json")`) and made a JSON line (`line`):
+        a kept row goes to two files, dumped once."""
+        self._lines.write(line + "\n")
         self.rows += 1
         if self._parquet is not None:
             self._batch.append(fields)
@@ -199,13 +204,15 @@ class RowSink:
         if row.reason is not None:
             self.rejected.add(row)
             return
-        self.kept.add(row)
+        fields = row.model_dump(mode="json")
+        line = self.kept.line(fields)
+        self.kept.add_dumped(fields, line)
         if row.category != self._category:
             at = self.categories.index(row.category) if row.category in self.categories else -1
             if at <= self._position:
                 raise ValueError(f"kept rows of {row.category!r} are out of the snapshot's order")
             self._advance(at)
-        self._data.add(row)
+        self._data.add_dumped(fields, line)
 
     def _advance(self, at: int) -> None:
         """Close the current category's data files and move to `categories[at]` (nothing
