@@ -97,8 +97,8 @@ def embed_task(config_path: str, outputs_dir: str, category: str, key: str,
     """A category's prompts into the embedding cache, as soon as its generate task has
     returned (`generated`, its result): with the local model this overlaps the other
     categories' model calls; with an embedder endpoint generate embedded them as it wrote
-    them, and this finds them in the cache (or embeds what it did not, e.g. for a
-    generate result from Prefect's cache). `key`: the generate task's fingerprint and the embedding
+    them, and this finds them in the cache (or embeds what it did not, e.g. for a generate
+    result from Prefect's cache). `key`: the generate task's fingerprint and the embedding
     model (Prefect's cache key; `generated` differs between runs in its call counts)."""
     config = load_config(config_path)
     generated = TaskResult.model_validate(generated)  # (a dict, from a run before TaskResult)
@@ -237,7 +237,8 @@ def build_benchmark(config_path: str, categories: list[str] | None = None,
     carried_fps = [base_snap.manifest.fingerprints[c] for c in plan.carry] if base_snap else []
     args = (config_path, plan.rebuild, fps, name, str(base_snap.path) if base_snap else None,
             plan.carry, carried_fps, started_at)
-    del inputs  # every seed of every category: each stage task reads what it needs itself
+    # each stage task reads what it needs itself (the seed files stay parsed: load_seed_file)
+    del inputs
     give_back()  # the pages the checks above freed (runtime/memory.py)
     try:
         result = run_on(cfg.task_runner, run_stages, f"{FLOW_NAME}-stages", *args)

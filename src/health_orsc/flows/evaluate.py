@@ -4,9 +4,9 @@ health_orsc/evaluation/stages.py (answers, grades, the run's files).
 The flow reads the snapshot's prompts once and writes each category's items to a stage
 file, submitting that category's tasks as soon as it is written. Tasks are (model x
 category); with `task_runner: dask` in the config they run as a subflow on Dask, as the
-build's stages do. Each answers and grades its prompts through
-the process's shared gateway, so every call is in the request cache: a run killed half-way resumes from
-it, and adding a model to the panel calls only that model and the grader for its answers.
+build's stages do. Each answers and grades its prompts through the process's shared
+gateway, so every call is in the request cache: a run killed half-way resumes from it, and
+adding a model to the panel calls only that model and the grader for its answers.
 """
 
 from __future__ import annotations
