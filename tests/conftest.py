@@ -111,6 +111,15 @@ def panel(models: dict[str, str], answering: list[str] | None = None, **evaluati
             "evaluation": {"models": answering or list(models), "grader": "grader", **evaluation}}
 
 
+def status_mb(field: str) -> float:
+    """A kB field of /proc/self/status (VmRSS, VmHWM, RssAnon, RssFile), in MB; the test is
+    skipped where there is none."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip(f"no {field} in /proc/self/status")
+
+
 def stop_process_group(proc: subprocess.Popen) -> None:
     """SIGINT to the process group a test started (prefect serve and dask need SIGINT),
     then SIGKILL if it lingers."""

@@ -27,7 +27,7 @@ from health_orsc.core.records import Candidate, Decision, JurorVote, read_jsonl,
 from health_orsc.inputs.load import load_inputs
 from health_orsc.inputs.templates import to_messages
 from health_orsc.llm import Gateway, Usage
-from tests.conftest import fake_config
+from tests.conftest import fake_config, status_mb
 from tests.fakes.endpoint import FakeOpenAI
 from tests.fakes.scripts import build_reply
 
@@ -154,13 +154,6 @@ def test_the_ivf_codes_slack_bounds_how_far_a_code_moves_a_cosine():
     assert moved <= worst <= slack < 0.05  # covered, and tight enough to keep the search cheap
 
 
-def _status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    pytest.skip(f"no {field} in /proc/self/status")
-
-
 def test_dedup_over_a_mapped_file_does_not_keep_its_pages(tmp_path):
     """The search and the on-topic check read every row of the memory-mapped vectors; the
     pages read must leave the build's resident set (at a million rows they are 1.5 GB)."""
@@ -170,11 +163,11 @@ def test_dedup_over_a_mapped_file_does_not_keep_its_pages(tmp_path):
     path = tmp_path / "vectors.f32"
     path.write_bytes(vectors.tobytes())
     mapped = np.memmap(path, dtype="float32", mode="r", shape=vectors.shape)
-    before = _status_mb("RssFile")
+    before = status_mb("RssFile")
     template_row = np.arange(-1, len(vectors) - 1)  # every row a rewrite of the row before
     outcomes = dedup.dedup_rows(mapped, len(vectors), 0, template_row, DedupConfig(), min_similarity=-1.0)
     assert (outcomes.reason == 0).all()  # random vectors: nothing close, everything read
-    assert _status_mb("RssFile") - before < path.stat().st_size / 2**20 / 4
+    assert status_mb("RssFile") - before < path.stat().st_size / 2**20 / 4
 
 
 def test_a_sample_of_rows_spread_over_a_mapped_file_is_read_without_mapping_it_all(tmp_path):
@@ -191,9 +184,9 @@ def test_a_sample_of_rows_spread_over_a_mapped_file_is_read_without_mapping_it_a
         status.write_text("5")  # VmHWM starts again from the current RSS
     except OSError:
         pytest.skip("cannot reset the peak RSS here")
-    before = _status_mb("VmRSS")
+    before = status_mb("VmRSS")
     sample = dedup.gather(mapped, rows)
-    peak = _status_mb("VmHWM") - before
+    peak = status_mb("VmHWM") - before
     assert np.array_equal(sample, np.asarray(mapped[rows]))
     assert peak < 60  # the sample (15 MB) and a slice of the file, not its 147 MB
 

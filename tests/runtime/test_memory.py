@@ -7,6 +7,7 @@ import platform
 import pytest
 
 from health_orsc.runtime.memory import give_back, limit_arenas
+from tests.conftest import status_mb
 
 
 def test_a_malloc_arena_max_in_the_environment_is_left_to_rule(monkeypatch):
@@ -20,13 +21,6 @@ def test_glibc_takes_the_cap(monkeypatch):
     assert limit_arenas() is True
 
 
-def _anon_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    pytest.skip("no RssAnon in /proc/self/status")
-
-
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_freed_pages_in_the_middle_of_the_heap_go_back_to_the_kernel():
     """Blocks freed between blocks still held stay resident until `give_back`: what a
@@ -34,7 +28,7 @@ def test_freed_pages_in_the_middle_of_the_heap_go_back_to_the_kernel():
     blocks = [bytes(2000) for _ in range(100_000)]  # ~200 MB of malloc'd blocks
     kept = blocks[::50]  # one in fifty stays: the heap cannot shrink from its top
     del blocks
-    before = _anon_mb()
+    before = status_mb("RssAnon")
     assert give_back() is True
-    assert before - _anon_mb() > 100
+    assert before - status_mb("RssAnon") > 100
     assert len(kept) == 2000
