@@ -505,7 +505,8 @@ def test_answers_written_chunk_by_chunk_are_the_file_one_chunk_gives(evaluated, 
         gateway = Gateway(config)
         usages.append(Usage())
         try:
-            written.append(stages.answer_stage(inputs, "complier", category, items, run, gateway, usages[-1]))
+            written.append(stages.answer_stage(inputs, "complier", category, items, run, gateway, usages[-1],
+                                               planned))
         finally:
             gateway.close()
     # the calls write_items counted are the calls made (the second run's from the cache)

@@ -73,13 +73,10 @@ def planned_item_calls(inputs: EvalInputs, criteria: list[int | None]) -> int:
 
 
 def answer_stage(inputs: EvalInputs, model: str, category: str, items_path: Path, run: str,
-                 gateway: Gateway, usage: Usage, planned: int | None = None) -> tuple[Path, int]:
+                 gateway: Gateway, usage: Usage, planned: int) -> tuple[Path, int]:
     """`model`'s graded answers to one category's items: their stage file and how many.
     The items are answered CHUNK at a time, each chunk's responses written as it is done.
-    `planned`: the calls it makes (write_items counted them), or None to count them here."""
-    if planned is None:
-        planned = planned_item_calls(inputs, [len(i.rubric.criteria) if i.rubric else None
-                                              for i in iter_jsonl(items_path, EvalItem)])
+    `planned`: the calls it makes (write_items counted them)."""
     usage.expect(planned)
     answered = [0]
 

@@ -114,7 +114,7 @@ def load_taxonomy_file(path: Path) -> Taxonomy:
 def load_seed_file(seeds_dir: Path, category: str, limit: int | None) -> list[SeedTopic]:
     """A category's seed topics (the first `limit`). Parsed once per content per process:
     each stage task reads its category's seeds, and at a million candidates parsing a
-    category's file took ~5 s of CPU and ~80 MB while it lasted (seven tasks at once, at
+    category's file took ~1.4 s of CPU and ~80 MB while it lasted (seven tasks at once, at
     the start of every stage); the topics are shared, never changed."""
     path = seeds_dir / f"{category}.yaml"  # a plain name: category ids match CATEGORY_ID_PATTERN
     if not path.is_file():
