@@ -99,6 +99,7 @@ class ProgressBoard:
         self._notes: list[str] = []
         self._listeners: list[Listener] = []
         self._artifacts: dict[int, tuple[TaskProgress, object, list[float]]] = {}
+        self._pushing = threading.Lock()  # one artifact update at a time, so none lands out of order
         self._thread: threading.Thread | None = None
 
     def task(self, stage: str, category: str | None, unit: str = "calls") -> TaskProgress:
@@ -157,9 +158,14 @@ class ProgressBoard:
         with self._lock:
             self._artifacts[id(entry)] = (entry, artifact_id, [-1.0])
 
-    def unwatch_artifact(self, entry: TaskProgress) -> None:
-        with self._lock:
-            self._artifacts.pop(id(entry), None)
+    def push_artifact(self, key: int, last: bool = False) -> None:
+        """Update a watched task's artifact; the last push also stops watching it. Pushes are
+        serialised: a tick's update sent before a task's last one cannot land after it."""
+        with self._pushing:
+            with self._lock:
+                watched = self._artifacts.pop(key, None) if last else self._artifacts.get(key)
+            if watched is not None:
+                update_artifact(*watched)
 
     def _ensure_ticking(self) -> None:
         with self._lock:
@@ -175,9 +181,9 @@ class ProgressBoard:
             if time.monotonic() - last_artifacts >= ARTIFACT_EVERY_S:
                 last_artifacts = time.monotonic()
                 with self._lock:
-                    watched = list(self._artifacts.values())
-                for entry, artifact_id, last in watched:
-                    update_artifact(entry, artifact_id, last)
+                    watched = list(self._artifacts)
+                for key in watched:
+                    self.push_artifact(key)
 
 
 BOARD = ProgressBoard()
@@ -234,5 +240,4 @@ def tracked(stage: str, category: str | None = None, unit: str = "calls") -> Ite
     finally:
         entry.finish()
         if artifact_id is not None:
-            BOARD.unwatch_artifact(entry)
-            update_artifact(entry, artifact_id, [-1.0])
+            BOARD.push_artifact(id(entry), last=True)
