@@ -5,16 +5,18 @@ are generated, and part of every fingerprint."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import yaml
 
-from health_orsc.build import stages
+from health_orsc.build import alongside, stages
 from health_orsc.build.dedup import usable
 from health_orsc.cache.embeddings import EmbeddingCache
 from health_orsc.cli import main
@@ -143,8 +145,8 @@ def test_generate_embeds_its_prompts_as_it_writes_them_and_the_embed_stage_finds
         gw = Gateway(config)
         try:
             usage = Usage()
-            with stages.embedder_alongside(config, gw) as embedder:
-                out = stages.generate_stage(inputs, "self_harm", "fp", gw, usage, embedder)
+            with alongside.embedder_alongside(config, gw) as embed:
+                out = stages.generate_stage(inputs, "self_harm", "fp", gw, usage, embed)
             last_call = max(answered)
             embedded = len(server.embedding_requests)
             later = stages.embed_stage(config, out.path, gw)
@@ -162,6 +164,50 @@ def test_generate_embeds_its_prompts_as_it_writes_them_and_the_embed_stage_finds
         assert cache.db.query("SELECT COUNT(*) FROM vectors")[0][0] == len(set(prompts))
     finally:
         cache.close()
+
+
+def test_an_embedding_endpoint_of_its_own_is_called_from_a_process_of_its_own(tmp_path):
+    """With an endpoint no other role uses, generate's embedding calls come from one process
+    beside the build's (not its event loop), counted as the task's calls; the process ends
+    with the last task using it. An endpoint shared with other roles keeps them in-process."""
+    server = FakeOpenAI(delay_s=0.01, embedding_pids=True).start()
+    try:
+        cfg = _config(tmp_path, server)
+        raw = yaml.safe_load(cfg.read_text())
+        raw["endpoints"]["embed"] = {"base_url": server.base_url, "max_concurrency": 4}
+        raw["roles"]["embedder"]["endpoint"] = "embed"
+        cfg.write_text(yaml.safe_dump(raw))
+        config = load_config(cfg)
+        inputs = load_inputs(config, ["self_harm", "drug_abuse"])
+        gw = Gateway(config)
+        children = []
+        try:
+            usages = {c: Usage() for c in inputs.categories}
+
+            def task(category: str) -> None:
+                with alongside.embedder_alongside(config, gw) as embed:
+                    stages.generate_stage(inputs, category, "fp", gw, usages[category], embed)
+                    children.extend(p for p in psutil.Process().children()
+                                    if "spawn_main" in " ".join(p.cmdline()))
+
+            threads = [threading.Thread(target=task, args=(c,)) for c in inputs.categories]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            embedded = len(server.embedding_requests)
+        finally:
+            gw.close()
+    finally:
+        server.stop()
+    embedders = {p.pid for p in children}
+    assert server.embedding_pids and os.getpid() not in server.embedding_pids
+    assert server.embedding_pids <= embedders and len(embedders) == 1  # one, for both tasks
+    assert sum(u.calls["embedder"] for u in usages.values()) == embedded > 0
+    assert not any(p.is_running() for p in children)  # ended with the last task
+
+    shared = load_config(_config(tmp_path / "shared", server))
+    assert not alongside.own_process(shared)
 
 
 def test_the_gateway_embeds_in_order_normalised_and_retries_a_bad_reply(tmp_path):

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import psutil
+
 
 def default_reply(request: dict) -> str:
     """Generator: echo the question back, reworded. Juror: benign with a rationale."""
@@ -69,15 +71,18 @@ def cut_at_cap(text: str, request: dict) -> tuple[str, str]:
 class FakeOpenAI:
     def __init__(self, reply: Callable[[dict], str | tuple] = default_reply, delay_s: float = 0.0,
                  embed: Callable[[str], list[float]] = bag_of_words,
-                 reasoning_models: frozenset = frozenset(), cap_words: bool = False):
+                 reasoning_models: frozenset = frozenset(), cap_words: bool = False,
+                 embedding_pids: bool = False):
         """`reasoning_models`: model names answered as OpenAI answers its reasoning models
-        (reasoning_refusal): HTTP 400 for `max_tokens` or a non-default temperature/top_p."""
+        (reasoning_refusal): HTTP 400 for `max_tokens` or a non-default temperature/top_p.
+        `embedding_pids`: note which processes sent embedding requests (`embedding_pids`)."""
         self.reply = reply
         self.reasoning_models = reasoning_models
         self.cap_words = cap_words
         self.delay_s = delay_s
         self.embed = embed
         self.embedding_requests: list[tuple[float, dict]] = []  # (time.monotonic(), request)
+        self.embedding_pids: set[int] | None = set() if embedding_pids else None
         self.requests: list[dict] = []
         self.paths: list[str] = []
         self.headers: list[dict] = []
@@ -107,8 +112,12 @@ class FakeOpenAI:
                 length = int(self.headers.get("Content-Length", 0))
                 request = json.loads(self.rfile.read(length))
                 if self.path.endswith("/embeddings"):
+                    pids = fake.embedding_pids
+                    client = fake.client_pid(self.client_address[1]) if pids is not None else None
                     with fake._lock:
                         fake.embedding_requests.append((time.monotonic(), request))
+                        if client is not None:
+                            pids.add(client)
                         fault = fake._failures.pop(0) if fake._failures else None
                     if fault is not None:
                         self._send(*fault)
@@ -164,6 +173,14 @@ class FakeOpenAI:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    @staticmethod
+    def client_pid(port: int) -> int | None:
+        """The process whose socket on loopback `port` is connected to this server."""
+        for conn in psutil.net_connections(kind="tcp4"):
+            if conn.laddr and conn.laddr.port == port and conn.laddr.ip == "127.0.0.1":
+                return conn.pid
+        return None
 
     def fail_next(self, n: int, status: int = 500, body: dict | bytes | None = None,
                   headers: dict | None = None) -> None:

@@ -23,11 +23,9 @@ the build summary and (for export) MANIFEST.json.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from health_orsc.build import generate, jury
+from health_orsc.build.alongside import Submit, embedded_alongside
 from health_orsc.build.dedup import SLICE, Embedder, PoolTexts, dedup_files, usable
 from health_orsc.cache.embeddings import EmbeddingCache
 from health_orsc.core.config import BuildConfig
@@ -63,59 +62,20 @@ class StageOutput:
 
 
 def generate_stage(inputs: BuildInputs, category: str, fingerprint: str, gateway: Gateway,
-                   usage: Usage, embedder: Embedder | None = None) -> StageOutput:
+                   usage: Usage, embed: Submit | None = None) -> StageOutput:
     """The category's candidates, CHUNK or so at a time (by seed topic), written as each
-    chunk is answered: memory holds a chunk, not the category. With `embedder` (see
-    `embedder_alongside`), each chunk's usable prompts are embedded while the next chunk's
+    chunk is answered: memory holds a chunk, not the category. With `embed` (see
+    build/alongside.py), each chunk's usable prompts are embedded while the next chunk's
     calls are made, and its calls are counted into `usage`."""
     usage.expect(generate.planned_calls(inputs, category))
     seeds, step = inputs.seeds[category], generate.seeds_per_chunk(inputs, CHUNK)
     parts = (generate.generate_category(inputs, category, gateway, seeds[start:start + step])
              for start in range(0, len(seeds), step))
     chunks: Iterable[list[Decision]] = (gateway.run(part, usage) for part in parts)
-    if embedder is not None:
-        chunks = embedded_alongside(chunks, embedder)
-    out = write_decisions(stage_path(inputs.config.outputs_dir, "generate", f"{category}-{fingerprint}"),
-                          chunks)
-    if embedder is not None:
-        usage.add(embedder.usage)
-    return out
-
-
-EMBED_AHEAD = 4  # chunks generated and waiting for their embedding, at most
-
-
-@contextlib.contextmanager
-def embedder_alongside(config: BuildConfig, gateway: Gateway) -> Iterator[Embedder | None]:
-    """With an embedding endpoint (`dedup.embedder`), an Embedder into the embedding cache
-    for generate to embed its prompts as it writes them, so that embedding ends with the
-    generate stage, not minutes after it (bench/README.md: 286 s after a million
-    candidates' generate). None with the local model: it would take the cores from
-    generate's calls, so the category's embed task embeds them after generate."""
-    if config.dedup.embedder is None:
-        yield None
-        return
-    cache = EmbeddingCache.open(config)
-    try:
-        yield Embedder.for_config(config, cache, gateway=gateway)
-    finally:
-        cache.close()
-
-
-def embedded_alongside(chunks: Iterable[list[Decision]], embedder: Embedder) -> Iterator[list[Decision]]:
-    """The chunks, passed on as they come, while a thread embeds each one's usable prompts
-    (the texts the embed stage would: `PoolTexts`); at most EMBED_AHEAD chunks wait for it,
-    and the last is embedded before this ends. An embedding that fails raises here."""
-    with ThreadPoolExecutor(1, thread_name_prefix="embed-alongside") as pool:
-        waiting: deque = deque()
-        for chunk in chunks:
-            texts = list(PoolTexts().rows(d.candidate for d in chunk if d.kept))
-            waiting.append(pool.submit(embedder.encode, texts))
-            while len(waiting) > EMBED_AHEAD:
-                waiting.popleft().result()
-            yield chunk
-        while waiting:
-            waiting.popleft().result()
+    if embed is not None:
+        chunks = embedded_alongside(chunks, embed, usage)
+    return write_decisions(stage_path(inputs.config.outputs_dir, "generate", f"{category}-{fingerprint}"),
+                           chunks)
 
 
 def write_decisions(out: Path, chunks: Iterable[list[Decision]]) -> StageOutput:

@@ -23,6 +23,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from health_orsc.audit.verify import open_verified
+from health_orsc.build.alongside import embedder_alongside
 from health_orsc.build.export import export_stage
 from health_orsc.build.fingerprint import stage_keys
 from health_orsc.build.plan import plan_rebuild
@@ -32,7 +33,6 @@ from health_orsc.build.stages import (
     dedup_key,
     dedup_stage,
     embed_stage,
-    embedder_alongside,
     generate_stage,
     jury_stage,
     summary_rows,
@@ -85,9 +85,9 @@ def _finish(stage: str, out: StageOutput, order: list[str], usage: Usage | None 
 def generate_task(config_path: str, outputs_dir: str, category: str, fingerprint: str) -> TaskResult:
     inputs = _inputs(config_path, [category])
     gateway = gateway_for(inputs.config)
-    with tracked("generate", category) as progress, embedder_alongside(inputs.config, gateway) as embedder:
+    with tracked("generate", category) as progress, embedder_alongside(inputs.config, gateway) as embed:
         usage = Usage(progress=progress)
-        out = generate_stage(inputs, category, fingerprint, gateway, usage, embedder)
+        out = generate_stage(inputs, category, fingerprint, gateway, usage, embed)
     return _finish("generate", out, [category], usage, category)
 
 
