@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from health_orsc.cli import main
-from tests.conftest import ENDPOINT_EMBEDDER, REPO, fake_config
+from tests.conftest import REPO, fake_config
 from tests.fakes.endpoint import FakeOpenAI
 from tests.fakes.scripts import build_reply as reply
 
@@ -116,21 +116,26 @@ def _children(pid: int) -> list[psutil.Process]:
 
 def test_no_process_outlives_a_killed_build_by_more_than_two_seconds(tmp_path, capsys):
     """kill -9 of `orsc build` alone: its watchdog stops Prefect's temporary server (and
-    itself) within 2 s; the next build finds nothing left to stop."""
+    itself), and generate's embedding process ends, within 2 s; the next build finds
+    nothing left to stop."""
     server = FakeOpenAI(reply, delay_s=0.2).start()
     try:
-        cfg = fake_config(tmp_path, server.base_url, **ENDPOINT_EMBEDDER)
+        # the embedder on an endpoint of its own: generate embeds from a process beside the build's
+        cfg = fake_config(tmp_path, server.base_url, dedup={"embedder": "embedder"},
+                          roles={"embedder": {"endpoint": "embed", "model": "emb"}}, endpoints={
+                              "fake": {"base_url": server.base_url, "max_concurrency": 4, "timeout_s": 10},
+                              "embed": {"base_url": server.base_url, "max_concurrency": 2}})
         env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
         env.pop("PREFECT_API_URL", None)
         log = (tmp_path / "killed.log").open("wb")
         proc = subprocess.Popen([sys.executable, "-m", "health_orsc", "build", "--config", str(cfg),
                                  "--name", "killed"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + 240
-        while server.chat_count < 15 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
+        while not _embedding(_children(proc.pid)) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # until generate has started its embedding process
         assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
         left = _children(proc.pid)
-        assert len(left) >= 2  # Prefect's temporary server and the watchdog, at least
+        assert len(left) >= 3 and _embedding(left)  # with Prefect's temporary server and the watchdog
         records = sorted(p.name for p in (tmp_path / "outputs" / "run").glob("*.json"))
         assert any(name.startswith("prefect-server-") for name in records)
         proc.send_signal(signal.SIGKILL)  # kill -9 of `orsc build` alone
@@ -145,6 +150,17 @@ def test_no_process_outlives_a_killed_build_by_more_than_two_seconds(tmp_path, c
     finally:
         server.stop()
     assert "left running by a build that was killed" not in capsys.readouterr().err
+
+
+def _embedding(procs: list[psutil.Process]) -> bool:
+    """Whether one of them is generate's embedding process (build/alongside.py)."""
+    for p in procs:
+        try:
+            if "spawn_main" in " ".join(p.cmdline()):
+                return True
+        except psutil.NoSuchProcess:
+            pass
+    return False
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:

@@ -107,6 +107,7 @@ def _shared_process(config: BuildConfig) -> Iterator[ProcessPoolExecutor]:
         if entry is None:
             pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), _start_in_process,
                                        (config, os.getpid()))
+            pool.submit(int)  # start it now: its imports overlap the first chunk's calls
             entry = _pools[key] = [pool, 0]
         entry[1] += 1
     try:
