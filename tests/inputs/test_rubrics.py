@@ -3,6 +3,8 @@ build before any model call, naming the file and the line."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from health_orsc.core.errors import InputError
@@ -73,3 +75,19 @@ def test_an_unusable_rubric_names_the_template_and_line(tmp_path, text, field, p
         _render(tmp_path, text)
     assert err.value.file == str(tmp_path / "rubrics" / "self_harm.j2")
     assert err.value.field == field and problem in err.value.problem
+
+
+@pytest.mark.parametrize(("source", "variables"), [
+    ("helpful 5 a: {{ benign_goal }} for {{ category.name }}{% for i in range(2) %}{{ i }}{% endfor %}",
+     {"benign_goal", "category"}),
+    ("helpful 5 a: {{ prompt }} at {{ level }}", {"prompt", "level"}),
+    ('{% include "other.j2" %}', None),  # what the other template reads is not in this source
+    ("helpful 5 a: {{ ['x', 'y'] | random }}", None),  # two renders may differ
+    ("helpful 5 a: {{ lipsum(1) }}", None),
+])
+def test_a_template_knows_which_variables_a_render_reads(tmp_path, source, variables):
+    # the export renders a rubric once per seed when its template reads neither prompt nor level
+    (tmp_path / "t.j2").write_text(source)
+    (tmp_path / "other.j2").write_text("helpful 5 a: {{ prompt }}")
+    got = TemplateLibrary(tmp_path).get(Path("t.j2"), "rubric", None).variables
+    assert got == (None if variables is None else frozenset(variables))

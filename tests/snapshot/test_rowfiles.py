@@ -52,10 +52,10 @@ def test_streamed_row_files_carry_their_checksums_and_rows_in_order(tmp_path):
 
 
 def test_a_file_of_one_row_group_is_what_writing_it_whole_gives(tmp_path, monkeypatch):
-    monkeypatch.setattr(rowfiles, "BATCH", 5)  # the group's rows pass through Arrow batches of 5
-    rows = [row(i, "a") for i in range(12)]
+    monkeypatch.setattr(rowfiles, "BATCH", 5)  # the group's rows pass through Arrow batches of 5,
+    rows = [row(i, "a") for i in range(7)] + [row(i, "b") for i in range(5)]  # cut where "a" ends
     files = SnapshotFiles(tmp_path / "streamed")
-    with RowSink(files, ["a"]) as sink:
+    with RowSink(files, ["a", "b"]) as sink:
         for r in rows:
             sink.add(r)
     whole = tmp_path / "whole.parquet"

@@ -222,11 +222,14 @@ def _exact_pairs(vectors: np.ndarray, floor: float) -> tuple[np.ndarray, ...]:
     for a in range(0, n, block):
         b = min(a + block, n)
         sims = vectors[a:b] @ vectors[:b].T
-        rows, cols = np.nonzero(sims >= floor)
-        earlier = cols < rows + a
-        out_i.append(rows[earlier] + a)
-        out_j.append(cols[earlier])
-        out_s.append(sims[rows[earlier], cols[earlier]])
+        sims[:, a:b][np.triu_indices(b - a)] = -np.inf  # a row's own and later columns
+        # most rows have no pair: find the rows that do by their maximum, a fast
+        # reduction, and look for the columns only in those
+        rows = np.flatnonzero(sims.max(axis=1) >= floor)
+        hit_rows, cols = np.nonzero(sims[rows] >= floor)
+        out_i.append(rows[hit_rows] + a)
+        out_j.append(cols)
+        out_s.append(sims[rows[hit_rows], cols])
         release(vectors)
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, TemplateSyntaxError
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment, safe_range
 
@@ -181,6 +181,18 @@ class PromptTemplate:
         finally:
             _range_budget.reset(token)
         return text.strip()
+
+    @functools.cached_property
+    def variables(self) -> frozenset[str] | None:
+        """The context variables a render reads, or None when its source alone cannot tell
+        (it includes, imports or extends another template) or a render may differ from the
+        last with the same context (the `random` filter, `lipsum`)."""
+        ast = self._compiled.environment.parse(self.source)
+        if (next(meta.find_referenced_templates(ast), None) is not None
+                or any(f.name == "random" for f in ast.find_all(nodes.Filter))
+                or any(n.name == "lipsum" for n in ast.find_all(nodes.Name))):
+            return None
+        return frozenset(meta.find_undeclared_variables(ast))
 
     def render_messages(self, context: dict[str, Any], used_for: str = "") -> list[dict[str, str]]:
         return to_messages(self.render(context, used_for))

@@ -136,10 +136,8 @@ class RowFiles:
         self.add_dumped(fields, self.line(fields))
 
     def add_dumped(self, fields: dict[str, Any], line: str) -> None:
-        """A row already dumped (`model_dump(mode="json")`) and made a JSON line (`line`):
-        a kept row goes to two files, dumped once."""
-        self._lines.write(line + "\n")
-        self.rows += 1
+        """A row already dumped (`model_dump(mode="json")`) and made a JSON line (`line`)."""
+        self.add_line(line)
         if self._parquet is not None:
             self._batch.append(fields)
             if self._grouped + len(self._batch) == self.row_group:
@@ -147,10 +145,29 @@ class RowFiles:
             elif len(self._batch) == BATCH:
                 self._to_arrow()
 
+    def add_line(self, line: str) -> None:
+        """A row's JSON line alone: its parquet row comes in a batch (`add_arrow`)."""
+        self._lines.write(line + "\n")
+        self.rows += 1
+
+    def add_arrow(self, batch: pa.RecordBatch) -> None:
+        """The parquet rows of the lines added last (`add_line`), converted once for every
+        file they go to: a kept row goes to prompts.* and its category's data files."""
+        if self._parquet is None:
+            return
+        while batch.num_rows:
+            taken = batch.slice(0, self.row_group - self._grouped)
+            self._group.append(taken)
+            self._grouped += taken.num_rows
+            batch = batch.slice(taken.num_rows)
+            if self._grouped == self.row_group:
+                self._flush()
+
     def _to_arrow(self) -> None:
-        self._group.append(pa.RecordBatch.from_pylist(self._batch, schema=self.schema))
-        self._grouped += len(self._batch)
-        self._batch = []
+        if self._batch:
+            self._group.append(pa.RecordBatch.from_pylist(self._batch, schema=self.schema))
+            self._grouped += len(self._batch)
+            self._batch = []
 
     def _flush(self) -> None:
         """Write the row group (the same bytes as one table of its rows: test_rowfiles)."""
@@ -197,6 +214,7 @@ class RowSink:
         self.kept = RowFiles(files, PROMPTS, row_group=row_group)
         self.rejected = RowFiles(files, REJECTED, row_group=row_group)
         self._data: RowFiles | None = None
+        self._kept: list[dict[str, Any]] = []  # kept rows not yet in Arrow (_kept_to_arrow)
         self._category: str | None = None
         self._position = -1  # the current category's place in `categories`
 
@@ -204,19 +222,32 @@ class RowSink:
         if row.reason is not None:
             self.rejected.add(row)
             return
-        fields = row.model_dump(mode="json")
-        line = self.kept.line(fields)
-        self.kept.add_dumped(fields, line)
         if row.category != self._category:
             at = self.categories.index(row.category) if row.category in self.categories else -1
             if at <= self._position:
                 raise ValueError(f"kept rows of {row.category!r} are out of the snapshot's order")
             self._advance(at)
-        self._data.add_dumped(fields, line)
+        fields = row.model_dump(mode="json")
+        line = row_line(fields)
+        self.kept.add_line(line)
+        self._data.add_line(line)
+        self._kept.append(fields)
+        if len(self._kept) == BATCH:
+            self._kept_to_arrow()
+
+    def _kept_to_arrow(self) -> None:
+        """The kept rows since the last batch, converted once for prompts.parquet and their
+        category's data/<category>.parquet."""
+        if self._kept:
+            batch = pa.RecordBatch.from_pylist(self._kept, schema=ROW_SCHEMA)
+            self._kept = []
+            self.kept.add_arrow(batch)
+            self._data.add_arrow(batch)
 
     def _advance(self, at: int) -> None:
         """Close the current category's data files and move to `categories[at]` (nothing
         past the end), giving the categories passed over (they kept nothing) empty ones."""
+        self._kept_to_arrow()
         if self._data is not None:
             self._data.close()
             self._data = None
