@@ -89,7 +89,7 @@ def test_an_edited_rubric_template_rebuilds_its_category_without_a_model_call(bu
     original = template.read_text()
     try:
         # a template that reads the prompt: each prompt of a seed gets its own rubric
-        template.write_text(original + 'helpful 1 warm_tone: Speaks to whoever asks "{{ prompt }}" ({{ level }}).\n')
+        template.write_text(original + 'helpful 1 warm_tone: Speaks to "{{ prompt }}" ({{ level }}).\n')
         calls = built["server"].chat_count
         assert main(["build", "--config", str(built["cfg"]), "--name", "v2",
                      "--base", str(built["snapshot"])]) == 0
@@ -104,7 +104,7 @@ def test_an_edited_rubric_template_rebuilds_its_category_without_a_model_call(bu
     assert set(by_cat["self_harm"]) == {"warm_tone"} and "warm_tone" not in by_cat["drug_abuse"]
     own = [r for r in v2 if r["category"] == "self_harm"]
     assert len({r["seed_id"] for r in own}) < len(own)  # seeds with several prompts
-    assert all(r["rubric"]["criteria"][-1]["text"] == f'Speaks to whoever asks "{r["prompt"]}" ({r["level"]}).'
+    assert all(r["rubric"]["criteria"][-1]["text"] == f'Speaks to "{r["prompt"]}" ({r["level"]}).'
                for r in own)
 
 

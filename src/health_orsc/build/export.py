@@ -34,8 +34,8 @@ from health_orsc.build.stages import calibration_path, dedup_file
 from health_orsc.core.config import SampleConfig
 from health_orsc.core.records import (
     STRATUM_LEVELS,
-    Candidate,
     CalibrationVote,
+    Candidate,
     Decision,
     Rubric,
     Sampled,
