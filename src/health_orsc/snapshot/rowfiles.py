@@ -133,11 +133,7 @@ class RowFiles:
 
     def add(self, row: BaseModel) -> None:
         fields = row.model_dump(mode="json")
-        self.add_dumped(fields, self.line(fields))
-
-    def add_dumped(self, fields: dict[str, Any], line: str) -> None:
-        """A row already dumped (`model_dump(mode="json")`) and made a JSON line (`line`)."""
-        self.add_line(line)
+        self.add_line(self.line(fields))
         if self._parquet is not None:
             self._batch.append(fields)
             if self._grouped + len(self._batch) == self.row_group:
