@@ -7,7 +7,9 @@ The embedding calls come from a process of their own when the embedder role has 
 endpoint no other role uses: parsing vectors and writing the cache then takes no time
 from the event loop that makes generate's calls (bench/README.md: generate fell from 0.96
 to 0.89 of the endpoint's capacity at a million candidates with them in one process).
-One such process serves every generate task of a build process, and ends with the last.
+One such process serves every generate task of a build process, and ends with the last,
+or within half a second of a build killed outright, even while it is still starting
+(runtime/orphan.py).
 Otherwise (an endpoint shared with other roles, whose `max_concurrency` holds per process;
 the embedded llama.cpp server; a daemonic process such as a Dask worker, which may not
 start one) a thread of the task's own process embeds.
@@ -22,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import pickle
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -34,9 +36,9 @@ from health_orsc.cache.embeddings import EmbeddingCache
 from health_orsc.core.config import BuildConfig
 from health_orsc.core.records import Decision, content_id
 from health_orsc.llm import Gateway, Usage
+from health_orsc.runtime.orphan import start_child
 
 EMBED_AHEAD = 4  # chunks generated and waiting for their embedding, at most, per task
-PARENT_CHECK_S = 0.5  # how often the embedding process looks for its build process
 
 Submit = Callable[[list[str]], Future]  # texts -> a Future of the Usage of embedding them
 
@@ -105,8 +107,9 @@ def _shared_process(config: BuildConfig) -> Iterator[ProcessPoolExecutor]:
     with _pools_lock:
         entry = _pools.get(key)
         if entry is None:
-            pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), _start_in_process,
-                                       (config, os.getpid()))
+            # the config pickled: unpickled after the watch on the build has started (orphan.py)
+            pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), start_child,
+                                       (os.getpid(), f"{__name__}:_start_in_process", pickle.dumps(config)))
             pool.submit(int)  # start it now: its imports overlap the first chunk's calls
             entry = _pools[key] = [pool, 0]
         entry[1] += 1
@@ -131,20 +134,12 @@ def _shared_process(config: BuildConfig) -> Iterator[ProcessPoolExecutor]:
 _state: tuple[BuildConfig, EmbeddingCache, Gateway] | None = None
 
 
-def _start_in_process(config: BuildConfig, parent: int) -> None:
+def _start_in_process(config: bytes) -> None:
     global _state
     from health_orsc.llm.gateway import gateway_for
 
+    config = pickle.loads(config)  # noqa: S301 - pickled by this build's own process
     _state = (config, EmbeddingCache.open(config), gateway_for(config))
-    threading.Thread(target=_end_with, args=(parent,), name="end-with-build", daemon=True).start()
-
-
-def _end_with(parent: int) -> None:
-    """A build killed outright leaves no embedding process behind: it ends within
-    PARENT_CHECK_S of its build process."""
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_S)
-    os._exit(1)
 
 
 def _embed_in_process(texts: list[str]) -> Usage:
