@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import threading
 
 import pytest
 import yaml
@@ -186,13 +187,17 @@ def test_connections_dropped_mid_build_are_opened_again_and_no_reply_is_lost(pg,
     restart, a proxy or an idle timeout would): the build goes on, every reply it got is
     in the cache, and the same build again asks for nothing."""
     url = new_database(pg)
-    ended = []
+    ended, due, ending = [], [5, 15, 25], threading.Lock()
 
     def reply(request: dict) -> str:
         if request["model"].startswith("judge-"):
-            asked = sum(1 for r in server.requests if r["model"].startswith("judge-"))
-            if asked in (5, 15, 25):
-                ended.append(_end_sessions(url))
+            # one round at a time: a round ends every other session, a concurrent round's too
+            # (that reply then failed, and a call the build made had no reply to keep)
+            with ending:
+                asked = sum(1 for r in server.requests if r["model"].startswith("judge-"))
+                if due and asked >= due[0]:
+                    due.pop(0)
+                    ended.append(_end_sessions(url))
             return json.dumps({"label": "benign", "rationale": "scripted"})
         return "Could you tell me: " + request["messages"][-1]["content"].removeprefix("Paraphrase: ")
 
