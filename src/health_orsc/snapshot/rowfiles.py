@@ -127,7 +127,7 @@ class RowFiles:
         self.rows = 0
         self._lines = files.text(f"{stem}.jsonl")
         self._parquet = pq.ParquetWriter(files.binary(f"{stem}.parquet"), schema) if parquet else None
-        self._batch: list[dict[str, Any]] = []      # the newest rows, as dicts
+        self._batch: list[dict[str, Any]] = []      # the newest rows, as dicts (`add`)
         self._group: list[pa.RecordBatch] = []      # the row group's earlier rows, in Arrow
         self._grouped = 0
 
@@ -136,9 +136,7 @@ class RowFiles:
         self.add_line(self.line(fields))
         if self._parquet is not None:
             self._batch.append(fields)
-            if self._grouped + len(self._batch) == self.row_group:
-                self._flush()
-            elif len(self._batch) == BATCH:
+            if len(self._batch) == BATCH:
                 self._to_arrow()
 
     def add_line(self, line: str) -> None:
@@ -148,7 +146,8 @@ class RowFiles:
 
     def add_arrow(self, batch: pa.RecordBatch) -> None:
         """The parquet rows of the lines added last (`add_line`), converted once for every
-        file they go to: a kept row goes to prompts.* and its category's data files."""
+        file they go to: a kept row goes to prompts.* and its category's data files. A
+        batch is cut where a row group ends."""
         if self._parquet is None:
             return
         while batch.num_rows:
@@ -160,14 +159,14 @@ class RowFiles:
                 self._flush()
 
     def _to_arrow(self) -> None:
+        """The rows `add` holds as dicts, into the row group as one Arrow batch."""
         if self._batch:
-            self._group.append(pa.RecordBatch.from_pylist(self._batch, schema=self.schema))
-            self._grouped += len(self._batch)
+            batch = pa.RecordBatch.from_pylist(self._batch, schema=self.schema)
             self._batch = []
+            self.add_arrow(batch)
 
     def _flush(self) -> None:
         """Write the row group (the same bytes as one table of its rows: test_rowfiles)."""
-        self._to_arrow()
         self._parquet.write_table(pa.Table.from_batches(self._group, schema=self.schema))
         self._group, self._grouped = [], 0
 
@@ -192,7 +191,8 @@ class RowFiles:
         self._lines.close()
         self.files.done(f"{self.stem}.jsonl")
         if self._parquet is not None:
-            if self._batch or self._group or not self.rows:  # an empty file: one empty row group
+            self._to_arrow()
+            if self._group or not self.rows:  # an empty file: one empty row group
                 self._flush()
             self._parquet.close()
             self.files.done(f"{self.stem}.parquet")
